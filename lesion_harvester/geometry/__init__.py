@@ -1,0 +1,1 @@
+"""Pure geometry and preprocessing functions: arrays in, arrays out; no I/O, no config."""
