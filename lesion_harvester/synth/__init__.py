@@ -1,0 +1,1 @@
+"""Synthetic CT benchmark with complete ground truth, written in the DeepLesion layout."""

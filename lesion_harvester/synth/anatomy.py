@@ -1,0 +1,407 @@
+"""A sampled patient: body outline, organs, vessels, bowel and bones, painted slice by slice.
+
+Body frame (mm): x to the patient's left (image right), y to the back (image down), z toward the
+feet, from the lung apices (z = 0) to the hips (z ~ 640). HU values follow standard radiology
+(../shared/notes/reference-facts.md section 9) in a portal venous or arterial contrast phase.
+
+Several structures are deliberate lesion mimics that one axial slice cannot tell from a lesion
+but neighbouring slices can: lung and liver vessels seen end-on (round, bright, continuing as
+tubes), collapsed or fluid-filled bowel loops, normal lymph nodes, the gallbladder and the renal
+sinus.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lesion_harvester.synth.shapes import Canvas, Ellipsoid, Tube, smooth_path, soft_alpha
+
+Layers = list[tuple[float, float, float]]  # (inset_mm, value_hu, texture_hu)
+
+
+@dataclass
+class Solid:
+    """An ellipsoid painted as nested layers (e.g. cortical bone around marrow)."""
+
+    shape: Ellipsoid
+    layers: Layers
+
+    def paint(self, canvas: Canvas, z: int) -> None:
+        hit = self.shape.signed_distance(canvas.grid, z)
+        if hit is None:
+            return
+        rows, cols, sd = hit
+        for inset, value, texture in self.layers:
+            alpha = soft_alpha(sd + inset)
+            if alpha.any():
+                canvas.paint(z, rows, cols, alpha, value, texture)
+
+
+@dataclass
+class Patient:
+    """Per-patient anatomy parameters and the structures built from them."""
+
+    half_width_mm: float
+    half_depth_mm: float
+    fat_mm: float
+    wall_mm: float
+    phase: str
+    hu: dict[str, float]
+    structures: list = field(default_factory=list)
+    organs: dict[str, list[Ellipsoid]] = field(default_factory=dict)
+
+    def body_axes(self, z_mm: float) -> tuple[float, float]:
+        """Outer half-width and half-depth of the body at z (thorax, abdomen, pelvis shapes)."""
+        t_pelvis = np.clip((z_mm - 420) / 120, 0, 1)
+        t_abdomen = np.clip((z_mm - 180) / 120, 0, 1)
+        ax = self.half_width_mm * (0.93 + 0.07 * t_abdomen + 0.05 * t_pelvis)
+        ay = self.half_depth_mm * (1.06 - 0.06 * t_abdomen - 0.08 * t_pelvis)
+        return float(ax), float(ay)
+
+    def cavity_axes(self, z_mm: float) -> tuple[float, float]:
+        ax, ay = self.body_axes(z_mm)
+        inset = self.fat_mm + self.wall_mm
+        return ax - inset, ay - inset * 0.8
+
+    def in_organ(self, name: str, point: np.ndarray, margin: float = 0.85) -> bool:
+        """Whether a body point lies inside one of the organ's ellipsoids (normalized radius < margin)."""
+        for shape in self.organs.get(name, []):
+            sec = shape.section(float(point[2]))
+            if sec is None:
+                continue
+            cx, cy, ax, ay = sec
+            c, s = np.cos(shape.angle), np.sin(shape.angle)
+            u = (point[0] - cx) * c + (point[1] - cy) * s
+            v = -(point[0] - cx) * s + (point[1] - cy) * c
+            if (u / ax) ** 2 + (v / ay) ** 2 < margin**2:
+                return True
+        return False
+
+
+def sample_patient(rng: np.random.Generator) -> Patient:
+    """Random body size, fat, contrast phase and tissue HU values."""
+    arterial = rng.random() < 0.2
+    half_width = rng.uniform(135, 180)
+    hu = {
+        "fat": rng.uniform(-115, -85),
+        "muscle": rng.uniform(40, 55),
+        "lung": rng.uniform(-880, -820),
+        "liver": rng.uniform(70, 90) if arterial else rng.uniform(100, 130),
+        "spleen": rng.uniform(120, 150) if arterial else rng.uniform(105, 125),
+        "kidney": rng.uniform(180, 230) if arterial else rng.uniform(150, 190),
+        "aorta": rng.uniform(250, 380) if arterial else rng.uniform(150, 200),
+        "vein": rng.uniform(70, 100) if arterial else rng.uniform(120, 170),
+        "lung_vessel": rng.uniform(60, 200),
+        "myocardium": rng.uniform(70, 100),
+        "bowel_wall": rng.uniform(60, 95),
+        "pancreas": rng.uniform(80, 110),
+        "cortical": rng.uniform(700, 1100),
+        "cancellous": rng.uniform(200, 320),
+        "fluid": rng.uniform(0, 15),
+        "node": rng.uniform(35, 55),
+    }
+    patient = Patient(
+        half_width_mm=half_width,
+        half_depth_mm=half_width * rng.uniform(0.6, 0.74),
+        fat_mm=rng.uniform(8, 32),
+        wall_mm=rng.uniform(7, 13),
+        phase="arterial" if arterial else "portal",
+        hu=hu,
+    )
+    _build(patient, rng)
+    return patient
+
+
+def _add(patient: Patient, structure, organ: str | None = None) -> None:
+    patient.structures.append(structure)
+    if organ is not None and isinstance(structure, Solid):
+        patient.organs.setdefault(organ, []).append(structure.shape)
+
+
+def _vessel_tree(
+    rng,
+    patient: Patient,
+    organ: str,
+    root: np.ndarray,
+    n_branches: int,
+    r_root: float,
+    length: tuple[float, float],
+    value: float,
+    directions=None,
+) -> None:
+    """Branching vessels from ``root``, confined to ``organ``: end-on they look like nodules."""
+
+    def inside(p):
+        return patient.in_organ(organ, p, 0.97)
+
+    for b in range(n_branches):
+        d = directions[b] if directions is not None else rng.normal(0, 1, 3)
+        path = smooth_path(rng, root, d, rng.uniform(*length), 1.5, 0.012, inside, max_turns=3)
+        if len(path) < 4:
+            continue
+        radii = np.linspace(r_root * rng.uniform(0.7, 1.0), 1.0, len(path))
+        _add(patient, Tube(path, radii, [(0.0, value, 6.0)]))
+        for _ in range(rng.integers(2, 6)):
+            i = int(rng.integers(len(path) // 5, len(path) - 1))
+            child = smooth_path(rng, path[i], rng.normal(0, 1, 3), rng.uniform(25, 80), 1.5, 0.02, inside, 2)
+            if len(child) > 3:
+                _add(patient, Tube(child, np.linspace(max(radii[i] * 0.7, 1.0), 0.8, len(child)), [(0.0, value, 6.0)]))
+
+
+def _build(p: Patient, rng: np.random.Generator) -> None:
+    """Create every structure in painting order (later ones paint over earlier ones)."""
+    h = p.hu
+    W, D = p.half_width_mm, p.half_depth_mm
+
+    # body wall: subcutaneous fat, muscle, then the visceral cavity (fat), as one layered column
+    _add(p, BodyColumn(p))
+    # spine centre line (just behind the cavity's centre), used by several structures
+    spine_y = 0.55 * D
+
+    # --- thorax -----------------------------------------------------------------------------
+    for side in (-1, 1):
+        lung = Ellipsoid(
+            (side * 0.47 * W, -0.02 * D, 150.0),
+            (0.36 * W, 0.72 * D, 150.0),
+            angle=side * 0.12,
+            power=2.6,
+            tilt_xy=(0.0, 0.12),
+            wobble=((2, 0.04, rng.uniform(0, 6)), (3, 0.03, rng.uniform(0, 6))),
+        )
+        _add(p, Solid(lung, [(0.0, h["lung"], 25.0)]), organ="lung")
+    for side in (-1, 1):
+        hilum = np.array([side * 0.32 * W, 0.05 * D, 135.0])
+        dirs = [
+            np.array([side * rng.uniform(0.2, 1.0), rng.normal(0, 0.6), rng.choice([-1, 1]) * rng.uniform(0.3, 1.2)])
+            for _ in range(22)
+        ]
+        _vessel_tree(rng, p, "lung", hilum, 22, 5.5, (60, 190), h["lung_vessel"], dirs)
+    # mediastinum: pericardial fat, heart with blood pools, great vessels, trachea, oesophagus
+    heart = Ellipsoid((0.12 * W, -0.25 * D, 185.0), (0.36 * W, 0.42 * D, 62.0), angle=-0.55)
+    _add(p, Solid(Ellipsoid(heart.centre, tuple(a + 6 for a in heart.axes), heart.angle), [(0, h["fat"], 5)]))
+    _add(p, Solid(heart, [(0.0, h["myocardium"], 6.0)]), organ="heart")
+    for dx, dy, r in ((0.22, 0.05, 0.5), (-0.05, -0.35, 0.45)):
+        pool = Ellipsoid(
+            (heart.centre[0] + dx * W, heart.centre[1] + dy * D, 185.0),
+            (r * heart.axes[0], r * heart.axes[1], 40.0),
+            angle=-0.5,
+        )
+        _add(p, Solid(pool, [(0.0, h["vein"] + 30, 8.0)]))
+    aorta = np.concatenate(
+        [
+            _line((0.03 * W, -0.30 * D, 170), (0.03 * W, -0.25 * D, 95), 2.0),
+            _arc((0.03 * W, -0.25 * D, 95), (0.14 * W, spine_y - 0.12 * D, 100), 2.0, lift=25),
+            _line((0.14 * W, spine_y - 0.12 * D, 100), (0.13 * W, spine_y - 0.13 * D, 330), 2.0),
+            _line((0.13 * W, spine_y - 0.13 * D, 330), (0.06 * W, spine_y - 0.28 * D, 470), 2.0),
+        ]
+    )
+    radii = np.interp(aorta[:, 2], [90, 200, 470], [15, 12.5, 10.5])
+    _add(p, Tube(aorta, radii, [(0.0, h["muscle"], 3.0), (1.5, h["aorta"], 8.0)]))
+    for side in (-1, 1):  # common iliac arteries
+        il = _line((0.06 * W, spine_y - 0.28 * D, 470), (side * 0.30 * W, spine_y - 0.30 * D, 560), 2.0)
+        _add(p, Tube(il, np.full(len(il), 6.5), [(0.0, h["muscle"], 3.0), (1.0, h["aorta"], 8.0)]))
+    ivc = _line((-0.12 * W, spine_y - 0.25 * D, 470), (-0.14 * W, -0.05 * D, 215), 2.0)
+    _add(p, Tube(ivc, np.full(len(ivc), 11.0), [(0.0, h["vein"], 8.0)]))
+    svc = _line((-0.10 * W, -0.20 * D, 20), (-0.09 * W, -0.22 * D, 150), 2.0)
+    _add(p, Tube(svc, np.full(len(svc), 9.0), [(0.0, h["vein"], 8.0)]))
+    trachea = _line((0.0, -0.08 * D, -60), (0.0, 0.02 * D, 115), 2.0)
+    _add(p, Tube(trachea, np.full(len(trachea), 9.5), [(0.0, h["muscle"], 3.0), (2.0, -1000.0, 10.0)]))
+    for side in (-1, 1):
+        bronchus = _line((0.0, 0.02 * D, 115), (side * 0.28 * W, 0.06 * D, 135), 2.0)
+        _add(p, Tube(bronchus, np.full(len(bronchus), 6.0), [(0.0, h["muscle"], 3.0), (1.5, -1000.0, 10.0)]))
+    oesophagus = _line((0.03 * W, spine_y - 0.22 * D, -40), (0.12 * W, 0.05 * D, 275), 2.0)
+    _add(p, Tube(oesophagus, np.full(len(oesophagus), 7.0), [(0.0, h["muscle"] + 5, 5.0)]))
+
+    # --- upper abdomen ----------------------------------------------------------------------
+    liver_main = Ellipsoid(
+        (-0.38 * W, -0.02 * D, 300.0),
+        (0.50 * W, 0.70 * D, 95.0),
+        angle=0.15,
+        power=2.2,
+        tilt_xy=(0.1, 0.05),
+        wobble=((2, 0.05, rng.uniform(0, 6)), (3, 0.04, rng.uniform(0, 6))),
+    )
+    liver_left = Ellipsoid((0.08 * W, -0.42 * D, 275.0), (0.32 * W, 0.25 * D, 55.0), angle=-0.3)
+    for shape in (liver_main, liver_left):
+        _add(p, Solid(shape, [(0.0, h["liver"], 7.0)]), organ="liver")
+    _vessel_tree(rng, p, "liver", np.array([-0.18 * W, 0.05 * D, 300.0]), 7, 6.0, (40, 110), h["vein"] + 15)
+    _vessel_tree(
+        rng,
+        p,
+        "liver",
+        np.array([-0.16 * W, -0.05 * D, 220.0]),
+        3,
+        6.5,
+        (60, 120),
+        h["vein"] + 15,
+        [np.array([-0.8, -0.3, 0.5]), np.array([-0.2, -0.8, 0.4]), np.array([0.5, -0.7, 0.4])],
+    )
+    gall = Ellipsoid((-0.22 * W, -0.35 * D, 345.0), (14.0, 19.0, 30.0), angle=0.6)
+    _add(p, Solid(gall, [(0.0, h["muscle"], 3.0), (1.5, h["fluid"], 3.0)]), organ="gallbladder")
+    spleen = Ellipsoid((0.60 * W, 0.25 * D, 280.0), (0.17 * W, 0.42 * D, 55.0), angle=0.6)
+    _add(p, Solid(spleen, [(0.0, h["spleen"], 6.0)]), organ="spleen")
+    stomach = Ellipsoid(
+        (0.32 * W, -0.30 * D, 265.0), (0.28 * W, 0.35 * D, 55.0), angle=-0.4, wobble=((3, 0.06, rng.uniform(0, 6)),)
+    )
+    content = -950.0 if rng.random() < 0.4 else rng.uniform(10, 40)
+    _add(p, Solid(stomach, [(0.0, h["bowel_wall"], 5.0), (4.0, content, 12.0)]), organ="stomach")
+    pancreas = _arc((0.40 * W, 0.18 * D, 305), (-0.10 * W, 0.0, 330), 2.0, lift=-0.15 * D, axis=1)
+    _add(p, Tube(pancreas, np.full(len(pancreas), rng.uniform(9, 13)), [(0.0, h["pancreas"], 8.0)]))
+    for side in (-1, 1):
+        kidney = Ellipsoid(
+            (side * 0.42 * W, spine_y - 0.05 * D, 370.0 + side * 8), (27.0, 33.0, 55.0), angle=side * 0.5
+        )
+        _add(p, Solid(kidney, [(0.0, h["kidney"], 8.0)]), organ="kidney")
+        sinus = Ellipsoid((side * 0.33 * W, spine_y - 0.12 * D, 370.0 + side * 8), (11.0, 14.0, 28.0), angle=side * 0.5)
+        _add(p, Solid(sinus, [(0.0, h["fat"] + 30, 6.0), (5.0, h["fluid"], 3.0)]), organ="renal_sinus")
+
+    # --- bowel: small-bowel loops (some collapsed: solid, node-like) and the colon --------
+    def in_abdomen(pt):
+        if not 320 <= pt[2] <= 600:
+            return False
+        ax, ay = p.cavity_axes(pt[2])
+        return (pt[0] / (0.8 * ax)) ** 2 + ((pt[1] + 0.25 * ay) / (0.65 * ay)) ** 2 < 1
+
+    for _ in range(int(rng.integers(8, 15))):
+        start = np.array([rng.uniform(-0.5, 0.5) * W, rng.uniform(-0.6, 0.0) * D, rng.uniform(360, 560)])
+        if not in_abdomen(start):
+            continue
+        path = smooth_path(rng, start, rng.normal(0, 1, 3), rng.uniform(150, 450), 2.0, 0.03, in_abdomen)
+        kind = rng.random()
+        if kind < 0.3:  # collapsed loop: a solid soft-tissue tube
+            layers, r = [(0.0, h["bowel_wall"], 8.0)], rng.uniform(5, 8)
+        elif kind < 0.7:
+            layers, r = [(0.0, h["bowel_wall"], 6.0), (2.5, rng.uniform(5, 25), 5.0)], rng.uniform(9, 14)
+        elif kind < 0.85:
+            layers, r = [(0.0, h["bowel_wall"], 6.0), (2.5, -950.0, 20.0)], rng.uniform(9, 14)
+        else:
+            layers, r = [(0.0, h["bowel_wall"], 6.0), (2.5, rng.uniform(200, 350), 20.0)], rng.uniform(9, 14)
+        _add(p, Tube(path, np.full(len(path), r), layers))
+    colon = np.concatenate(
+        [
+            _line((-0.62 * W, -0.05 * D, 560), (-0.62 * W, -0.10 * D, 330), 2.0),
+            _arc((-0.62 * W, -0.10 * D, 330), (0.62 * W, -0.10 * D, 320), 2.0, lift=-0.55 * D, axis=1),
+            _line((0.62 * W, -0.10 * D, 320), (0.60 * W, 0.0, 520), 2.0),
+            _arc((0.60 * W, 0.0, 520), (0.0, 0.15 * D, 560), 2.0, lift=-0.3 * D, axis=1),
+        ]
+    )
+    _add(
+        p,
+        Tube(
+            colon,
+            np.full(len(colon), rng.uniform(17, 24)),
+            [(0.0, h["bowel_wall"], 6.0), (2.5, rng.uniform(-700, -300), 200.0)],
+        ),
+    )
+
+    # --- pelvis -----------------------------------------------------------------------------
+    bladder = Ellipsoid((0.0, -0.45 * D, 585.0), (42.0, 35.0, 40.0))
+    _add(p, Solid(bladder, [(0.0, h["muscle"], 3.0), (3.0, h["fluid"], 3.0)]), organ="bladder")
+    for side in (-1, 1):
+        psoas = _line((side * 0.16 * W, spine_y - 0.05 * D, 330), (side * 0.36 * W, 0.05 * D, 560), 2.0)
+        _add(p, Tube(psoas, np.linspace(10, 20, len(psoas)), [(0.0, h["muscle"], 6.0)]))
+        wing = Ellipsoid((side * 0.60 * W, 0.30 * D, 495.0), (11.0, 0.42 * D, 55.0), angle=side * 0.75)
+        _add(p, Solid(wing, [(0.0, h["cortical"], 20.0), (2.0, h["cancellous"], 25.0)]), organ="bone")
+        head = Ellipsoid((side * 0.50 * W, 0.05 * D, 615.0), (23.0, 23.0, 23.0))
+        _add(p, Solid(head, [(0.0, h["cortical"], 20.0), (2.0, h["cancellous"], 25.0)]), organ="bone")
+    sacrum = Ellipsoid((0.0, spine_y + 0.05 * D, 525.0), (0.28 * W, 18.0, 50.0), angle=0.0)
+    _add(p, Solid(sacrum, [(0.0, h["cortical"], 20.0), (2.0, h["cancellous"], 25.0)]), organ="bone")
+
+    # --- spine, ribs, sternum ---------------------------------------------------------------
+    z = -60.0
+    while z < 480:
+        height = 22.0 if z < 300 else 28.0
+        radius = 15.0 if z < 150 else (18.0 if z < 330 else 21.0)
+        body = Ellipsoid((0.0, spine_y, z + height / 2), (radius * 1.1, radius, height / 2), power=6.0)
+        _add(p, Solid(body, [(0.0, h["cortical"], 20.0), (1.8, h["cancellous"], 25.0)]), organ="bone")
+        disc = Ellipsoid((0.0, spine_y, z + height + 3.0), (radius * 1.05, radius * 0.95, 3.0), power=6.0)
+        _add(p, Solid(disc, [(0.0, 85.0, 6.0)]))
+        arch = Ellipsoid((0.0, spine_y + radius + 12, z + height / 2), (15.0, 13.0, height / 2), power=4.0)
+        _add(p, Solid(arch, [(0.0, h["cortical"], 20.0), (4.0, h["fluid"] + 10, 3.0)]))
+        spinous = Ellipsoid((0.0, spine_y + radius + 33, z + height / 2), (5.0, 14.0, height / 2 - 2), power=4.0)
+        _add(p, Solid(spinous, [(0.0, h["cortical"] * 0.8, 20.0)]))
+        z += height + 6.0
+    for side in (-1, 1):
+        paraspinal = _line((side * 0.17 * W, spine_y + 35, -60), (side * 0.17 * W, spine_y + 30, 560), 3.0)
+        _add(p, Tube(paraspinal, np.full(len(paraspinal), 0.13 * W + 8), [(0.0, h["muscle"], 6.0)]))
+    for i in range(12):
+        z0 = 15.0 + 24.0 * i
+        reach = np.deg2rad(150 if i < 9 else 95)
+        for side in (-1, 1):
+            theta = np.linspace(np.deg2rad(25), reach, 60)
+            zs = z0 + 75.0 * (theta / np.deg2rad(150)) ** 1.3
+            pts = []
+            for t, zz in zip(theta, zs):
+                ax, ay = p.cavity_axes(zz)
+                pts.append((side * (ax + 5) * np.sin(t), (ay + 5) * np.cos(t), zz))
+            pts = np.array(pts)
+            bone = pts[: int(len(pts) * 0.8)]
+            _add(p, Tube(bone, np.full(len(bone), 4.5), [(0.0, h["cortical"], 20.0), (1.5, h["cancellous"], 20.0)]))
+            cart = pts[int(len(pts) * 0.8) :]
+            _add(p, Tube(cart, np.full(len(cart), 4.0), [(0.0, 130.0, 10.0)]))
+    sternum = Ellipsoid((0.0, -0.98 * D + p.fat_mm * 0.8, 130.0), (14.0, 6.0, 90.0), power=4.0)
+    _add(p, Solid(sternum, [(0.0, h["cortical"], 20.0), (1.5, h["cancellous"], 20.0)]), organ="bone")
+
+    # --- normal lymph nodes (not lesions: short axis under 10 mm) ------------------------------
+    for _ in range(int(rng.integers(10, 25))):
+        zc = rng.uniform(40, 600)
+        ax, ay = p.cavity_axes(zc)
+        if zc < 230:  # mediastinal or axillary
+            centre = (
+                (rng.uniform(-0.2, 0.2) * W, rng.uniform(-0.4, 0.2) * D, zc)
+                if rng.random() < 0.6
+                else (rng.choice([-1, 1]) * (ax + p.wall_mm + 5), rng.uniform(-0.3, 0.2) * D, zc)
+            )
+        else:  # retroperitoneal or mesenteric
+            centre = (rng.uniform(-0.3, 0.3) * W, rng.uniform(-0.5, 0.35) * D, zc)
+        short = rng.uniform(2.0, 4.5)
+        node = Ellipsoid(
+            centre, (short * rng.uniform(1.0, 1.8), short, short * rng.uniform(1.0, 2.0)), angle=rng.uniform(0, np.pi)
+        )
+        _add(p, Solid(node, [(0.0, h["node"], 6.0)]), organ="node")
+
+
+@dataclass
+class BodyColumn:
+    """Skin and subcutaneous fat, the muscle wall and the visceral cavity, with a CT table below."""
+
+    patient: Patient
+
+    def paint(self, canvas: Canvas, z: int) -> None:
+        p, h = self.patient, self.patient.hu
+        zz = canvas.grid.z_mm[z]
+        ax, ay = p.body_axes(zz)
+        outer = Ellipsoid((0.0, 0.0, zz), (ax, ay, 1e9), wobble=((2, 0.02, 0.3), (3, 0.015, 1.0)))
+        hit = outer.signed_distance(canvas.grid, z)
+        if hit is None:
+            return
+        rows, cols, sd = hit
+        canvas.paint(z, rows, cols, soft_alpha(sd), h["muscle"] + 10, 4.0)  # skin
+        canvas.paint(z, rows, cols, soft_alpha(sd + 2.0), h["fat"], 6.0)
+        canvas.paint(z, rows, cols, soft_alpha(sd + p.fat_mm), h["muscle"], 6.0)
+        canvas.paint(z, rows, cols, soft_alpha(sd + p.fat_mm + p.wall_mm), h["fat"], 6.0)
+        # the patient table: a thin curved plate below the back; MULAN's 7x7 opening removes it
+        grid = canvas.grid
+        table_y = ay + 25.0
+        r0, r1 = grid.row_range(table_y - 3, table_y + 16)
+        c0, c1 = grid.col_range(-1.3 * ax, 1.3 * ax)
+        if r0 < r1 and c0 < c1:
+            yy = grid.y_mm[r0:r1, None] - table_y - (grid.x_mm[None, c0:c1] / (1.3 * ax)) ** 2 * 12
+            alpha = np.clip(1.2 - np.abs(yy - 6) / 1.2, 0, 1) + np.clip(1.0 - np.abs(yy) / 1.0, 0, 1)
+            canvas.paint(z, slice(r0, r1), slice(c0, c1), np.clip(alpha, 0, 1), 150.0)
+
+
+def _line(a, b, step: float) -> np.ndarray:
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    n = max(2, int(np.linalg.norm(b - a) / step) + 1)
+    return a + np.linspace(0, 1, n)[:, None] * (b - a)
+
+
+def _arc(a, b, step: float, lift: float, axis: int = 2) -> np.ndarray:
+    """A curve from a to b bowed by ``lift`` mm along ``axis`` at its middle."""
+    pts = _line(a, b, step)
+    t = np.linspace(0, 1, len(pts))
+    pts[:, axis] += lift * np.sin(np.pi * t) * (-1 if axis == 2 else 1)
+    return pts

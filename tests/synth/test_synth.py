@@ -1,0 +1,121 @@
+import json
+
+import numpy as np
+import pytest
+
+from lesion_harvester.config import load_preset
+from lesion_harvester.errors import DataError
+from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes
+from lesion_harvester.io.deeplesion import DeepLesionDataset, read_dl_info
+from lesion_harvester.io.png16 import read_png_hu
+from lesion_harvester.synth.dataset import generate_volume, mark_probability, write_synthetic_dataset
+from lesion_harvester.synth.lesions import recist_from_mask, sample_lesion_count, sample_long_diameter_mm
+
+
+def test_layout_is_read_by_the_deeplesion_reader(tiny_dataset):
+    ds = DeepLesionDataset(tiny_dataset)
+    rows = read_dl_info(tiny_dataset / "DL_info.csv")
+    splits = json.loads((tiny_dataset / "splits.json").read_text())
+    complete = read_slice_boxes(tiny_dataset / "ground_truth" / "complete.pkl")
+    boxes3d = read_boxes_3d(tiny_dataset / "ground_truth" / "boxes_3d.pkl")
+    cfg = load_preset("tiny").synth
+    assert len(ds.sub_volumes) == cfg.total_volumes == len(complete) == len(boxes3d)
+    assert set(splits["harvest_test"]) <= set(splits["harvest"])
+    assert len(splits["fully_annotated"]) == cfg.fully_annotated
+    every = splits["fully_annotated"] + splits["harvest"] + splits["validation"] + splits["detection_test"]
+    assert sorted(every) == sorted(ds.sub_volumes)
+    for row in rows:  # each row's Slice_range is its sub-volume's AAA-BBB
+        key = f"{row.series_folder}_{row.slice_range[0]:03d}-{row.slice_range[1]:03d}"
+        assert key in ds.sub_volumes
+    marks = ds.marks()
+    for key in ds.sub_volumes:
+        assert marks[key], f"{key} has no marked lesion"
+        for mark in marks[key]:  # every mark is one of the complete ground truth boxes
+            assert any(
+                b.z_index == mark.z_index and np.allclose(b.box_xyxy_px, mark.box_xyxy_px, atol=1e-2)
+                for b in complete[key]
+            )
+        assert len(complete[key]) == len(boxes3d[key]) >= len(marks[key])
+    splits_by_code = {row.split for row in rows}
+    assert splits_by_code <= {1, 2, 3}
+    assert (tiny_dataset / "montage.png").stat().st_size > 10_000
+    stats = json.loads((tiny_dataset / "stats.json").read_text())
+    assert stats["volumes"] == cfg.total_volumes and 0 < stats["marked_fraction"] <= 1
+
+
+def test_png_values_are_hu_plus_32768(tiny_dataset):
+    ds = DeepLesionDataset(tiny_dataset)
+    sv = next(iter(ds.sub_volumes.values()))
+    hu = read_png_hu(sv.folder / f"{sv.first_slice:03d}.png")
+    assert hu.min() >= -1024 and hu.max() <= 3071
+    assert (hu < -900).mean() > 0.2  # air around the body
+    assert (np.abs(hu) < 200).mean() > 0.05  # soft tissue (a chest slice is mostly lung)
+
+
+def test_same_seed_same_volume():
+    cfg = load_preset("tiny").synth
+    a, rec_a = generate_volume(3, 77, cfg, "harvest")
+    b, rec_b = generate_volume(3, 77, cfg, "harvest")
+    c, _ = generate_volume(3, 78, cfg, "harvest")
+    assert np.array_equal(a, b) and rec_a == rec_b
+    assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_lesion_ground_truth_matches_the_image():
+    """The key-slice box of each clearly visible lesion surrounds voxels of the lesion's CT value."""
+    cfg = load_preset("demo").synth
+    checked = 0
+    for index in range(6):
+        hu, record = generate_volume(index, 5, cfg, "harvest")
+        for lesion in record.lesions:
+            if lesion.long_mm < 15 or abs(lesion.value_hu - lesion.host_hu) < 40:
+                continue
+            x1, y1, x2, y2 = (int(round(v)) for v in lesion.box_xyxy_px)
+            inner = hu[lesion.key_z, y1 + 5 : y2 - 4, x1 + 5 : x2 - 4].astype(float)
+            h, w = inner.shape
+            centre = np.median(inner[h // 3 : 2 * h // 3 + 1, w // 3 : 2 * w // 3 + 1])
+            assert abs(centre - lesion.value_hu) < abs(centre - lesion.host_hu) + 10
+            checked += 1
+    assert checked >= 3
+
+
+def test_size_and_count_distributions_follow_deeplesion():
+    rng = np.random.default_rng(0)
+    sizes = np.array([sample_long_diameter_mm(rng) for _ in range(20000)])
+    p10, p50, p90 = np.percentile(sizes, [10, 50, 90])
+    assert 5.5 < p10 < 6.5 and 11.5 < p50 < 12.5 and 32 < p90 < 36
+    assert sizes.min() >= 4 and sizes.max() <= 100
+    counts = np.array([sample_lesion_count(rng, 30) for _ in range(20000)])
+    assert 3.5 < counts.mean() < 4.1 and np.median(counts) == 3 and counts.max() > 20
+    assert mark_probability(40) > mark_probability(10) > mark_probability(5)
+
+
+def test_recist_of_a_rasterized_ellipse():
+    yy, xx = np.mgrid[0:80, 0:80]
+    mask = ((xx - 40) / 20.0) ** 2 + ((yy - 40) / 10.0) ** 2 <= 1
+    long_axis, short_axis = recist_from_mask(mask, col0=100, row0=200)
+    assert np.linalg.norm(long_axis[1] - long_axis[0]) == pytest.approx(41, abs=1.0)
+    assert np.linalg.norm(short_axis[1] - short_axis[0]) == pytest.approx(21, abs=1.0)
+    assert long_axis[:, 0].min() == pytest.approx(100 + 19.5, abs=0.6)
+    assert np.allclose(long_axis[:, 1], 240, atol=1.0)
+
+
+def test_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="already exists and is not empty"):
+        write_synthetic_dataset(out, load_preset("tiny").synth, seed=1, progress=False)
+    assert (out / "keep.txt").read_text() == "mine"
+
+    import lesion_harvester.synth.dataset as dataset_module
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(dataset_module, "write_dl_info", boom)
+    target = tmp_path / "fresh"
+    with pytest.raises(RuntimeError):
+        write_synthetic_dataset(target, load_preset("tiny").synth, seed=1, progress=False)
+    assert not target.exists()
+    assert not any(p.name.startswith(".fresh") for p in tmp_path.iterdir())
