@@ -1,0 +1,1 @@
+"""The ``lesion-harvester`` command: one module per subcommand, each a thin layer over the library."""

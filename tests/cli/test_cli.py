@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from lesion_harvester.cli.main import main
+from tests.conftest import shared_path
+
+
+def test_inspect_real_files(capsys):
+    for path, fmt, shape in [
+        (shared_path("real_ct", "totalsegmentator", "example_ct.nii.gz"), "nifti", [112, 101, 122]),
+        (shared_path("real_ct", "totalsegmentator", "example_ct_dicom"), "dicom", [20, 512, 512]),
+        (shared_path("real_ct", "pydicom", "CT_small.dcm"), "dicom", [1, 128, 128]),
+    ]:
+        assert main(["inspect", str(path)]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["format"] == fmt and out["volumes"][0]["shape"] == shape
+        assert set(out["volumes"][0]) == {"id", "shape", "spacing_mm", "hu_min", "hu_max"}
+
+
+def test_inspect_synthetic_split(tiny_dataset, capsys):
+    assert main(["inspect", str(tiny_dataset), "--split", "detection_test"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    splits = json.loads((tiny_dataset / "splits.json").read_text())
+    assert out["format"] == "deeplesion"
+    assert [v["id"] for v in out["volumes"]] == splits["detection_test"]
+
+
+def test_evaluate_writes_json_and_plots(tiny_dataset, tmp_path, capsys):
+    marks = tmp_path / "marks.pkl"
+    assert main(["marks", str(tiny_dataset), "--out", str(marks)]) == 0
+    out_json = tmp_path / "r.json"
+    code = main(
+        [
+            "evaluate",
+            "--gt",
+            str(tiny_dataset / "ground_truth" / "complete.pkl"),
+            "--detections",
+            str(marks),
+            "--json",
+            str(out_json),
+            "--plot",
+            str(tmp_path / "plots"),
+        ]
+    )
+    assert code == 0
+    result = json.loads(out_json.read_text())
+    assert set(result) >= {"ap", "froc", "recall_at_precision", "n_gt", "n_volumes", "n_detections"}
+    assert list(result["froc"]) == ["0.125", "0.25", "0.5", "1", "2", "4", "8", "16"]
+    assert list(result["recall_at_precision"]) == ["0.8", "0.85", "0.9", "0.95"]
+    # the marks are exact ground-truth boxes: precision 1, recall = the marked fraction
+    stats = json.loads((tiny_dataset / "stats.json").read_text())
+    assert result["final_precision"] == 1.0
+    assert result["final_recall"] == pytest.approx(stats["marked_fraction"], abs=1e-3)
+    assert (tmp_path / "plots" / "froc.png").is_file() and (tmp_path / "plots" / "pr.png").is_file()
+    assert "AP" in capsys.readouterr().out
+
+
+def test_user_error_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["evaluate", "--gt", str(tmp_path / "missing.pkl"), "--detections", str(tmp_path / "d.pkl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.pkl: file not found" in err[0]
+
+
+def test_synth_command(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "s"), "--preset", "tiny", "--volumes", "4", "--seed", "9"]) == 0
+    assert json.loads((tmp_path / "s" / "stats.json").read_text())["volumes"] == 4
