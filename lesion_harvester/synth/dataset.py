@@ -160,7 +160,7 @@ def generate_volume(index: int, seed: int, cfg: SynthConfig, split: str) -> tupl
             z_lo, z_hi = n // 2 - n // 6, n // 2 + n // 6
         else:
             long_mm = sample_long_diameter_mm(rng)
-            kind = sample_kind(rng, long_mm)
+            kind = sample_kind(rng, long_mm, (float(z_mm.min()), float(z_mm.max())))
             z_lo, z_hi = 0, n - 1
         spec = place_lesion(rng, kind, long_mm, patient, canvas, z_lo, z_hi, placed)
         if spec is None:

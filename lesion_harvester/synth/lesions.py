@@ -22,9 +22,9 @@ Z90 = 1.2816
 
 # name: (DL_info coarse type, weight, largest plausible long diameter in mm)
 LESION_KINDS = {
-    "liver": (4, 0.24, 100.0),
-    "lung": (5, 0.30, 60.0),
-    "lymph_node": (3, 0.24, 60.0),  # coarse type 3 (mediastinum) above the diaphragm, 2 below
+    "liver": (4, 0.22, 100.0),
+    "lung": (5, 0.26, 60.0),
+    "lymph_node": (3, 0.50, 60.0),  # only >= 11 mm (enlarged); coarse type 3 above the diaphragm, 2 below
     "kidney": (6, 0.07, 50.0),
     "bone": (1, 0.03, 32.0),
     "spleen": (2, 0.05, 50.0),
@@ -55,8 +55,20 @@ def sample_long_diameter_mm(rng: np.random.Generator) -> float:
     return float(np.clip(np.exp(np.log(SIZE_MEDIAN_MM) + sigma * z), SIZE_MIN_MM, SIZE_MAX_MM))
 
 
-def sample_kind(rng: np.random.Generator, long_mm: float) -> str:
-    names = [k for k, (_, _, cap) in LESION_KINDS.items() if long_mm <= cap]
+# smallest plausible long diameter: an enlarged lymph node has a short axis over 10 mm (reference
+# facts section 9); smaller nodes are normal anatomy, which the phantom paints as such
+KIND_MIN_MM = {"lymph_node": 11.0}
+NODE_MIN_SHORT_MM = 10.0
+
+
+def sample_kind(rng: np.random.Generator, long_mm: float, z_range_mm: tuple[float, float] | None = None) -> str:
+    """A lesion kind that fits this size and, if given, whose host organs lie in the body z range.
+
+    Choosing among the kinds that can be placed (instead of retrying failed placements with a new
+    size) keeps the size distribution unbiased.
+    """
+    names = [k for k, (_, _, cap) in LESION_KINDS.items() if KIND_MIN_MM.get(k, 0.0) <= long_mm <= cap
+             and (z_range_mm is None or (KIND_Z_RANGE[k][0] <= z_range_mm[1] and KIND_Z_RANGE[k][1] >= z_range_mm[0]))]
     weights = np.array([LESION_KINDS[k][1] for k in names])
     return str(rng.choice(names, p=weights / weights.sum()))
 
@@ -98,9 +110,9 @@ def _lesion_value(rng, kind: str, patient: Patient, host_hu: float) -> tuple[lis
         if rng.random() < (0.5 if patient.phase == "arterial" else 0.12):
             value = host_hu + rng.uniform(25, 60)  # hyperdense (hypervascular)
         else:
-            value = host_hu - rng.uniform(15, 60)
+            value = host_hu - rng.uniform(20, 60)
     elif kind == "lung":
-        value = rng.uniform(-650, -350) if rng.random() < 0.15 else rng.uniform(10, 60)
+        value = rng.uniform(-650, -350) if rng.random() < 0.15 else rng.uniform(20, 60)
     elif kind == "lymph_node":
         value = rng.uniform(30, 60)
     elif kind == "kidney":
@@ -179,6 +191,8 @@ def place_lesion(
     # the wobble stretches the outline; shrink the axes so the measured long diameter stays long_mm
     a = long_mm / 2.0 / (1.0 + 0.7 * (w2 + w3))
     b = a * rng.uniform(0.55, 1.0)
+    if kind == "lymph_node":  # enlarged: short axis over 10 mm
+        b = min(a, max(b, NODE_MIN_SHORT_MM / 2.0 + 0.25))
     c = np.sqrt(a * b) * rng.uniform(0.75, 1.3)
     for _ in range(tries):
         z_index = int(rng.choice(candidates))
