@@ -12,6 +12,8 @@ def add_parser(sub) -> None:
     p.add_argument("--detections", required=True, help="detections: tracklet pickle (3D or 2D boxes also accepted)")
     p.add_argument("--metric", choices=("p3d", "p3d-box", "iou3d"), default="p3d")
     p.add_argument("--iou", type=float, default=None, help="IoU threshold (default 0.5; 0.33 for iou3d)")
+    p.add_argument("--split", default=None, help="evaluate only the volumes of this split of splits.json")
+    p.add_argument("--splits", default=None, help="splits.json (default: the one beside GT's ground_truth/ folder)")
     p.add_argument("--json", dest="json_out", default=None, help="write the results as JSON here")
     p.add_argument("--plot", default=None, help="write FROC and precision-recall curves (PNG) into this folder")
     p.set_defaults(handler=run)
@@ -36,7 +38,17 @@ def run(args) -> int:
     from lesion_harvester.evaluation.api import evaluate_files
     from lesion_harvester.io.atomic import atomic_write_text
 
-    result = evaluate_files(args.gt, args.detections, args.metric, args.iou)
+    volumes = None
+    if args.split:
+        from lesion_harvester.errors import DataError
+        from lesion_harvester.io.splits import read_splits
+
+        splits_path = Path(args.splits) if args.splits else Path(args.gt).resolve().parent.parent / "splits.json"
+        splits = read_splits(splits_path.parent) if splits_path.name == "splits.json" else None
+        if splits is None or args.split not in splits:
+            raise DataError(splits_path, f"no split '{args.split}' (give the dataset's splits.json with --splits)")
+        volumes = splits[args.split]
+    result = evaluate_files(args.gt, args.detections, args.metric, args.iou, volumes=volumes)
     print(format_table(result))
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(result.to_json(), indent=1))

@@ -56,6 +56,22 @@ def test_evaluate_writes_json_and_plots(tiny_dataset, tmp_path, capsys):
     assert "AP" in capsys.readouterr().out
 
 
+def test_evaluate_one_split(tiny_dataset, tmp_path, capsys):
+    marks = tmp_path / "marks.pkl"
+    assert main(["marks", str(tiny_dataset), "--out", str(marks)]) == 0
+    gt = str(tiny_dataset / "ground_truth" / "complete.pkl")
+    out_json = tmp_path / "r.json"
+    assert main(["evaluate", "--gt", gt, "--detections", str(marks), "--split", "detection_test",
+                 "--json", str(out_json)]) == 0
+    stats = json.loads((tiny_dataset / "stats.json").read_text())["splits"]["detection_test"]
+    result = json.loads(out_json.read_text())
+    # only that split's lesions and volumes count, and only its marks are true positives
+    assert result["n_volumes"] == stats["volumes"] and result["n_gt"] == stats["lesions"]
+    assert result["final_recall"] == pytest.approx(stats["marked"] / stats["lesions"], abs=1e-3)
+    assert main(["evaluate", "--gt", gt, "--detections", str(marks), "--split", "nope"]) == 2
+    assert "no split 'nope'" in capsys.readouterr().err
+
+
 def test_user_error_is_one_line_exit_2(tmp_path, capsys):
     assert main(["evaluate", "--gt", str(tmp_path / "missing.pkl"), "--detections", str(tmp_path / "d.pkl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
