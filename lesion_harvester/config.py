@@ -9,6 +9,8 @@ resolved configuration next to its outputs (:func:`dump_config`).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,11 +71,148 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
+class PreprocessConfig:
+    """MULAN preprocessing (reference-facts section 2) and the 2.5D context of the LPG."""
+
+    spacing_mm: float = 0.8
+    max_size_px: int = 512
+    context_mm: float = 2.0
+    # "exact": context slices every context_mm (MULAN); "shared": triplet centres rounded to whole
+    # slices so that a scan computes each triplet once (geometry.preprocess.context_offsets)
+    context_mode: str = "exact"
+    window_hu: tuple[float, float] = (-1024.0, 3071.0)
+    pixel_mean: float = 50.0
+    body_threshold_hu: float = -768.0
+
+    def fingerprint(self) -> str:
+        """Identifies the prepared-volume cache (context settings do not change prepared volumes)."""
+        text = json.dumps([self.spacing_mm, self.max_size_px, list(self.window_hu), self.pixel_mean,
+                           self.body_threshold_hu])
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+@dataclass(frozen=True)
+class MSCNConfig:
+    """Architecture of the multi-slice CenterNet. The defaults are the paper's: DenseNet-121
+    (init 64, growth 32, blocks 6/12/24, truncated after block 3), 9 slices, a 512-channel neck."""
+
+    num_slices: int = 9  # 9: MSCN with 3D context fusion; 3: the plain CenterNet of Table III
+    init_features: int = 64
+    growth_rate: int = 32
+    block_config: tuple[int, ...] = (6, 12, 24)
+    bn_size: int = 4
+    neck_channels: int = 512
+    head_channels: int = 64
+    pretrained_path: str | None = None  # a local torchvision DenseNet-121 state dict (ImageNet)
+
+
+@dataclass(frozen=True)
+class LPGTrainConfig:
+    """LPG training: crops (or whole slices), augmentation, optimiser and schedule."""
+
+    crop_px: int = 0  # 0: whole slices, as MULAN; else square crops around objects and background
+    background_fraction: float = 0.3  # share of crops drawn at random positions
+    scale_jitter: tuple[float, float] = (0.8, 1.2)
+    hflip: bool = False
+    rotate90: bool = False  # random transposes and flips (the 8 symmetries of the square); crops only
+    intensity_jitter: float = 0.0  # contrast x U(1 - j, 1 + j) and a shift of up to j * 50 HU
+    noise_hu: float = 0.0  # added Gaussian noise, standard deviation up to this many HU
+    max_objects: int = 32
+    # hard background: after each epoch, the model's false positives on the fully annotated volumes
+    # (complete labels, so these are true negatives) become centres of background crops
+    mine_hard_background: bool = False
+    mined_fraction: float = 0.5  # share of background crops centred on mined false positives
+    mine_min_score: float = 0.2
+    mine_per_slice: int = 3
+    batch_size: int = 8
+    epochs: int = 8
+    iters_per_epoch: int = 2000
+    optimizer: str = "sgd"  # sgd (MULAN) or adamw
+    lr: float = 0.004
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: str = "step"  # step (x0.1 at lr_steps epochs) or cosine
+    lr_steps: tuple[int, ...] = (4, 6)
+    warmup_iters: int = 200
+    grad_clip: float = 10.0
+    amp: bool = True  # mixed precision, CUDA only
+    loader_workers: int = 1  # processes preparing batches (0: in the training process)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    """Whole-volume scanning with the LPG."""
+
+    batch_slices: int = 8
+    top_k: int = 100
+    shared: bool = True  # compute each triplet once per volume
+    amp: bool = True  # half precision on CUDA
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    """2D -> 3D stacking (paper Sec. III-B.2)."""
+
+    score_threshold: float = 0.1  # t_G
+    link_iou: float = 0.8
+    fuse_iou: float = 0.8
+
+
+@dataclass(frozen=True)
+class LPCConfig:
+    """Lesion proposal classifier (paper Sec. III-D): one ResNet-18 per view on patches around each
+    proposal (its extent padded by 64 px), features concatenated, one linear layer."""
+
+    variant: str = "multiview"  # multiview (axial, coronal, sagittal), axial (2D), or 3d (3D ResNet-18)
+    patch_px: int = 64  # samples per side of each view (a cube for 3d)
+    pad_px: float = 64.0  # padding of the lesion extent, in original pixels
+    windows_hu: tuple[tuple[float, float], ...] = ((-1350.0, 150.0), (-175.0, 275.0), (-450.0, 1050.0))
+    widen_factor: float = 1.0  # ResNet-18 channel width (1.0 = the standard ResNet-18)
+    pretrained_path: str | None = None  # a local torchvision ResNet-18 state dict (2D variants)
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 0.001
+    weight_decay: float = 0.0001
+    folds: int = 2  # V_M is scored out of fold, so the 95%-precision threshold is not fit on training data
+    min_objectness: float = 0.1  # proposals below this s_g are not classified (s_c = 0)
+    # with fewer verified proposals than this (a weak early LPG), the known lesion boxes themselves
+    # (marks and complete labels, as one-slice proposals) join the positives
+    min_positives: int = 20
+    max_per_volume: int = 50  # at most this many proposals (by s_g) per volume are classified
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """Harvest rounds (paper Sec. III-D, III-E)."""
+
+    rounds: int = 3
+    min_new_lesions: int = 1  # stop early when a round adds fewer new lesions than this
+    precision: float = 0.95  # the threshold keeps this precision on the fully annotated volumes
+    verify_iou: float = 0.5  # P3D IoU for a proposal to cover a mark
+    hard_min_objectness: float = 0.5  # hard negatives: the rest with s_g >= this...
+    hard_top_per_volume: int = 5  # ...plus this many top-s_g proposals per volume
+    finetune_epochs: int = 2  # rounds 2+: LPG fine-tuning from the previous round's checkpoint
+    finetune_iters_per_epoch: int = 500
+    finetune_lr_factor: float = 0.5
+    lpc_variants: bool = True  # round 1: also train the axial and 3D LPCs (the paper's Fig. 5b)
+    variant_epochs: int = 0  # epochs of those comparison LPCs (0: as lpc.epochs)
+
+
+@dataclass(frozen=True)
 class Preset:
     """A whole configuration: one dataclass per stage."""
 
     name: str = "custom"
     synth: SynthConfig = field(default_factory=SynthConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    lpg: MSCNConfig = field(default_factory=MSCNConfig)
+    lpg_train: LPGTrainConfig = field(default_factory=LPGTrainConfig)
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    lpc: LPCConfig = field(default_factory=LPCConfig)
+    harvest: HarvestConfig = field(default_factory=HarvestConfig)
 
 
 def _convert(value, annotation, where: str):

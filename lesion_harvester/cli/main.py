@@ -15,7 +15,7 @@ import sys
 from lesion_harvester import __version__
 from lesion_harvester.errors import LesionHarvesterError
 
-SUBCOMMANDS = ("inspect", "synth", "evaluate", "marks", "demo")
+SUBCOMMANDS = ("inspect", "synth", "evaluate", "marks", "train-lpg", "propose", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,64 @@
+"""LPG checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so loading it runs no
+code: ``format``, ``model_config`` and ``preprocess`` (the dataclasses as dicts), ``state_dict``,
+``epoch``, ``score`` and, in ``last.pt``, the optimiser, schedule and random states for resuming.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lesion_harvester.config import MSCNConfig, PreprocessConfig, from_dict, to_dict
+from lesion_harvester.errors import DataError
+
+FORMAT = "lesion-harvester-lpg/1"
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> None:
+    """``torch.save`` to a temporary sibling, then rename: a reader never sees half a checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(path, f"not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DataError(path, f"not a Lesion Harvester LPG checkpoint (expected format {FORMAT})")
+    return payload
+
+
+def model_payload(model, model_cfg: MSCNConfig, pre: PreprocessConfig, **extra) -> dict:
+    return {"format": FORMAT, "model_config": to_dict(model_cfg), "preprocess": to_dict(pre),
+            "state_dict": model.state_dict(), **extra}
+
+
+def load_model(path: str | Path, device: str = "cpu"):
+    """(MSCN in eval mode, its MSCNConfig, its PreprocessConfig) from a checkpoint."""
+    from lesion_harvester.lpg.model import MSCN
+
+    payload = load_checkpoint(path)
+    model_cfg = from_dict(MSCNConfig, {**payload["model_config"], "pretrained_path": None}, f"{path} model_config")
+    pre = from_dict(PreprocessConfig, payload["preprocess"], f"{path} preprocess")
+    model = MSCN(model_cfg)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), model_cfg, pre

@@ -1,0 +1,377 @@
+"""LPG input data: prepared (cropped, resampled, normalized) volumes, their disk cache, and
+the training-crop sampler.
+
+Preparing a volume once (MULAN's body crop, in-plane resampling and HU windowing) and caching it
+as float16 makes every later 9-slice context a cheap slice-and-interpolate, for training crops
+and whole-volume scans alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
+from lesion_harvester.geometry.preprocess import (
+    blend_positions,
+    body_crop_box,
+    boxes_to_original,
+    boxes_to_resampled,
+    context_offsets,
+    inplane_scale,
+    normalize_hu,
+    resample_inplane,
+)
+from lesion_harvester.io.volume import Volume
+from lesion_harvester.lpg.targets import build_targets
+
+log = logging.getLogger(__name__)
+
+AIR_VALUE = float(normalize_hu(np.array([-1024.0]))[0])  # what lies outside the body crop
+
+
+@dataclass
+class PreparedVolume:
+    """A volume ready for the network.
+
+    image: (Z, H, W) float16, body-cropped, resampled to ``spacing_mm`` and normalized.
+    crop_yx: top-left corner of the body crop in original pixels; scale: resampling factor.
+    """
+
+    key: str
+    image: np.ndarray
+    crop_yx: tuple[int, int]
+    scale: float
+    spacing_zyx_mm: tuple[float, float, float]
+    original_shape: tuple[int, int, int]
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.image.shape[0])
+
+    def to_prepared(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        return boxes_to_resampled(boxes_xyxy, self.crop_yx, self.scale)
+
+    def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        return boxes_to_original(boxes_xyxy, self.crop_yx, self.scale)
+
+    def context_positions(self, num_slices: int, cfg: PreprocessConfig) -> np.ndarray:
+        """(Z, S) fractional slice positions of every target's context, clamped into the volume."""
+        offsets = context_offsets(self.spacing_zyx_mm[0], num_slices, cfg.context_mm, cfg.context_mode)
+        positions = np.arange(self.num_slices)[:, None] + offsets[None, :]
+        return np.clip(positions, 0, self.num_slices - 1)
+
+    def window(self, positions: np.ndarray, y0: int, x0: int, size_y: int, size_x: int) -> np.ndarray:
+        """(K, size_y, size_x) float32 slices at fractional ``positions``, air outside the image."""
+        blend = blend_positions(positions, self.num_slices)
+        out = np.full((len(positions), size_y, size_x), AIR_VALUE, dtype=np.float32)
+        h, w = self.image.shape[1:]
+        ys, ye = max(y0, 0), min(y0 + size_y, h)
+        xs, xe = max(x0, 0), min(x0 + size_x, w)
+        if ys >= ye or xs >= xe:
+            return out
+        lo = self.image[blend.lo, ys:ye, xs:xe].astype(np.float32)
+        hi = self.image[blend.hi, ys:ye, xs:xe].astype(np.float32)
+        out[:, ys - y0: ye - y0, xs - x0: xe - x0] = lo + (hi - lo) * blend.w_hi[:, None, None]
+        return out
+
+
+def prepare_volume(volume: Volume, cfg: PreprocessConfig) -> PreparedVolume:
+    """Body crop, resample in-plane to ``cfg.spacing_mm`` and normalize a volume."""
+    y0, y1, x0, x1 = body_crop_box(volume.hu_zyx, cfg.body_threshold_hu)
+    region = volume.hu_zyx[:, y0:y1, x0:x1]
+    scale = inplane_scale(volume.spacing_zyx_mm[1:], cfg.spacing_mm, region.shape[1:], cfg.max_size_px)
+    slices = []
+    for start in range(0, region.shape[0], 16):  # in chunks, to bound the float32 copy
+        chunk = normalize_hu(torch.from_numpy(region[start:start + 16].astype(np.float32)), cfg.window_hu,
+                             cfg.pixel_mean)
+        slices.append(resample_inplane(chunk, scale).half())
+    image = torch.cat(slices).numpy()
+    return PreparedVolume(volume.volume_id, image, (y0, x0), scale, volume.spacing_zyx_mm, volume.shape)
+
+
+class PreparedCache:
+    """Prepared volumes on disk (``ROOT/<config fingerprint>/<key>.npy`` + ``.json``), read memory-mapped.
+
+    ``root=None`` keeps nothing on disk.
+    """
+
+    def __init__(self, root: str | Path | None, cfg: PreprocessConfig):
+        self.cfg = cfg
+        self.dir = None if root is None else Path(root) / cfg.fingerprint()
+        if self.dir is not None:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                log.warning("cannot create cache folder %s (%s); preparing volumes in memory only", self.dir, exc)
+                self.dir = None
+
+    def get(self, source, key: str) -> PreparedVolume:
+        if self.dir is not None:
+            npy, meta = self.dir / f"{key}.npy", self.dir / f"{key}.json"
+            if npy.is_file() and meta.is_file():
+                info = json.loads(meta.read_text())
+                return PreparedVolume(key, np.load(npy, mmap_mode="r"), tuple(info["crop_yx"]), info["scale"],
+                                      tuple(float(s) for s in info["spacing_zyx_mm"]), tuple(info["original_shape"]))
+        prepared = prepare_volume(source.load(key), self.cfg)
+        if self.dir is not None:
+            _save_npy_atomic(self.dir / f"{key}.npy", prepared.image)
+            info = {"crop_yx": list(prepared.crop_yx), "scale": prepared.scale,
+                    "spacing_zyx_mm": [s if not math.isnan(s) else "nan" for s in prepared.spacing_zyx_mm],
+                    "original_shape": list(prepared.original_shape)}
+            (self.dir / f"{key}.json").write_text(json.dumps(info))
+        return prepared
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class SliceRecord:
+    """One training slice: positive and hard-negative boxes (original pixels) on slice ``z_index``."""
+
+    key: str
+    z_index: int
+    positives: np.ndarray  # (N, 4)
+    negatives: np.ndarray  # (M, 4)
+
+
+@dataclass
+class TrainingData:
+    """What the LPG trains on."""
+
+    volume_keys: list[str]  # volumes to draw background crops from
+    records: list[SliceRecord]
+    # per volume: (z_lo, z_hi, box) regions that hold known lesions, kept out of background crops
+    exclusions: dict[str, list[tuple[int, int, np.ndarray]]] = field(default_factory=dict)
+    # (key, z, box) false positives mined on fully annotated volumes: centres of hard background crops
+    hard_background: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
+
+    def excluded(self, key: str, z: int, box: np.ndarray) -> bool:
+        """Whether a box on slice z overlaps a known lesion (which may continue there unlabeled)."""
+        for z_lo, z_hi, other in self.exclusions.get(key, []):
+            overlaps_xy = box[0] <= other[2] and box[2] >= other[0] and box[1] <= other[3] and box[3] >= other[1]
+            if z_lo <= z <= z_hi and overlaps_xy:
+                return True
+        return False
+
+    def slice_boxes(self) -> dict[tuple[str, int], SliceRecord]:
+        """Records merged per (volume, slice)."""
+        merged: dict[tuple[str, int], SliceRecord] = {}
+        for r in self.records:
+            k = (r.key, r.z_index)
+            if k in merged:
+                m = merged[k]
+                merged[k] = SliceRecord(r.key, r.z_index, np.concatenate([m.positives, r.positives]),
+                                        np.concatenate([m.negatives, r.negatives]))
+            else:
+                merged[k] = r
+        return merged
+
+
+class CropSampler:
+    """Random training crops: around annotated objects, or background, with MULAN-style jitter."""
+
+    def __init__(self, data: TrainingData, prepared: dict[str, PreparedVolume], num_slices: int,
+                 pre: PreprocessConfig, crop: LPGTrainConfig, rng: np.random.Generator, stride: int = 4):
+        self.slices = data.slice_boxes()
+        self.slice_list = list(self.slices.values())
+        self.data = data
+        self.volume_keys = data.volume_keys
+        self.exclusions = data.exclusions
+        self.prepared = prepared
+        self.num_slices = num_slices
+        self.pre = pre
+        self.crop = crop
+        self.rng = rng
+        self.stride = stride
+        self.positions = {k: v.context_positions(num_slices, pre) for k, v in prepared.items()}
+
+    def _hard_background(self):
+        key, z, box = self.data.hard_background[int(self.rng.integers(len(self.data.hard_background)))]
+        pv = self.prepared[key]
+        b = pv.to_prepared(box)[0]
+        scale = self.rng.uniform(*self.crop.scale_jitter)
+        src = int(round(self.crop.crop_px / scale))
+        x0 = int(round((b[0] + b[2]) / 2 - src * self.rng.uniform(0.2, 0.8)))
+        y0 = int(round((b[1] + b[3]) / 2 - src * self.rng.uniform(0.2, 0.8)))
+        return pv, z, y0, x0, src, scale, self.slices.get((key, z))
+
+    def _background(self):
+        if self.data.hard_background and self.crop.crop_px and self.rng.random() < self.crop.mined_fraction:
+            return self._hard_background()
+        for _ in range(20):
+            key = self.volume_keys[int(self.rng.integers(len(self.volume_keys)))]
+            pv = self.prepared[key]
+            z = int(self.rng.integers(pv.num_slices))
+            scale = self.rng.uniform(*self.crop.scale_jitter)
+            src = int(round(self.crop.crop_px / scale))
+            h, w = pv.image.shape[1:]
+            y0 = int(self.rng.integers(-src // 4, max(h - 3 * src // 4, -src // 4 + 1)))
+            x0 = int(self.rng.integers(-src // 4, max(w - 3 * src // 4, -src // 4 + 1)))
+            window = np.array([x0, y0, x0 + src - 1, y0 + src - 1], dtype=np.float64)
+            blocked = False
+            for z_lo, z_hi, box in self.exclusions.get(key, []):
+                if z_lo <= z <= z_hi:
+                    b = pv.to_prepared(box)[0]
+                    if b[0] <= window[2] and b[2] >= window[0] and b[1] <= window[3] and b[3] >= window[1]:
+                        blocked = True
+                        break
+            if not blocked:
+                record = self.slices.get((key, z))
+                return pv, z, y0, x0, src, scale, record
+        return None
+
+    def _around_object(self):
+        record = self.slice_list[int(self.rng.integers(len(self.slice_list)))]
+        pv = self.prepared[record.key]
+        objects = np.concatenate([record.positives, record.negatives]).reshape(-1, 4)
+        anchor = pv.to_prepared(objects[int(self.rng.integers(len(objects)))])[0]
+        scale = self.rng.uniform(*self.crop.scale_jitter)
+        src = int(round(self.crop.crop_px / scale))
+        cx, cy = (anchor[0] + anchor[2]) / 2, (anchor[1] + anchor[3]) / 2
+        x0 = int(round(cx - src * self.rng.uniform(0.2, 0.8)))
+        y0 = int(round(cy - src * self.rng.uniform(0.2, 0.8)))
+        return pv, record.z_index, y0, x0, src, scale, record
+
+    def sample(self) -> tuple[np.ndarray, dict]:
+        """One crop: input (S, C, C) float32 and its CenterNet targets."""
+        picked = None
+        if not self.slice_list or self.rng.random() < self.crop.background_fraction:
+            picked = self._background()
+        if picked is None:
+            picked = self._around_object()
+        pv, z, y0, x0, src, scale, record = picked
+        if self.crop.crop_px:
+            src_h = src_w = src
+            out_h = out_w = self.crop.crop_px
+        else:  # whole slices (MULAN): the whole prepared slice, rescaled, padded to a multiple of 16
+            y0 = x0 = 0
+            src_h, src_w = pv.image.shape[1:]
+            out_h = _multiple(src_h * scale, 16)
+            out_w = _multiple(src_w * scale, 16)
+        window = pv.window(self.positions[pv.key][z], y0, x0, src_h, src_w)
+        scaled_h, scaled_w = max(1, int(round(src_h * scale))), max(1, int(round(src_w * scale)))
+        if self.crop.crop_px:
+            scaled_h, scaled_w = out_h, out_w
+        image = F.interpolate(torch.from_numpy(window)[None], size=(scaled_h, scaled_w), mode="bilinear",
+                              align_corners=False)[0]
+        if (scaled_h, scaled_w) != (out_h, out_w):
+            image = F.pad(image, (0, out_w - scaled_w, 0, out_h - scaled_h), value=AIR_VALUE)
+        factor = scaled_w / src_w
+
+        def place(boxes):
+            if boxes is None or len(boxes) == 0:
+                return np.zeros((0, 4))
+            b = pv.to_prepared(boxes)
+            b[:, [0, 2]] -= x0
+            b[:, [1, 3]] -= y0
+            b = (b + 0.5) * factor - 0.5
+            centre_x, centre_y = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+            inside = (centre_x >= 0) & (centre_x <= out_w - 1) & (centre_y >= 0) & (centre_y <= out_h - 1)
+            return b[inside]
+
+        positives = place(record.positives if record is not None else None)
+        negatives = place(record.negatives if record is not None else None)
+        image = self._augment(image, (positives, negatives), out_h, out_w)
+        targets = build_targets(positives, (out_h // self.stride, out_w // self.stride), self.stride,
+                                self.crop.max_objects, negatives)
+        return image.numpy(), targets
+
+    def _augment(self, image: torch.Tensor, boxes: tuple[np.ndarray, ...], out_h: int, out_w: int) -> torch.Tensor:
+        """Flips, transposes and intensity changes; boxes (in place) follow the geometry."""
+        cfg, rng = self.crop, self.rng
+        if cfg.rotate90 and out_h == out_w and rng.random() < 0.5:
+            image = image.transpose(-1, -2)
+            for b in boxes:
+                if len(b):
+                    b[:] = b[:, [1, 0, 3, 2]]
+        if (cfg.hflip or cfg.rotate90) and rng.random() < 0.5:
+            image = image.flip(-1)
+            for b in boxes:
+                if len(b):
+                    b[:, [0, 2]] = (out_w - 1) - b[:, [2, 0]]
+        if cfg.rotate90 and rng.random() < 0.5:
+            image = image.flip(-2)
+            for b in boxes:
+                if len(b):
+                    b[:, [1, 3]] = (out_h - 1) - b[:, [3, 1]]
+        hu_unit = 255.0 / (self.pre.window_hu[1] - self.pre.window_hu[0])  # network units per HU
+        if cfg.intensity_jitter:
+            j = cfg.intensity_jitter
+            tissue = (40.0 - self.pre.window_hu[0]) * hu_unit - self.pre.pixel_mean  # soft tissue stays put
+            image = (image - tissue) * rng.uniform(1 - j, 1 + j) + tissue + rng.uniform(-j, j) * 50 * hu_unit
+        if cfg.noise_hu:
+            sigma = rng.uniform(0, cfg.noise_hu) * hu_unit
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))  # seeded: runs stay repeatable
+            image = image + torch.randn(image.shape, generator=generator) * sigma
+        return image.contiguous()
+
+    def batch(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """n samples; whole slices of different sizes are padded (air, and zero targets) to the largest."""
+        samples = [self.sample() for _ in range(n)]
+        h = max(s[0].shape[1] for s in samples)
+        w = max(s[0].shape[2] for s in samples)
+        images, heatmaps, inds = [], [], []
+        for image, t in samples:
+            ih, iw = image.shape[1:]
+            images.append(np.pad(image, ((0, 0), (0, h - ih), (0, w - iw)), constant_values=AIR_VALUE))
+            hm = t["hm"]
+            pad = ((0, 0), (0, h // self.stride - hm.shape[1]), (0, w // self.stride - hm.shape[2]))
+            heatmaps.append(np.pad(hm, pad))
+            row, col = np.divmod(t["ind"], hm.shape[2])  # re-index centres for the padded width
+            inds.append(row * (w // self.stride) + col)
+        targets = {k: torch.from_numpy(np.stack([s[1][k] for s in samples])) for k in ("wh", "reg", "mask")}
+        targets["hm"] = torch.from_numpy(np.stack(heatmaps))
+        targets["ind"] = torch.from_numpy(np.stack(inds))
+        return torch.from_numpy(np.stack(images)), targets
+
+
+class EpochBatches(torch.utils.data.IterableDataset):
+    """Exactly ``count`` batches of one epoch, drawn with a generator seeded by (seed, epoch).
+
+    Meant for a ``DataLoader`` worker process: sampling is Python-heavy, and in a thread it would
+    hold the interpreter lock that the training loop needs for every tensor operation. Seeding by
+    epoch makes each epoch's batches independent of where the run was resumed.
+    """
+
+    def __init__(self, make_sampler, seed: int, epoch: int, count: int, batch_size: int):
+        super().__init__()
+        self.make_sampler, self.seed, self.epoch = make_sampler, seed, epoch
+        self.count, self.batch_size = count, batch_size
+
+    def __iter__(self):
+        sampler = self.make_sampler(np.random.default_rng([self.seed, self.epoch]))
+        for _ in range(self.count):
+            yield sampler.batch(self.batch_size)
+
+
+def epoch_loader(make_sampler, seed: int, epoch: int, count: int, batch_size: int, workers: int = 1):
+    """Batches of one epoch, prepared in ``workers`` background processes (0: in this process)."""
+    dataset = EpochBatches(make_sampler, seed, epoch, count, batch_size)
+    if workers <= 0:
+        return iter(dataset)
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=4,
+                                            multiprocessing_context="fork"))
+
+
+def _multiple(size: float, multiple: int) -> int:
+    return int(math.ceil(max(1, round(size)) / multiple) * multiple)

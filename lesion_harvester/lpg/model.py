@@ -1,0 +1,181 @@
+"""Multi-slice CenterNet (MSCN): CenterNet heads on a MULAN-style 2.5D DenseNet backbone.
+
+Input: ``(B, S, H, W)`` normalized slices around each target slice, S = 9 (or 3 for the plain
+CenterNet of the paper's Table III). The S slices are split into S/3 consecutive triplets, each a
+3-channel image through one shared DenseNet truncated after dense block 3 (MONAI's layer layout):
+
+    conv0 .. pool0 (stride 4) -> denseblock1 (b1) -> transition1 -> denseblock2 (b2, stride 8)
+    -> transition2 (t2, stride 16) -> [fusion a] -> denseblock3 (b3, stride 16)
+
+Fusion (a) concatenates the triplets' t2 maps and a 1x1 conv replaces the central triplet's map.
+A top-down neck (1x1 laterals on b3, b2, b1, nearest x2 upsampling, sums) gives one map per triplet
+at stride 4; fusion (b) concatenates them and a 1x1 conv gives the target's map, on which the
+CenterNet heads (heatmap, size, offset) sit.
+
+Everything a triplet computes without fusion depends only on that triplet, so a volume scan can
+compute it once and reuse it for every target slice that uses the triplet
+(:meth:`MSCN.triplet_features`, :meth:`MSCN.side_neck`, :meth:`MSCN.target_heads`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets import DenseNet
+
+from lesion_harvester.config import MSCNConfig
+from lesion_harvester.errors import DataError
+
+log = logging.getLogger(__name__)
+
+HEATMAP_BIAS = -2.19  # CenterNet: sigmoid(-2.19) = 0.1, a prior that keeps the focal loss stable
+
+
+class Triplet:
+    """Per-triplet features that do not depend on the target slice: the transition-2 map (input of
+    fusion (a)) and the 1x1 laterals of dense blocks 1 and 2 (inputs of the top-down neck)."""
+
+    __slots__ = ("t2", "lat1", "lat2")
+
+    def __init__(self, t2, lat1, lat2):
+        self.t2, self.lat1, self.lat2 = t2, lat1, lat2
+
+    def index(self, i) -> Triplet:
+        return Triplet(self.t2[i], self.lat1[i], self.lat2[i])
+
+
+def _head(in_ch: int, mid: int, out_ch: int, bias: float | None = None) -> nn.Sequential:
+    head = nn.Sequential(nn.Conv2d(in_ch, mid, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(mid, out_ch, 1))
+    if bias is not None:
+        nn.init.constant_(head[-1].bias, bias)
+    return head
+
+
+class MSCN(nn.Module):
+    """The LPG network. ``forward(x)`` returns (heatmap logits, size, offset), each (B, C, H/4, W/4)."""
+
+    stride = 4
+
+    def __init__(self, cfg: MSCNConfig):
+        super().__init__()
+        if cfg.num_slices % 3 or cfg.num_slices < 3:
+            raise ValueError(f"num_slices must be a multiple of 3, got {cfg.num_slices}")
+        if len(cfg.block_config) != 3:
+            raise ValueError(f"block_config needs 3 dense blocks (truncated after block 3), got {cfg.block_config}")
+        self.cfg = cfg
+        self.num_triplets = cfg.num_slices // 3
+        dense = DenseNet(spatial_dims=2, in_channels=3, out_channels=1, init_features=cfg.init_features,
+                         growth_rate=cfg.growth_rate, block_config=tuple(cfg.block_config) + (1,), bn_size=cfg.bn_size)
+        f = dense.features
+        self.stem = nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0)
+        self.block1, self.trans1 = f.denseblock1, f.transition1
+        self.block2, self.trans2 = f.denseblock2, f.transition2
+        self.block3 = f.denseblock3
+        c1, c2, c3, ct2 = _channels(cfg)
+        n = cfg.neck_channels
+        self.lat1, self.lat2, self.lat3 = nn.Conv2d(c1, n, 1), nn.Conv2d(c2, n, 1), nn.Conv2d(c3, n, 1)
+        if self.num_triplets > 1:
+            self.fuse_a = nn.Conv2d(ct2 * self.num_triplets, ct2, 1)
+            self.fuse_b = nn.Conv2d(n * self.num_triplets, n, 1)
+        self.hm = _head(n, cfg.head_channels, 1, HEATMAP_BIAS)
+        self.wh = _head(n, cfg.head_channels, 2)
+        self.reg = _head(n, cfg.head_channels, 2)
+        if cfg.pretrained_path:
+            load_imagenet_densenet(self, cfg.pretrained_path)
+
+    # --- per-triplet (target-independent) parts --------------------------------------------------
+    def triplet_features(self, x3: torch.Tensor) -> Triplet:
+        """x3: (N, 3, H, W) -> the triplet's maps before fusion (a) and its b1/b2 laterals."""
+        b1 = self.block1(self.stem(x3))
+        b2 = self.block2(self.trans1(b1))
+        return Triplet(self.trans2(b2), self.lat1(b1), self.lat2(b2))
+
+    def _top_down(self, t: Triplet, b3: torch.Tensor) -> torch.Tensor:
+        p = self.lat3(b3)
+        p = t.lat2 + F.interpolate(p, size=t.lat2.shape[-2:], mode="nearest")
+        return t.lat1 + F.interpolate(p, size=t.lat1.shape[-2:], mode="nearest")
+
+    def side_neck(self, t: Triplet) -> torch.Tensor:
+        """Stride-4 neck map of a triplet used beside the target (not fused): (N, C, H/4, W/4)."""
+        return self._top_down(t, self.block3(t.t2))
+
+    # --- per-target parts ------------------------------------------------------------------------
+    def target_heads(self, t2s: list[torch.Tensor], centre: Triplet, side_necks: list[torch.Tensor | None]):
+        """Heads for targets, given every triplet's t2 map (in slice order), the central triplet and the
+        necks of the side triplets (None at the centre)."""
+        if self.num_triplets == 1:
+            neck = self.side_neck(centre)
+        else:
+            c = self.num_triplets // 2
+            fused_t2 = self.fuse_a(torch.cat(t2s, dim=1))
+            centre_neck = self._top_down(centre, self.block3(fused_t2))
+            neck = self.fuse_b(torch.cat([centre_neck if i == c else side_necks[i] for i in range(len(t2s))], dim=1))
+        return self.hm(neck), self.wh(neck), self.reg(neck)
+
+    def forward(self, x: torch.Tensor):
+        """x: (B, S, H, W) with H, W multiples of 16. Returns heatmap logits (B, 1, h, w), size and
+        offset (B, 2, h, w), h = H / 4."""
+        b, s, h, w = x.shape
+        k = self.num_triplets
+        if s != 3 * k:
+            raise ValueError(f"expected {3 * k} slices, got {s}")
+        feats = self.triplet_features(x.reshape(b * k, 3, h, w))
+        per = [feats.index(slice(i, None, k)) for i in range(k)]  # triplet i of every sample
+        sides = [None if i == k // 2 or k == 1 else self.side_neck(per[i]) for i in range(k)]
+        return self.target_heads([t.t2 for t in per], per[k // 2], sides)
+
+
+def _channels(cfg: MSCNConfig) -> tuple[int, int, int, int]:
+    """(block1, block2, block3, transition2) output channels."""
+    c = cfg.init_features + cfg.block_config[0] * cfg.growth_rate
+    c1 = c
+    c = c // 2 + cfg.block_config[1] * cfg.growth_rate
+    c2 = c
+    ct2 = c // 2
+    c3 = ct2 + cfg.block_config[2] * cfg.growth_rate
+    return c1, c2, c3, ct2
+
+
+def load_imagenet_densenet(model: MSCN, path: str | Path) -> None:
+    """Load a local torchvision-format DenseNet state dict (``features.*`` keys) into the backbone.
+
+    Nothing is downloaded. Keys of layers the truncated backbone lacks (transition3, block 4,
+    classifier) are ignored; a missing or mismatched backbone tensor is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "pretrained weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(path, f"not a loadable state dict ({exc})") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    targets = {
+        "conv0": "stem.0", "norm0": "stem.1", "denseblock1": "block1", "transition1": "trans1",
+        "denseblock2": "block2", "transition2": "trans2", "denseblock3": "block3",
+    }
+    own = model.state_dict()
+    loaded = 0
+    for key, tensor in state.items():
+        parts = key.removeprefix("module.").split(".")
+        if parts[0] != "features" or parts[1] not in targets:
+            continue
+        rest = parts[2:]
+        # torchvision: denselayerN.norm1.weight; MONAI: denselayerN.layers.norm1.weight
+        if rest and rest[0].startswith("denselayer") and len(rest) == 3:
+            rest = [rest[0], "layers", *rest[1:]]
+        name = ".".join([targets[parts[1]], *rest])
+        if name not in own or own[name].shape != tensor.shape:
+            raise DataError(path, f"weight {key} does not fit this backbone (as {name}); is it a DenseNet-121 "
+                                  "state dict for the 'paper' architecture?")
+        own[name] = tensor
+        loaded += 1
+    if loaded == 0:
+        raise DataError(path, "no DenseNet 'features.*' weights in this file")
+    model.load_state_dict(own)
+    log.info("loaded %d backbone tensors from %s", loaded, path)

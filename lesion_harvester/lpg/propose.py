@@ -1,0 +1,101 @@
+"""``propose``: scan volumes with a trained LPG and write 3D proposals (tracklets), resumably.
+
+While running, each finished volume's proposals are saved in ``OUT.partial/``; a rerun with the
+same checkpoint and settings skips them, so a killed scan continues where it stopped. The final
+pickle (the authors' detection format) and its CSV are written atomically, then the partial
+folder is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+from lesion_harvester.config import ScanConfig, StackConfig
+from lesion_harvester.errors import DataError
+from lesion_harvester.io.annotations import Tracklet, write_tracklets, write_tracklets_csv
+from lesion_harvester.io.atomic import atomic_write_bytes, atomic_write_text
+from lesion_harvester.io.loader import open_volumes
+from lesion_harvester.io.safe_pickle import safe_load_pickle
+from lesion_harvester.lpg.checkpoint import load_model
+from lesion_harvester.lpg.data import PreparedCache
+from lesion_harvester.lpg.scan import Scanner, scan_volumes
+
+log = logging.getLogger(__name__)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: str | None = None,
+            stack: StackConfig | None = None, scan: ScanConfig | None = None, device: str = "cpu",
+            cache_dir: str | Path | None = None, progress: bool = True,
+            keys: list[str] | None = None) -> dict[str, list[Tracklet]]:
+    """Scan every slice of the selected volumes (a split, or explicit ``keys``); returns and writes
+    {volume key: tracklets}."""
+    stack = stack or StackConfig()
+    scan = scan or ScanConfig()
+    out = Path(out)
+    source = open_volumes(data, split=split)
+    if keys is not None:
+        unknown = [k for k in keys if k not in set(source.keys)]
+        if unknown:
+            raise DataError(data, f"{len(unknown)} volumes to scan are not in the dataset, e.g. {unknown[0]}")
+        source.keys = list(keys)
+    model, _, pre = load_model(checkpoint, device)
+    scanner = Scanner(model, pre, scan, device)
+    if source.format == "deeplesion":
+        from lesion_harvester.lpg.train import default_cache_dir
+
+        cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), pre)
+        total = sum(source.dataset.sub_volumes[k].num_slices for k in source.keys)
+    else:
+        cache = PreparedCache(cache_dir, pre)
+        total = None
+
+    def prepare(key: str):
+        if source.format != "deeplesion":
+            source.load(key).require_slices(2, "3D lesion proposals")
+        return cache.get(source, key)
+
+    partial = out.parent / f"{out.name}.partial"
+    identity = {"checkpoint": _file_digest(Path(checkpoint)), "data": str(Path(data).resolve()), "split": split,
+                "keys": hashlib.sha1("\n".join(source.keys).encode()).hexdigest(),
+                "stack": repr(stack), "scan": repr(replace(scan, batch_slices=0))}
+    if partial.is_dir():
+        meta = partial / "meta.json"
+        if not meta.is_file() or json.loads(meta.read_text()) != identity:
+            log.warning("%s holds a scan with other settings; starting over", partial)
+            shutil.rmtree(partial)
+    partial.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(partial / "meta.json", json.dumps(identity))
+    done: dict[str, list[Tracklet]] = {}
+    for key in source.keys:
+        path = partial / f"{key}.pkl"
+        if path.is_file():
+            done[key] = [Tracklet.from_pairs(p) for p in safe_load_pickle(path)]
+    todo = [k for k in source.keys if k not in done]
+    if done:
+        log.info("resuming: %d of %d volumes already scanned", len(done), len(source.keys))
+        if total is not None:
+            total = sum(source.dataset.sub_volumes[k].num_slices for k in todo)
+
+    def save(key: str, tracklets: list[Tracklet]) -> None:
+        atomic_write_bytes(partial / f"{key}.pkl", pickle.dumps([t.to_pairs() for t in tracklets], protocol=2))
+
+    done.update(scan_volumes(scanner, todo, prepare, stack, progress, total, on_volume=save))
+    results = {key: done[key] for key in source.keys}
+    write_tracklets(out, results)
+    write_tracklets_csv(out.with_suffix(".csv"), results)
+    shutil.rmtree(partial)
+    return results

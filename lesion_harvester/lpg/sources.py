@@ -1,0 +1,106 @@
+"""What the LPG trains on, read from a dataset folder and optional annotation files.
+
+- the RECIST marks of the training volumes (DL_info.csv);
+- the complete labels of the fully annotated volumes V_M: ``ground_truth/complete.pkl`` restricted
+  to ``splits.json``'s ``fully_annotated`` on the synthetic layout, or ``--fully-annotated FILE``
+  (e.g. the released Revised-Train744.pkl) on a real DeepLesion folder;
+- extra positives and hard negatives (tracklets, 3D boxes or 2D boxes): the slice of highest
+  objectness of each (the middle slice of a 3D box).
+
+Training volumes are V_M and V_H (``fully_annotated`` + ``harvest``), or DL_info's train split.
+Validation uses ``validation`` with complete labels, or DL_info's val split with its marks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lesion_harvester.errors import DataError
+from lesion_harvester.io.annotations import SliceBox, read_any_boxes, read_slice_boxes
+from lesion_harvester.io.loader import VolumeSource, open_volumes
+from lesion_harvester.io.splits import read_splits
+from lesion_harvester.lpg.data import SliceRecord, TrainingData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LPGSources:
+    source: VolumeSource
+    training: TrainingData
+    validation: dict[str, list[SliceBox]]  # ground truth of the validation volumes
+    fully_annotated_truth: dict[str, list[SliceBox]]  # complete labels of V_M
+
+
+def _key_slice_records(path: str | Path, known: set[str], negative: bool) -> tuple[list[SliceRecord], dict]:
+    tracklets = read_any_boxes(path)
+    records, extents = [], {}
+    skipped = 0
+    for key, items in tracklets.items():
+        if key not in known:
+            skipped += len(items)
+            continue
+        for t in items:
+            i = t.key_index if len(set(t.scores.tolist())) > 1 else len(t.z_indices) // 2
+            box = t.boxes_xyxy_px[i][None]
+            empty = np.zeros((0, 4))
+            z = int(t.z_indices[i])
+            records.append(SliceRecord(key, z, empty if negative else box, box if negative else empty))
+            extents.setdefault(key, []).append((int(t.z_indices.min()), int(t.z_indices.max()), t.box_3d().box_xyxy_px))
+    if skipped:
+        log.warning("%s: %d boxes in volumes outside the training set were ignored", path, skipped)
+    return records, extents
+
+
+def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
+                  extra_positives: str | Path | None = None, hard_negatives: str | Path | None = None) -> LPGSources:
+    root = Path(root)
+    source = open_volumes(root)
+    if source.format != "deeplesion":
+        raise DataError(root, "training needs the DeepLesion layout (Images_png/ and DL_info.csv)")
+    dataset = source.dataset
+    splits = read_splits(root)
+    if splits is not None and "harvest" in splits:
+        fa_keys = list(splits.get("fully_annotated", []))
+        train_keys = fa_keys + [k for k in splits["harvest"] if k not in fa_keys]
+        complete = read_slice_boxes(root / "ground_truth" / "complete.pkl")
+        fa_truth = {k: complete[k] for k in fa_keys}
+        validation = {k: complete[k] for k in splits.get("validation", [])}
+    else:
+        train_keys = dataset.keys("train")
+        fa_truth = read_slice_boxes(fully_annotated) if fully_annotated else {}
+        fa_keys = [k for k in fa_truth if k in dataset.sub_volumes]
+        validation = {k: [m.slice_box() for m in marks] for k, marks in dataset.marks(dataset.keys("val")).items()}
+    if fully_annotated and splits is not None:
+        fa_truth.update({k: v for k, v in read_slice_boxes(fully_annotated).items() if k in dataset.sub_volumes})
+        fa_keys = list(dict.fromkeys(fa_keys + list(fa_truth)))
+    train_keys = list(dict.fromkeys(train_keys + fa_keys))
+    records: list[SliceRecord] = []
+    exclusions: dict[str, list] = {}
+    marks = dataset.marks([k for k in train_keys if k not in fa_truth])
+    empty = np.zeros((0, 4))
+    for key in train_keys:
+        boxes = fa_truth[key] if key in fa_truth else [m.slice_box() for m in marks.get(key, [])]
+        dz, dy, _ = dataset.sub_volumes[key].spacing_zyx_mm
+        for b in boxes:
+            records.append(SliceRecord(key, b.z_index, np.array([b.box_xyxy_px]), empty))
+            x1, y1, x2, y2 = b.box_xyxy_px
+            reach = 0 if math.isnan(dz) else int(math.ceil(0.5 * max(x2 - x1, y2 - y1) * dy / dz))
+            exclusions.setdefault(key, []).append((b.z_index - reach, b.z_index + reach, np.array(b.box_xyxy_px)))
+    known = set(train_keys)
+    for path, negative in ((extra_positives, False), (hard_negatives, True)):
+        if path:
+            extra, extents = _key_slice_records(path, known, negative)
+            records += extra
+            if not negative:
+                for key, items in extents.items():
+                    exclusions.setdefault(key, []).extend((lo, hi, np.array(box)) for lo, hi, box in items)
+    if not records:
+        raise DataError(root, "no training boxes: no RECIST marks or complete labels in the training volumes")
+    return LPGSources(source, TrainingData(train_keys, records, exclusions), validation,
+                      {k: fa_truth[k] for k in fa_keys if k in fa_truth})

@@ -1,0 +1,219 @@
+"""Train the LPG: crops (or whole slices) with MULAN-style augmentation, validation FROC each epoch.
+
+Outputs in CKPT_DIR: ``best.pt`` (the epoch with the best mean sensitivity at 0.5/1/2/4 FPs per
+validation slice, MULAN's rule), ``last.pt`` (everything needed to resume), ``train_log.json`` and
+``config.yaml``. Every file is written atomically. Rerunning the same command after a kill resumes
+after the last finished epoch and gives the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lesion_harvester.config import Preset, dump_config, to_dict
+from lesion_harvester.errors import ConfigError, DataError
+from lesion_harvester.evaluation.matching import VolumeTruth
+from lesion_harvester.evaluation.metrics import evaluate_detections
+from lesion_harvester.io.annotations import SliceBox, single_slice_tracklet
+from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.lpg.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from lesion_harvester.lpg.data import CropSampler, PreparedCache, PreparedVolume, epoch_loader
+from lesion_harvester.lpg.losses import centernet_loss
+from lesion_harvester.lpg.model import MSCN
+from lesion_harvester.lpg.scan import Scanner
+from lesion_harvester.lpg.sources import build_sources
+
+log = logging.getLogger(__name__)
+
+VALIDATION_RATES = ("0.5", "1", "2", "4")
+
+
+def default_cache_dir(data_root: str | Path) -> Path:
+    """Prepared volumes are cached next to the data, so that training, scanning and harvesting share them."""
+    return Path(data_root) / ".lesion_harvester_cache"
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    """SGD as MULAN (biases: 2x lr, no decay) or AdamW (no decay on biases and norms)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    if cfg.optimizer == "sgd":
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr * 2}]
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adamw":
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    raise ConfigError(f"lpg_train.optimizer: unknown optimizer '{cfg.optimizer}'; expected sgd or adamw")
+
+
+def lr_factor(iteration: int, cfg) -> float:
+    """Learning-rate multiplier at a global iteration: linear warmup, then step or cosine decay."""
+    total = cfg.epochs * cfg.iters_per_epoch
+    warm = 1.0 if iteration >= cfg.warmup_iters else 0.1 + 0.9 * iteration / max(cfg.warmup_iters, 1)
+    if cfg.lr_schedule == "step":
+        epoch = iteration // cfg.iters_per_epoch
+        return warm * 0.1 ** sum(epoch >= s for s in cfg.lr_steps)
+    if cfg.lr_schedule == "cosine":
+        progress = min(iteration / max(total, 1), 1.0)
+        return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
+    raise ConfigError(f"lpg_train.lr_schedule: unknown schedule '{cfg.lr_schedule}'; expected step or cosine")
+
+
+def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[str, list[SliceBox]]) -> dict:
+    """Per-slice FROC on the annotated slices of the validation volumes (as MULAN validates)."""
+    per_slice_truth, detections = {}, {}
+    for key, boxes in truth.items():
+        zs = sorted({b.z_index for b in boxes})
+        if not zs:
+            continue
+        proposals = scanner.predict(prepared[key], zs)
+        for z in zs:
+            name = f"{key}#{z}"
+            per_slice_truth[name] = VolumeTruth.from_slice_boxes([b for b in boxes if b.z_index == z])
+            p = proposals[z]
+            detections[name] = [single_slice_tracklet(z, box, float(s)) for box, s in zip(p.boxes_xyxy_px, p.scores)
+                                if s > 0.01]
+    if not per_slice_truth:
+        return {"score": 0.0, "froc_per_slice": {}, "ap": 0.0}
+    result = evaluate_detections(per_slice_truth, detections)
+    score = float(np.mean([result.froc[r] for r in VALIDATION_RATES]))
+    return {"score": score, "froc_per_slice": result.froc, "ap": result.ap, "n_slices": len(per_slice_truth)}
+
+
+def mine_hard_background(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[str, list[SliceBox]],
+                         data, min_score: float, per_slice: int) -> list[tuple[str, int, np.ndarray]]:
+    """The model's false positives on fully annotated volumes: detections above ``min_score`` that
+    overlap no known lesion (on its slice or the slices it may extend to)."""
+    mined = []
+    for key in truth:
+        proposals = scanner.predict(prepared[key])
+        for z, p in proposals.items():
+            kept = 0
+            for box, score in zip(p.boxes_xyxy_px, p.scores):
+                if score < min_score or kept >= per_slice:
+                    break
+                if data.excluded(key, z, box):
+                    continue
+                mined.append((key, z, np.asarray(box, dtype=np.float64)))
+                kept += 1
+    return mined
+
+
+def _fingerprint(preset: Preset, data, extra) -> str:
+    text = json.dumps([to_dict(replace(preset, synth=None, name="")), str(Path(data).resolve()), extra], default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str = "cpu",
+              fully_annotated: str | None = None, extra_positives: str | None = None,
+              hard_negatives: str | None = None, init: str | None = None, cache_dir: str | Path | None = None,
+              progress: bool = True) -> dict:
+    """Train (or resume training) an LPG; returns the training summary."""
+    cfg = preset.lpg_train
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start_time = time.time()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+    torch.manual_seed(cfg.seed)
+    sources = build_sources(data, fully_annotated, extra_positives, hard_negatives)
+    cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), preset.preprocess)
+    keys = list(dict.fromkeys(sources.training.volume_keys + list(sources.validation)))
+    prepared = {k: cache.get(sources.source, k) for k in tqdm(keys, desc="preparing volumes", unit="vol",
+                                                              disable=not progress)}
+    model = MSCN(preset.lpg).to(device)
+    if init:
+        payload = load_checkpoint(init)
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise DataError(init, f"--init checkpoint does not fit the '{preset.name}' architecture ({exc})") from None
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
+    use_amp = cfg.amp and device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    fingerprint = _fingerprint(preset, data, [fully_annotated, extra_positives, hard_negatives, init])
+    history: list[dict] = []
+    best = -1.0
+    start_epoch = 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if last_path.is_file():
+        state = load_checkpoint(last_path)
+        if state.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{last_path}: this folder holds a run with other settings or data; "
+                              "use a new --out folder (or delete it to start over)")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, start_epoch = state["history"], state["best_score"], state["epoch"] + 1
+        torch.set_rng_state(state["rng_torch"])
+        log.info("resuming %s after epoch %d", out, state["epoch"] + 1)
+    scanner = Scanner(model, preset.preprocess, preset.scan, device)
+    dump_config(preset, out / "config.yaml")
+    fully_annotated = {k: v for k, v in sources.fully_annotated_truth.items() if k in prepared}
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.mine_hard_background and epoch > 0 and fully_annotated:
+            model.eval()
+            sources.training.hard_background = mine_hard_background(
+                scanner, prepared, fully_annotated, sources.training, cfg.mine_min_score, cfg.mine_per_slice)
+            log.info("epoch %d: %d hard background locations", epoch + 1, len(sources.training.hard_background))
+        model.train()
+        def make_sampler(generator, _data=sources.training):
+            return CropSampler(_data, prepared, preset.lpg.num_slices, preset.preprocess, cfg, generator)
+
+        batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size, cfg.loader_workers)
+        bar = tqdm(batches, total=cfg.iters_per_epoch,
+                   desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it", disable=not progress, dynamic_ncols=True)
+        running = None
+        epoch_start = time.time()
+        for x, targets in bar:
+            x = x.to(device)
+            targets = {k: v.to(device) for k, v in targets.items()}
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                outputs = model(x)
+            loss, parts = centernet_loss(outputs, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            value = float(loss.detach())
+            running = value if running is None else 0.95 * running + 0.05 * value
+            bar.set_postfix(loss=f"{running:.3f}", hm=f"{parts['hm']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        bar.close()
+        model.eval()
+        val = validate(scanner, prepared, sources.validation)
+        entry = {"epoch": epoch + 1, "loss": running, "train_s": round(time.time() - epoch_start, 1),
+                 "hard_background": len(sources.training.hard_background), **val}
+        history.append(entry)
+        improved = val["score"] > best
+        best = max(best, val["score"])
+        if progress:
+            tqdm.write(f"epoch {epoch + 1}: loss {running:.3f}, validation mean sensitivity {val['score']:.3f}"
+                       f"{' (best)' if improved else ''}")
+        common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint}
+        if improved:
+            save_checkpoint(best_path, model_payload(model, preset.lpg, preset.preprocess, **common))
+        save_checkpoint(last_path, model_payload(
+            model, preset.lpg, preset.preprocess, **common, optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), history=history, best_score=best,
+            rng_torch=torch.get_rng_state()))
+    summary = {"best_score": best, "epochs": len(history), "history": history,
+               "elapsed_s": round(time.time() - start_time, 1), "device": device,
+               "training_slices": len(sources.training.records), "training_volumes": len(sources.training.volume_keys)}
+    atomic_write_text(out / "train_log.json", json.dumps(summary, indent=1))
+    return summary

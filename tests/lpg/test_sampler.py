@@ -1,0 +1,73 @@
+"""Training crops: targets follow every augmentation; background avoids known lesions."""
+
+import numpy as np
+import pytest
+
+from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
+from lesion_harvester.lpg.data import CropSampler, PreparedVolume, SliceRecord, TrainingData, epoch_loader
+
+
+def _volume():
+    image = np.full((5, 64, 64), -50, np.float16)
+    image[:, 10:20, 30:50] = 100  # a bright 20 x 10 px "lesion" on every slice
+    return PreparedVolume("v", image, (0, 0), 1.0, (2.0, 1.0, 1.0), (5, 64, 64))
+
+
+def _sampler(**overrides):
+    record = SliceRecord("v", 2, np.array([[30.0, 10.0, 49.0, 19.0]]), np.zeros((0, 4)))
+    cfg = LPGTrainConfig(**{"crop_px": 32, "scale_jitter": (1.0, 1.0), "background_fraction": 0.0, **overrides})
+    return CropSampler(TrainingData(["v"], [record]), {"v": _volume()}, 9, PreprocessConfig(), cfg,
+                       np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"hflip": True, "rotate90": True}])
+def test_targets_frame_the_lesion_after_augmentation(overrides):
+    sampler = _sampler(**overrides)
+    for _ in range(24):
+        x, t = sampler.sample()
+        iy, ix = divmod(int(t["ind"][0]), 8)
+        cx, cy = (ix + t["reg"][0][0] + 0.5) * 4 - 0.5, (iy + t["reg"][0][1] + 0.5) * 4 - 0.5
+        w, h = t["wh"][0] * 4
+        y0, y1, x0, x1 = (int(np.clip(round(v), 0, 31)) for v in (cy - h / 2 + 0.5, cy + h / 2 - 0.5,
+                                                                    cx - w / 2 + 0.5, cx + w / 2 - 0.5))
+        inside = x[4, y0:y1 + 1, x0:x1 + 1]
+        assert inside.min() > 90  # the box covers only lesion pixels...
+        assert abs(int((x[4] > 90).sum()) - inside.size) <= 2  # ...and all of them
+
+
+def test_intensity_jitter_and_noise_keep_shapes_and_are_seeded():
+    a = _sampler(intensity_jitter=0.2, noise_hu=10.0)
+    b = _sampler(intensity_jitter=0.2, noise_hu=10.0)
+    xa, _ = a.sample()
+    xb, _ = b.sample()
+    assert xa.shape == (9, 32, 32) and np.array_equal(xa, xb)
+
+
+def test_background_crops_avoid_known_lesions():
+    record = SliceRecord("v", 2, np.array([[30.0, 10.0, 49.0, 19.0]]), np.zeros((0, 4)))
+    data = TrainingData(["v"], [record], exclusions={"v": [(0, 4, np.array([30.0, 10.0, 49.0, 19.0]))]})
+    sampler = CropSampler(data, {"v": _volume()}, 9, PreprocessConfig(),
+                          LPGTrainConfig(crop_px=16, background_fraction=1.0, scale_jitter=(1.0, 1.0)),
+                          np.random.default_rng(1))
+    for _ in range(40):
+        picked = sampler._background()
+        if picked is None:
+            continue
+        _, _, y0, x0, src, _, _ = picked
+        assert x0 > 49 or x0 + src - 1 < 30 or y0 > 19 or y0 + src - 1 < 10
+    assert data.excluded("v", 3, np.array([35.0, 12.0, 40.0, 15.0]))
+    assert not data.excluded("v", 3, np.array([0.0, 40.0, 5.0, 45.0]))
+
+
+def test_worker_process_gives_the_same_batches():
+    def make(generator):
+        sampler = _sampler(rotate90=True, noise_hu=5.0)
+        sampler.rng = generator
+        return sampler
+
+    in_process = list(epoch_loader(make, seed=3, epoch=1, count=3, batch_size=2, workers=0))
+    in_worker = list(epoch_loader(make, seed=3, epoch=1, count=3, batch_size=2, workers=1))
+    other_epoch = list(epoch_loader(make, seed=3, epoch=2, count=3, batch_size=2, workers=0))
+    assert len(in_worker) == 3
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(in_process, in_worker))
+    assert not np.array_equal(in_process[0][0], other_epoch[0][0])

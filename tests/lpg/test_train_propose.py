@@ -1,0 +1,124 @@
+"""Training, resuming and scanning on the tiny synthetic dataset."""
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lesion_harvester.cli.main import main
+from lesion_harvester.config import load_preset
+from lesion_harvester.errors import ConfigError, DataError
+from lesion_harvester.io.annotations import read_tracklets
+from lesion_harvester.lpg import propose as propose_module
+from lesion_harvester.lpg import train as train_module
+from lesion_harvester.lpg.checkpoint import load_checkpoint, load_model
+from lesion_harvester.lpg.propose import propose
+from lesion_harvester.lpg.train import train_lpg
+
+
+def _preset(epochs=3):
+    preset = load_preset("tiny")
+    return dataclasses.replace(preset, lpg_train=dataclasses.replace(preset.lpg_train, epochs=epochs))
+
+
+def _weights(path):
+    return {k: v.clone() for k, v in load_checkpoint(path)["state_dict"].items()}
+
+
+def test_killed_training_resumes_to_the_same_weights(tiny_dataset, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    train_lpg(tiny_dataset, tmp_path / "full", _preset(), cache_dir=cache, progress=False)
+    reference = _weights(tmp_path / "full" / "last.pt")
+
+    real_validate = train_module.validate
+    calls = {"n": 0}
+
+    def dies_in_epoch_two(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the process is killed during epoch 2
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "validate", dies_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_lpg(tiny_dataset, tmp_path / "killed", _preset(), cache_dir=cache, progress=False)
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["epoch"] == 0
+    monkeypatch.setattr(train_module, "validate", real_validate)
+    summary = train_lpg(tiny_dataset, tmp_path / "killed", _preset(), cache_dir=cache, progress=False)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    resumed = _weights(tmp_path / "killed" / "last.pt")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert (tmp_path / "killed" / "best.pt").is_file() and (tmp_path / "killed" / "train_log.json").is_file()
+    # the same folder with other settings is refused, not silently mixed
+    with pytest.raises(ConfigError, match="other settings"):
+        train_lpg(tiny_dataset, tmp_path / "killed", _preset(epochs=4), cache_dir=cache, progress=False)
+
+
+def test_checkpoints_load_without_running_code(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("should never run",))
+
+    torch.save({"format": "lesion-harvester-lpg/1", "x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(DataError, match="not a loadable checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match="not a Lesion Harvester LPG checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lpg")
+    train_lpg(tiny_dataset, out, _preset(epochs=1), cache_dir=out / "cache", progress=False)
+    return out / "best.pt"
+
+
+def test_propose_resumes_after_a_kill(tiny_dataset, tiny_checkpoint, tmp_path, monkeypatch):
+    clean = propose(tiny_dataset, tiny_checkpoint, tmp_path / "clean.pkl", split="harvest", progress=False)
+    real_scan = propose_module.scan_volumes
+
+    def dies_after_first_volume(scanner, keys, prepare, stack, progress, total, on_volume):
+        def save_then_die(key, tracklets):
+            on_volume(key, tracklets)
+            raise KeyboardInterrupt
+
+        return real_scan(scanner, keys, prepare, stack, progress, total, on_volume=save_then_die)
+
+    monkeypatch.setattr(propose_module, "scan_volumes", dies_after_first_volume)
+    with pytest.raises(KeyboardInterrupt):
+        propose(tiny_dataset, tiny_checkpoint, tmp_path / "killed.pkl", split="harvest", progress=False)
+    assert len(list((tmp_path / "killed.pkl.partial").glob("*.pkl"))) == 1
+    assert not (tmp_path / "killed.pkl").exists()
+    monkeypatch.setattr(propose_module, "scan_volumes", real_scan)
+    resumed = propose(tiny_dataset, tiny_checkpoint, tmp_path / "killed.pkl", split="harvest", progress=False)
+    assert not (tmp_path / "killed.pkl.partial").exists()
+    assert list(resumed) == list(clean)
+    for key in clean:
+        assert len(resumed[key]) == len(clean[key])
+        for a, b in zip(resumed[key], clean[key]):
+            assert np.array_equal(a.z_indices, b.z_indices) and np.allclose(a.boxes_xyxy_px, b.boxes_xyxy_px)
+    raw = pickle.load(open(tmp_path / "killed.pkl", "rb"))
+    assert set(raw) == set(clean)
+
+
+def test_cli_train_and_propose_on_every_input_kind(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
+    from tests.conftest import shared_path
+
+    out = tmp_path / "dets.pkl"
+    assert main(["propose", str(tiny_dataset), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                 "--split", "detection_test", "--score-threshold", "0.05"]) == 0
+    tracklets = read_tracklets(out)
+    assert len(tracklets) == load_preset("tiny").synth.detection_test
+    assert all(t.score > 0.05 for ts in tracklets.values() for t in ts)
+    assert (tmp_path / "dets.csv").is_file()
+    nifti = shared_path("real_ct", "totalsegmentator", "example_ct_sm.nii.gz")
+    assert main(["propose", str(nifti), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "n.pkl")]) == 0
+    assert list(read_tracklets(tmp_path / "n.pkl")) == ["example_ct_sm"]
+    single = shared_path("real_ct", "pydicom", "CT_small.dcm")
+    assert main(["propose", str(single), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "s.pkl")]) == 2
+    assert "single-slice volume" in capsys.readouterr().err
+    model, cfg, pre = load_model(tiny_checkpoint)
+    assert cfg.num_slices == 9 and not model.training
