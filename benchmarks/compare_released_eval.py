@@ -72,7 +72,8 @@ def random_detections(gt, seed: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--authors-dir", required=True, help="folder with the authors' evaluation.py and voc_eval_lib.py")
+    parser.add_argument("--authors-dir", required=True,
+                        help="folder with the authors' evaluation.py and voc_eval_lib.py")
     parser.add_argument("--annotations", default=str(ANNOTATIONS))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--json", default=None)
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
                 "ap_released": float(released["ap"]),
                 "ap_ours": ours.ap,
                 "ap_abs_diff": abs(float(released["ap"]) - ours.ap),
-                "froc_max_abs_diff": float(np.max(np.abs(ours_froc[finite] - theirs_froc[finite]))) if finite.any() else 0.0,
+                "froc_max_abs_diff": (float(np.max(np.abs(ours_froc[finite] - theirs_froc[finite])))
+                                      if finite.any() else 0.0),
                 "froc_nonfinite_in_released": [r for r, f in zip(ours.froc, finite) if not f],
             })
     summary = {
