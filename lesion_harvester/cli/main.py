@@ -15,7 +15,10 @@ import sys
 from lesion_harvester import __version__
 from lesion_harvester.errors import LesionHarvesterError
 
-SUBCOMMANDS = ("inspect", "synth", "evaluate", "marks", "train-lpg", "propose", "demo")
+SUBCOMMANDS = (
+    "inspect", "synth", "evaluate", "marks", "train-lpg", "propose", "train-lpc", "classify", "harvest", "report",
+    "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,38 @@
+"""``lesion-harvester report RUN``: rebuild a harvest's report.json, report.md and figures."""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="rebuild the report of a harvest run folder")
+    p.add_argument("run", help="harvest run folder")
+    p.set_defaults(handler=run)
+
+
+def print_table(report: dict) -> None:
+    levels = ["0.8", "0.85", "0.9", "0.95"]
+    om = report["original_marks"]
+    print(f"Table I: recall at precision on V_H^test ({report['holdout_volumes']} volumes, "
+          f"{report['holdout_lesions']} lesions)")
+    print(f"{'label set':<36}" + "".join(f"{'R@' + str(int(float(k) * 100)) + 'P':>8}" for k in levels))
+    print(f"{'R (original marks)':<36}{om['recall']:>8.3f} @ {100 * om['precision']:.0f}% precision")
+    for entry in report["rounds"]:
+        r = entry["round"]
+        if r == report["rounds"][0]["round"]:
+            vals = entry["lpg"]["recall_at_precision"]
+            print(f"{'R + P_H,' + str(r) + ' (LPG only)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in levels))
+        vals = entry["lpg_lpc"]["recall_at_precision"]
+        print(f"{'R + P_H,' + str(r) + '^+ (LPG+LPC)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in levels)
+              + f"   harvested {entry['n_harvested']}, new {entry['n_new']}")
+    if "harvested_labels" in report:
+        h = report["harvested_labels"]
+        print(f"harvested labels (marks + harvested.pkl) on V_H^test: precision {h['precision']:.3f}, "
+              f"recall {h['recall']:.3f}")
+
+
+def run(args) -> int:
+    from lesion_harvester.report.harvest_report import build_report
+
+    print_table(build_report(args.run))
+    print(f"\nreport: {args.run}/report.md")
+    return 0

@@ -1,0 +1,1 @@
+"""The harvest: verification, LPC scoring, mining of positives and hard negatives, rounds, ledger."""

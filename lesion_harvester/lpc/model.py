@@ -1,0 +1,69 @@
+"""The LPC networks: ResNet-18 feature extractors (MONAI), one per view, and a linear classifier."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from monai.networks.nets import ResNet
+
+from lesion_harvester.config import LPCConfig
+from lesion_harvester.errors import DataError
+
+log = logging.getLogger(__name__)
+
+VIEWS = {"multiview": 3, "axial": 1, "3d": 1}
+
+
+def _resnet18(spatial_dims: int, channels: int, widen: float) -> ResNet:
+    """ResNet-18 without its classifier (features after global average pooling), torchvision layout."""
+    return ResNet("basic", [2, 2, 2, 2], [64, 128, 256, 512], spatial_dims=spatial_dims, n_input_channels=channels,
+                  conv1_t_size=7, conv1_t_stride=2, widen_factor=widen, feed_forward=False, bias_downsample=False)
+
+
+class LesionProposalClassifier(nn.Module):
+    """``forward(x) -> logits (N,)``: x is (N, V, C, P, P) for 2D variants, (N, C, P, P, P) for 3d."""
+
+    def __init__(self, cfg: LPCConfig):
+        super().__init__()
+        if cfg.variant not in VIEWS:
+            raise ValueError(f"unknown LPC variant '{cfg.variant}'; expected one of {sorted(VIEWS)}")
+        self.cfg = cfg
+        channels = len(cfg.windows_hu)
+        dims = 3 if cfg.variant == "3d" else 2
+        self.branches = nn.ModuleList(_resnet18(dims, channels, cfg.widen_factor) for _ in range(VIEWS[cfg.variant]))
+        features = int(512 * cfg.widen_factor)
+        self.fc = nn.Linear(features * len(self.branches), 1)
+        if cfg.pretrained_path:
+            if dims != 2:
+                raise DataError(cfg.pretrained_path, "ImageNet weights fit the 2D LPC variants only")
+            for branch in self.branches:
+                load_imagenet_resnet18(branch, cfg.pretrained_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.variant == "3d":
+            features = [self.branches[0](x)]
+        else:
+            features = [branch(x[:, v]) for v, branch in enumerate(self.branches)]
+        return self.fc(torch.cat(features, dim=1))[:, 0]
+
+
+def load_imagenet_resnet18(branch: ResNet, path: str | Path) -> None:
+    """Load a local torchvision ResNet-18 state dict (no download); the classifier is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "pretrained weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(path, f"not a loadable state dict ({exc})") from None
+    own = branch.state_dict()
+    wanted = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    bad = [k for k, v in wanted.items() if k not in own or own[k].shape != v.shape]
+    if bad or not wanted:
+        raise DataError(path, f"not a ResNet-18 state dict for this LPC (first mismatch: {bad[:1] or 'no weights'}); "
+                              "ImageNet weights need widen_factor 1.0 and 3 windows")
+    own.update(wanted)
+    branch.load_state_dict(own)

@@ -1,0 +1,86 @@
+"""Patches around 3D proposals for the LPC: axial, coronal and sagittal views (or a 3D cube).
+
+A proposal's in-plane extent (its 3D box), padded by ``pad_px`` original pixels, is made square
+and isotropic in millimetres and sampled on a ``patch_px`` grid centred on the box centre and the
+proposal's key slice (highest 2D score). Coronal and sagittal views span the same millimetres
+across slices. Each view has one channel per HU window. Sampling reads the cached prepared
+volume (trilinear interpolation, air outside).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lesion_harvester.config import LPCConfig, PreprocessConfig
+from lesion_harvester.io.annotations import Tracklet
+from lesion_harvester.lpg.data import AIR_VALUE, PreparedVolume
+
+
+def _to_hu(values: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
+    lo, hi = pre.window_hu
+    return (values + pre.pixel_mean) * ((hi - lo) / 255.0) + lo
+
+
+def proposal_geometry(t: Tracklet, pv: PreparedVolume, cfg: LPCConfig) -> tuple[float, float, float, float, float]:
+    """(centre x, centre y, key z, half side in prepared pixels, half side in slices) of the patch."""
+    box = pv.to_prepared(np.array(t.box_3d().box_xyxy_px))[0]
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(box[2] - box[0], box[3] - box[1]) + 2 * cfg.pad_px * pv.scale
+    pixel_mm = pv.spacing_zyx_mm[1] / pv.scale
+    dz = pv.spacing_zyx_mm[0]
+    half_slices = 0.0 if not math.isfinite(dz) else (side / 2) * pixel_mm / dz
+    return cx, cy, float(t.z_indices[t.key_index]), side / 2, half_slices
+
+
+def extract_patches(
+    pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfig, pre: PreprocessConfig
+) -> torch.Tensor:
+    """Patches of a volume's proposals.
+
+    Returns (N, 3, C, P, P) for ``multiview`` (axial, coronal, sagittal), (N, 1, C, P, P) for
+    ``axial`` and (N, C, P, P, P) for ``3d``; C = number of HU windows, values scaled to [0, 1].
+    """
+    n = len(tracklets)
+    p = cfg.patch_px
+    channels = len(cfg.windows_hu)
+    if n == 0:
+        views = 3 if cfg.variant == "multiview" else 1
+        shape = (0, channels, p, p, p) if cfg.variant == "3d" else (0, views, channels, p, p)
+        return torch.zeros(shape)
+    volume = torch.from_numpy(np.asarray(pv.image, dtype=np.float32))[None, None]  # (1, 1, Z, H, W)
+    z_size, h, w = pv.image.shape
+    t = torch.linspace(-1.0, 1.0, p)
+    grids = []
+    for tr in tracklets:
+        cx, cy, cz, half_xy, half_z = proposal_geometry(tr, pv, cfg)
+        if cfg.variant == "3d":
+            gz, gy, gx = torch.meshgrid(t, t, t, indexing="ij")
+            pts = torch.stack([cx + gx * half_xy, cy + gy * half_xy, cz + gz * half_z], dim=-1)
+        else:
+            a, b = torch.meshgrid(t, t, indexing="ij")  # rows, columns of a view
+            axial = torch.stack([cx + b * half_xy, cy + a * half_xy, torch.full_like(a, cz)], dim=-1)
+            if cfg.variant == "axial":
+                pts = axial[None]
+            else:
+                coronal = torch.stack([cx + b * half_xy, torch.full_like(a, cy), cz + a * half_z], dim=-1)
+                sagittal = torch.stack([torch.full_like(a, cx), cy + b * half_xy, cz + a * half_z], dim=-1)
+                pts = torch.stack([axial, coronal, sagittal])
+        grids.append(pts)
+    pts = torch.stack(grids)  # (N, V, P, P, 3) or (N, P, P, P, 3), voxel (x, y, z)
+    # grid_sample wants coordinates in [-1, 1] with align_corners=True: -1 = first voxel, 1 = last
+    norm = torch.tensor([max(w - 1, 1), max(h - 1, 1), max(z_size - 1, 1)], dtype=torch.float32)
+    coords = pts / norm * 2 - 1
+    if z_size == 1:
+        coords[..., 2] = 0.0
+    flat = coords.reshape(1, -1, 1, 1, 3)
+    sampled = F.grid_sample(volume - AIR_VALUE, flat, mode="bilinear", padding_mode="zeros", align_corners=True)
+    values = sampled.reshape(pts.shape[:-1]) + AIR_VALUE  # air outside the volume
+    hu = _to_hu(values, pre)
+    windows = [((hu - lo) / (hi - lo)).clamp(0, 1) for lo, hi in cfg.windows_hu]
+    if cfg.variant == "3d":
+        return torch.stack(windows, dim=1)  # (N, C, P, P, P)
+    return torch.stack(windows, dim=2)  # (N, V, C, P, P)

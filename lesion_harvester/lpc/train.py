@@ -1,0 +1,107 @@
+"""Train the LPC on verified proposals and score proposals with it.
+
+Examples are proposals with a label: positives P_M^R and P_H^R (proposals matching complete labels
+in V_M or RECIST marks in V_H), negatives P_M^- (the other proposals of V_M). Batches are class
+balanced (half positives, half negatives, drawn with replacement).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lesion_harvester.config import LPCConfig, from_dict, to_dict
+from lesion_harvester.errors import DataError
+from lesion_harvester.lpc.model import LesionProposalClassifier
+
+FORMAT = "lesion-harvester-lpc/1"
+
+
+def _augment(x: torch.Tensor, rng: np.random.Generator, variant: str) -> torch.Tensor:
+    """Random flips of each spatial axis and a small contrast change (labels do not move)."""
+    dims = (2, 3, 4) if variant == "3d" else (3, 4)
+    for d in dims:
+        if rng.random() < 0.5:
+            x = x.flip(d)
+    scale = torch.from_numpy(rng.uniform(0.9, 1.1, size=(x.shape[0],) + (1,) * (x.dim() - 1)).astype(np.float32))
+    return ((x - 0.5) * scale + 0.5).clamp(0, 1)
+
+
+def train_lpc(patches: torch.Tensor, labels: np.ndarray, cfg: LPCConfig, device: str = "cpu", seed: int = 0,
+              progress: bool = True, desc: str = "LPC") -> LesionProposalClassifier:
+    """Train one LPC. patches: (N, ...) from extract_patches; labels: (N,) 0/1."""
+    labels = np.asarray(labels, dtype=np.int64)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        raise DataError(None, f"cannot train the LPC: {len(pos)} positive and {len(neg)} negative proposals "
+                              "(verification needs proposals that match marks and others that do not)")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = LesionProposalClassifier(cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    half = max(1, cfg.batch_size // 2)
+    iters_per_epoch = max(1, math.ceil(2 * max(len(pos), len(neg)) / cfg.batch_size / 2))
+    total = cfg.epochs * iters_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / total, 1))))
+    model.train()
+    bar = tqdm(range(total), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+        idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
+        x = _augment(patches[idx], rng, cfg.variant).to(device)
+        y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
+        loss = F.binary_cross_entropy_with_logits(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_lpc(model: LesionProposalClassifier, patches: torch.Tensor, batch_size: int = 64,
+                device: str = "cpu") -> np.ndarray:
+    """s_c: the LPC's lesion probability of each patch, (N,)."""
+    model.eval()
+    out = []
+    for start in range(0, len(patches), batch_size):
+        out.append(torch.sigmoid(model(patches[start:start + batch_size].to(device))).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0)
+
+
+def save_lpc(path: str | Path, model: LesionProposalClassifier, cfg: LPCConfig, **extra) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"format": FORMAT, "config": to_dict(cfg), "state_dict": model.state_dict(), **extra}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_lpc(path: str | Path, device: str = "cpu") -> tuple[LesionProposalClassifier, LPCConfig, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "LPC checkpoint not found")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(path, f"not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DataError(path, f"not a Lesion Harvester LPC checkpoint (expected format {FORMAT})")
+    cfg = from_dict(LPCConfig, {**payload["config"], "pretrained_path": None}, f"{path} config")
+    model = LesionProposalClassifier(cfg)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device).eval(), cfg, payload

@@ -1,0 +1,257 @@
+"""The harvest report: ``RUN/report.json``, ``RUN/report.md`` and figures, rebuilt from the ledger.
+
+Table I (recall at 80/85/90/95% precision on the holdout V_H^test): the original marks R (a single
+operating point), R with the round's LPG proposals ranked by s_g ("LPG"), and R with them ranked
+by s_g * s_c ("LPG+LPC"); the marks rank first, and proposals that cover a mark (P_H^R) are left
+out, as the paper harvests P_H \\ P_H^R. Also: the LPG's own FROC on the holdout per round
+(Table II style), lesions harvested per round, the precision and recall of the harvested labels
+themselves (marks plus harvested.pkl), the PR curves of Fig. 5a and 5b and a Fig. 6-style montage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from lesion_harvester.errors import DataError  # noqa: E402
+from lesion_harvester.evaluation.matching import VolumeTruth  # noqa: E402
+from lesion_harvester.evaluation.metrics import EvaluationResult, evaluate_detections  # noqa: E402
+from lesion_harvester.harvest.ledger import Ledger  # noqa: E402
+from lesion_harvester.io.annotations import Tracklet, marks_to_tracklets, read_slice_boxes, read_tracklets  # noqa: E402
+from lesion_harvester.io.atomic import atomic_write_text  # noqa: E402
+from lesion_harvester.io.deeplesion import DeepLesionDataset  # noqa: E402
+from lesion_harvester.report.montage import save_figure, window_image  # noqa: E402
+from lesion_harvester.report.plots import plot_pr  # noqa: E402
+
+MARK_SCORE = 2.0  # above any fused score, so that the marks rank first
+
+
+def _rescored(t: Tracklet, value: float) -> Tracklet:
+    """A tracklet whose objectness is ``value`` (its 2D scores scaled)."""
+    return Tracklet(t.z_indices, t.boxes_xyxy_px, t.scores * (value / max(t.score, 1e-12)))
+
+
+def _with_marks(marks: dict[str, list[Tracklet]], extra: dict[str, list[Tracklet]]) -> dict[str, list[Tracklet]]:
+    out = {k: [Tracklet(t.z_indices, t.boxes_xyxy_px, np.full_like(t.scores, MARK_SCORE)) for t in v]
+           for k, v in marks.items()}
+    for k, v in extra.items():
+        out.setdefault(k, []).extend(v)
+    return out
+
+
+def _rap(result: EvaluationResult) -> dict[str, float]:
+    return {k: round(v, 4) for k, v in result.recall_at_precision.items()}
+
+
+def build_report(run_dir: str | Path, progress: bool = True) -> dict:
+    run = Path(run_dir)
+    if not (run / "ledger.sqlite").is_file():
+        raise DataError(run, "no harvest ledger (ledger.sqlite) in this folder")
+    ledger = Ledger(run / "ledger.sqlite")
+    rounds = ledger.finished_rounds("mine")
+    if not rounds:
+        raise DataError(run, "no finished harvest round to report on yet")
+    data = Path(ledger.get_meta("data"))
+    holdout_keys = json.loads(ledger.get_meta("holdout_volumes"))
+    holdout_truth = read_slice_boxes(ledger.get_meta("holdout_file"))
+    truth = {k: VolumeTruth.from_slice_boxes(holdout_truth[k]) for k in holdout_keys}
+    dataset = DeepLesionDataset(data)
+    marks = marks_to_tracklets(dataset.marks(holdout_keys))
+    original = evaluate_detections(truth, marks)
+    report: dict = {
+        "holdout_volumes": len(holdout_keys),
+        "holdout_lesions": original.n_gt,
+        "original_marks": {"recall": round(float(original.recall[-1]) if len(original.recall) else 0.0, 4),
+                           "precision": round(float(original.precision[-1]) if len(original.precision) else 1.0, 4),
+                           "n_marks": original.n_detections},
+        "rounds": [],
+    }
+    curves: dict[str, EvaluationResult] = {}
+    froc_rows = []
+    for r in rounds:
+        info = ledger.step_info(r, "mine")
+        rows = [row for row in ledger.proposals(r, volumes=holdout_keys)]
+        new = [row for row in rows if row.status != "recist"]
+        by_objectness: dict[str, list[Tracklet]] = {}
+        by_score: dict[str, list[Tracklet]] = {}
+        for row in new:
+            by_objectness.setdefault(row.volume, []).append(row.tracklet)
+            by_score.setdefault(row.volume, []).append(_rescored(row.tracklet, row.score or 0.0))
+        lpg = evaluate_detections(truth, _with_marks(marks, by_objectness))
+        lpg_lpc = evaluate_detections(truth, _with_marks(marks, by_score))
+        alone: dict[str, list[Tracklet]] = {}
+        for row in rows:
+            alone.setdefault(row.volume, []).append(row.tracklet)
+        froc = evaluate_detections(truth, alone)
+        froc_rows.append((r, froc))
+        if r == rounds[0]:
+            curves[f"R + P_H,{r} (LPG, s_g)"] = lpg
+        curves[f"R + P_H,{r}^+ (LPG+LPC, s_g*s_c)"] = lpg_lpc
+        report["rounds"].append({
+            "round": r,
+            "lpg": {"recall_at_precision": _rap(lpg), "ap": round(lpg.ap, 4)},
+            "lpg_lpc": {"recall_at_precision": _rap(lpg_lpc), "ap": round(lpg_lpc.ap, 4)},
+            "lpg_froc": {k: round(v, 4) for k, v in froc.froc.items()},
+            "n_harvested": info["n_harvested"],
+            "n_new": info["n_new"],
+            "n_hard_negatives": info["n_hard_negatives"],
+            "threshold": info["threshold"],
+        })
+    harvested_path = run / "harvested.pkl"
+    if harvested_path.is_file():
+        harvested = {k: v for k, v in read_tracklets(harvested_path).items() if k in truth}
+        labels = evaluate_detections(truth, _with_marks(marks, harvested))
+        n_harvested = sum(len(v) for v in harvested.values())
+        report["harvested_labels"] = {
+            "precision": round(float(labels.precision[-1]) if len(labels.precision) else 1.0, 4),
+            "recall": round(float(labels.recall[-1]) if len(labels.recall) else 0.0, 4),
+            "n_harvested_in_holdout": n_harvested,
+            "n_harvested_total": sum(len(v) for v in read_tracklets(harvested_path).values()),
+        }
+    report["elapsed_s"] = float(ledger.get_meta("elapsed_s") or 0.0)
+    stopped = ledger.get_meta("stopped_after_round")
+    report["stopped_early_after_round"] = int(stopped) if stopped else None
+    # figures
+    plot_pr(curves, run / "fig5a_pr.png", title="harvest PR on V_H^test (Fig. 5a)",
+            points={"original marks R": (report["original_marks"]["recall"], report["original_marks"]["precision"])})
+    variants = _variant_curves(run, ledger, rounds[0], holdout_keys, truth, marks)
+    if variants:
+        plot_pr(variants, run / "fig5b_lpc_variants.png", title=f"LPC variants, round {rounds[0]} (Fig. 5b)")
+        report["lpc_variants"] = {name: {"recall_at_precision": _rap(res), "ap": round(res.ap, 4)}
+                                  for name, res in variants.items()}
+    _montage(run, dataset, ledger, holdout_keys, holdout_truth)
+    atomic_write_text(run / "report.json", json.dumps(report, indent=1))
+    atomic_write_text(run / "report.md", render_markdown(report, froc_rows))
+    ledger.close()
+    return report
+
+
+def _variant_curves(run, ledger, r, holdout_keys, truth, marks) -> dict[str, EvaluationResult]:
+    path = run / f"round_{r}" / "lpc_variants.json"
+    if not path.is_file():
+        return {}
+    variants = json.loads(path.read_text())
+    rows = [row for row in ledger.proposals(r, volumes=holdout_keys) if row.status != "recist"]
+    curves = {}
+
+    def curve(score_of) -> EvaluationResult:
+        extra: dict[str, list[Tracklet]] = {}
+        for row in rows:
+            extra.setdefault(row.volume, []).append(_rescored(row.tracklet, score_of(row)))
+        return evaluate_detections(truth, _with_marks(marks, extra))
+
+    curves["s_g (LPG objectness)"] = curve(lambda row: row.objectness)
+    curves["s_c multi-view"] = curve(lambda row: row.lpc or 0.0)
+    curves["s_g*s_c multi-view"] = curve(lambda row: row.score or 0.0)
+    for name, scores in variants.items():
+        label = "axial" if name == "axial" else "3D"
+        curves[f"s_c {label}"] = curve(lambda row, s=scores: s.get(f"{row.volume}#{row.idx}", 0.0))
+        curves[f"s_g*s_c {label}"] = curve(lambda row, s=scores: row.objectness * s.get(f"{row.volume}#{row.idx}", 0.0))
+    return curves
+
+
+def _montage(run, dataset, ledger, holdout_keys, holdout_truth, n: int = 8) -> None:
+    """Harvested lesions (blue) with the marks of the volume (green): first, key and last slice."""
+    path = run / "harvested.pkl"
+    if not path.is_file():
+        return
+    harvested = read_tracklets(path)
+    chosen = [(k, t) for k in holdout_keys for t in harvested.get(k, [])][:n]
+    if len(chosen) < n:
+        chosen += [(k, t) for k, ts in harvested.items() if k not in set(holdout_keys) for t in ts][: n - len(chosen)]
+    if not chosen:
+        return
+    fig, axes = plt.subplots(len(chosen), 3, figsize=(9, 3 * len(chosen)), squeeze=False)
+    marks = dataset.marks([k for k, _ in chosen])
+    for row_axes, (key, t) in zip(axes, chosen):
+        volume = dataset.load(key)
+        b = t.box_3d()
+        x1, y1, x2, y2 = b.box_xyxy_px
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        half = max(40.0, 1.5 * max(x2 - x1, y2 - y1))
+        correct = None
+        if key in holdout_truth:
+            from lesion_harvester.harvest.verify import match_known
+
+            correct = bool(match_known([t], holdout_truth[key])[0])
+        for ax, (label, i) in zip(row_axes, (("first", 0), ("key", t.key_index), ("last", len(t.z_indices) - 1))):
+            z = int(t.z_indices[i])
+            ax.imshow(window_image(volume.hu_zyx[z], (-175.0, 275.0)), cmap="gray", vmin=0, vmax=1)
+            bx = t.boxes_xyxy_px[i]
+            ax.add_patch(Rectangle((bx[0], bx[1]), bx[2] - bx[0], bx[3] - bx[1],
+                                   fill=False, edgecolor="deepskyblue", lw=1.5))
+            for m in marks.get(key, []):
+                if m.z_index == z:
+                    (a, b_, c, d), (e, f, g, h) = m.long_axis_px, m.short_axis_px
+                    ax.plot([a, c], [b_, d], color="red", lw=1)
+                    ax.plot([e, g], [f, h], color="blue", lw=1)
+                    mx = m.box_xyxy_px
+                    ax.add_patch(Rectangle((mx[0], mx[1]), mx[2] - mx[0], mx[3] - mx[1],
+                                           fill=False, edgecolor="lime", lw=1))
+            ax.set_xlim(cx - half, cx + half)
+            ax.set_ylim(cy + half, cy - half)
+            ax.set_title(f"{key} z={z} ({label})", fontsize=7)
+            ax.axis("off")
+        verdict = "" if correct is None else (" - a true lesion" if correct else " - NOT a lesion (failure)")
+        row_axes[0].text(0, -0.12, f"s={t.score:.2f}{verdict}", transform=row_axes[0].transAxes, fontsize=7,
+                         color="red" if correct is False else "black")
+    fig.suptitle("harvested lesions (blue) and RECIST marks (green, with red/blue axes): first, key and last slice",
+                 fontsize=8)
+    save_figure(fig, run / "fig6_harvested.png", dpi=90)
+
+
+def render_markdown(report: dict, froc_rows) -> str:
+    levels = ["0.8", "0.85", "0.9", "0.95"]
+    om = report["original_marks"]
+    lines = [
+        "# Lesion harvest report",
+        "",
+        f"Holdout V_H^test: {report['holdout_volumes']} volumes, {report['holdout_lesions']} lesions "
+        f"(complete labels, used for this report only). Elapsed: {report['elapsed_s'] / 60:.1f} min.",
+        "",
+        "## Table I: recall at precision on V_H^test",
+        "",
+        "| label set | R@80P | R@85P | R@90P | R@95P |",
+        "|---|---|---|---|---|",
+        f"| R (original marks) | {om['recall']:.3f} @ {100 * om['precision']:.0f}P | | | |",
+    ]
+    for entry in report["rounds"]:
+        r = entry["round"]
+        if r == report["rounds"][0]["round"]:
+            vals = entry["lpg"]["recall_at_precision"]
+            lines.append(f"| R + P_H,{r} (LPG only) | " + " | ".join(f"{vals[k]:.3f}" for k in levels) + " |")
+        vals = entry["lpg_lpc"]["recall_at_precision"]
+        lines.append(f"| R + P_H,{r}^+ (LPG+LPC, round {r}) | " + " | ".join(f"{vals[k]:.3f}" for k in levels) + " |")
+    lines += ["", "## Rounds", "",
+              "| round | threshold (95% precision on V_M) | harvested P_H^+ | new lesions | hard negatives P_H^- |",
+              "|---|---|---|---|---|"]
+    for entry in report["rounds"]:
+        t = entry["threshold"]
+        lines.append(f"| {entry['round']} | {'none' if t is None else f'{t:.3f}'} | {entry['n_harvested']} | "
+                     f"{entry['n_new']} | {entry['n_hard_negatives']} |")
+    if "harvested_labels" in report:
+        h = report["harvested_labels"]
+        lines += ["", f"Harvested labels (original marks + harvested.pkl) on V_H^test: precision {h['precision']:.3f}, "
+                      f"recall {h['recall']:.3f} ({h['n_harvested_in_holdout']} harvested there, "
+                      f"{h['n_harvested_total']} in all of V_H)."]
+    rates = ["0.125", "0.25", "0.5", "1", "2", "4", "8"]
+    lines += ["", "## LPG FROC on V_H^test per round (Table II style)", "",
+              "| round | " + " | ".join(f"{r} FP" for r in rates) + " |", "|---" * (len(rates) + 1) + "|"]
+    for r, froc in froc_rows:
+        lines.append(f"| {r} | " + " | ".join(f"{froc.froc[k]:.3f}" for k in rates) + " |")
+    if "lpc_variants" in report:
+        lines += ["", "## LPC variants, round 1 (Fig. 5b): recall at precision", "",
+                  "| score | R@80P | R@85P | R@90P | R@95P | AP |", "|---|---|---|---|---|---|"]
+        for name, v in report["lpc_variants"].items():
+            vals = v["recall_at_precision"]
+            lines.append(f"| {name} | " + " | ".join(f"{vals[k]:.3f}" for k in levels) + f" | {v['ap']:.3f} |")
+    lines += ["", "## Figures", "", "![Fig. 5a](fig5a_pr.png)", "", "![Fig. 5b](fig5b_lpc_variants.png)", "",
+              "![Fig. 6](fig6_harvested.png)", ""]
+    return "\n".join(lines)

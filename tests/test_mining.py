@@ -1,0 +1,55 @@
+"""Mining rules and threshold selection on hand-made scores."""
+
+import numpy as np
+import pytest
+
+from lesion_harvester.harvest.mine import fused_score, mine, precision_threshold
+from lesion_harvester.harvest.verify import match_known
+from lesion_harvester.io.annotations import SliceBox, Tracklet
+
+
+def test_threshold_is_the_lowest_keeping_95_percent_precision():
+    # scores descending with labels: 20 lesions, then a miss, then 5 lesions, then misses
+    scores = np.linspace(1.0, 0.01, 40)
+    labels = np.array([1] * 20 + [0] + [1] * 5 + [0] * 14, dtype=bool)
+    t = precision_threshold(scores, labels)
+    # at index 25 (26 kept, 25 lesions) precision 0.96; at 26 it is 25/27 = 0.926
+    assert t == pytest.approx(scores[25])
+    assert precision_threshold(scores, labels, precision=0.99) == pytest.approx(scores[19])
+
+
+def test_threshold_does_not_pass_a_dip():
+    # precision dips below 95% early and recovers later: the threshold stops at the dip
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    labels = np.array([1, 0, 1, 1, 1, 1, 1, 1, 1, 1], dtype=bool)
+    assert precision_threshold(scores, labels) == pytest.approx(0.9)
+
+
+def test_threshold_edge_cases():
+    assert precision_threshold(np.array([0.9, 0.8]), np.array([False, True])) == float("inf")
+    assert precision_threshold(np.array([]), np.array([])) == float("inf")
+    assert precision_threshold(np.array([0.5, 0.4]), np.array([True, True])) == pytest.approx(0.4)
+    # a tie is never split: [0.7 lesion, 0.7 miss] has precision 0.5 at 0.7
+    assert precision_threshold(np.array([0.9, 0.7, 0.7]), np.array([True, True, False])) == pytest.approx(0.9)
+
+
+def test_mining_rules():
+    volumes = ["a", "a", "a", "a", "a", "a", "a", "a", "b", "b"]
+    s_g = np.array([0.95, 0.9, 0.6, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.12])
+    s_c = np.array([0.9, 0.1, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.1])
+    s = fused_score(s_g, s_c)
+    harvested, hard = mine(volumes, s_g, s, threshold=0.13)
+    assert harvested.tolist() == [True] + [False] * 7 + [True, False]
+    # volume a: s_g >= 0.5 (indices 1, 2) plus the five highest-s_g of the rest (1, 2, 3, 4, 5);
+    # volume b: its only remaining proposal
+    assert np.flatnonzero(hard).tolist() == [1, 2, 3, 4, 5, 9]
+    assert not (harvested & hard).any()
+
+
+def test_verification_by_p3d():
+    mark = SliceBox(5, (100.0, 100.0, 119.0, 119.0))
+    on_slice = Tracklet(np.array([4, 5, 6]), np.array([[100.0, 100, 119, 119]] * 3), np.ones(3))
+    beside = Tracklet(np.array([6, 7]), np.array([[100.0, 100, 119, 119]] * 2), np.ones(2))
+    elsewhere = Tracklet(np.array([5]), np.array([[300.0, 300, 320, 320]]), np.ones(1))
+    assert match_known([on_slice, beside, elsewhere], [mark]).tolist() == [True, False, False]
+    assert match_known([on_slice], []).tolist() == [False]
