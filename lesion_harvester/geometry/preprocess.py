@@ -148,7 +148,8 @@ def gather_slices(volume_zyx: torch.Tensor, positions: np.ndarray) -> torch.Tens
     blend = blend_positions(positions, volume_zyx.shape[0])
     lo = volume_zyx[torch.as_tensor(blend.lo)]
     hi = volume_zyx[torch.as_tensor(blend.hi)]
-    w = torch.as_tensor(blend.w_hi, dtype=volume_zyx.dtype).view(-1, *([1] * (volume_zyx.dim() - 1)))
+    w = torch.as_tensor(blend.w_hi, dtype=volume_zyx.dtype, device=volume_zyx.device)
+    w = w.view(-1, *([1] * (volume_zyx.dim() - 1)))
     return lo + (hi - lo) * w
 
 
