@@ -42,7 +42,6 @@ from lesion_harvester.lpg.train import default_cache_dir, train_lpg
 log = logging.getLogger(__name__)
 
 POSITIVE = ("fa_lesion", "recist", "harvested")
-NEGATIVE = ("fa_negative", "hard_negative")
 STEPS = ("lpg", "scan", "verify", "lpc", "classify", "mine")
 
 
@@ -156,13 +155,22 @@ class Harvest:
 
     def pooled_examples(self, up_to_round: int) -> tuple[list[tuple[str, Tracklet]], list[tuple[str, Tracklet]]]:
         """Positives (P_M^R, P_H^R, P_H^+) and hard negatives (P_M^-, P_H^-) of rounds 1..up_to_round,
-        later rounds first, duplicates removed; a negative that overlaps a positive is dropped."""
+        later rounds first, duplicates removed; a negative that overlaps a positive is dropped.
+
+        P_M^- is every unmatched V_M proposal down to t_G, hundreds per volume; only its hard ones
+        (the P_H^- rule: objectness >= hard_min_objectness, plus the top few per volume) feed the HNSL.
+        """
+        h = self.preset.harvest
         positives, negatives = [], []
         for r in range(up_to_round, 0, -1):
             for row in self.ledger.proposals(r, statuses=POSITIVE):
                 positives.append((row.volume, row.tracklet))
-            for row in self.ledger.proposals(r, statuses=NEGATIVE):
+            for row in self.ledger.proposals(r, statuses=("hard_negative",)):
                 negatives.append((row.volume, row.tracklet))
+            fa_negative = self.ledger.proposals(r, statuses=("fa_negative",))
+            _, hard = mine([row.volume for row in fa_negative], np.array([row.objectness for row in fa_negative]),
+                           np.zeros(len(fa_negative)), np.inf, h.hard_min_objectness, h.hard_top_per_volume)
+            negatives += [(row.volume, row.tracklet) for row, is_hard in zip(fa_negative, hard) if is_hard]
         positives = dedupe(positives)
         negatives = [item for item in dedupe(negatives + positives, 0.1) if item not in positives]
         return positives, negatives

@@ -37,6 +37,7 @@ from lesion_harvester.lpg.targets import build_targets
 log = logging.getLogger(__name__)
 
 AIR_VALUE = float(normalize_hu(np.array([-1024.0]))[0])  # what lies outside the body crop
+MAX_NEGATIVE_SHARE = 0.5  # at most this share of the object crops is centred on hard negatives
 
 
 @dataclass
@@ -194,6 +195,10 @@ class CropSampler:
                  pre: PreprocessConfig, crop: LPGTrainConfig, rng: np.random.Generator, stride: int = 4):
         self.slices = data.slice_boxes()
         self.slice_list = list(self.slices.values())
+        # slices with a lesion vs slices with hard negatives only: the HNSL fine-tuning gives far more
+        # negatives than positives, and crops must not be drawn mostly around negatives
+        self.positive_slices = [r for r in self.slice_list if len(r.positives)]
+        self.negative_slices = [r for r in self.slice_list if not len(r.positives)]
         self.data = data
         self.volume_keys = data.volume_keys
         self.exclusions = data.exclusions
@@ -241,7 +246,11 @@ class CropSampler:
         return None
 
     def _around_object(self):
-        record = self.slice_list[int(self.rng.integers(len(self.slice_list)))]
+        pool = self.slice_list
+        if self.positive_slices and self.negative_slices:
+            share = len(self.negative_slices) / len(self.slice_list)
+            pool = self.negative_slices if self.rng.random() < min(share, MAX_NEGATIVE_SHARE) else self.positive_slices
+        record = pool[int(self.rng.integers(len(pool)))]
         pv = self.prepared[record.key]
         objects = np.concatenate([record.positives, record.negatives]).reshape(-1, 4)
         anchor = pv.to_prepared(objects[int(self.rng.integers(len(objects)))])[0]

@@ -71,3 +71,14 @@ def test_worker_process_gives_the_same_batches():
     assert len(in_worker) == 3
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(in_process, in_worker))
     assert not np.array_equal(in_process[0][0], other_epoch[0][0])
+
+
+def test_object_crops_are_not_swamped_by_hard_negatives():
+    positive = SliceRecord("v", 2, np.array([[30.0, 10.0, 49.0, 19.0]]), np.zeros((0, 4)))
+    negatives = [SliceRecord("v", z, np.zeros((0, 4)), np.array([[5.0, 40.0, 12.0, 47.0]])) for z in (0, 1, 3, 4)]
+    cfg = LPGTrainConfig(crop_px=32, background_fraction=0.0, scale_jitter=(1.0, 1.0))
+    sampler = CropSampler(TrainingData(["v"], [positive] + negatives), {"v": _volume()}, 9, PreprocessConfig(),
+                          cfg, np.random.default_rng(2))
+    on_positive = sum(sampler._around_object()[1] == 2 for _ in range(400))
+    # 4 of 5 slices hold only negatives, yet at most half of the crops are centred on them
+    assert 160 <= on_positive <= 240
