@@ -48,16 +48,26 @@ def synthetic_volume(slices: int, seed: int = 0) -> Volume:
     return Volume("bench", hu, (record.interval_mm, record.pixel_mm, record.pixel_mm))
 
 
-def _count(fn) -> tuple[float, dict[str, float]]:
+def _count(model: MSCN, fn) -> tuple[float, dict[str, float]]:
+    """Total FLOPs of ``fn()`` and their split over the model's stages.
+
+    The shared scan calls the model's parts directly, so a first small forward through the whole
+    model inside the same counter names every submodule after its place in the model; its FLOPs are
+    subtracted again.
+    """
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
+        model(torch.zeros(1, model.cfg.num_slices, 32, 32, device=next(model.parameters()).device))
+        before_total = counter.get_total_flops()
+        before = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
         fn()
     stages: dict[str, float] = {}
     for name, ops in counter.get_flop_counts().items():
         parts = name.split(".")
-        if len(parts) == 2 and parts[1] in STAGES:  # direct children of the model
-            stages[STAGES[parts[1]]] = stages.get(STAGES[parts[1]], 0.0) + float(sum(ops.values()))
-    return float(counter.get_total_flops()), stages
+        if len(parts) == 2 and parts[0] == "MSCN":  # direct children of the model
+            stage = STAGES.get(parts[1], parts[1])
+            stages[stage] = stages.get(stage, 0.0) + float(sum(ops.values()) - before.get(name, 0))
+    return float(counter.get_total_flops() - before_total), stages
 
 
 def run_preset(name: str, slices: int, device: str, repeats: int) -> dict:
@@ -81,8 +91,8 @@ def run_preset(name: str, slices: int, device: str, repeats: int) -> dict:
                 torch.cuda.synchronize()
             best = min(best, time.perf_counter() - start)
         timings[shared] = best
-    naive_flops, naive_stages = _count(lambda: scanner.heatmaps(pv, shared=False))
-    shared_flops, shared_stages = _count(lambda: scanner.heatmaps(pv, shared=True))
+    naive_flops, naive_stages = _count(model, lambda: scanner.heatmaps(pv, shared=False))
+    shared_flops, shared_stages = _count(model, lambda: scanner.heatmaps(pv, shared=True))
     z = pv.num_slices
     result = {
         "preset": name,
@@ -108,7 +118,11 @@ def run_preset(name: str, slices: int, device: str, repeats: int) -> dict:
 
 
 def _child(args, queue):
-    queue.put(run_preset(*args))
+    try:
+        queue.put(run_preset(*args))
+    except BaseException as exc:  # the parent must not wait forever on a child that failed
+        queue.put({"preset": args[0], "error": f"{type(exc).__name__}: {exc}"})
+        raise
 
 
 def main(argv=None) -> int:
@@ -125,8 +139,12 @@ def main(argv=None) -> int:
         queue = ctx.Queue()
         proc = ctx.Process(target=_child, args=((name, args.slices, args.device, args.repeats), queue))
         proc.start()
-        results.append(queue.get())
+        result = queue.get()
         proc.join()
+        if "error" in result:
+            print(f"{name}: failed: {result['error']}", file=sys.stderr)
+            return 1
+        results.append(result)
     print(json.dumps(results, indent=1))
     for r in results:
         print(f"{r['preset']}: shared {r['shared_slices_per_s']:.2f} vs naive {r['naive_slices_per_s']:.2f} slices/s "
