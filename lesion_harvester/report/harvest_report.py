@@ -168,7 +168,7 @@ def _montage(run, dataset, ledger, holdout_keys, holdout_truth, n: int = 8) -> N
         chosen += [(k, t) for k, ts in harvested.items() if k not in set(holdout_keys) for t in ts][: n - len(chosen)]
     if not chosen:
         return
-    fig, axes = plt.subplots(len(chosen), 3, figsize=(9, 3 * len(chosen)), squeeze=False)
+    fig, axes = plt.subplots(len(chosen), 3, figsize=(9, 3.2 * len(chosen)), squeeze=False, layout="constrained")
     marks = dataset.marks([k for k, _ in chosen])
     for row_axes, (key, t) in zip(axes, chosen):
         volume = dataset.load(key)
@@ -199,9 +199,9 @@ def _montage(run, dataset, ledger, holdout_keys, holdout_truth, n: int = 8) -> N
             ax.set_ylim(cy + half, cy - half)
             ax.set_title(f"{key} z={z} ({label})", fontsize=7)
             ax.axis("off")
-        verdict = "" if correct is None else (" - a true lesion" if correct else " - NOT a lesion (failure)")
-        row_axes[0].text(0, -0.12, f"s={t.score:.2f}{verdict}", transform=row_axes[0].transAxes, fontsize=7,
-                         color="red" if correct is False else "black")
+        verdict = "" if correct is None else (", a true lesion" if correct else ", NOT a lesion (failure)")
+        row_axes[0].set_title(f"s={t.score:.2f}{verdict}\n{row_axes[0].get_title()}", fontsize=7,
+                              color="red" if correct is False else "black")
     fig.suptitle("harvested lesions (blue) and RECIST marks (green, with red/blue axes): first, key and last slice",
                  fontsize=8)
     save_figure(fig, run / "fig6_harvested.png", dpi=90)

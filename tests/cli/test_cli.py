@@ -81,3 +81,23 @@ def test_user_error_is_one_line_exit_2(tmp_path, capsys):
 def test_synth_command(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "s"), "--preset", "tiny", "--volumes", "4", "--seed", "9"]) == 0
     assert json.loads((tmp_path / "s" / "stats.json").read_text())["volumes"] == 4
+
+
+def test_demo_marks_only(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--preset", "tiny", "--marks-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "original RECIST marks of harvest_test" in printed and "original RECIST marks of detection_test" in printed
+    assert (out / "data" / "DL_info.csv").is_file() and (out / "marks_harvest_test.pkl").is_file()
+    assert not (out / "harvest").exists()
+
+
+@pytest.mark.slow
+def test_demo_harvests_and_prints_table_one(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--preset", "tiny", "--rounds", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "Table I" in printed and "R + P_H,1 (LPG only)" in printed
+    report = json.loads((out / "harvest" / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1]
+    assert (out / "harvest" / "harvested.pkl").is_file() and (out / "harvest" / "report.md").is_file()
