@@ -102,3 +102,28 @@ def test_real_layout_needs_the_released_files(tmp_path, capsys):
     write_dl_info(tmp_path / "DL_info.csv", rows)
     assert main(["harvest", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
     assert "--fully-annotated" in capsys.readouterr().err
+
+
+def test_finetuning_uses_only_the_hard_v_m_negatives(tiny_dataset, tmp_path):
+    import dataclasses
+
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.harvest.rounds import Harvest
+    from lesion_harvester.io.annotations import Tracklet
+
+    preset = load_preset("tiny")
+    preset = dataclasses.replace(preset, harvest=dataclasses.replace(
+        preset.harvest, hard_min_objectness=0.5, hard_top_per_volume=1))
+    harvest = Harvest(tiny_dataset, tmp_path / "run", preset, progress=False)
+    key = next(iter(harvest.inputs.fully_annotated))
+
+    def tracklet(x, score):  # far-apart single-slice boxes, so none is a duplicate of another
+        return Tracklet(np.array([0]), np.array([[x, 0.0, x + 5.0, 5.0]]), np.array([score]))
+
+    scores = [0.9, 0.6, 0.3, 0.2, 0.1]
+    with harvest.ledger.transaction() as db:
+        harvest.ledger.add_proposals(db, 1, {key: [tracklet(10.0 * i, s) for i, s in enumerate(scores)]})
+        harvest.ledger.set_statuses(db, 1, [(key, i, "fa_negative") for i in range(len(scores))])
+    _, negatives = harvest.pooled_examples(1)
+    # objectness >= 0.5 (0.9, 0.6), plus the top one per volume (already among them): not the rest
+    assert sorted(float(t.score) for _, t in negatives) == [0.6, 0.9]
