@@ -3,7 +3,8 @@
 - ``harvested.pkl``: the newly found lesions P_H^+ of all rounds (not proposals that match existing
   marks), as tracklets whose scores are s_g * s_c, keyed by sub-volume, like the authors'
   MinedLesions release; a lesion found in several rounds is kept once (the latest round's);
-- ``hard_negatives.pkl``: P_H^- and P_M^- of all rounds, deduplicated;
+- ``hard_negatives.pkl``: P_H^- and the hard part of P_M^- of all rounds, deduplicated, none
+  overlapping a lesion;
 - ``completed_annotations.pkl``: 3D boxes of the original marks (from the proposal that covers
   each mark, else the mark's own slice), the complete labels of V_M (likewise), and the harvested lesions;
 - ``harvested.csv``: one row per harvested lesion.
@@ -42,7 +43,7 @@ def _box3d_for(box: SliceBox, proposals: list[Tracklet]) -> Box3D:
 
 
 def write_harvest_outputs(harvest) -> None:
-    from lesion_harvester.harvest.rounds import _group, dedupe
+    from lesion_harvester.harvest.rounds import _group
 
     run, ledger = harvest.run, harvest.ledger
     rounds = ledger.finished_rounds("mine")
@@ -50,9 +51,8 @@ def write_harvest_outputs(harvest) -> None:
         return
     harvested = final_harvest(harvest)
     write_tracklets(run / "harvested.pkl", _group([(key, t) for key, t, *_ in harvested]))
-    negatives = [(row.volume, row.tracklet) for r in sorted(rounds, reverse=True)
-                 for row in ledger.proposals(r, statuses=("hard_negative", "fa_negative"))]
-    write_tracklets(run / "hard_negatives.pkl", _group(dedupe(negatives)))
+    _, negatives = harvest.pooled_examples(max(rounds))  # what the next round's HNSL would use
+    write_tracklets(run / "hard_negatives.pkl", _group(negatives))
     last = max(rounds)
     known_proposals: dict[str, list[Tracklet]] = {}
     for row in ledger.proposals(last, statuses=("recist", "fa_lesion")):

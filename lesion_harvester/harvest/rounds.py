@@ -160,20 +160,23 @@ class Harvest:
         P_M^- is every unmatched V_M proposal down to t_G, hundreds per volume; only its hard ones
         (the P_H^- rule: objectness >= hard_min_objectness, plus the top few per volume) feed the HNSL.
         """
-        h = self.preset.harvest
         positives, negatives = [], []
         for r in range(up_to_round, 0, -1):
             for row in self.ledger.proposals(r, statuses=POSITIVE):
                 positives.append((row.volume, row.tracklet))
-            for row in self.ledger.proposals(r, statuses=("hard_negative",)):
-                negatives.append((row.volume, row.tracklet))
-            fa_negative = self.ledger.proposals(r, statuses=("fa_negative",))
-            _, hard = mine([row.volume for row in fa_negative], np.array([row.objectness for row in fa_negative]),
-                           np.zeros(len(fa_negative)), np.inf, h.hard_min_objectness, h.hard_top_per_volume)
-            negatives += [(row.volume, row.tracklet) for row, is_hard in zip(fa_negative, hard) if is_hard]
+            negatives += self.hard_negatives(r)
         positives = dedupe(positives)
         negatives = [item for item in dedupe(negatives + positives, 0.1) if item not in positives]
         return positives, negatives
+
+    def hard_negatives(self, r: int) -> list[tuple[str, Tracklet]]:
+        """P_H^- of round r, and the hard part of its P_M^- (the P_H^- rule applied to V_M)."""
+        h = self.preset.harvest
+        negatives = [(row.volume, row.tracklet) for row in self.ledger.proposals(r, statuses=("hard_negative",))]
+        fa_negative = self.ledger.proposals(r, statuses=("fa_negative",))
+        _, hard = mine([row.volume for row in fa_negative], np.array([row.objectness for row in fa_negative]),
+                       np.zeros(len(fa_negative)), np.inf, h.hard_min_objectness, h.hard_top_per_volume)
+        return negatives + [(row.volume, row.tracklet) for row, is_hard in zip(fa_negative, hard) if is_hard]
 
     # --- step 2: scan -------------------------------------------------------------------------------
     def _step_scan(self, r: int) -> None:
@@ -346,12 +349,10 @@ class Harvest:
         self._write_round_outputs(r)
 
     def _write_round_outputs(self, r: int) -> None:
-        rows = self.ledger.proposals(r, statuses=("harvested", "hard_negative", "fa_negative"))
+        rows = self.ledger.proposals(r, statuses=("harvested",))
         write_tracklets(self.round_dir(r) / "harvested.pkl",
-                        _group([(row.volume, scaled_tracklet(row.tracklet, row.lpc or 0.0)) for row in rows
-                                if row.status == "harvested"]))
-        write_tracklets(self.round_dir(r) / "hard_negatives.pkl",
-                        _group([(row.volume, row.tracklet) for row in rows if row.status != "harvested"]))
+                        _group([(row.volume, scaled_tracklet(row.tracklet, row.lpc or 0.0)) for row in rows]))
+        write_tracklets(self.round_dir(r) / "hard_negatives.pkl", _group(self.hard_negatives(r)))
 
     # --- outputs ---------------------------------------------------------------------------------------
     def write_outputs(self) -> None:
