@@ -11,6 +11,7 @@ from monai.networks.nets import ResNet
 
 from lesion_harvester.config import LPCConfig
 from lesion_harvester.errors import DataError
+from lesion_harvester.io.torch_files import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +53,7 @@ class LesionProposalClassifier(nn.Module):
 
 def load_imagenet_resnet18(branch: ResNet, path: str | Path) -> None:
     """Load a local torchvision ResNet-18 state dict (no download); the classifier is ignored."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "pretrained weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(path, f"not a loadable state dict ({exc})") from None
+    state = load_weights_only(path, "pretrained weights file")
     own = branch.state_dict()
     wanted = {k: v for k, v in state.items() if not k.startswith("fc.")}
     bad = [k for k, v in wanted.items() if k not in own or own[k].shape != v.shape]

@@ -8,8 +8,6 @@ balanced (half positives, half negatives, drawn with replacement).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,8 @@ from tqdm import tqdm
 
 from lesion_harvester.config import LPCConfig, from_dict, to_dict
 from lesion_harvester.errors import DataError
+from lesion_harvester.io.atomic import atomic_write
+from lesion_harvester.io.torch_files import load_weights_only
 from lesion_harvester.lpc.model import LesionProposalClassifier
 
 FORMAT = "lesion-harvester-lpc/1"
@@ -78,27 +78,12 @@ def predict_lpc(model: LesionProposalClassifier, patches: torch.Tensor, batch_si
 
 
 def save_lpc(path: str | Path, model: LesionProposalClassifier, cfg: LPCConfig, **extra) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, "config": to_dict(cfg), "state_dict": model.state_dict(), **extra}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as handle:
+        torch.save({"format": FORMAT, "config": to_dict(cfg), "state_dict": model.state_dict(), **extra}, handle)
 
 
 def load_lpc(path: str | Path, device: str = "cpu") -> tuple[LesionProposalClassifier, LPCConfig, dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "LPC checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(path, f"not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+    payload = load_weights_only(path, "LPC checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(path, f"not a Lesion Harvester LPC checkpoint (expected format {FORMAT})")
     cfg = from_dict(LPCConfig, {**payload["config"], "pretrained_path": None}, f"{path} config")

@@ -7,41 +7,26 @@ code: ``format``, ``model_config`` and ``preprocess`` (the dataclasses as dicts)
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from lesion_harvester.config import MSCNConfig, PreprocessConfig, from_dict, to_dict
 from lesion_harvester.errors import DataError
+from lesion_harvester.io.atomic import atomic_write
+from lesion_harvester.io.torch_files import load_weights_only
 
 FORMAT = "lesion-harvester-lpg/1"
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """``torch.save`` to a temporary sibling, then rename: a reader never sees half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` through an atomic write: a reader never sees half a checkpoint."""
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(path, f"not a loadable checkpoint ({type(exc).__name__}: {exc})") from None
+    payload = load_weights_only(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(path, f"not a Lesion Harvester LPG checkpoint (expected format {FORMAT})")
     return payload

@@ -29,6 +29,7 @@ from monai.networks.nets import DenseNet
 
 from lesion_harvester.config import MSCNConfig
 from lesion_harvester.errors import DataError
+from lesion_harvester.io.torch_files import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -146,13 +147,7 @@ def load_imagenet_densenet(model: MSCN, path: str | Path) -> None:
     Nothing is downloaded. Keys of layers the truncated backbone lacks (transition3, block 4,
     classifier) are ignored; a missing or mismatched backbone tensor is an error.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "pretrained weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(path, f"not a loadable state dict ({exc})") from None
+    state = load_weights_only(path, "pretrained weights file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     targets = {
