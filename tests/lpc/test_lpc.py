@@ -1,0 +1,63 @@
+"""The lesion proposal classifier: patches centred on proposals, the three variants, checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+
+from lesion_harvester.config import LPCConfig, PreprocessConfig
+from lesion_harvester.errors import DataError
+from lesion_harvester.geometry.preprocess import normalize_hu
+from lesion_harvester.io.annotations import Tracklet
+from lesion_harvester.lpc.model import LesionProposalClassifier
+from lesion_harvester.lpc.patches import extract_patches
+from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc
+from lesion_harvester.lpg.data import PreparedVolume
+
+
+def _volume_with_a_lesion():
+    hu = np.full((20, 64, 64), -100.0)
+    hu[8:13, 28:36, 28:36] = 150.0  # a bright 8 x 8 px lesion over slices 8-12
+    image = normalize_hu(hu).astype(np.float16)
+    return PreparedVolume("v", image, (0, 0), 1.0, (2.0, 1.0, 1.0), (20, 64, 64))
+
+
+def _tracklet():
+    boxes = np.tile([28.0, 28.0, 35.0, 35.0], (5, 1))
+    return Tracklet(np.arange(8, 13), boxes, np.array([0.2, 0.5, 0.9, 0.5, 0.2]))
+
+
+def test_multiview_patches_are_centred_on_the_proposal():
+    cfg = LPCConfig(variant="multiview", patch_px=16, pad_px=8, windows_hu=((-160.0, 240.0),))
+    patches = extract_patches(_volume_with_a_lesion(), [_tracklet()], cfg, PreprocessConfig())
+    assert patches.shape == (1, 3, 1, 16, 16)
+    lesion, background = (150 + 160) / 400, (-100 + 160) / 400  # through the window, in [0, 1]
+    for view in range(3):  # axial, coronal, sagittal: lesion in the middle, background at the corners
+        assert float(patches[0, view, 0, 8, 8]) == pytest.approx(lesion, abs=0.02)
+        assert float(patches[0, view, 0, 0, 0]) == pytest.approx(background, abs=0.02)
+
+
+@pytest.mark.parametrize("variant, shape", [("multiview", (2, 3, 3, 16, 16)), ("axial", (2, 1, 3, 16, 16)),
+                                            ("3d", (2, 3, 16, 16, 16))])
+def test_every_variant_gives_one_probability_per_proposal(variant, shape):
+    cfg = LPCConfig(variant=variant, patch_px=16, widen_factor=0.25)
+    patches = extract_patches(_volume_with_a_lesion(), [_tracklet(), _tracklet()], cfg, PreprocessConfig())
+    assert patches.shape == shape
+    probabilities = predict_lpc(LesionProposalClassifier(cfg), patches)
+    assert probabilities.shape == (2,) and np.all((probabilities > 0) & (probabilities < 1))
+
+
+def test_checkpoint_round_trip_and_a_bad_file(tmp_path):
+    cfg = LPCConfig(patch_px=16, widen_factor=0.25)
+    torch.manual_seed(0)
+    model = LesionProposalClassifier(cfg)
+    save_lpc(tmp_path / "lpc.pt", model, cfg, fold=1)
+    loaded, loaded_cfg, payload = load_lpc(tmp_path / "lpc.pt")
+    assert loaded_cfg == cfg and payload["fold"] == 1
+    x = torch.rand(2, 3, 3, 16, 16)
+    assert np.allclose(predict_lpc(model, x), predict_lpc(loaded, x))
+    assert [p.name for p in tmp_path.iterdir()] == ["lpc.pt"]  # no temporary file left behind
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(DataError, match="junk.pt: not a loadable LPC checkpoint"):
+        load_lpc(tmp_path / "junk.pt")
+    with pytest.raises(DataError, match="LPC checkpoint not found"):
+        load_lpc(tmp_path / "missing.pt")
