@@ -41,6 +41,7 @@ def resolve_inputs(data: str | Path, fully_annotated: str | Path | None = None,
     dataset = source.dataset
     splits = read_splits(data)
     synthetic = splits is not None and "harvest" in splits
+    complete = read_slice_boxes(data / "ground_truth" / "complete.pkl") if synthetic else {}
     if fully_annotated is not None:
         fa = {k: v for k, v in read_slice_boxes(fully_annotated).items()}
         missing = [k for k in fa if k not in dataset.sub_volumes]
@@ -48,7 +49,6 @@ def resolve_inputs(data: str | Path, fully_annotated: str | Path | None = None,
             raise DataError(fully_annotated, f"{len(missing)} volumes are not in {data}/DL_info.csv, e.g. {missing[0]}")
         fa_file = str(fully_annotated)
     elif synthetic:
-        complete = read_slice_boxes(data / "ground_truth" / "complete.pkl")
         fa = {k: complete[k] for k in splits.get("fully_annotated", [])}
         fa_file = None
     else:
@@ -61,7 +61,6 @@ def resolve_inputs(data: str | Path, fully_annotated: str | Path | None = None,
         held = read_slice_boxes(holdout)
         holdout_file = str(holdout)
     elif synthetic:
-        complete = read_slice_boxes(data / "ground_truth" / "complete.pkl")
         held = {k: complete[k] for k in splits.get("harvest_test", [])}
         holdout_file = str(data / "ground_truth" / "complete.pkl")
     elif need_holdout:
