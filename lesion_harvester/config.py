@@ -80,14 +80,15 @@ class PreprocessConfig:
     # "exact": context slices every context_mm (MULAN); "shared": triplet centres rounded to whole
     # slices so that a scan computes each triplet once (geometry.preprocess.context_offsets)
     context_mode: str = "exact"
+    # the LPG's input window; prepared volumes are stored with MULAN's whatever this is
     window_hu: tuple[float, float] = (-1024.0, 3071.0)
     pixel_mean: float = 50.0
     body_threshold_hu: float = -768.0
 
     def fingerprint(self) -> str:
-        """Identifies the prepared-volume cache (context settings do not change prepared volumes)."""
-        text = json.dumps([self.spacing_mm, self.max_size_px, list(self.window_hu), self.pixel_mean,
-                           self.body_threshold_hu])
+        """Identifies the prepared-volume cache (neither the context nor the input window changes
+        prepared volumes; their stored encoding, MULAN's window and mean, is part of the key)."""
+        text = json.dumps([self.spacing_mm, self.max_size_px, [-1024.0, 3071.0], 50.0, self.body_threshold_hu])
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 

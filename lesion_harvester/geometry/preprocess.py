@@ -1,6 +1,8 @@
 """Input preprocessing as MULAN / 3DCE do it (../shared/notes/reference-facts.md section 2).
 
-- intensity: HU window [-1024, 3071] mapped to [0, 255], clipped, minus a pixel mean of 50;
+- intensity: HU window [-1024, 3071] mapped to [0, 255], clipped, minus a pixel mean of 50; prepared
+  volumes are stored in this encoding, and a preset may feed the network another window
+  (:func:`rewindow`), e.g. a soft-tissue window for a detector trained from scratch;
 - body crop: pixels above -768 HU (raw PNG 32000), a 7x7 binary opening, the mask's bounding box;
 - in-plane resampling to a target pixel spacing with linear interpolation, the longest side capped;
 - 2.5D context: 9 slices at a fixed mm interval around the target, each interpolated linearly
@@ -33,6 +35,20 @@ def normalize_hu(hu: np.ndarray | torch.Tensor, window_hu=WINDOW_HU, pixel_mean:
         return ((hu.float() - lo) * (255.0 / (hi - lo))).clamp_(0.0, 255.0) - pixel_mean
     scaled = (np.asarray(hu, dtype=np.float32) - lo) * np.float32(255.0 / (hi - lo))
     return np.clip(scaled, 0.0, 255.0) - np.float32(pixel_mean)
+
+
+def stored_to_hu(values: np.ndarray | torch.Tensor):
+    """Inverse of :func:`normalize_hu` with MULAN's window (exact inside [-1024, 3071] HU)."""
+    return (values + PIXEL_MEAN) * ((WINDOW_HU[1] - WINDOW_HU[0]) / 255.0) + WINDOW_HU[0]
+
+
+def rewindow(stored: torch.Tensor, window_hu: tuple[float, float], pixel_mean: float) -> torch.Tensor:
+    """Values in the stored (MULAN) encoding -> network input with ``window_hu`` and ``pixel_mean``.
+
+    Returns ``stored`` itself when the two encodings agree."""
+    if tuple(window_hu) == WINDOW_HU and pixel_mean == PIXEL_MEAN:
+        return stored
+    return normalize_hu(stored_to_hu(stored), window_hu, pixel_mean)
 
 
 def body_crop_box(

@@ -28,11 +28,11 @@ from tqdm import tqdm
 from lesion_harvester.config import Preset, dump_config, to_dict
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.geometry.boxes import iou3d_voc
-from lesion_harvester.harvest.inputs import HarvestInputs, resolve_inputs
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
 from lesion_harvester.harvest.mine import fused_score, mine, precision_threshold
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import Tracklet, write_tracklets
+from lesion_harvester.io.partition import Partition, resolve_partition
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc, train_lpc
 from lesion_harvester.lpg.data import PreparedCache
@@ -76,7 +76,7 @@ class Harvest:
         self.progress = progress
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-        self.inputs: HarvestInputs = resolve_inputs(self.data, fully_annotated, holdout)
+        self.inputs: Partition = resolve_partition(self.data, fully_annotated, holdout, need_holdout=True)
         self.run.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run / "ledger.sqlite")
         fingerprint = hashlib.sha1(json.dumps(
@@ -218,7 +218,7 @@ class Harvest:
         for key, members in tqdm(by_volume.items(), desc="LPC patches", unit="vol", disable=not self.progress,
                                  leave=False):
             pv = self.cache.get(self.inputs.source, key)
-            patches = extract_patches(pv, [rows[i].tracklet for i in members], cfg, self.preset.preprocess)
+            patches = extract_patches(pv, [rows[i].tracklet for i in members], cfg)
             for j, i in enumerate(members):
                 parts[i] = patches[j].half()
         if not rows:

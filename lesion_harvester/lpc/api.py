@@ -15,17 +15,17 @@ import numpy as np
 
 from lesion_harvester.config import PreprocessConfig, Preset, from_dict, to_dict
 from lesion_harvester.errors import DataError
-from lesion_harvester.harvest.inputs import resolve_inputs
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import Tracklet, read_tracklets, write_tracklets
 from lesion_harvester.io.atomic import atomic_write
+from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc, train_lpc
 from lesion_harvester.lpg.data import PreparedCache
 from lesion_harvester.lpg.train import default_cache_dir
 
 
-def _patches(source, cache, items: list[tuple[str, Tracklet]], cfg, pre):
+def _patches(source, cache, items: list[tuple[str, Tracklet]], cfg):
     import torch
 
     by_volume: dict[str, list[int]] = {}
@@ -33,7 +33,7 @@ def _patches(source, cache, items: list[tuple[str, Tracklet]], cfg, pre):
         by_volume.setdefault(key, []).append(i)
     out = [None] * len(items)
     for key, members in by_volume.items():
-        patches = extract_patches(cache.get(source, key), [items[i][1] for i in members], cfg, pre)
+        patches = extract_patches(cache.get(source, key), [items[i][1] for i in members], cfg)
         for j, i in enumerate(members):
             out[i] = patches[j]
     return torch.stack(out) if items else torch.zeros(0)
@@ -41,7 +41,7 @@ def _patches(source, cache, items: list[tuple[str, Tracklet]], cfg, pre):
 
 def train_lpc_on_proposals(data: str | Path, proposals: str | Path, out: str | Path, preset: Preset,
                            fully_annotated: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
-    inputs = resolve_inputs(data, fully_annotated, need_holdout=False)
+    inputs = resolve_partition(data, fully_annotated, purpose="training the LPC")
     tracklets = read_tracklets(proposals)
     items, labels = [], []
     for key, ts in tracklets.items():
@@ -56,7 +56,7 @@ def train_lpc_on_proposals(data: str | Path, proposals: str | Path, out: str | P
     if not items:
         raise DataError(proposals, "no proposal in the fully annotated or harvest volumes of this dataset")
     cache = PreparedCache(default_cache_dir(data), preset.preprocess)
-    x = _patches(inputs.source, cache, items, preset.lpc, preset.preprocess)
+    x = _patches(inputs.source, cache, items, preset.lpc)
     y = np.array(labels, dtype=np.int64)
     model = train_lpc(x, y, preset.lpc, device, seed=preset.lpc.seed, progress=progress)
     save_lpc(out, model, preset.lpc, preprocess=to_dict(preset.preprocess))
@@ -80,7 +80,7 @@ def classify_proposals(data: str | Path, checkpoint: str | Path, proposals: str 
         if not ts:
             scored[key] = []
             continue
-        s_c = predict_lpc(model, _patches(source, cache, [(key, t) for t in ts], cfg, pre), device=device)
+        s_c = predict_lpc(model, _patches(source, cache, [(key, t) for t in ts], cfg), device=device)
         scored[key] = [Tracklet(t.z_indices, t.boxes_xyxy_px, t.scores * float(c)) for t, c in zip(ts, s_c)]
         rows += [(key, i, t.score, float(c), t.score * float(c)) for i, (t, c) in enumerate(zip(ts, s_c))]
     write_tracklets(out, scored)

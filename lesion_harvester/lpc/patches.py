@@ -15,14 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lesion_harvester.config import LPCConfig, PreprocessConfig
+from lesion_harvester.config import LPCConfig
+from lesion_harvester.geometry.preprocess import stored_to_hu
 from lesion_harvester.io.annotations import Tracklet
 from lesion_harvester.lpg.data import AIR_VALUE, PreparedVolume
-
-
-def _to_hu(values: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
-    lo, hi = pre.window_hu
-    return (values + pre.pixel_mean) * ((hi - lo) / 255.0) + lo
 
 
 def proposal_geometry(t: Tracklet, pv: PreparedVolume, cfg: LPCConfig) -> tuple[float, float, float, float, float]:
@@ -36,9 +32,7 @@ def proposal_geometry(t: Tracklet, pv: PreparedVolume, cfg: LPCConfig) -> tuple[
     return cx, cy, float(t.z_indices[t.key_index]), side / 2, half_slices
 
 
-def extract_patches(
-    pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfig, pre: PreprocessConfig
-) -> torch.Tensor:
+def extract_patches(pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfig) -> torch.Tensor:
     """Patches of a volume's proposals.
 
     Returns (N, 3, C, P, P) for ``multiview`` (axial, coronal, sagittal), (N, 1, C, P, P) for
@@ -79,7 +73,7 @@ def extract_patches(
     flat = coords.reshape(1, -1, 1, 1, 3)
     sampled = F.grid_sample(volume - AIR_VALUE, flat, mode="bilinear", padding_mode="zeros", align_corners=True)
     values = sampled.reshape(pts.shape[:-1]) + AIR_VALUE  # air outside the volume
-    hu = _to_hu(values, pre)
+    hu = stored_to_hu(values)
     windows = [((hu - lo) / (hi - lo)).clamp(0, 1) for lo, hi in cfg.windows_hu]
     if cfg.variant == "3d":
         return torch.stack(windows, dim=1)  # (N, C, P, P, P)

@@ -30,21 +30,28 @@ from lesion_harvester.geometry.preprocess import (
     inplane_scale,
     normalize_hu,
     resample_inplane,
+    rewindow,
 )
 from lesion_harvester.io.volume import Volume
 from lesion_harvester.lpg.targets import build_targets
 
 log = logging.getLogger(__name__)
 
-AIR_VALUE = float(normalize_hu(np.array([-1024.0]))[0])  # what lies outside the body crop
+AIR_VALUE = float(normalize_hu(np.array([-1024.0]))[0])  # what lies outside the body crop (stored encoding)
 MAX_NEGATIVE_SHARE = 0.5  # at most this share of the object crops is centred on hard negatives
+
+
+def network_air(pre: PreprocessConfig) -> float:
+    """Air (-1024 HU) in the network's input encoding: what pads images beyond the body crop."""
+    return float(normalize_hu(np.array([-1024.0]), pre.window_hu, pre.pixel_mean)[0])
 
 
 @dataclass
 class PreparedVolume:
     """A volume ready for the network.
 
-    image: (Z, H, W) float16, body-cropped, resampled to ``spacing_mm`` and normalized.
+    image: (Z, H, W) float16, body-cropped, resampled to ``spacing_mm`` and normalized with MULAN's
+    window (the stored encoding; the network's own window is applied when inputs are built).
     crop_yx: top-left corner of the body crop in original pixels; scale: resampling factor.
     """
 
@@ -93,8 +100,7 @@ def prepare_volume(volume: Volume, cfg: PreprocessConfig) -> PreparedVolume:
     scale = inplane_scale(volume.spacing_zyx_mm[1:], cfg.spacing_mm, region.shape[1:], cfg.max_size_px)
     slices = []
     for start in range(0, region.shape[0], 16):  # in chunks, to bound the float32 copy
-        chunk = normalize_hu(torch.from_numpy(region[start:start + 16].astype(np.float32)), cfg.window_hu,
-                             cfg.pixel_mean)
+        chunk = normalize_hu(torch.from_numpy(region[start:start + 16].astype(np.float32)))
         slices.append(resample_inplane(chunk, scale).half())
     image = torch.cat(slices).numpy()
     return PreparedVolume(volume.volume_id, image, (y0, x0), scale, volume.spacing_zyx_mm, volume.shape)
@@ -209,6 +215,7 @@ class CropSampler:
         self.rng = rng
         self.stride = stride
         self.positions = {k: v.context_positions(num_slices, pre) for k, v in prepared.items()}
+        self.air = network_air(pre)
 
     def _hard_background(self):
         key, z, box = self.data.hard_background[int(self.rng.integers(len(self.data.hard_background)))]
@@ -285,6 +292,7 @@ class CropSampler:
                               align_corners=False)[0]
         if (scaled_h, scaled_w) != (out_h, out_w):
             image = F.pad(image, (0, out_w - scaled_w, 0, out_h - scaled_h), value=AIR_VALUE)
+        image = rewindow(image, self.pre.window_hu, self.pre.pixel_mean)
         factor = scaled_w / src_w
 
         def place(boxes):
@@ -342,7 +350,7 @@ class CropSampler:
         images, heatmaps, inds = [], [], []
         for image, t in samples:
             ih, iw = image.shape[1:]
-            images.append(np.pad(image, ((0, 0), (0, h - ih), (0, w - iw)), constant_values=AIR_VALUE))
+            images.append(np.pad(image, ((0, 0), (0, h - ih), (0, w - iw)), constant_values=self.air))
             hm = t["hm"]
             pad = ((0, 0), (0, h // self.stride - hm.shape[1]), (0, w // self.stride - hm.shape[2]))
             heatmaps.append(np.pad(hm, pad))

@@ -21,9 +21,9 @@ import torch
 from tqdm import tqdm
 
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig
-from lesion_harvester.geometry.preprocess import gather_slices, pad_to_multiple
+from lesion_harvester.geometry.preprocess import gather_slices, pad_to_multiple, rewindow
 from lesion_harvester.io.annotations import Tracklet
-from lesion_harvester.lpg.data import AIR_VALUE, PreparedVolume
+from lesion_harvester.lpg.data import PreparedVolume, network_air
 from lesion_harvester.lpg.decode import decode
 from lesion_harvester.lpg.losses import clamped_sigmoid
 from lesion_harvester.lpg.model import MSCN, Triplet
@@ -52,12 +52,14 @@ class Scanner:
         self.autocast = self.device.type == "cuda" and scan.amp
 
     def _volume_tensor(self, pv: PreparedVolume) -> torch.Tensor:
-        image = torch.from_numpy(np.asarray(pv.image, dtype=np.float32))
+        image = rewindow(torch.from_numpy(np.asarray(pv.image, dtype=np.float32)), self.pre.window_hu,
+                         self.pre.pixel_mean)
         h, w = image.shape[1:]
         padded = pad_to_multiple(image, 16)
         if padded.shape[1:] != (h, w):  # pad with air, as outside the body crop
-            padded[:, h:, :] = AIR_VALUE
-            padded[:, :, w:] = AIR_VALUE
+            air = network_air(self.pre)
+            padded[:, h:, :] = air
+            padded[:, :, w:] = air
         return padded.to(self.device)
 
     def _forward_targets(self, pv: PreparedVolume, targets: list[int], shared: bool) -> Iterator:

@@ -7,8 +7,8 @@
 - extra positives and hard negatives (tracklets, 3D boxes or 2D boxes): the slice of highest
   objectness of each (the middle slice of a 3D box).
 
-Training volumes are V_M and V_H (``fully_annotated`` + ``harvest``), or DL_info's train split.
-Validation uses ``validation`` with complete labels, or DL_info's val split with its marks.
+Training volumes are V_M and V_H, validation volumes as :mod:`lesion_harvester.io.partition`
+decides them (the same rule as the harvest's).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.annotations import SliceBox, read_any_boxes, read_slice_boxes
-from lesion_harvester.io.loader import VolumeSource, open_volumes
-from lesion_harvester.io.splits import read_splits
+from lesion_harvester.io.annotations import SliceBox, read_any_boxes
+from lesion_harvester.io.loader import VolumeSource
+from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.lpg.data import SliceRecord, TrainingData
 
 log = logging.getLogger(__name__)
@@ -59,30 +59,11 @@ def _key_slice_records(path: str | Path, known: set[str], negative: bool) -> tup
 
 def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
                   extra_positives: str | Path | None = None, hard_negatives: str | Path | None = None) -> LPGSources:
-    root = Path(root)
-    source = open_volumes(root)
-    if source.format != "deeplesion":
-        raise DataError(root, "training needs the DeepLesion layout (Images_png/ and DL_info.csv)")
-    dataset = source.dataset
-    splits = read_splits(root)
-    if splits is not None and "harvest" in splits:
-        fa_keys = list(splits.get("fully_annotated", []))
-        train_keys = fa_keys + [k for k in splits["harvest"] if k not in fa_keys]
-        complete = read_slice_boxes(root / "ground_truth" / "complete.pkl")
-        fa_truth = {k: complete[k] for k in fa_keys}
-        validation = {k: complete[k] for k in splits.get("validation", [])}
-    else:
-        train_keys = dataset.keys("train")
-        fa_truth = read_slice_boxes(fully_annotated) if fully_annotated else {}
-        fa_keys = [k for k in fa_truth if k in dataset.sub_volumes]
-        validation = {k: [m.slice_box() for m in marks] for k, marks in dataset.marks(dataset.keys("val")).items()}
-    if fully_annotated and splits is not None:
-        fa_truth.update({k: v for k, v in read_slice_boxes(fully_annotated).items() if k in dataset.sub_volumes})
-        fa_keys = list(dict.fromkeys(fa_keys + list(fa_truth)))
-    train_keys = list(dict.fromkeys(train_keys + fa_keys))
+    part = resolve_partition(root, fully_annotated, need_fully_annotated=False, purpose="training")
+    dataset, fa_truth, train_keys = part.dataset, part.fully_annotated, part.training_keys
     records: list[SliceRecord] = []
     exclusions: dict[str, list] = {}
-    marks = dataset.marks([k for k in train_keys if k not in fa_truth])
+    marks = part.marks
     empty = np.zeros((0, 4))
     for key in train_keys:
         boxes = fa_truth[key] if key in fa_truth else [m.slice_box() for m in marks.get(key, [])]
@@ -102,5 +83,4 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
                     exclusions.setdefault(key, []).extend((lo, hi, np.array(box)) for lo, hi, box in items)
     if not records:
         raise DataError(root, "no training boxes: no RECIST marks or complete labels in the training volumes")
-    return LPGSources(source, TrainingData(train_keys, records, exclusions), validation,
-                      {k: fa_truth[k] for k in fa_keys if k in fa_truth})
+    return LPGSources(part.source, TrainingData(train_keys, records, exclusions), part.validation, fa_truth)

@@ -15,6 +15,8 @@ from lesion_harvester.geometry.preprocess import (
     normalize_hu,
     pad_to_multiple,
     resample_inplane,
+    rewindow,
+    stored_to_hu,
 )
 
 
@@ -23,6 +25,25 @@ def test_normalize_window_and_mean():
     assert out.tolist() == pytest.approx([-50.0, -50.0, 205.0, 205.0])
     t = normalize_hu(torch.tensor([1023.5]))
     assert float(t) == pytest.approx(127.5 - 50, abs=1e-3)
+
+
+def test_rewindow_gives_the_input_window_from_the_stored_encoding():
+    hu = torch.tensor([-1024.0, -500.0, -160.0, 0.0, 40.0, 240.0, 1000.0])
+    stored = normalize_hu(hu)
+    assert stored_to_hu(stored).tolist() == pytest.approx(hu.tolist(), abs=1e-3)
+    assert rewindow(stored, (-1024.0, 3071.0), 50.0) is stored  # MULAN's own window: untouched
+    soft = rewindow(stored, (-160.0, 240.0), 50.0)
+    assert soft.tolist() == pytest.approx(normalize_hu(hu, (-160.0, 240.0), 50.0).tolist(), abs=1e-3)
+    # 40 HU of contrast is about 25 input units in the soft-tissue window, under 3 in MULAN's
+    assert float(soft[4] - soft[3]) == pytest.approx(25.5, abs=0.01)
+    assert float(stored[4] - stored[3]) < 3
+
+
+def test_the_input_window_does_not_change_the_prepared_cache():
+    from lesion_harvester.config import PreprocessConfig
+
+    assert PreprocessConfig().fingerprint() == PreprocessConfig(window_hu=(-160.0, 240.0)).fingerprint()
+    assert PreprocessConfig().fingerprint() != PreprocessConfig(spacing_mm=1.5).fingerprint()
 
 
 def test_body_crop_drops_thin_table():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lesion_harvester.config import LPCConfig, PreprocessConfig
+from lesion_harvester.config import LPCConfig
 from lesion_harvester.errors import DataError
 from lesion_harvester.geometry.preprocess import normalize_hu
 from lesion_harvester.io.annotations import Tracklet
@@ -28,7 +28,7 @@ def _tracklet():
 
 def test_multiview_patches_are_centred_on_the_proposal():
     cfg = LPCConfig(variant="multiview", patch_px=16, pad_px=8, windows_hu=((-160.0, 240.0),))
-    patches = extract_patches(_volume_with_a_lesion(), [_tracklet()], cfg, PreprocessConfig())
+    patches = extract_patches(_volume_with_a_lesion(), [_tracklet()], cfg)
     assert patches.shape == (1, 3, 1, 16, 16)
     lesion, background = (150 + 160) / 400, (-100 + 160) / 400  # through the window, in [0, 1]
     for view in range(3):  # axial, coronal, sagittal: lesion in the middle, background at the corners
@@ -40,7 +40,7 @@ def test_multiview_patches_are_centred_on_the_proposal():
                                             ("3d", (2, 3, 16, 16, 16))])
 def test_every_variant_gives_one_probability_per_proposal(variant, shape):
     cfg = LPCConfig(variant=variant, patch_px=16, widen_factor=0.25)
-    patches = extract_patches(_volume_with_a_lesion(), [_tracklet(), _tracklet()], cfg, PreprocessConfig())
+    patches = extract_patches(_volume_with_a_lesion(), [_tracklet(), _tracklet()], cfg)
     assert patches.shape == shape
     probabilities = predict_lpc(LesionProposalClassifier(cfg), patches)
     assert probabilities.shape == (2,) and np.all((probabilities > 0) & (probabilities < 1))

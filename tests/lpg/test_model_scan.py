@@ -81,3 +81,16 @@ def test_imagenet_weights_load_from_a_local_file(tmp_path):
     torch.save({"features.conv0.weight": torch.zeros(3, 3)}, tmp_path / "bad.pth")
     with pytest.raises(DataError, match="does not fit this backbone"):
         load_imagenet_densenet(MSCN(SMALL), tmp_path / "bad.pth")
+
+
+def test_scanning_feeds_the_presets_window_and_pads_with_air():
+    from lesion_harvester.geometry.preprocess import normalize_hu, stored_to_hu
+
+    pre = PreprocessConfig(window_hu=(-160.0, 240.0))
+    scanner = Scanner(_model(), pre, ScanConfig())
+    pv = _volume(2.0)
+    x = scanner._volume_tensor(pv)
+    h, w = pv.image.shape[1:]
+    expected = normalize_hu(stored_to_hu(torch.from_numpy(pv.image.astype(np.float32))), pre.window_hu, 50.0)
+    assert torch.allclose(x[:, :h, :w], expected, atol=1e-3)
+    assert torch.all(x[:, :, w:] == -50.0)  # air: the bottom of the window, minus the mean

@@ -82,3 +82,17 @@ def test_object_crops_are_not_swamped_by_hard_negatives():
     on_positive = sum(sampler._around_object()[1] == 2 for _ in range(400))
     # 4 of 5 slices hold only negatives, yet at most half of the crops are centred on them
     assert 160 <= on_positive <= 240
+
+
+def test_crops_reach_the_network_in_the_presets_window():
+    from lesion_harvester.geometry.preprocess import normalize_hu, stored_to_hu
+
+    window = (-160.0, 240.0)
+    record = SliceRecord("v", 2, np.array([[30.0, 10.0, 49.0, 19.0]]), np.zeros((0, 4)))
+    sampler = CropSampler(TrainingData(["v"], [record]), {"v": _volume()}, 9, PreprocessConfig(window_hu=window),
+                          LPGTrainConfig(crop_px=32, scale_jitter=(1.0, 1.0), background_fraction=0.0),
+                          np.random.default_rng(0))
+    x, _ = sampler.batch(2)
+    stored = np.array([-50.0, 100.0])  # the volume's two values, in the stored encoding
+    expected = normalize_hu(stored_to_hu(stored), window, 50.0)
+    assert sorted(np.unique(x.numpy().round(3)).tolist()) == pytest.approx(sorted(expected.tolist()), abs=1e-3)

@@ -1,0 +1,108 @@
+"""Which volumes play which part: the fully annotated set V_M, the harvest volumes V_H, the
+validation volumes and the holdout V_H^test. One resolver serves LPG training, the LPC and the
+harvest, so that they all agree.
+
+- Synthetic layout (``splits.json`` with a ``harvest`` list): V_M = ``fully_annotated`` with its
+  labels from ``ground_truth/complete.pkl``; V_H = ``harvest``; validation = ``validation``
+  and holdout = ``harvest_test`` (a part of V_H), both with complete labels.
+- A real DeepLesion folder: V_M = the volumes of ``--fully-annotated FILE`` (e.g. the released
+  Revised-Train744.pkl) with its labels; V_H = every training-split sub-volume of DL_info.csv
+  outside V_M; validation = DL_info's val split with its RECIST marks; holdout = the volumes of
+  ``--holdout FILE`` (e.g. Revised-Train100.pkl).
+- ``--fully-annotated FILE`` on the synthetic layout replaces ``fully_annotated``: the volumes
+  it no longer names are harvest volumes like the others (their RECIST marks are all that is used).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from lesion_harvester.errors import DataError
+from lesion_harvester.io.annotations import RecistMark, SliceBox, read_slice_boxes
+from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.io.loader import VolumeSource, open_volumes
+from lesion_harvester.io.splits import read_splits
+
+
+@dataclass
+class Partition:
+    source: VolumeSource
+    dataset: DeepLesionDataset
+    fully_annotated: dict[str, list[SliceBox]]  # V_M with complete labels
+    harvest: list[str]  # V_H
+    validation: dict[str, list[SliceBox]]  # LPG validation volumes and their labels
+    holdout: dict[str, list[SliceBox]]  # V_H^test with complete labels (report only; {} when not asked for)
+    fully_annotated_file: str | None  # the --fully-annotated FILE, if one was given
+    holdout_file: str  # where the holdout labels were read ("" when none)
+
+    @property
+    def training_keys(self) -> list[str]:
+        """V_M then V_H: every volume the LPG may train on."""
+        return list(self.fully_annotated) + [k for k in self.harvest if k not in self.fully_annotated]
+
+    @cached_property
+    def marks(self) -> dict[str, list[RecistMark]]:
+        """The RECIST marks of V_H."""
+        return self.dataset.marks(self.harvest)
+
+
+def resolve_partition(data: str | Path, fully_annotated: str | Path | None = None,
+                      holdout: str | Path | None = None, *, need_fully_annotated: bool = True,
+                      need_holdout: bool = False, purpose: str = "harvesting") -> Partition:
+    """Read the dataset folder and the optional annotation files into a :class:`Partition`.
+
+    Raises DataError naming the folder or file when the layout is not DeepLesion's, when V_M is
+    needed but not given, or when a file names volumes the dataset lacks.
+    """
+    data = Path(data)
+    source = open_volumes(data)
+    if source.format != "deeplesion":
+        raise DataError(data, f"{purpose} needs the DeepLesion layout (Images_png/ and DL_info.csv)")
+    dataset = source.dataset
+    splits = read_splits(data)
+    synthetic = splits is not None and "harvest" in splits
+    complete = read_slice_boxes(data / "ground_truth" / "complete.pkl") if synthetic else {}
+
+    if fully_annotated is not None:
+        fa = read_slice_boxes(fully_annotated)
+        _check_known(fa, dataset, fully_annotated, data)
+    elif synthetic:
+        fa = {k: complete[k] for k in splits.get("fully_annotated", [])}
+    elif need_fully_annotated:
+        raise DataError(data, "no fully annotated volumes: give --fully-annotated FILE (e.g. Revised-Train744.pkl)")
+    else:
+        fa = {}
+    if need_fully_annotated and not fa:
+        raise DataError(fully_annotated or data, "the fully annotated set V_M is empty")
+
+    if synthetic:
+        candidates = list(splits.get("fully_annotated", [])) + list(splits["harvest"])
+        validation = {k: complete[k] for k in splits.get("validation", [])}
+    else:
+        candidates = dataset.keys("train")
+        validation = {k: [m.slice_box() for m in marks] for k, marks in dataset.marks(dataset.keys("val")).items()}
+    harvest = [k for k in dict.fromkeys(candidates) if k not in fa]
+
+    if holdout is not None:
+        held, holdout_file = read_slice_boxes(holdout), str(holdout)
+    elif synthetic and need_holdout:
+        held = {k: complete[k] for k in splits.get("harvest_test", [])}
+        holdout_file = str(data / "ground_truth" / "complete.pkl")
+    elif need_holdout:
+        raise DataError(data, "no holdout volumes for the report: give --holdout FILE (e.g. Revised-Train100.pkl)")
+    else:
+        held, holdout_file = {}, ""
+    in_harvest = set(harvest)
+    outside = [k for k in held if k not in in_harvest]
+    if outside:
+        raise DataError(holdout_file, f"{len(outside)} holdout volumes are not harvest volumes, e.g. {outside[0]}")
+    return Partition(source, dataset, fa, harvest, validation, held,
+                     None if fully_annotated is None else str(fully_annotated), holdout_file)
+
+
+def _check_known(boxes: dict, dataset: DeepLesionDataset, path: str | Path, data: Path) -> None:
+    missing = [k for k in boxes if k not in dataset.sub_volumes]
+    if missing:
+        raise DataError(path, f"{len(missing)} volumes are not in {data}/DL_info.csv, e.g. {missing[0]}")
