@@ -20,6 +20,8 @@ from pathlib import Path
 import yaml
 
 from lesion_harvester.errors import ConfigError
+from lesion_harvester.geometry.preprocess import PIXEL_MEAN as STORED_PIXEL_MEAN
+from lesion_harvester.geometry.preprocess import WINDOW_HU as STORED_WINDOW_HU
 
 PRESETS = ("tiny", "demo", "bench", "paper")
 
@@ -88,7 +90,8 @@ class PreprocessConfig:
     def fingerprint(self) -> str:
         """Identifies the prepared-volume cache (neither the context nor the input window changes
         prepared volumes; their stored encoding, MULAN's window and mean, is part of the key)."""
-        text = json.dumps([self.spacing_mm, self.max_size_px, [-1024.0, 3071.0], 50.0, self.body_threshold_hu])
+        text = json.dumps([self.spacing_mm, self.max_size_px, list(STORED_WINDOW_HU), STORED_PIXEL_MEAN,
+                           self.body_threshold_hu])
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
