@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="LPG checkpoint (best.pt)")
     p.add_argument("--out", required=True, help="output tracklet pickle (a CSV is written next to it)")
     p.add_argument("--split", default=None, help="DeepLesion layout: a splits.json name or train/val/test")
-    p.add_argument("--score-threshold", type=float, default=0.1, help="t_G: keep 2D proposals above it (0.1)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="t_G: keep 2D proposals above it (default: the checkpoint preset's, 0.1)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-slices", type=int, default=8)
     p.add_argument("--naive", action="store_true", help="compute every slice's context from scratch (for checks)")
@@ -21,8 +22,9 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from lesion_harvester.config import ScanConfig, StackConfig
+    from lesion_harvester.config import ScanConfig
     from lesion_harvester.errors import ConfigError
+    from lesion_harvester.lpg.checkpoint import checkpoint_stack
     from lesion_harvester.lpg.propose import propose
 
     if args.device.startswith("cuda"):
@@ -30,7 +32,10 @@ def run(args) -> int:
 
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-    stack = dataclasses.replace(StackConfig(), score_threshold=args.score_threshold)
+    # the stacking settings travel with the checkpoint (presets differ in their link IoU)
+    stack = checkpoint_stack(args.checkpoint)
+    if args.score_threshold is not None:
+        stack = dataclasses.replace(stack, score_threshold=args.score_threshold)
     scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive)
     results = propose(args.data, args.checkpoint, args.out, args.split, stack, scan, args.device, args.cache_dir)
     n = sum(len(t) for t in results.values())

@@ -2,7 +2,8 @@
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so loading it runs no
 code: ``format``, ``model_config`` and ``preprocess`` (the dataclasses as dicts), ``state_dict``,
-``epoch``, ``score`` and, in ``last.pt``, the optimiser, schedule and random states for resuming.
+``stack`` (the 2D-to-3D stacking settings of the preset it was trained with, which ``propose``
+uses by default), ``epoch``, ``score`` and, in ``last.pt``, the optimiser, schedule and random states for resuming.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from lesion_harvester.config import MSCNConfig, PreprocessConfig, from_dict, to_dict
+from lesion_harvester.config import MSCNConfig, PreprocessConfig, StackConfig, from_dict, to_dict
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.torch_files import load_weights_only
@@ -32,9 +33,15 @@ def load_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def model_payload(model, model_cfg: MSCNConfig, pre: PreprocessConfig, **extra) -> dict:
+def model_payload(model, model_cfg: MSCNConfig, pre: PreprocessConfig, stack: StackConfig, **extra) -> dict:
     return {"format": FORMAT, "model_config": to_dict(model_cfg), "preprocess": to_dict(pre),
-            "state_dict": model.state_dict(), **extra}
+            "stack": to_dict(stack), "state_dict": model.state_dict(), **extra}
+
+
+def checkpoint_stack(path: str | Path) -> StackConfig:
+    """The stacking settings stored with an LPG (the paper's defaults for checkpoints without them)."""
+    payload = load_checkpoint(path)
+    return from_dict(StackConfig, payload.get("stack") or {}, f"{path} stack")
 
 
 def load_model(path: str | Path, device: str = "cpu"):

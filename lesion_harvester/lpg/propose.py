@@ -22,7 +22,7 @@ from lesion_harvester.io.annotations import Tracklet, write_tracklets, write_tra
 from lesion_harvester.io.atomic import atomic_write_bytes, atomic_write_text
 from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.safe_pickle import safe_load_pickle
-from lesion_harvester.lpg.checkpoint import load_model
+from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_model
 from lesion_harvester.lpg.data import PreparedCache
 from lesion_harvester.lpg.scan import Scanner, scan_volumes
 
@@ -42,8 +42,8 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
             cache_dir: str | Path | None = None, progress: bool = True,
             keys: list[str] | None = None) -> dict[str, list[Tracklet]]:
     """Scan every slice of the selected volumes (a split, or explicit ``keys``); returns and writes
-    {volume key: tracklets}."""
-    stack = stack or StackConfig()
+    {volume key: tracklets}. ``stack`` defaults to the settings stored in the checkpoint."""
+    stack = stack or checkpoint_stack(checkpoint)
     scan = scan or ScanConfig()
     out = Path(out)
     source = open_volumes(data, split=split)

@@ -207,9 +207,9 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
                        f"{' (best)' if improved else ''}")
         common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint}
         if improved:
-            save_checkpoint(best_path, model_payload(model, preset.lpg, preset.preprocess, **common))
+            save_checkpoint(best_path, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
         save_checkpoint(last_path, model_payload(
-            model, preset.lpg, preset.preprocess, **common, optimizer=optimizer.state_dict(),
+            model, preset.lpg, preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), history=history, best_score=best,
             rng_torch=torch.get_rng_state()))
     summary = {"best_score": best, "epochs": len(history), "history": history,

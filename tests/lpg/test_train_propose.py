@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from lesion_harvester.cli.main import main
-from lesion_harvester.config import load_preset
+from lesion_harvester.config import StackConfig, load_preset
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.lpg import propose as propose_module
 from lesion_harvester.lpg import train as train_module
-from lesion_harvester.lpg.checkpoint import load_checkpoint, load_model
+from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model, save_checkpoint
 from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import train_lpg
 
@@ -102,6 +102,21 @@ def test_propose_resumes_after_a_kill(tiny_dataset, tiny_checkpoint, tmp_path, m
             assert np.array_equal(a.z_indices, b.z_indices) and np.allclose(a.boxes_xyxy_px, b.boxes_xyxy_px)
     raw = pickle.load(open(tmp_path / "killed.pkl", "rb"))
     assert set(raw) == set(clean)
+
+
+def test_the_stacking_settings_travel_with_the_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+    tiny = load_preset("tiny").stack
+    assert tiny != StackConfig()  # the CPU presets link at a lower IoU than the paper
+    assert checkpoint_stack(tiny_checkpoint) == tiny
+    old = {k: v for k, v in load_checkpoint(tiny_checkpoint).items() if k != "stack"}
+    save_checkpoint(tmp_path / "old.pt", old)
+    assert checkpoint_stack(tmp_path / "old.pt") == StackConfig()
+    # propose uses the checkpoint's settings; --score-threshold replaces only t_G
+    seen = []
+    monkeypatch.setattr(propose_module, "propose", lambda *a, **k: seen.append(a[4]) or {})
+    assert main(["propose", "x", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "d.pkl"),
+                 "--score-threshold", "0.3"]) == 0
+    assert seen == [dataclasses.replace(tiny, score_threshold=0.3)]
 
 
 def test_cli_train_and_propose_on_every_input_kind(tiny_dataset, tiny_checkpoint, tmp_path, capsys):
