@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from lesion_harvester.harvest.mine import fused_score, mine, precision_threshold
+from lesion_harvester.harvest.rounds import dedupe, duplicates_of
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import SliceBox, Tracklet
 
@@ -53,3 +54,25 @@ def test_verification_by_p3d():
     elsewhere = Tracklet(np.array([5]), np.array([[300.0, 300, 320, 320]]), np.ones(1))
     assert match_known([on_slice, beside, elsewhere], [mark]).tolist() == [True, False, False]
     assert match_known([on_slice], []).tolist() == [False]
+
+
+def _flat(z_indices, box=(100.0, 100.0, 119.0, 119.0)):
+    z = np.asarray(z_indices)
+    return Tracklet(z, np.array([box] * len(z)), np.ones(len(z)))
+
+
+def test_pieces_of_one_lesion_a_slice_apart_are_one_lesion():
+    lesion, piece = _flat([17, 18]), _flat([16])
+    two_apart, elsewhere = _flat([20]), _flat([16], (300.0, 300.0, 320.0, 320.0))
+    kept = dedupe([("a", lesion), ("a", piece), ("a", two_apart), ("a", elsewhere), ("b", piece)])
+    assert [(k, t) for k, t in kept] == [("a", lesion), ("a", two_apart), ("a", elsewhere), ("b", piece)]
+
+
+def test_a_candidate_that_continues_a_marked_lesion_is_not_new():
+    # verification left the piece a candidate (it misses the mark's slice); mining must not call it new
+    mark = SliceBox(18, (100.0, 100.0, 119.0, 119.0))
+    marked, piece = _flat([17, 18]), _flat([16])
+    assert match_known([marked, piece], [mark]).tolist() == [True, False]
+    known = [("a", marked)]
+    candidates = [("a", piece), ("a", _flat([25])), ("b", piece)]
+    assert duplicates_of(candidates, known).tolist() == [True, False, False]

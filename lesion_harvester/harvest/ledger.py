@@ -8,7 +8,9 @@ rerunning the command continues after the last finished step, and no proposal is
 lost.
 
 Proposal statuses: ``fa_lesion`` (P_M^R), ``fa_negative`` (P_M^-), ``recist`` (P_H^R),
-``candidate`` (not yet mined), ``harvested`` (P_H^+), ``hard_negative`` (P_H^-), ``rejected``.
+``candidate`` (not yet mined), ``harvested`` (P_H^+), ``hard_negative`` (P_H^-), ``rejected``,
+``marked_piece`` (a V_H proposal that missed its mark's slice but overlaps a P_H^R proposal: a piece of
+a marked lesion, neither new nor negative).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ CREATE TABLE IF NOT EXISTS proposals (
     PRIMARY KEY (round, volume, idx)
 );
 """
-STATUSES = ("fa_lesion", "fa_negative", "recist", "candidate", "harvested", "hard_negative", "rejected")
+STATUSES = ("fa_lesion", "fa_negative", "recist", "candidate", "harvested", "hard_negative", "rejected",
+            "marked_piece")
 
 
 @dataclass

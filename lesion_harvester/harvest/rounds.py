@@ -50,18 +50,35 @@ def scaled_tracklet(t: Tracklet, factor: float) -> Tracklet:
     return Tracklet(t.z_indices, t.boxes_xyxy_px, t.scores * factor)
 
 
+def _extended_box(t: Tracklet) -> np.ndarray:
+    """(x1, y1, x2, y2, z1 - 1, z2 + 1): a tracklet's 3D box grown by one slice up and down, so that
+    two pieces of one lesion that stop and restart a slice apart overlap (as stacking extends them)."""
+    b = t.box_3d()
+    return np.array(list(b.box_xyxy_px) + [b.z_range[0] - 1, b.z_range[1] + 1])
+
+
 def dedupe(tracklets: list[tuple[str, Tracklet]], min_iou: float = 0.3) -> list[tuple[str, Tracklet]]:
-    """Drop tracklets whose 3D box overlaps an earlier one of the same volume (3D IoU >= min_iou)."""
+    """Drop tracklets whose one-slice-extended 3D box overlaps an earlier one's of the same volume
+    (3D IoU >= min_iou)."""
     kept: dict[str, list[np.ndarray]] = {}
     out = []
     for key, t in tracklets:
-        b = t.box_3d()
-        box = np.array(list(b.box_xyxy_px) + list(b.z_range))
+        box = _extended_box(t)
         if any(iou3d_voc(box, other) >= min_iou for other in kept.get(key, [])):
             continue
         kept.setdefault(key, []).append(box)
         out.append((key, t))
     return out
+
+
+def duplicates_of(candidates: list[tuple[str, Tracklet]], known: list[tuple[str, Tracklet]],
+                  min_iou: float = 0.3) -> np.ndarray:
+    """(N,) bool: the candidate overlaps a known tracklet of its volume as ``dedupe`` defines it."""
+    boxes: dict[str, list[np.ndarray]] = {}
+    for key, t in known:
+        boxes.setdefault(key, []).append(_extended_box(t))
+    return np.array([any(iou3d_voc(_extended_box(t), other) >= min_iou for other in boxes.get(key, []))
+                     for key, t in candidates], dtype=bool)
 
 
 class Harvest:
@@ -330,12 +347,18 @@ class Harvest:
         vm = self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
         threshold = precision_threshold(np.array([row.score or 0.0 for row in vm]),
                                         np.array([row.status == "fa_lesion" for row in vm]), h.precision)
+        # a piece of a marked lesion (it missed the mark's slice, so verification left it a candidate)
+        # is neither a new lesion nor a negative
+        marked = [(row.volume, row.tracklet) for row in self.ledger.proposals(r, statuses=("recist",))]
         candidates = self.ledger.proposals(r, statuses=("candidate",))
+        known = duplicates_of([(row.volume, row.tracklet) for row in candidates], marked)
+        pieces = [(row.volume, row.idx, "marked_piece") for row, k in zip(candidates, known) if k]
+        candidates = [row for row, k in zip(candidates, known) if not k]
         harvested, hard = mine([row.volume for row in candidates], np.array([row.objectness for row in candidates]),
                                np.array([row.score or 0.0 for row in candidates]), threshold,
                                h.hard_min_objectness, h.hard_top_per_volume)
-        updates = [(row.volume, row.idx, "harvested" if hv else "hard_negative" if hn else "rejected")
-                   for row, hv, hn in zip(candidates, harvested, hard)]
+        updates = pieces + [(row.volume, row.idx, "harvested" if hv else "hard_negative" if hn else "rejected")
+                            for row, hv, hn in zip(candidates, harvested, hard)]
         earlier = [(row.volume, row.tracklet)
                    for q in range(1, r) for row in self.ledger.proposals(q, statuses=("harvested",))]
         new = [(row.volume, row.tracklet) for row, hv in zip(candidates, harvested) if hv]
@@ -345,7 +368,7 @@ class Harvest:
             self.ledger.finish_step(db, r, "mine", {
                 "threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
                 "n_hard_negatives": int(hard.sum()), "n_fa_negative": sum(row.status == "fa_negative" for row in vm),
-                "n_new": int(n_new)})
+                "n_new": int(n_new), "n_marked_pieces": len(pieces)})
         self._write_round_outputs(r)
 
     def _write_round_outputs(self, r: int) -> None:

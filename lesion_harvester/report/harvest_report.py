@@ -33,6 +33,10 @@ from lesion_harvester.report.plots import plot_pr  # noqa: E402
 MARK_SCORE = 2.0  # above any fused score, so that the marks rank first
 
 
+# proposals on marked lesions: P_H^R and pieces of it (verification, not the LPG or LPC, set them apart)
+KNOWN = ("recist", "marked_piece")
+
+
 def _rescored(t: Tracklet, value: float) -> Tracklet:
     """A tracklet whose objectness is ``value`` (its 2D scores scaled)."""
     return Tracklet(t.z_indices, t.boxes_xyxy_px, t.scores * (value / max(t.score, 1e-12)))
@@ -78,7 +82,7 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
     for r in rounds:
         info = ledger.step_info(r, "mine")
         rows = [row for row in ledger.proposals(r, volumes=holdout_keys)]
-        new = [row for row in rows if row.status != "recist"]
+        new = [row for row in rows if row.status not in KNOWN]
         by_objectness: dict[str, list[Tracklet]] = {}
         by_score: dict[str, list[Tracklet]] = {}
         for row in new:
@@ -138,7 +142,7 @@ def _variant_curves(run, ledger, r, holdout_keys, truth, marks) -> dict[str, Eva
     if not path.is_file():
         return {}
     variants = json.loads(path.read_text())
-    rows = [row for row in ledger.proposals(r, volumes=holdout_keys) if row.status != "recist"]
+    rows = [row for row in ledger.proposals(r, volumes=holdout_keys) if row.status not in KNOWN]
     curves = {}
 
     def curve(score_of) -> EvaluationResult:
@@ -199,7 +203,8 @@ def _montage(run, dataset, ledger, holdout_keys, holdout_truth, n: int = 8) -> N
             ax.set_ylim(cy + half, cy - half)
             ax.set_title(f"{key} z={z} ({label})", fontsize=7)
             ax.axis("off")
-        verdict = "" if correct is None else (", a true lesion" if correct else ", NOT a lesion (failure)")
+        verdict = "" if correct is None else (", matches a complete label" if correct
+                                               else ", matches no complete label (P3D IoU < 0.5)")
         row_axes[0].set_title(f"s={t.score:.2f}{verdict}\n{row_axes[0].get_title()}", fontsize=7,
                               color="red" if correct is False else "black")
     fig.suptitle("harvested lesions (blue) and RECIST marks (green, with red/blue axes): first, key and last slice",
