@@ -50,6 +50,10 @@ def scaled_tracklet(t: Tracklet, factor: float) -> Tracklet:
     return Tracklet(t.z_indices, t.boxes_xyxy_px, t.scores * factor)
 
 
+def _overlaps_any(box: np.ndarray, others: list[np.ndarray], min_iou: float) -> bool:
+    return any(iou3d_voc(box, other) >= min_iou for other in others)
+
+
 def _extended_box(t: Tracklet) -> np.ndarray:
     """(x1, y1, x2, y2, z1 - 1, z2 + 1): a tracklet's 3D box grown by one slice up and down, so that
     two pieces of one lesion that stop and restart a slice apart overlap (as stacking extends them)."""
@@ -64,7 +68,7 @@ def dedupe(tracklets: list[tuple[str, Tracklet]], min_iou: float = 0.3) -> list[
     out = []
     for key, t in tracklets:
         box = _extended_box(t)
-        if any(iou3d_voc(box, other) >= min_iou for other in kept.get(key, [])):
+        if _overlaps_any(box, kept.get(key, []), min_iou):
             continue
         kept.setdefault(key, []).append(box)
         out.append((key, t))
@@ -77,8 +81,8 @@ def duplicates_of(candidates: list[tuple[str, Tracklet]], known: list[tuple[str,
     boxes: dict[str, list[np.ndarray]] = {}
     for key, t in known:
         boxes.setdefault(key, []).append(_extended_box(t))
-    return np.array([any(iou3d_voc(_extended_box(t), other) >= min_iou for other in boxes.get(key, []))
-                     for key, t in candidates], dtype=bool)
+    return np.array([_overlaps_any(_extended_box(t), boxes.get(key, []), min_iou) for key, t in candidates],
+                    dtype=bool)
 
 
 class Harvest:
