@@ -116,6 +116,9 @@ class LPGTrainConfig:
 
     crop_px: int = 0  # 0: whole slices, as MULAN; else square crops around objects and background
     background_fraction: float = 0.3  # share of crops drawn at random positions
+    # where random background crops come from: "all" training volumes, or only the "fully_annotated"
+    # ones (V_M, complete labels; all volumes when there are none)
+    background_volumes: str = "all"
     scale_jitter: tuple[float, float] = (0.8, 1.2)
     hflip: bool = False
     rotate90: bool = False  # random transposes and flips (the 8 symmetries of the square); crops only

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
+from lesion_harvester.errors import ConfigError
 from lesion_harvester.geometry.preprocess import (
     blend_positions,
     body_crop_box,
@@ -171,6 +172,8 @@ class TrainingData:
     exclusions: dict[str, list[tuple[int, int, np.ndarray]]] = field(default_factory=dict)
     # (key, z, box) false positives mined on fully annotated volumes: centres of hard background crops
     hard_background: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
+    # volumes whose every lesion is labelled (V_M): background crops there hold no unmarked lesion
+    complete_keys: list[str] = field(default_factory=list)
 
     def excluded(self, key: str, z: int, box: np.ndarray) -> bool:
         """Whether a box on slice z overlaps a known lesion (which may continue there unlabeled)."""
@@ -206,7 +209,13 @@ class CropSampler:
         self.positive_slices = [r for r in self.slice_list if len(r.positives)]
         self.negative_slices = [r for r in self.slice_list if not len(r.positives)]
         self.data = data
-        self.volume_keys = data.volume_keys
+        # in partially labelled volumes a random crop may hold an unmarked lesion, which the loss
+        # would then teach as background
+        if crop.background_volumes not in ("all", "fully_annotated"):
+            raise ConfigError(f"lpg_train.background_volumes: expected all or fully_annotated, "
+                              f"got '{crop.background_volumes}'")
+        clean = crop.background_volumes == "fully_annotated" and data.complete_keys
+        self.volume_keys = data.complete_keys if clean else data.volume_keys
         self.exclusions = data.exclusions
         self.prepared = prepared
         self.num_slices = num_slices

@@ -83,4 +83,5 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
                     exclusions.setdefault(key, []).extend((lo, hi, np.array(box)) for lo, hi, box in items)
     if not records:
         raise DataError(root, "no training boxes: no RECIST marks or complete labels in the training volumes")
-    return LPGSources(part.source, TrainingData(train_keys, records, exclusions), part.validation, fa_truth)
+    training = TrainingData(train_keys, records, exclusions, complete_keys=[k for k in train_keys if k in fa_truth])
+    return LPGSources(part.source, training, part.validation, fa_truth)

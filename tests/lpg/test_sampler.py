@@ -1,5 +1,7 @@
 """Training crops: targets follow every augmentation; background avoids known lesions."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -96,3 +98,22 @@ def test_crops_reach_the_network_in_the_presets_window():
     stored = np.array([-50.0, 100.0])  # the volume's two values, in the stored encoding
     expected = normalize_hu(stored_to_hu(stored), window, 50.0)
     assert sorted(np.unique(x.numpy().round(3)).tolist()) == pytest.approx(sorted(expected.tolist()), abs=1e-3)
+
+
+@pytest.mark.parametrize("where, expected", [("all", {"v", "w"}), ("fully_annotated", {"w"})])
+def test_background_crops_come_from_the_chosen_volumes(where, expected):
+    record = SliceRecord("w", 2, np.array([[30.0, 10.0, 49.0, 19.0]]), np.zeros((0, 4)))
+    data = TrainingData(["v", "w"], [record], complete_keys=["w"])
+    cfg = LPGTrainConfig(crop_px=16, background_fraction=1.0, scale_jitter=(1.0, 1.0), background_volumes=where)
+    volumes = {"v": _volume(), "w": dataclasses.replace(_volume(), key="w")}
+    sampler = CropSampler(data, volumes, 9, PreprocessConfig(), cfg,
+                          np.random.default_rng(2))
+    drawn = {picked[0].key for picked in (sampler._background() for _ in range(60)) if picked is not None}
+    assert drawn == expected
+
+
+def test_unknown_background_volumes_is_a_config_error():
+    from lesion_harvester.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="background_volumes"):
+        _sampler(background_volumes="some")
