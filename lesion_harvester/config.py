@@ -306,3 +306,29 @@ def dump_config(obj, path: str | Path) -> None:
     from lesion_harvester.io.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+def non_default(obj) -> dict:
+    """The settings of a dataclass that differ from their defaults (nested dataclasses likewise).
+
+    Run fingerprints are taken over these, so that a setting added in a later version, whose
+    default keeps the old behaviour, does not stop a run started before from resuming.
+    """
+    out = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            nested = non_default(value)
+            if nested:
+                out[f.name] = nested
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if value != default:
+            out[f.name] = value
+    return out
+
+
+def settings_fingerprint(preset, *extra) -> str:
+    """16 hex digits naming a preset's (or any settings dataclass's) non-default settings plus ``extra``."""
+    text = json.dumps([non_default(preset), *extra], default=str, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]

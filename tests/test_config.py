@@ -39,3 +39,26 @@ def test_dump_round_trip(tmp_path):
     preset = load_preset("demo")
     dump_config(preset, tmp_path / "c.yaml")
     assert load_preset(str(tmp_path / "c.yaml")) == preset
+
+
+def test_fingerprint_ignores_defaults_but_not_changes():
+    import dataclasses
+
+    from lesion_harvester.config import non_default, settings_fingerprint
+
+    @dataclasses.dataclass
+    class Before:
+        lr: float = 0.1
+
+    @dataclasses.dataclass
+    class After:  # a later version adds a setting whose default keeps the old behaviour
+        lr: float = 0.1
+        close_up: float = 0.0
+
+    assert settings_fingerprint(Before(lr=0.2), "data") == settings_fingerprint(After(lr=0.2), "data")
+    assert settings_fingerprint(After(lr=0.2, close_up=8.0), "data") != settings_fingerprint(Before(lr=0.2), "data")
+    preset = load_preset("tiny")
+    changed = dataclasses.replace(preset, lpc=dataclasses.replace(preset.lpc, pad_px=8.0))
+    assert settings_fingerprint(changed, "data") != settings_fingerprint(preset, "data")
+    assert settings_fingerprint(preset, "other") != settings_fingerprint(preset, "data")
+    assert non_default(changed)["lpc"]["pad_px"] == 8.0 and "harvest" in non_default(preset)

@@ -15,7 +15,6 @@ mean of the fold models.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lesion_harvester.config import Preset, dump_config, to_dict
+from lesion_harvester.config import Preset, dump_config, settings_fingerprint
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.geometry.boxes import iou3d_voc
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
@@ -100,11 +99,10 @@ class Harvest:
         self.inputs: Partition = resolve_partition(self.data, fully_annotated, holdout, need_holdout=True)
         self.run.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run / "ledger.sqlite")
-        fingerprint = hashlib.sha1(json.dumps(
-            # --rounds may grow between runs of one harvest; every other setting must match
-            [to_dict(dataclasses.replace(preset, synth=None, name="",
-                                         harvest=dataclasses.replace(preset.harvest, rounds=0))),
-             str(self.data.resolve()), fully_annotated, holdout], default=str).encode()).hexdigest()[:16]
+        # --rounds may grow between runs of one harvest; every other setting must match
+        fingerprint = settings_fingerprint(
+            dataclasses.replace(preset, synth=None, name="", harvest=dataclasses.replace(preset.harvest, rounds=0)),
+            str(self.data.resolve()), fully_annotated, holdout)
         stored = self.ledger.get_meta("fingerprint")
         if stored is not None and stored != fingerprint:
             raise ConfigError(f"{self.run}: this folder holds a harvest with other settings or data; "

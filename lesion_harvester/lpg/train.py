@@ -8,19 +8,17 @@ after the last finished epoch and gives the same result as an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lesion_harvester.config import Preset, dump_config, to_dict
+from lesion_harvester.config import Preset, dump_config, settings_fingerprint
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
@@ -112,8 +110,10 @@ def mine_hard_background(scanner: Scanner, prepared: dict[str, PreparedVolume], 
 
 
 def _fingerprint(preset: Preset, data, extra) -> str:
-    text = json.dumps([to_dict(replace(preset, synth=None, name="")), str(Path(data).resolve()), extra], default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    """What a resumed training must share with the run it continues: the settings that shape the
+    LPG and its training (not those of the LPC or the harvest), the data and the extra inputs."""
+    return settings_fingerprint(Preset(preprocess=preset.preprocess, lpg=preset.lpg, lpg_train=preset.lpg_train),
+                                str(Path(data).resolve()), extra)
 
 
 def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str = "cpu",

@@ -54,6 +54,10 @@ def test_killed_training_resumes_to_the_same_weights(tiny_dataset, tmp_path, mon
     # the same folder with other settings is refused, not silently mixed
     with pytest.raises(ConfigError, match="other settings"):
         train_lpg(tiny_dataset, tmp_path / "killed", _preset(epochs=4), cache_dir=cache, progress=False)
+    # ...but settings of later stages (the LPC's) do not concern it: the finished run stands as is
+    other_lpc = dataclasses.replace(_preset(), lpc=dataclasses.replace(_preset().lpc, patch_px=24))
+    again = train_lpg(tiny_dataset, tmp_path / "killed", other_lpc, cache_dir=cache, progress=False)
+    assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
 
 
 def test_checkpoints_load_without_running_code(tmp_path):
