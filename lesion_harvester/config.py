@@ -174,6 +174,9 @@ class LPCConfig:
     variant: str = "multiview"  # multiview (axial, coronal, sagittal), axial (2D), or 3d (3D ResNet-18)
     patch_px: int = 64  # samples per side of each view (a cube for 3d)
     pad_px: float = 64.0  # padding of the lesion extent, in original pixels
+    # 0: off. Else a second patch per view with this padding, as extra channels: on a coarse CPU grid
+    # the 64 px context leaves a 10 px lesion only a few samples wide
+    close_up_pad_px: float = 0.0
     windows_hu: tuple[tuple[float, float], ...] = ((-1350.0, 150.0), (-175.0, 275.0), (-450.0, 1050.0))
     widen_factor: float = 1.0  # ResNet-18 channel width (1.0 = the standard ResNet-18)
     pretrained_path: str | None = None  # a local torchvision ResNet-18 state dict (2D variants)

@@ -12,6 +12,7 @@ from monai.networks.nets import ResNet
 from lesion_harvester.config import LPCConfig
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.torch_files import load_weights_only
+from lesion_harvester.lpc.patches import patch_channels
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class LesionProposalClassifier(nn.Module):
         if cfg.variant not in VIEWS:
             raise ValueError(f"unknown LPC variant '{cfg.variant}'; expected one of {sorted(VIEWS)}")
         self.cfg = cfg
-        channels = len(cfg.windows_hu)
+        channels = patch_channels(cfg)
         dims = 3 if cfg.variant == "3d" else 2
         self.branches = nn.ModuleList(_resnet18(dims, channels, cfg.widen_factor) for _ in range(VIEWS[cfg.variant]))
         features = int(512 * cfg.widen_factor)
@@ -56,6 +57,11 @@ def load_imagenet_resnet18(branch: ResNet, path: str | Path) -> None:
     state = load_weights_only(path, "pretrained weights file")
     own = branch.state_dict()
     wanted = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    first = wanted.get("conv1.weight")
+    if first is not None and "conv1.weight" in own and own["conv1.weight"].shape[1] == 2 * first.shape[1]:
+        # context and close-up channels: each half starts from the RGB filters, halved so that
+        # the first layer's response keeps its ImageNet scale
+        wanted["conv1.weight"] = torch.cat([first, first], dim=1) / 2
     bad = [k for k, v in wanted.items() if k not in own or own[k].shape != v.shape]
     if bad or not wanted:
         raise DataError(path, f"not a ResNet-18 state dict for this LPC (first mismatch: {bad[:1] or 'no weights'}); "

@@ -21,23 +21,36 @@ from lesion_harvester.io.annotations import Tracklet
 from lesion_harvester.lpg.data import AIR_VALUE, PreparedVolume
 
 
-def proposal_geometry(t: Tracklet, pv: PreparedVolume, cfg: LPCConfig) -> tuple[float, float, float, float, float]:
-    """(centre x, centre y, key z, half side in prepared pixels, half side in slices) of the patch."""
+def proposal_geometry(t: Tracklet, pv: PreparedVolume, pad_px: float) -> tuple[float, float, float, float, float]:
+    """(centre x, centre y, key z, half side in prepared pixels, half side in slices) of the patch
+    around a proposal's extent padded by ``pad_px`` original pixels."""
     box = pv.to_prepared(np.array(t.box_3d().box_xyxy_px))[0]
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-    side = max(box[2] - box[0], box[3] - box[1]) + 2 * cfg.pad_px * pv.scale
+    side = max(box[2] - box[0], box[3] - box[1]) + 2 * pad_px * pv.scale
     pixel_mm = pv.spacing_zyx_mm[1] / pv.scale
     dz = pv.spacing_zyx_mm[0]
     half_slices = 0.0 if not math.isfinite(dz) else (side / 2) * pixel_mm / dz
     return cx, cy, float(t.z_indices[t.key_index]), side / 2, half_slices
 
 
+def patch_channels(cfg: LPCConfig) -> int:
+    """Channels per view: one per HU window, for the context patch and, if set, the close-up."""
+    return len(cfg.windows_hu) * (2 if cfg.close_up_pad_px else 1)
+
+
 def extract_patches(pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfig) -> torch.Tensor:
     """Patches of a volume's proposals.
 
     Returns (N, 3, C, P, P) for ``multiview`` (axial, coronal, sagittal), (N, 1, C, P, P) for
-    ``axial`` and (N, C, P, P, P) for ``3d``; C = number of HU windows, values scaled to [0, 1].
+    ``axial`` and (N, C, P, P, P) for ``3d``; C = ``patch_channels(cfg)``, values scaled to [0, 1].
+    The context patch (extent + ``pad_px``) comes first; the close-up (extent + ``close_up_pad_px``)
+    repeats the windows at a finer grid, so that a small lesion spans more than a few samples.
     """
+    pads = (cfg.pad_px, cfg.close_up_pad_px) if cfg.close_up_pad_px else (cfg.pad_px,)
+    return torch.cat([_extract(pv, tracklets, cfg, pad) for pad in pads], dim=1 if cfg.variant == "3d" else 2)
+
+
+def _extract(pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfig, pad_px: float) -> torch.Tensor:
     n = len(tracklets)
     p = cfg.patch_px
     channels = len(cfg.windows_hu)
@@ -50,7 +63,7 @@ def extract_patches(pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfi
     t = torch.linspace(-1.0, 1.0, p)
     grids = []
     for tr in tracklets:
-        cx, cy, cz, half_xy, half_z = proposal_geometry(tr, pv, cfg)
+        cx, cy, cz, half_xy, half_z = proposal_geometry(tr, pv, pad_px)
         if cfg.variant == "3d":
             gz, gy, gx = torch.meshgrid(t, t, t, indexing="ij")
             pts = torch.stack([cx + gx * half_xy, cy + gy * half_xy, cz + gz * half_z], dim=-1)

@@ -1,5 +1,7 @@
 """The lesion proposal classifier: patches centred on proposals, the three variants, checkpoints."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -36,6 +38,22 @@ def test_multiview_patches_are_centred_on_the_proposal():
         assert float(patches[0, view, 0, 0, 0]) == pytest.approx(background, abs=0.02)
 
 
+@pytest.mark.parametrize("variant", ["multiview", "3d"])
+def test_the_close_up_adds_a_finer_patch_after_the_context(variant):
+    window = ((-160.0, 240.0),)
+    context = LPCConfig(variant=variant, patch_px=16, pad_px=16, windows_hu=window)
+    both = LPCConfig(variant=variant, patch_px=16, pad_px=16, close_up_pad_px=2, windows_hu=window)
+    plain = extract_patches(_volume_with_a_lesion(), [_tracklet()], context)
+    two = extract_patches(_volume_with_a_lesion(), [_tracklet()], both)
+    axis = 1 if variant == "3d" else 2
+    assert two.shape[axis] == 2 and torch.equal(two.narrow(axis, 0, 1), plain)
+    # the 8 px lesion fills a larger share of the close-up (8 of 12 px across) than of the context (8 of 40)
+    lesion = (two > 0.7).float()
+    assert float(lesion.narrow(axis, 1, 1).mean()) > 3 * float(lesion.narrow(axis, 0, 1).mean())
+    model = LesionProposalClassifier(dataclasses.replace(both, widen_factor=0.25))
+    assert predict_lpc(model, two).shape == (1,)
+
+
 @pytest.mark.parametrize("variant, shape", [("multiview", (2, 3, 3, 16, 16)), ("axial", (2, 1, 3, 16, 16)),
                                             ("3d", (2, 3, 16, 16, 16))])
 def test_every_variant_gives_one_probability_per_proposal(variant, shape):
@@ -61,3 +79,23 @@ def test_checkpoint_round_trip_and_a_bad_file(tmp_path):
         load_lpc(tmp_path / "junk.pt")
     with pytest.raises(DataError, match="LPC checkpoint not found"):
         load_lpc(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("close_up", [0.0, 8.0])
+def test_imagenet_weights_load_from_a_local_file(tmp_path, close_up):
+    from lesion_harvester.lpc.model import _resnet18
+
+    torch.manual_seed(0)
+    state = _resnet18(2, 3, 1.0).state_dict()  # stands in for torchvision's resnet18 state dict
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    torch.save(state, tmp_path / "resnet18.pth")
+    cfg = LPCConfig(patch_px=16, close_up_pad_px=close_up, pretrained_path=str(tmp_path / "resnet18.pth"))
+    model = LesionProposalClassifier(cfg)
+    first = model.branches[2].state_dict()["conv1.weight"]
+    if close_up:  # both channel groups start from the RGB filters, halved
+        assert torch.allclose(first, torch.cat([state["conv1.weight"]] * 2, dim=1) / 2)
+    else:
+        assert torch.equal(first, state["conv1.weight"])
+    assert torch.equal(model.branches[0].state_dict()["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
+    with pytest.raises(DataError, match="widen_factor 1.0"):
+        LesionProposalClassifier(dataclasses.replace(cfg, widen_factor=0.5))

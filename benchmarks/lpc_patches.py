@@ -1,0 +1,100 @@
+"""LPC patch geometry on a finished harvest run: which patches rank V_H^test's proposals best.
+
+    python benchmarks/lpc_patches.py DATA RUN --preset bench --round 1 \
+        --variant 48:64:0:5 --variant 48:64:16:5 [--json OUT.json]
+
+Each ``--variant`` is ``patch_px:pad_px:close_up_pad_px:seed``. For each, an LPC (the preset's
+otherwise) is trained on the round's verified proposals (P_M^R, P_M^-, P_H^R) exactly as the
+harvest trains it, scores the classifiable proposals of V_H^test, and the label set R + P_H is
+evaluated ranked by s_c and by s_g * s_c (recall at 80/90% precision, AP), next to s_g alone.
+The run folder is read, never written: its ledger is copied to a temporary folder first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesion_harvester.config import load_preset
+from lesion_harvester.evaluation.matching import VolumeTruth
+from lesion_harvester.evaluation.metrics import evaluate_detections
+from lesion_harvester.harvest.rounds import Harvest
+from lesion_harvester.io.annotations import marks_to_tracklets, read_slice_boxes
+from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.lpc.train import predict_lpc, train_lpc
+from lesion_harvester.report.harvest_report import _rescored, _with_marks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("run")
+    parser.add_argument("--preset", default="bench")
+    parser.add_argument("--round", type=int, default=1)
+    parser.add_argument("--variant", action="append", required=True, help="patch_px:pad_px:close_up_pad_px:seed")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    preset = load_preset(args.preset)
+    with tempfile.TemporaryDirectory() as tmp:
+        source = sqlite3.connect(f"file:{Path(args.run) / 'ledger.sqlite'}?mode=ro", uri=True)
+        copy = sqlite3.connect(Path(tmp) / "ledger.sqlite")
+        source.backup(copy)
+        with copy:  # the copy takes this preset's settings
+            copy.execute("DELETE FROM meta WHERE key = 'fingerprint'")
+        source.close()
+        copy.close()
+        results = run(args.data, tmp, preset, args.round, args.variant)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    for v in results["variants"]:
+        print(f"patch {v['patch_px']} pad {v['pad_px']} close-up {v['close_up_pad_px']} seed {v['seed']}: "
+              f"s_c AP {v['s_c']['ap']:.3f}, s_g*s_c R@90P {v['s_g_s_c']['r@90p']:.3f} AP {v['s_g_s_c']['ap']:.3f} "
+              f"(s_g alone R@90P {results['s_g']['r@90p']:.3f} AP {results['s_g']['ap']:.3f})")
+
+
+def run(data: str, run_dir: str, preset, round_index: int, variants: list[str]) -> dict:
+    h = Harvest(data, run_dir, preset, progress=False)
+    vm_rows, vh_rows = h._training_rows(round_index)
+    holdout = list(h.inputs.holdout)
+    rows = [r for r in h.ledger.proposals(round_index, volumes=holdout) if r.status != "recist"]
+    targets = h.classifiable(rows)
+    gt = read_slice_boxes(h.ledger.get_meta("holdout_file"))
+    truth = {k: VolumeTruth.from_slice_boxes(gt[k]) for k in holdout}
+    marks = marks_to_tracklets(DeepLesionDataset(data).marks(holdout))
+    labels = np.concatenate([[r.status == "fa_lesion" for r in vm_rows], np.ones(len(vh_rows))]).astype(np.int64)
+
+    def evaluate(score_of) -> dict:
+        extra: dict = {}
+        for row in rows:
+            extra.setdefault(row.volume, []).append(_rescored(row.tracklet, score_of(row)))
+        res = evaluate_detections(truth, _with_marks(marks, extra))
+        return {"r@80p": res.recall_at_precision["0.8"], "r@90p": res.recall_at_precision["0.9"], "ap": res.ap}
+
+    out = {"round": round_index, "positives": int(labels.sum()), "negatives": int((labels == 0).sum()),
+           "scored": len(targets), "s_g": evaluate(lambda r: r.objectness), "variants": []}
+    for text in variants:
+        patch, pad, close_up, seed = text.split(":")
+        cfg = dataclasses.replace(preset.lpc, patch_px=int(patch), pad_px=float(pad), close_up_pad_px=float(close_up))
+        start = time.time()
+        x = torch.cat([h._patches(vm_rows, cfg), h._patches(vh_rows, cfg)]).float()
+        model = train_lpc(x, labels, cfg, seed=int(seed), progress=False)
+        s_c = dict(zip([(r.volume, r.idx) for r in targets], predict_lpc(model, h._patches(targets, cfg).float())))
+        out["variants"].append({
+            "patch_px": int(patch), "pad_px": float(pad), "close_up_pad_px": float(close_up), "seed": int(seed),
+            "s_c": evaluate(lambda r, s_c=s_c: float(s_c.get((r.volume, r.idx), 0.0))),
+            "s_g_s_c": evaluate(lambda r, s_c=s_c: r.objectness * float(s_c.get((r.volume, r.idx), 0.0))),
+            "seconds": round(time.time() - start, 1)})
+    return out
+
+
+if __name__ == "__main__":
+    main()
