@@ -203,6 +203,9 @@ class HarvestConfig:
     verify_iou: float = 0.5  # P3D IoU for a proposal to cover a mark
     hard_min_objectness: float = 0.5  # hard negatives: the rest with s_g >= this...
     hard_top_per_volume: int = 5  # ...plus this many top-s_g proposals per volume
+    # lesion score s_g * s_c**w, w chosen per round among these as the one whose 95%-precision
+    # threshold admits the most V_M lesions; (1.0,) is the paper's s_g * s_c
+    fusion_exponents: tuple[float, ...] = (1.0,)
     finetune_epochs: int = 2  # rounds 2+: LPG fine-tuning from the previous round's checkpoint
     finetune_iters_per_epoch: int = 500
     finetune_lr_factor: float = 0.5

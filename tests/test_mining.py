@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from lesion_harvester.harvest.mine import fused_score, mine, precision_threshold
+from lesion_harvester.harvest.mine import (
+    average_precision,
+    choose_fusion_exponent,
+    fused_score,
+    mine,
+    precision_threshold,
+)
 from lesion_harvester.harvest.rounds import dedupe, duplicates_of
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import SliceBox, Tracklet
@@ -32,6 +38,25 @@ def test_threshold_edge_cases():
     assert precision_threshold(np.array([0.5, 0.4]), np.array([True, True])) == pytest.approx(0.4)
     # a tie is never split: [0.7 lesion, 0.7 miss] has precision 0.5 at 0.7
     assert precision_threshold(np.array([0.9, 0.7, 0.7]), np.array([True, True, False])) == pytest.approx(0.9)
+
+
+def test_fusion_exponent_follows_the_score_that_separates_v_m():
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 20 + [0] * 60, dtype=bool)
+    sharp = np.where(labels, rng.uniform(0.6, 0.9, 80), rng.uniform(0.05, 0.5, 80))  # separates the classes
+    vague = rng.uniform(0.2, 0.95, 80)  # unrelated to the labels
+    exponents = (1.0, 2.0, 0.5, 0.25, 0.0)
+    # a sharp LPG and a vague LPC: ranking by the LPG alone admits every lesion
+    w, table = choose_fusion_exponent(sharp, vague, labels, exponents)
+    assert w == 0.0 and table[-1]["admitted_lesions"] == 20 and table[-1]["ap"] == pytest.approx(1.0)
+    # a vague LPG and a sharp LPC: the LPC must weigh in, and more is better
+    w, table = choose_fusion_exponent(vague, sharp, labels, exponents)
+    assert w == 2.0 and [row["exponent"] for row in table] == list(exponents)
+    # the paper's product alone
+    assert choose_fusion_exponent(vague, sharp, labels, (1.0,))[0] == 1.0
+    assert fused_score([0.5], [0.25], 0.5) == pytest.approx([0.25])
+    assert fused_score([0.5], [0.0], 0.0) == pytest.approx([0.5])  # w = 0: the LPG alone, even unclassified
+    assert average_precision([0.9, 0.8, 0.7], [True, False, True]) == pytest.approx((1 + 2 / 3) / 2)
 
 
 def test_mining_rules():

@@ -1,6 +1,7 @@
 """Mining (paper Sec. III-D): the fused score, the 95%-precision threshold, positives and hard negatives.
 
-- lesion score ``s = s_g * s_c`` (LPG objectness times LPC probability);
+- lesion score ``s = s_g * s_c`` (LPG objectness times LPC probability), or ``s_g * s_c**w`` with
+  the exponent w chosen on V_M among configured ones (``choose_fusion_exponent``);
 - the threshold is the lowest score at which every operating point at or above it keeps a
   precision >= 95% on the fully annotated volumes V_M;
 - harvested positives P_H^+: proposals of V_H (not matching a mark) with s >= threshold;
@@ -13,8 +14,40 @@ from __future__ import annotations
 import numpy as np
 
 
-def fused_score(objectness: np.ndarray, probability: np.ndarray) -> np.ndarray:
-    return np.asarray(objectness, dtype=np.float64) * np.asarray(probability, dtype=np.float64)
+def fused_score(objectness: np.ndarray, probability: np.ndarray, exponent: float = 1.0) -> np.ndarray:
+    """s_g * s_c**exponent; exponent 1 is the paper's Eq. 2, 0 ranks by the LPG alone."""
+    probability = np.asarray(probability, dtype=np.float64)
+    return np.asarray(objectness, dtype=np.float64) * (probability ** exponent if exponent else 1.0)
+
+
+def average_precision(scores: np.ndarray, is_lesion: np.ndarray) -> float:
+    """Non-interpolated AP of a ranking of proposals (mean precision at each positive)."""
+    y = np.asarray(is_lesion, dtype=bool)[np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")]
+    if not y.any():
+        return 0.0
+    precision = np.cumsum(y) / np.arange(1, len(y) + 1)
+    return float(precision[y].mean())
+
+
+def choose_fusion_exponent(objectness: np.ndarray, probability: np.ndarray, is_lesion: np.ndarray,
+                           exponents: tuple[float, ...], precision: float = 0.95) -> tuple[float, list[dict]]:
+    """The exponent w of ``s_g * s_c**w`` under which the ``precision`` threshold on V_M admits the
+    most V_M lesions, i.e. the one that would harvest most at the required precision (ties: the
+    higher AP on V_M, then the earlier listed). Returns (w, one summary per exponent).
+
+    Why: the paper multiplies the scores assuming that the LPG and the LPC err independently. After
+    a round of hard-negative fine-tuning the LPG has learnt from the LPC's own verdicts and the
+    product counts them twice; a weak LPC can then drag a better LPG ranking down.
+    """
+    is_lesion = np.asarray(is_lesion, dtype=bool)
+    table = []
+    for w in exponents:
+        s = fused_score(objectness, probability, w)
+        t = precision_threshold(s, is_lesion, precision)
+        table.append({"exponent": float(w), "threshold": t if np.isfinite(t) else None,
+                      "admitted_lesions": int((is_lesion & (s >= t)).sum()), "ap": average_precision(s, is_lesion)})
+    best = max(range(len(table)), key=lambda i: (table[i]["admitted_lesions"], table[i]["ap"], -i))
+    return table[best]["exponent"], table
 
 
 def precision_threshold(scores: np.ndarray, is_lesion: np.ndarray, precision: float = 0.95) -> float:

@@ -28,7 +28,7 @@ from lesion_harvester.config import Preset, dump_config, settings_fingerprint
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.geometry.boxes import iou3d_voc
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
-from lesion_harvester.harvest.mine import fused_score, mine, precision_threshold
+from lesion_harvester.harvest.mine import choose_fusion_exponent, fused_score, mine, precision_threshold
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import Tracklet, write_tracklets
 from lesion_harvester.io.partition import Partition, resolve_partition
@@ -312,13 +312,19 @@ class Harvest:
             x = self._patches(chunk).float()
             scores = np.mean([predict_lpc(m, x, device=self.device) for m in models], axis=0)
             probability.update({(row.volume, row.idx): float(s) for row, s in zip(chunk, scores)})
+        vm = self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
+        s_c_vm = np.array([probability.get((row.volume, row.idx), 0.0) for row in vm])
+        exponent, table = choose_fusion_exponent(
+            np.array([row.objectness for row in vm]), s_c_vm, np.array([row.status == "fa_lesion" for row in vm]),
+            self.preset.harvest.fusion_exponents, self.preset.harvest.precision)
         updates = []
-        for row in self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative", "candidate")):
+        for row in vm + self.ledger.proposals(r, statuses=("candidate",)):
             s_c = probability.get((row.volume, row.idx), 0.0)
-            updates.append((row.volume, row.idx, s_c, float(fused_score(row.objectness, s_c))))
+            updates.append((row.volume, row.idx, s_c, float(fused_score(row.objectness, s_c, exponent))))
         with self.ledger.transaction() as db:
             self.ledger.set_scores(db, r, updates)
-            self.ledger.finish_step(db, r, "classify", {"classified": len(probability)})
+            self.ledger.finish_step(db, r, "classify", {"classified": len(probability), "fusion_exponent": exponent,
+                                                        "fusion_choices": table})
 
     def _step_lpc_variants(self, r: int) -> None:
         """Round 1 only: train the axial 2D and the 3D LPC on the same examples (the paper's Fig. 5b) and

@@ -107,6 +107,8 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
             "n_new": info["n_new"],
             "n_hard_negatives": info["n_hard_negatives"],
             "threshold": info["threshold"],
+            # w of s = s_g * s_c**w (1: the paper's product); runs from before the choice existed used 1
+            "fusion_exponent": (ledger.step_info(r, "classify") or {}).get("fusion_exponent", 1.0),
         })
     harvested_path = run / "harvested.pkl"
     if harvested_path.is_file():
@@ -235,12 +237,13 @@ def render_markdown(report: dict, froc_rows) -> str:
         vals = entry["lpg_lpc"]["recall_at_precision"]
         lines.append(f"| R + P_H,{r}^+ (LPG+LPC, round {r}) | " + " | ".join(f"{vals[k]:.3f}" for k in levels) + " |")
     lines += ["", "## Rounds", "",
-              "| round | threshold (95% precision on V_M) | harvested P_H^+ | new lesions | hard negatives P_H^- |",
-              "|---|---|---|---|---|"]
+              "| round | lesion score s_g * s_c^w: w | threshold (95% precision on V_M) | harvested P_H^+ | "
+              "new lesions | hard negatives P_H^- |",
+              "|---|---|---|---|---|---|"]
     for entry in report["rounds"]:
-        t = entry["threshold"]
-        lines.append(f"| {entry['round']} | {'none' if t is None else f'{t:.3f}'} | {entry['n_harvested']} | "
-                     f"{entry['n_new']} | {entry['n_hard_negatives']} |")
+        t = "none" if entry["threshold"] is None else f"{entry['threshold']:.3f}"
+        lines.append(f"| {entry['round']} | {entry.get('fusion_exponent', 1.0):g} | {t} | "
+                     f"{entry['n_harvested']} | {entry['n_new']} | {entry['n_hard_negatives']} |")
     if "harvested_labels" in report:
         h = report["harvested_labels"]
         lines += ["", f"Harvested labels (original marks + harvested.pkl) on V_H^test: precision {h['precision']:.3f}, "
