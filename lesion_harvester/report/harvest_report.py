@@ -97,7 +97,8 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
         froc_rows.append((r, froc))
         if r == rounds[0]:
             curves[f"R + P_H,{r} (LPG, s_g)"] = lpg
-        curves[f"R + P_H,{r}^+ (LPG+LPC, s_g*s_c)"] = lpg_lpc
+        exponent = (ledger.step_info(r, "classify") or {}).get("fusion_exponent", 1.0)
+        curves[f"R + P_H,{r}^+ (LPG+LPC, s_g*s_c^{exponent:g})"] = lpg_lpc
         report["rounds"].append({
             "round": r,
             "lpg": {"recall_at_precision": _rap(lpg), "ap": round(lpg.ap, 4)},
@@ -107,8 +108,7 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
             "n_new": info["n_new"],
             "n_hard_negatives": info["n_hard_negatives"],
             "threshold": info["threshold"],
-            # w of s = s_g * s_c**w (1: the paper's product); runs from before the choice existed used 1
-            "fusion_exponent": (ledger.step_info(r, "classify") or {}).get("fusion_exponent", 1.0),
+            "fusion_exponent": exponent,  # w of s = s_g * s_c**w (1: the paper's product, and older runs)
         })
     harvested_path = run / "harvested.pkl"
     if harvested_path.is_file():
