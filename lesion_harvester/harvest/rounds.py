@@ -96,6 +96,10 @@ class Harvest:
         self.progress = progress
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
+        exponents = preset.harvest.fusion_exponents
+        if not exponents or any(w < 0 for w in exponents):  # checked now, not after hours of training
+            raise ConfigError(f"harvest.fusion_exponents: expected one or more exponents >= 0 "
+                              f"(1.0 is the paper's s_g * s_c), got {list(exponents)}")
         self.inputs: Partition = resolve_partition(self.data, fully_annotated, holdout, need_holdout=True)
         self.run.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run / "ledger.sqlite")

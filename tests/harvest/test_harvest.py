@@ -127,3 +127,18 @@ def test_finetuning_uses_only_the_hard_v_m_negatives(tiny_dataset, tmp_path):
     _, negatives = harvest.pooled_examples(1)
     # objectness >= 0.5 (0.9, 0.6), plus the top one per volume (already among them): not the rest
     assert sorted(float(t.score) for _, t in negatives) == [0.6, 0.9]
+
+
+@pytest.mark.parametrize("exponents", [(), (1.0, -1.0)])
+def test_bad_fusion_exponents_are_refused_before_any_work(tiny_dataset, tmp_path, exponents):
+    import dataclasses
+
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.errors import ConfigError
+    from lesion_harvester.harvest.rounds import Harvest
+
+    preset = load_preset("tiny")
+    preset = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, fusion_exponents=exponents))
+    with pytest.raises(ConfigError, match="harvest.fusion_exponents"):
+        Harvest(tiny_dataset, tmp_path / "run", preset, progress=False)
+    assert not (tmp_path / "run").exists()
