@@ -70,8 +70,12 @@ def _count(model: MSCN, fn) -> tuple[float, dict[str, float]]:
     return float(counter.get_total_flops() - before_total), stages
 
 
-def run_preset(name: str, slices: int, device: str, repeats: int) -> dict:
+def run_preset(name: str, slices: int, device: str, repeats: int, tf32: bool = True) -> dict:
     torch.manual_seed(0)
+    # TF32 (on by default for cuDNN convolutions) rounds inputs to 10-bit mantissas: shared and naive
+    # scans then differ by ~1e-3 for reasons unrelated to sharing
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     preset = load_preset(name)
     model = MSCN(dataclasses.replace(preset.lpg, pretrained_path=None)).to(device).eval()
     pv = prepare_volume(synthetic_volume(slices), preset.preprocess)
@@ -108,6 +112,7 @@ def run_preset(name: str, slices: int, device: str, repeats: int) -> dict:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "device": (torch.cuda.get_device_name(0) if device.startswith("cuda")
                    else f"cpu ({torch.get_num_threads()} threads)"),
+        "tf32": tf32 and device.startswith("cuda"),
         "stages_gflop_per_slice": {
             stage: {"naive": naive_stages.get(stage, 0.0) / z / 1e9, "shared": shared_stages.get(stage, 0.0) / z / 1e9}
             for stage in dict.fromkeys(STAGES.values())
@@ -132,12 +137,14 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-tf32", action="store_true", help="CUDA: full fp32 convolutions and matmuls")
     args = parser.parse_args(argv)
     results = []
     ctx = multiprocessing.get_context("spawn")
     for name in args.presets.split(","):
         queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=((name, args.slices, args.device, args.repeats), queue))
+        child_args = (name, args.slices, args.device, args.repeats, not args.no_tf32)
+        proc = ctx.Process(target=_child, args=(child_args, queue))
         proc.start()
         result = queue.get()
         proc.join()
