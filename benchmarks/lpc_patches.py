@@ -30,7 +30,7 @@ from lesion_harvester.harvest.rounds import Harvest
 from lesion_harvester.io.annotations import marks_to_tracklets, read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.lpc.train import predict_lpc, train_lpc
-from lesion_harvester.report.harvest_report import _rescored, _with_marks
+from lesion_harvester.report.harvest_report import rescored, with_marks
 
 
 def main() -> None:
@@ -63,7 +63,7 @@ def main() -> None:
 
 def run(data: str, run_dir: str, preset, round_index: int, variants: list[str]) -> dict:
     h = Harvest(data, run_dir, preset, progress=False)
-    vm_rows, vh_rows = h._training_rows(round_index)
+    vm_rows, vh_rows = h.training_rows(round_index)
     holdout = list(h.inputs.holdout)
     rows = [r for r in h.ledger.proposals(round_index, volumes=holdout) if r.status != "recist"]
     targets = h.classifiable(rows)
@@ -75,8 +75,8 @@ def run(data: str, run_dir: str, preset, round_index: int, variants: list[str]) 
     def evaluate(score_of) -> dict:
         extra: dict = {}
         for row in rows:
-            extra.setdefault(row.volume, []).append(_rescored(row.tracklet, score_of(row)))
-        res = evaluate_detections(truth, _with_marks(marks, extra))
+            extra.setdefault(row.volume, []).append(rescored(row.tracklet, score_of(row)))
+        res = evaluate_detections(truth, with_marks(marks, extra))
         return {"r@80p": res.recall_at_precision["0.8"], "r@90p": res.recall_at_precision["0.9"], "ap": res.ap}
 
     out = {"round": round_index, "positives": int(labels.sum()), "negatives": int((labels == 0).sum()),
@@ -85,9 +85,9 @@ def run(data: str, run_dir: str, preset, round_index: int, variants: list[str]) 
         patch, pad, close_up, seed = text.split(":")
         cfg = dataclasses.replace(preset.lpc, patch_px=int(patch), pad_px=float(pad), close_up_pad_px=float(close_up))
         start = time.time()
-        x = torch.cat([h._patches(vm_rows, cfg), h._patches(vh_rows, cfg)]).float()
+        x = torch.cat([h.patches(vm_rows, cfg), h.patches(vh_rows, cfg)]).float()
         model = train_lpc(x, labels, cfg, seed=int(seed), progress=False)
-        s_c = dict(zip([(r.volume, r.idx) for r in targets], predict_lpc(model, h._patches(targets, cfg).float())))
+        s_c = dict(zip([(r.volume, r.idx) for r in targets], predict_lpc(model, h.patches(targets, cfg).float())))
         out["variants"].append({
             "patch_px": int(patch), "pad_px": float(pad), "close_up_pad_px": float(close_up), "seed": int(seed),
             "s_c": evaluate(lambda r, s_c=s_c: float(s_c.get((r.volume, r.idx), 0.0))),

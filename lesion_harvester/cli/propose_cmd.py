@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 
@@ -24,7 +23,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from lesion_harvester.config import ScanConfig
     from lesion_harvester.errors import ConfigError
-    from lesion_harvester.lpg.checkpoint import checkpoint_stack
     from lesion_harvester.lpg.propose import propose
 
     if args.device.startswith("cuda"):
@@ -33,11 +31,9 @@ def run(args) -> int:
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
     # the stacking settings travel with the checkpoint (presets differ in their link IoU)
-    stack = checkpoint_stack(args.checkpoint)
-    if args.score_threshold is not None:
-        stack = dataclasses.replace(stack, score_threshold=args.score_threshold)
     scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive)
-    results = propose(args.data, args.checkpoint, args.out, args.split, stack, scan, args.device, args.cache_dir)
+    results = propose(args.data, args.checkpoint, args.out, args.split, None, scan, args.device, args.cache_dir,
+                      score_threshold=args.score_threshold)
     n = sum(len(t) for t in results.values())
     print(f"wrote {n} 3D proposals of {len(results)} volumes to {args.out} (and {Path(args.out).with_suffix('.csv')})")
     return 0

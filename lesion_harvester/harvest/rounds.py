@@ -232,7 +232,9 @@ class Harvest:
             self.ledger.finish_step(db, r, "verify", counts)
 
     # --- steps 4-5: LPC -----------------------------------------------------------------------------
-    def _patches(self, rows: list[ProposalRow], cfg=None) -> torch.Tensor:
+    def patches(self, rows: list[ProposalRow], cfg=None) -> torch.Tensor:
+        """The LPC input of each row's proposal, float16 (N, C, patch_px, patch_px) (a cube for the 3D
+        variant), extracted as ``cfg`` (default the preset's LPC settings) says."""
         cfg = cfg or self.preset.lpc
         by_volume: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
@@ -253,7 +255,7 @@ class Harvest:
         keys = sorted(self.inputs.fully_annotated)
         return [keys[i::k] for i in range(k)]
 
-    def _training_rows(self, r: int) -> tuple[list[ProposalRow], list[ProposalRow]]:
+    def training_rows(self, r: int) -> tuple[list[ProposalRow], list[ProposalRow]]:
         """(V_M proposals P_M^R + P_M^-, positives of V_H: P_H^R).
 
         With fewer than ``lpc.min_positives`` verified proposals, the marks of V_H and the complete
@@ -270,8 +272,8 @@ class Harvest:
         return vm, vh
 
     def _step_lpc(self, r: int) -> None:
-        vm_rows, vh_rows = self._training_rows(r)
-        vm_x, vh_x = self._patches(vm_rows), self._patches(vh_rows)
+        vm_rows, vh_rows = self.training_rows(r)
+        vm_x, vh_x = self.patches(vm_rows), self.patches(vh_rows)
         vm_y = np.array([row.status == "fa_lesion" for row in vm_rows], dtype=np.int64)
         for f, fold in enumerate(self.folds()):
             path = self.round_dir(r) / "lpc" / f"fold{f}.pt"
@@ -307,13 +309,13 @@ class Harvest:
         for f, fold in enumerate(self.folds()):
             rows = self.classifiable(self.ledger.proposals(r, volumes=fold, statuses=("fa_lesion", "fa_negative")))
             if rows:
-                scores = predict_lpc(models[f], self._patches(rows).float(), device=self.device)
+                scores = predict_lpc(models[f], self.patches(rows).float(), device=self.device)
                 probability.update({(row.volume, row.idx): float(s) for row, s in zip(rows, scores)})
         # V_H candidates: the mean of the fold models
         rows = self.classifiable(self.ledger.proposals(r, statuses=("candidate",)))
         for start in range(0, len(rows), 2000):  # in chunks, to bound the patches in memory
             chunk = rows[start:start + 2000]
-            x = self._patches(chunk).float()
+            x = self.patches(chunk).float()
             scores = np.mean([predict_lpc(m, x, device=self.device) for m in models], axis=0)
             probability.update({(row.volume, row.idx): float(s) for row, s in zip(chunk, scores)})
         vm = self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
@@ -333,7 +335,7 @@ class Harvest:
     def _step_lpc_variants(self, r: int) -> None:
         """Round 1 only: train the axial 2D and the 3D LPC on the same examples (the paper's Fig. 5b) and
         score the holdout candidates with them."""
-        vm_rows, vh_rows = self._training_rows(r)
+        vm_rows, vh_rows = self.training_rows(r)
         holdout = list(self.inputs.holdout)
         targets = self.classifiable(self.ledger.proposals(r, volumes=holdout, statuses=(
             "candidate", "harvested", "hard_negative", "rejected")))
@@ -343,10 +345,10 @@ class Harvest:
             cfg = dataclasses.replace(self.preset.lpc, variant=variant, pretrained_path=None,
                                       epochs=self.preset.harvest.variant_epochs or self.preset.lpc.epochs,
                                       patch_px=patch_px if variant != "3d" else max(16, patch_px // 2))
-            x = torch.cat([self._patches(vm_rows, cfg), self._patches(vh_rows, cfg)]).float()
+            x = torch.cat([self.patches(vm_rows, cfg), self.patches(vh_rows, cfg)]).float()
             y = np.concatenate([[row.status == "fa_lesion" for row in vm_rows], np.ones(len(vh_rows))]).astype(np.int64)
             model = train_lpc(x, y, cfg, self.device, seed=cfg.seed + 7, progress=self.progress, desc=f"LPC {variant}")
-            scores = predict_lpc(model, self._patches(targets, cfg).float(), device=self.device) if targets else []
+            scores = predict_lpc(model, self.patches(targets, cfg).float(), device=self.device) if targets else []
             result[variant] = {f"{row.volume}#{row.idx}": float(s) for row, s in zip(targets, scores)}
         path = self.round_dir(r) / "lpc_variants.json"
         path.write_text(json.dumps(result))

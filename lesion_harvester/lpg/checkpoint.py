@@ -38,17 +38,19 @@ def model_payload(model, model_cfg: MSCNConfig, pre: PreprocessConfig, stack: St
             "stack": to_dict(stack), "state_dict": model.state_dict(), **extra}
 
 
-def checkpoint_stack(path: str | Path) -> StackConfig:
-    """The stacking settings stored with an LPG (the paper's defaults for checkpoints without them)."""
-    payload = load_checkpoint(path)
+def checkpoint_stack(path: str | Path, payload: dict | None = None) -> StackConfig:
+    """The stacking settings stored with an LPG (the paper's defaults for checkpoints without them);
+    ``payload``: the checkpoint already loaded from ``path``."""
+    payload = payload if payload is not None else load_checkpoint(path)
     return from_dict(StackConfig, payload.get("stack") or {}, f"{path} stack")
 
 
-def load_model(path: str | Path, device: str = "cpu"):
-    """(MSCN in eval mode, its MSCNConfig, its PreprocessConfig) from a checkpoint."""
+def load_model(path: str | Path, device: str = "cpu", payload: dict | None = None):
+    """(MSCN in eval mode, its MSCNConfig, its PreprocessConfig) from a checkpoint; ``payload``: the
+    checkpoint already loaded from ``path``."""
     from lesion_harvester.lpg.model import MSCN
 
-    payload = load_checkpoint(path)
+    payload = payload if payload is not None else load_checkpoint(path)
     model_cfg = from_dict(MSCNConfig, {**payload["model_config"], "pretrained_path": None}, f"{path} model_config")
     pre = from_dict(PreprocessConfig, payload["preprocess"], f"{path} preprocess")
     model = MSCN(model_cfg)

@@ -22,7 +22,7 @@ from lesion_harvester.io.annotations import Tracklet, write_tracklets, write_tra
 from lesion_harvester.io.atomic import atomic_write_bytes, atomic_write_text
 from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.safe_pickle import safe_load_pickle
-from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_model
+from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model
 from lesion_harvester.lpg.data import PreparedCache
 from lesion_harvester.lpg.scan import Scanner, scan_volumes
 
@@ -40,10 +40,14 @@ def _file_digest(path: Path) -> str:
 def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: str | None = None,
             stack: StackConfig | None = None, scan: ScanConfig | None = None, device: str = "cpu",
             cache_dir: str | Path | None = None, progress: bool = True,
-            keys: list[str] | None = None) -> dict[str, list[Tracklet]]:
+            keys: list[str] | None = None, score_threshold: float | None = None) -> dict[str, list[Tracklet]]:
     """Scan every slice of the selected volumes (a split, or explicit ``keys``); returns and writes
-    {volume key: tracklets}. ``stack`` defaults to the settings stored in the checkpoint."""
-    stack = stack or checkpoint_stack(checkpoint)
+    {volume key: tracklets}. ``stack`` defaults to the settings stored in the checkpoint;
+    ``score_threshold`` replaces its t_G."""
+    payload = load_checkpoint(checkpoint)
+    stack = stack or checkpoint_stack(checkpoint, payload)
+    if score_threshold is not None:
+        stack = replace(stack, score_threshold=score_threshold)
     scan = scan or ScanConfig()
     out = Path(out)
     source = open_volumes(data, split=split)
@@ -52,7 +56,7 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
         if unknown:
             raise DataError(data, f"{len(unknown)} volumes to scan are not in the dataset, e.g. {unknown[0]}")
         source.keys = list(keys)
-    model, _, pre = load_model(checkpoint, device)
+    model, _, pre = load_model(checkpoint, device, payload)
     scanner = Scanner(model, pre, scan, device)
     if source.format == "deeplesion":
         from lesion_harvester.lpg.train import default_cache_dir

@@ -37,12 +37,12 @@ MARK_SCORE = 2.0  # above any fused score, so that the marks rank first
 KNOWN = ("recist", "marked_piece")
 
 
-def _rescored(t: Tracklet, value: float) -> Tracklet:
+def rescored(t: Tracklet, value: float) -> Tracklet:
     """A tracklet whose objectness is ``value`` (its 2D scores scaled)."""
     return Tracklet(t.z_indices, t.boxes_xyxy_px, t.scores * (value / max(t.score, 1e-12)))
 
 
-def _with_marks(marks: dict[str, list[Tracklet]], extra: dict[str, list[Tracklet]]) -> dict[str, list[Tracklet]]:
+def with_marks(marks: dict[str, list[Tracklet]], extra: dict[str, list[Tracklet]]) -> dict[str, list[Tracklet]]:
     out = {k: [Tracklet(t.z_indices, t.boxes_xyxy_px, np.full_like(t.scores, MARK_SCORE)) for t in v]
            for k, v in marks.items()}
     for k, v in extra.items():
@@ -87,9 +87,9 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
         by_score: dict[str, list[Tracklet]] = {}
         for row in new:
             by_objectness.setdefault(row.volume, []).append(row.tracklet)
-            by_score.setdefault(row.volume, []).append(_rescored(row.tracklet, row.score or 0.0))
-        lpg = evaluate_detections(truth, _with_marks(marks, by_objectness))
-        lpg_lpc = evaluate_detections(truth, _with_marks(marks, by_score))
+            by_score.setdefault(row.volume, []).append(rescored(row.tracklet, row.score or 0.0))
+        lpg = evaluate_detections(truth, with_marks(marks, by_objectness))
+        lpg_lpc = evaluate_detections(truth, with_marks(marks, by_score))
         alone: dict[str, list[Tracklet]] = {}
         for row in rows:
             alone.setdefault(row.volume, []).append(row.tracklet)
@@ -113,7 +113,7 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
     harvested_path = run / "harvested.pkl"
     if harvested_path.is_file():
         harvested = {k: v for k, v in read_tracklets(harvested_path).items() if k in truth}
-        labels = evaluate_detections(truth, _with_marks(marks, harvested))
+        labels = evaluate_detections(truth, with_marks(marks, harvested))
         n_harvested = sum(len(v) for v in harvested.values())
         report["harvested_labels"] = {
             "precision": round(float(labels.precision[-1]) if len(labels.precision) else 1.0, 4),
@@ -150,8 +150,8 @@ def _variant_curves(run, ledger, r, holdout_keys, truth, marks) -> dict[str, Eva
     def curve(score_of) -> EvaluationResult:
         extra: dict[str, list[Tracklet]] = {}
         for row in rows:
-            extra.setdefault(row.volume, []).append(_rescored(row.tracklet, score_of(row)))
-        return evaluate_detections(truth, _with_marks(marks, extra))
+            extra.setdefault(row.volume, []).append(rescored(row.tracklet, score_of(row)))
+        return evaluate_detections(truth, with_marks(marks, extra))
 
     curves["s_g (LPG objectness)"] = curve(lambda row: row.objectness)
     curves["s_c multi-view"] = curve(lambda row: row.lpc or 0.0)

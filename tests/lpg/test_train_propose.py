@@ -108,18 +108,19 @@ def test_propose_resumes_after_a_kill(tiny_dataset, tiny_checkpoint, tmp_path, m
     assert set(raw) == set(clean)
 
 
-def test_the_stacking_settings_travel_with_the_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
+def test_the_stacking_settings_travel_with_the_checkpoint(tiny_dataset, tiny_checkpoint, tmp_path, monkeypatch):
     tiny = load_preset("tiny").stack
     assert tiny != StackConfig()  # the CPU presets link at a lower IoU than the paper
     assert checkpoint_stack(tiny_checkpoint) == tiny
     old = {k: v for k, v in load_checkpoint(tiny_checkpoint).items() if k != "stack"}
     save_checkpoint(tmp_path / "old.pt", old)
     assert checkpoint_stack(tmp_path / "old.pt") == StackConfig()
-    # propose uses the checkpoint's settings; --score-threshold replaces only t_G
+    # propose stacks with the checkpoint's settings; --score-threshold replaces only t_G
     seen = []
-    monkeypatch.setattr(propose_module, "propose", lambda *a, **k: seen.append(a[4]) or {})
-    assert main(["propose", "x", "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "d.pkl"),
-                 "--score-threshold", "0.3"]) == 0
+    monkeypatch.setattr(propose_module, "scan_volumes",
+                        lambda _scanner, todo, _prepare, stack, *a, **k: seen.append(stack) or {k: [] for k in todo})
+    assert main(["propose", str(tiny_dataset), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "d.pkl"),
+                 "--split", "detection_test", "--score-threshold", "0.3"]) == 0
     assert seen == [dataclasses.replace(tiny, score_threshold=0.3)]
 
 
