@@ -125,6 +125,9 @@ class LPGTrainConfig:
     intensity_jitter: float = 0.0  # contrast x U(1 - j, 1 + j) and a shift of up to j * 50 HU
     noise_hu: float = 0.0  # added Gaussian noise, standard deviation up to this many HU
     max_objects: int = 32
+    # in crops from partially labelled volumes, background where the LPG already scores above this
+    # is not taught as background (it may be an unmarked lesion); None: every background pixel is
+    soft_negative_above: float | None = None
     # hard background: after each epoch, the model's false positives on the fully annotated volumes
     # (complete labels, so these are true negatives) become centres of background crops
     mine_hard_background: bool = False

@@ -217,6 +217,7 @@ class CropSampler:
         clean = crop.background_volumes == "fully_annotated" and data.complete_keys
         self.volume_keys = data.complete_keys if clean else data.volume_keys
         self.exclusions = data.exclusions
+        self.complete_keys = set(data.complete_keys)
         self.prepared = prepared
         self.num_slices = num_slices
         self.pre = pre
@@ -320,6 +321,7 @@ class CropSampler:
         image = self._augment(image, (positives, negatives), out_h, out_w)
         targets = build_targets(positives, (out_h // self.stride, out_w // self.stride), self.stride,
                                 self.crop.max_objects, negatives)
+        targets["complete"] = np.float32(pv.key in self.complete_keys)  # every lesion of the crop labelled
         return image.numpy(), targets
 
     def _augment(self, image: torch.Tensor, boxes: tuple[np.ndarray, ...], out_h: int, out_w: int) -> torch.Tensor:
@@ -365,7 +367,7 @@ class CropSampler:
             heatmaps.append(np.pad(hm, pad))
             row, col = np.divmod(t["ind"], hm.shape[2])  # re-index centres for the padded width
             inds.append(row * (w // self.stride) + col)
-        targets = {k: torch.from_numpy(np.stack([s[1][k] for s in samples])) for k in ("wh", "reg", "mask")}
+        targets = {k: torch.from_numpy(np.stack([s[1][k] for s in samples])) for k in ("wh", "reg", "mask", "complete")}
         targets["hm"] = torch.from_numpy(np.stack(heatmaps))
         targets["ind"] = torch.from_numpy(np.stack(inds))
         return torch.from_numpy(np.stack(images)), targets

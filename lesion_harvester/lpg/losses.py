@@ -13,16 +13,19 @@ def clamped_sigmoid(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
 
 
-def focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = ALPHA, beta: float = BETA) -> torch.Tensor:
+def focal_loss(pred: torch.Tensor, target: torch.Tensor, alpha: float = ALPHA, beta: float = BETA,
+               ignore: torch.Tensor | None = None) -> torch.Tensor:
     """Penalty-reduced focal loss, normalised by the number of objects.
 
     pred: (B, 1, H, W) probabilities in (0, 1). target: same shape, 1 at object centres, Gaussian
     values in [0, 1) around them and, with the hard negative suppression loss, negative values at
     hard negatives: their weight (1 - Y)^beta reaches 2^4 = 16 at a hard-negative centre, where plain
-    background has weight 1.
+    background has weight 1. ignore: optional boolean mask of pixels whose negative term is dropped.
     """
     pos = target.eq(1).float()
     neg = 1.0 - pos
+    if ignore is not None:
+        neg = neg * (~ignore).float()
     neg_weight = torch.pow(1 - target, beta)
     pos_loss = torch.log(pred) * torch.pow(1 - pred, alpha) * pos
     neg_loss = torch.log(1 - pred) * torch.pow(pred, alpha) * neg_weight * neg
@@ -42,10 +45,24 @@ def reg_l1_loss(output: torch.Tensor, ind: torch.Tensor, mask: torch.Tensor, tar
     return F.l1_loss(gathered * m, target * m, reduction="sum") / (m.sum() + 1e-4)
 
 
-def centernet_loss(outputs, batch, wh_weight: float = 0.1, off_weight: float = 1.0) -> tuple[torch.Tensor, dict]:
-    """Total loss (hm 1, wh 0.1, offset 1) and its parts."""
+def soft_negatives(pred: torch.Tensor, target: torch.Tensor, complete: torch.Tensor, above: float) -> torch.Tensor:
+    """(B, 1, H, W) mask of plain background (target 0) that the model scores above ``above`` in
+    crops from partially labelled volumes (``complete`` (B,) is 0 there): possible unmarked lesions,
+    which the loss should not teach as background. Hard negatives (target < 0) stay taught."""
+    incomplete = complete.view(-1, 1, 1, 1) < 0.5
+    return incomplete & target.eq(0) & (pred.detach() > above)
+
+
+def centernet_loss(outputs, batch, wh_weight: float = 0.1, off_weight: float = 1.0,
+                   soft_negative_above: float | None = None) -> tuple[torch.Tensor, dict]:
+    """Total loss (hm 1, wh 0.1, offset 1) and its parts; ``soft_negative_above``: see
+    :func:`soft_negatives` (needs ``batch["complete"]``)."""
     hm_logits, wh, reg = outputs
-    hm = focal_loss(clamped_sigmoid(hm_logits), batch["hm"])
+    pred = clamped_sigmoid(hm_logits)
+    ignore = None
+    if soft_negative_above is not None:
+        ignore = soft_negatives(pred, batch["hm"], batch["complete"], soft_negative_above)
+    hm = focal_loss(pred, batch["hm"], ignore=ignore)
     wh_l = reg_l1_loss(wh, batch["ind"], batch["mask"], batch["wh"])
     off = reg_l1_loss(reg, batch["ind"], batch["mask"], batch["reg"])
     total = hm + wh_weight * wh_l + off_weight * off

@@ -183,7 +183,7 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
             targets = {k: v.to(device) for k, v in targets.items()}
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 outputs = model(x)
-            loss, parts = centernet_loss(outputs, targets)
+            loss, parts = centernet_loss(outputs, targets, soft_negative_above=cfg.soft_negative_above)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

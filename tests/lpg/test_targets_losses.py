@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lesion_harvester.lpg.decode import decode
-from lesion_harvester.lpg.losses import focal_loss, reg_l1_loss
+from lesion_harvester.lpg.losses import focal_loss, reg_l1_loss, soft_negatives
 from lesion_harvester.lpg.targets import build_targets, draw_gaussian, gaussian_radius, to_output
 
 
@@ -72,6 +72,23 @@ def test_focal_loss_values():
     # no object: only the negative term, not divided by zero
     uniform = torch.full((1, 1, 2, 2), 0.1)
     assert float(focal_loss(uniform, torch.zeros_like(target))) == pytest.approx(-4 * math.log(0.9) * 0.01, rel=1e-5)
+
+
+def test_soft_negatives_spare_confident_background_of_partially_labelled_crops_only():
+    # two crops alike: the first from a partially labelled volume, the second from a complete one
+    target = torch.zeros(2, 1, 1, 4)
+    target[:, 0, 0, 1] = 1.0  # a marked lesion
+    target[:, 0, 0, 3] = -0.5  # a hard negative (HNSL)
+    pred = torch.tensor([0.9, 0.9, 0.3, 0.8]).view(1, 1, 1, 4).repeat(2, 1, 1, 1)  # pixel 0: confident background
+    mask = soft_negatives(pred, target, torch.tensor([0.0, 1.0]), above=0.5)
+    assert mask[0, 0, 0].tolist() == [True, False, False, False]  # neither the lesion nor the hard negative
+    assert not mask[1].any()  # complete labels: all background is background
+    low = torch.tensor([0.3, 0.9, 0.3, 0.8]).view(1, 1, 1, 4)
+    assert not soft_negatives(low, target[:1], torch.tensor([0.0]), above=0.5).any()
+    # the focal loss drops exactly the ignored negative terms
+    full = float(focal_loss(pred[:1], target[:1]))
+    spared = float(focal_loss(pred[:1], target[:1], ignore=mask[:1]))
+    assert full - spared == pytest.approx(-math.log(0.1) * 0.9**2, rel=1e-4)
 
 
 def test_reg_l1_at_centres_only():
