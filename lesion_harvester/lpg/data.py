@@ -197,6 +197,16 @@ class TrainingData:
         return merged
 
 
+def check_train_config(crop: LPGTrainConfig) -> None:
+    """Raise ConfigError for sampling and loss settings out of their range."""
+    if crop.background_volumes not in ("all", "fully_annotated"):
+        raise ConfigError(f"lpg_train.background_volumes: expected all or fully_annotated, "
+                          f"got '{crop.background_volumes}'")
+    if crop.soft_negative_above is not None and not 0.0 < crop.soft_negative_above < 1.0:
+        raise ConfigError(f"lpg_train.soft_negative_above: expected a score between 0 and 1 or null, "
+                          f"got {crop.soft_negative_above}")
+
+
 class CropSampler:
     """Random training crops: around annotated objects, or background, with MULAN-style jitter."""
 
@@ -209,11 +219,9 @@ class CropSampler:
         self.positive_slices = [r for r in self.slice_list if len(r.positives)]
         self.negative_slices = [r for r in self.slice_list if not len(r.positives)]
         self.data = data
+        check_train_config(crop)
         # in partially labelled volumes a random crop may hold an unmarked lesion, which the loss
         # would then teach as background
-        if crop.background_volumes not in ("all", "fully_annotated"):
-            raise ConfigError(f"lpg_train.background_volumes: expected all or fully_annotated, "
-                              f"got '{crop.background_volumes}'")
         clean = crop.background_volumes == "fully_annotated" and data.complete_keys
         self.volume_keys = data.complete_keys if clean else data.volume_keys
         self.exclusions = data.exclusions

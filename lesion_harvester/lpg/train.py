@@ -25,7 +25,7 @@ from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.io.annotations import SliceBox, single_slice_tracklet
 from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.lpg.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from lesion_harvester.lpg.data import CropSampler, PreparedCache, PreparedVolume, epoch_loader
+from lesion_harvester.lpg.data import CropSampler, PreparedCache, PreparedVolume, check_train_config, epoch_loader
 from lesion_harvester.lpg.losses import centernet_loss
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import Scanner
@@ -122,6 +122,7 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
               progress: bool = True) -> dict:
     """Train (or resume training) an LPG; returns the training summary."""
     cfg = preset.lpg_train
+    check_train_config(cfg)  # here, not first in a loader process after the volumes are prepared
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start_time = time.time()

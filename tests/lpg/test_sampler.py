@@ -117,3 +117,22 @@ def test_unknown_background_volumes_is_a_config_error():
 
     with pytest.raises(ConfigError, match="background_volumes"):
         _sampler(background_volumes="some")
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -0.2])
+def test_soft_negative_threshold_outside_0_1_is_a_config_error(value):
+    from lesion_harvester.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="soft_negative_above"):
+        _sampler(soft_negative_above=value)
+
+
+def test_crops_say_whether_their_volume_is_fully_annotated():
+    record = SliceRecord("w", 2, np.array([[30.0, 10.0, 49.0, 19.0]]), np.zeros((0, 4)))
+    data = TrainingData(["v", "w"], [record], complete_keys=["w"])
+    cfg = LPGTrainConfig(crop_px=16, background_fraction=0.5, scale_jitter=(1.0, 1.0))
+    volumes = {"v": _volume(), "w": dataclasses.replace(_volume(), key="w")}
+    sampler = CropSampler(data, volumes, 9, PreprocessConfig(), cfg, np.random.default_rng(3))
+    _, targets = sampler.batch(12)
+    assert targets["complete"].shape == (12,)
+    assert set(targets["complete"].tolist()) == {0.0, 1.0}  # background crops of v, crops of w
