@@ -16,8 +16,8 @@ import numpy as np
 
 def fused_score(objectness: np.ndarray, probability: np.ndarray, exponent: float = 1.0) -> np.ndarray:
     """s_g * s_c**exponent; exponent 1 is the paper's Eq. 2, 0 ranks by the LPG alone."""
-    probability = np.asarray(probability, dtype=np.float64)
-    return np.asarray(objectness, dtype=np.float64) * (probability ** exponent if exponent else 1.0)
+    # x**0 is 1 for every x (0 included), so exponent 0 needs no special case
+    return np.asarray(objectness, dtype=np.float64) * np.asarray(probability, dtype=np.float64) ** exponent
 
 
 def average_precision(scores: np.ndarray, is_lesion: np.ndarray) -> float:
