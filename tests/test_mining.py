@@ -101,3 +101,11 @@ def test_a_candidate_that_continues_a_marked_lesion_is_not_new():
     known = [("a", marked)]
     candidates = [("a", piece), ("a", _flat([25])), ("b", piece)]
     assert duplicates_of(candidates, known).tolist() == [True, False, False]
+
+
+def test_precision_lower_bound_is_clopper_pearson():
+    from lesion_harvester.harvest.mine import precision_lower_bound
+
+    assert precision_lower_bound(9, 0) == pytest.approx(0.05 ** (1 / 9))  # no failure in 9: p^9 = 0.05
+    assert precision_lower_bound(0, 3) == 0.0
+    assert precision_lower_bound(95, 5) < 0.95 < precision_lower_bound(950, 10)

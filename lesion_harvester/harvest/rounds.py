@@ -28,7 +28,13 @@ from lesion_harvester.config import Preset, dump_config, settings_fingerprint
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.geometry.boxes import iou3d_voc
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
-from lesion_harvester.harvest.mine import choose_fusion_exponent, fused_score, mine, precision_threshold
+from lesion_harvester.harvest.mine import (
+    choose_fusion_exponent,
+    fused_score,
+    mine,
+    precision_lower_bound,
+    precision_threshold,
+)
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import Tracklet, write_tracklets
 from lesion_harvester.io.partition import Partition, resolve_partition
@@ -359,8 +365,12 @@ class Harvest:
     def _step_mine(self, r: int) -> None:
         h = self.preset.harvest
         vm = self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
-        threshold = precision_threshold(np.array([row.score or 0.0 for row in vm]),
-                                        np.array([row.status == "fa_lesion" for row in vm]), h.precision)
+        vm_score = np.array([row.score or 0.0 for row in vm])
+        vm_lesion = np.array([row.status == "fa_lesion" for row in vm], dtype=bool)
+        new_in_vm = ~self.covers_original_mark(vm)
+        threshold = precision_threshold(vm_score[new_in_vm], vm_lesion[new_in_vm], h.precision)
+        above = new_in_vm & (vm_score >= threshold)
+        vm_tp, vm_fp = int((above & vm_lesion).sum()), int((above & ~vm_lesion).sum())
         # a piece of a marked lesion (it missed the mark's slice, so verification left it a candidate)
         # is neither a new lesion nor a negative
         marked = [(row.volume, row.tracklet) for row in self.ledger.proposals(r, statuses=("recist",))]
@@ -382,8 +392,31 @@ class Harvest:
             self.ledger.finish_step(db, r, "mine", {
                 "threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
                 "n_hard_negatives": int(hard.sum()), "n_fa_negative": sum(row.status == "fa_negative" for row in vm),
-                "n_new": int(n_new), "n_marked_pieces": len(pieces)})
+                "n_new": int(n_new), "n_marked_pieces": len(pieces),
+                # the V_M evidence behind the threshold: new lesions and false positives above it
+                "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
+                "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4)})
         self._write_round_outputs(r)
+
+    def covers_original_mark(self, vm_rows: list[ProposalRow]) -> np.ndarray:
+        """(N,) bool: V_M proposals that cover one of V_M's original RECIST marks, or are a piece of
+        such a proposal. In V_H these would be P_H^R or marked pieces, never harvested, so the
+        threshold's precision is measured without them: with them, lesions the LPG was trained on
+        (every mark) would lift V_M's precision above that of the new lesions it is meant to certify.
+        """
+        out = np.zeros(len(vm_rows), dtype=bool)
+        by_volume: dict[str, list[int]] = {}
+        for i, row in enumerate(vm_rows):
+            by_volume.setdefault(row.volume, []).append(i)
+        original = self.inputs.dataset.marks(list(by_volume))
+        for key, idx in by_volume.items():
+            tracklets = [vm_rows[i].tracklet for i in idx]
+            hits = match_known(tracklets, [m.slice_box() for m in original.get(key, [])],
+                               self.preset.harvest.verify_iou)
+            marked = [(key, t) for t, hit in zip(tracklets, hits) if hit]
+            pieces = duplicates_of([(key, t) for t in tracklets], marked) if marked else [False] * len(idx)
+            out[idx] = hits | np.asarray(pieces, dtype=bool)
+        return out
 
     def _write_round_outputs(self, r: int) -> None:
         rows = self.ledger.proposals(r, statuses=("harvested",))

@@ -37,6 +37,8 @@ def test_tiny_harvest_end_to_end(tiny_dataset, tmp_path, capsys):
     for entry in report["rounds"]:
         assert set(entry) >= {"round", "lpg", "lpg_lpc", "n_harvested", "n_hard_negatives", "threshold"}
         assert list(entry["lpg_lpc"]["recall_at_precision"]) == ["0.8", "0.85", "0.9", "0.95"]
+        support = entry["vm_support"]
+        assert support["vm_new_lesions_above"] >= 0 and 0.0 <= support["precision_lower_bound"] <= 1.0
     for name in ("harvested.pkl", "hard_negatives.pkl", "completed_annotations.pkl", "harvested.csv", "report.md",
                  "fig5a_pr.png", "fig5b_lpc_variants.png"):
         assert (run / name).is_file(), name
@@ -142,3 +144,37 @@ def test_bad_fusion_exponents_are_refused_before_any_work(tiny_dataset, tmp_path
     with pytest.raises(ConfigError, match="harvest.fusion_exponents"):
         Harvest(tiny_dataset, tmp_path / "run", preset, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_threshold_is_set_on_the_v_m_proposals_a_harvest_would_count_as_new(tiny_dataset, tmp_path):
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.harvest.rounds import Harvest
+    from lesion_harvester.io.annotations import Tracklet
+
+    harvest = Harvest(tiny_dataset, tmp_path / "run", load_preset("tiny"), progress=False)
+    marks = harvest.inputs.dataset.marks(list(harvest.inputs.fully_annotated))
+    key = next(k for k, ms in marks.items() if ms)
+    mark = marks[key][0].slice_box()
+    box = np.array(mark.box_xyxy_px, dtype=float)
+    far = np.array([0.0, 0.0, 4.0, 4.0]) if box[0] > 20 else np.array([400.0, 400.0, 404.0, 404.0])
+
+    def tracklet(z, b, score):
+        return Tracklet(np.array([z]), np.asarray(b, dtype=float)[None], np.array([score]))
+
+    # the marked lesion (0.9), a piece of it that misses the mark's slice (0.85), an unmarked
+    # lesion elsewhere (0.8) and a false positive (0.5)
+    proposals = [tracklet(mark.z_index, box, 0.9), tracklet(mark.z_index + 1, box, 0.85),
+                 tracklet(mark.z_index, far, 0.8), tracklet(mark.z_index, far + 8.0, 0.5)]
+    statuses = ["fa_lesion", "fa_negative", "fa_lesion", "fa_negative"]
+    with harvest.ledger.transaction() as db:
+        harvest.ledger.add_proposals(db, 1, {key: proposals})
+        harvest.ledger.set_statuses(db, 1, [(key, i, s) for i, s in enumerate(statuses)])
+        harvest.ledger.set_scores(db, 1, [(key, i, 1.0, t.score) for i, t in enumerate(proposals)])
+    rows = harvest.ledger.proposals(1, statuses=("fa_lesion", "fa_negative"))
+    assert harvest.covers_original_mark(rows).tolist() == [True, True, False, False]
+    harvest._step_mine(1)
+    info = harvest.ledger.step_info(1, "mine")
+    # counting the mark and its piece, the 95% threshold would stop above the piece, at 0.9
+    assert info["threshold"] == pytest.approx(0.8)
+    assert (info["vm_new_lesions_above"], info["vm_false_positives_above"]) == (1, 0)
+    assert info["precision_lower_bound"] == pytest.approx(0.05)  # one correct proposal proves little
