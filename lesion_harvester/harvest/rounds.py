@@ -36,7 +36,7 @@ from lesion_harvester.harvest.mine import (
     precision_threshold,
 )
 from lesion_harvester.harvest.verify import match_known
-from lesion_harvester.io.annotations import Tracklet, write_tracklets
+from lesion_harvester.io.annotations import RecistMark, Tracklet, write_tracklets
 from lesion_harvester.io.partition import Partition, resolve_partition
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc, train_lpc
@@ -88,6 +88,27 @@ def duplicates_of(candidates: list[tuple[str, Tracklet]], known: list[tuple[str,
         boxes.setdefault(key, []).append(_extended_box(t))
     return np.array([_overlaps_any(_extended_box(t), boxes.get(key, []), min_iou) for key, t in candidates],
                     dtype=bool)
+
+
+def covers_marks(rows: list[ProposalRow], marks: dict[str, list[RecistMark]], iou: float = 0.5) -> np.ndarray:
+    """(N,) bool: proposals that cover one of their volume's RECIST ``marks``, or are a piece of one
+    that does.
+
+    Why: on V_M the 95% threshold is measured without these. In V_H they would be P_H^R or marked
+    pieces, never harvested; counted, lesions the LPG trained on (every mark) would lift V_M's
+    precision above that of the new lesions the threshold is meant to certify.
+    """
+    out = np.zeros(len(rows), dtype=bool)
+    by_volume: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_volume.setdefault(row.volume, []).append(i)
+    for key, idx in by_volume.items():
+        tracklets = [rows[i].tracklet for i in idx]
+        hits = match_known(tracklets, [m.slice_box() for m in marks.get(key, [])], iou)
+        marked = [(key, t) for t, hit in zip(tracklets, hits) if hit]
+        pieces = duplicates_of([(key, t) for t in tracklets], marked) if marked else np.zeros(len(idx), dtype=bool)
+        out[idx] = hits | pieces
+    return out
 
 
 class Harvest:
@@ -367,7 +388,8 @@ class Harvest:
         vm = self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
         vm_score = np.array([row.score or 0.0 for row in vm])
         vm_lesion = np.array([row.status == "fa_lesion" for row in vm], dtype=bool)
-        new_in_vm = ~self.covers_original_mark(vm)
+        original = self.inputs.dataset.marks(list(self.inputs.fully_annotated))
+        new_in_vm = ~covers_marks(vm, original, h.verify_iou)
         threshold = precision_threshold(vm_score[new_in_vm], vm_lesion[new_in_vm], h.precision)
         above = new_in_vm & (vm_score >= threshold)
         vm_tp, vm_fp = int((above & vm_lesion).sum()), int((above & ~vm_lesion).sum())
@@ -397,26 +419,6 @@ class Harvest:
                 "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
                 "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4)})
         self._write_round_outputs(r)
-
-    def covers_original_mark(self, vm_rows: list[ProposalRow]) -> np.ndarray:
-        """(N,) bool: V_M proposals that cover one of V_M's original RECIST marks, or are a piece of
-        such a proposal. In V_H these would be P_H^R or marked pieces, never harvested, so the
-        threshold's precision is measured without them: with them, lesions the LPG was trained on
-        (every mark) would lift V_M's precision above that of the new lesions it is meant to certify.
-        """
-        out = np.zeros(len(vm_rows), dtype=bool)
-        by_volume: dict[str, list[int]] = {}
-        for i, row in enumerate(vm_rows):
-            by_volume.setdefault(row.volume, []).append(i)
-        original = self.inputs.dataset.marks(list(by_volume))
-        for key, idx in by_volume.items():
-            tracklets = [vm_rows[i].tracklet for i in idx]
-            hits = match_known(tracklets, [m.slice_box() for m in original.get(key, [])],
-                               self.preset.harvest.verify_iou)
-            marked = [(key, t) for t, hit in zip(tracklets, hits) if hit]
-            pieces = duplicates_of([(key, t) for t in tracklets], marked) if marked else [False] * len(idx)
-            out[idx] = hits | np.asarray(pieces, dtype=bool)
-        return out
 
     def _write_round_outputs(self, r: int) -> None:
         rows = self.ledger.proposals(r, statuses=("harvested",))

@@ -148,7 +148,7 @@ def test_bad_fusion_exponents_are_refused_before_any_work(tiny_dataset, tmp_path
 
 def test_threshold_is_set_on_the_v_m_proposals_a_harvest_would_count_as_new(tiny_dataset, tmp_path):
     from lesion_harvester.config import load_preset
-    from lesion_harvester.harvest.rounds import Harvest
+    from lesion_harvester.harvest.rounds import Harvest, covers_marks
     from lesion_harvester.io.annotations import Tracklet
 
     harvest = Harvest(tiny_dataset, tmp_path / "run", load_preset("tiny"), progress=False)
@@ -171,7 +171,7 @@ def test_threshold_is_set_on_the_v_m_proposals_a_harvest_would_count_as_new(tiny
         harvest.ledger.set_statuses(db, 1, [(key, i, s) for i, s in enumerate(statuses)])
         harvest.ledger.set_scores(db, 1, [(key, i, 1.0, t.score) for i, t in enumerate(proposals)])
     rows = harvest.ledger.proposals(1, statuses=("fa_lesion", "fa_negative"))
-    assert harvest.covers_original_mark(rows).tolist() == [True, True, False, False]
+    assert covers_marks(rows, marks).tolist() == [True, True, False, False]
     harvest._step_mine(1)
     info = harvest.ledger.step_info(1, "mine")
     # counting the mark and its piece, the 95% threshold would stop above the piece, at 0.9

@@ -1,0 +1,70 @@
+"""How precise a finished harvest really was, round by round, on a dataset with complete labels.
+
+    python benchmarks/harvest_precision.py DATA RUN [--json OUT.json]
+
+DATA must hold ``ground_truth/complete.pkl`` (the synthetic layout). Per round: the threshold,
+the V_M proposals above it that the threshold rests on (new lesions / false positives, without
+those covering V_M's own RECIST marks) with a one-sided 95% Clopper-Pearson lower bound on the
+precision, and how many of the harvested P_H^+ of all of V_H are lesions (P3D IoU >= 0.5 against
+the complete labels). The run folder is only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lesion_harvester.evaluation.api import load_truth
+from lesion_harvester.evaluation.matching import overlaps
+from lesion_harvester.harvest.ledger import Ledger
+from lesion_harvester.harvest.mine import precision_lower_bound
+from lesion_harvester.harvest.rounds import covers_marks
+from lesion_harvester.io.deeplesion import DeepLesionDataset
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("run")
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    args = parser.parse_args()
+    truth = load_truth(Path(args.data) / "ground_truth" / "complete.pkl", "p3d")
+    ledger = Ledger(Path(args.run) / "ledger.sqlite")
+    v_m = ledger.volumes("fully_annotated")
+    marks = DeepLesionDataset(args.data).marks(v_m)
+
+    def is_lesion(row) -> bool:
+        t = truth.get(row.volume)
+        return t is not None and len(t) > 0 and bool((overlaps(row.tracklet, t, "p3d") >= 0.5).any())
+
+    rounds = []
+    for r in ledger.finished_rounds("mine"):
+        threshold = ledger.step_info(r, "mine")["threshold"]
+        vm = ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
+        new = ~covers_marks(vm, marks)
+        above = new & np.array([(row.score or 0.0) >= (threshold if threshold is not None else np.inf) for row in vm],
+                               dtype=bool)
+        lesion = np.array([row.status == "fa_lesion" for row in vm], dtype=bool)
+        tp, fp = int((above & lesion).sum()), int((above & ~lesion).sum())
+        harvested = ledger.proposals(r, statuses=("harvested",))
+        real = [is_lesion(row) for row in harvested]
+        rounds.append({"round": r, "threshold": threshold, "vm_new_lesions_above": tp, "vm_false_positives_above": fp,
+                       "vm_precision_lower_bound": round(precision_lower_bound(tp, fp), 4),
+                       "n_harvested": len(harvested),
+                       "harvested_precision": round(float(np.mean(real)), 4) if real else None})
+    ledger.close()
+    for e in rounds:
+        t = "none" if e["threshold"] is None else f"{e['threshold']:.3f}"
+        p = "-" if e["harvested_precision"] is None else f"{e['harvested_precision']:.3f}"
+        print(f"round {e['round']}: threshold {t}, V_M above it {e['vm_new_lesions_above']} new lesions / "
+              f"{e['vm_false_positives_above']} FP (precision >= {e['vm_precision_lower_bound']:.2f}); "
+              f"harvested {e['n_harvested']}, of which lesions {p}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"run": args.run, "rounds": rounds}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
