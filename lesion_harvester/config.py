@@ -128,10 +128,6 @@ class LPGTrainConfig:
     # in crops from partially labelled volumes, background where the LPG already scores above this
     # is not taught as background (it may be an unmarked lesion); None: every background pixel is
     soft_negative_above: float | None = None
-    # share of crops around a marked lesion taken one slice above or below its key slice, with the
-    # mark's box as the target: more views of each lesion than its one key slice. Only for lesions
-    # whose short side is at least 4 slice intervals, so that the neighbour cuts them near full size.
-    neighbour_slice_fraction: float = 0.0
     # hard background: after each epoch, the model's false positives on the fully annotated volumes
     # (complete labels, so these are true negatives) become centres of background crops
     mine_hard_background: bool = False

@@ -205,29 +205,6 @@ def check_train_config(crop: LPGTrainConfig) -> None:
     if crop.soft_negative_above is not None and not 0.0 < crop.soft_negative_above < 1.0:
         raise ConfigError(f"lpg_train.soft_negative_above: expected a score between 0 and 1 or null, "
                           f"got {crop.soft_negative_above}")
-    if not 0.0 <= crop.neighbour_slice_fraction <= 1.0:
-        raise ConfigError(f"lpg_train.neighbour_slice_fraction: expected a share between 0 and 1, "
-                          f"got {crop.neighbour_slice_fraction}")
-
-
-def neighbour_slice(record: SliceRecord, pv: PreparedVolume, rng: np.random.Generator,
-                    min_intervals: float = 4.0) -> int:
-    """The slice above or below ``record``'s (at random) when every box of the record spans at least
-    ``min_intervals`` slice intervals along its short side, else the record's own slice.
-
-    Why: a lesion marked on its key slice is cut by the neighbouring slices too; for one at least
-    4 intervals across, a neighbour lies within half its radius of the key slice and shows it at
-    >= 87% of its key-slice size (a sphere), close enough for the key slice's box as the target.
-    """
-    boxes = np.concatenate([record.positives, record.negatives]).reshape(-1, 4)
-    if not len(boxes):
-        return record.z_index
-    pixel_mm = pv.spacing_zyx_mm[1]
-    short_mm = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) * pixel_mm
-    if short_mm.min() < min_intervals * pv.spacing_zyx_mm[0]:
-        return record.z_index
-    z = record.z_index + int(rng.choice([-1, 1]))
-    return z if 0 <= z < pv.num_slices else record.z_index
 
 
 class CropSampler:
@@ -307,10 +284,7 @@ class CropSampler:
         cx, cy = (anchor[0] + anchor[2]) / 2, (anchor[1] + anchor[3]) / 2
         x0 = int(round(cx - src * self.rng.uniform(0.2, 0.8)))
         y0 = int(round(cy - src * self.rng.uniform(0.2, 0.8)))
-        z = record.z_index
-        if self.crop.neighbour_slice_fraction and self.rng.random() < self.crop.neighbour_slice_fraction:
-            z = neighbour_slice(record, pv, self.rng)
-        return pv, z, y0, x0, src, scale, record
+        return pv, record.z_index, y0, x0, src, scale, record
 
     def sample(self) -> tuple[np.ndarray, dict]:
         """One crop: input (S, C, C) float32 and its CenterNet targets."""

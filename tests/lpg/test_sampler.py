@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 
 from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
-from lesion_harvester.lpg.data import (
-    CropSampler,
-    PreparedVolume,
-    SliceRecord,
-    TrainingData,
-    epoch_loader,
-    neighbour_slice,
-)
+from lesion_harvester.lpg.data import CropSampler, PreparedVolume, SliceRecord, TrainingData, epoch_loader
 
 
 def _volume():
@@ -143,27 +136,3 @@ def test_crops_say_whether_their_volume_is_fully_annotated():
     _, targets = sampler.batch(12)
     assert targets["complete"].shape == (12,)
     assert set(targets["complete"].tolist()) == {0.0, 1.0}  # background crops of v, crops of w
-
-
-def test_neighbour_slices_only_for_lesions_several_slice_intervals_thick():
-    rng = np.random.default_rng(4)
-    volume = _volume()  # slices 2 mm apart, 1 mm pixels
-    wide = SliceRecord("v", 2, np.array([[30.0, 10.0, 49.0, 19.0]]), np.zeros((0, 4)))  # short side 10 mm
-    thin = SliceRecord("v", 2, np.array([[30.0, 10.0, 49.0, 19.0], [5.0, 5.0, 11.0, 11.0]]), np.zeros((0, 4)))
-    assert {neighbour_slice(wide, volume, rng) for _ in range(30)} == {1, 3}
-    assert {neighbour_slice(thin, volume, rng) for _ in range(30)} == {2}  # a 7 mm lesion on the slice
-    edge = SliceRecord("v", 4, wide.positives, np.zeros((0, 4)))
-    assert {neighbour_slice(edge, volume, rng) for _ in range(30)} == {3, 4}  # never beyond the volume
-
-
-@pytest.mark.parametrize("fraction, expected", [(0.0, {2}), (1.0, {1, 3})])
-def test_object_crops_move_to_neighbour_slices_by_the_configured_share(fraction, expected):
-    sampler = _sampler(neighbour_slice_fraction=fraction)
-    assert {sampler._around_object()[1] for _ in range(30)} == expected
-
-
-def test_neighbour_share_outside_0_1_is_a_config_error():
-    from lesion_harvester.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="neighbour_slice_fraction"):
-        _sampler(neighbour_slice_fraction=1.5)
