@@ -158,6 +158,9 @@ class ScanConfig:
     top_k: int = 100
     shared: bool = True  # compute each triplet once per volume
     amp: bool = True  # half precision on CUDA
+    # CenterNet's flip test: average the heatmap and sizes with those of the mirrored slices
+    # (twice the compute)
+    flip_test: bool = False
 
 
 @dataclass(frozen=True)

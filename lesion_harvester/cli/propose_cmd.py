@@ -16,6 +16,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-slices", type=int, default=8)
     p.add_argument("--naive", action="store_true", help="compute every slice's context from scratch (for checks)")
+    p.add_argument("--flip-test", action="store_true",
+                   help="average with the left-right mirrored slices (CenterNet's flip test; twice the compute)")
     p.add_argument("--cache-dir", default=None)
     p.set_defaults(handler=run)
 
@@ -31,7 +33,7 @@ def run(args) -> int:
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
     # the stacking settings travel with the checkpoint (presets differ in their link IoU)
-    scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive)
+    scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive, flip_test=args.flip_test)
     results = propose(args.data, args.checkpoint, args.out, args.split, None, scan, args.device, args.cache_dir,
                       score_threshold=args.score_threshold)
     n = sum(len(t) for t in results.values())

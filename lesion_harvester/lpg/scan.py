@@ -62,9 +62,25 @@ class Scanner:
             padded[:, :, w:] = air
         return padded.to(self.device)
 
-    def _forward_targets(self, pv: PreparedVolume, targets: list[int], shared: bool) -> Iterator:
-        """Yields (target indices, (hm logits, wh, reg)) batch by batch."""
+    def _outputs(self, pv: PreparedVolume, targets: list[int], shared: bool) -> Iterator:
+        """Yields (target indices, (hm logits, wh, reg)) batch by batch; with ``flip_test`` the
+        heatmap probabilities and sizes are averaged with those of the left-right mirrored volume,
+        mirrored back (offsets stay the plain pass's, as in CenterNet)."""
+        plain = self._forward_targets(pv, targets, shared)
+        if not self.scan.flip_test:
+            yield from plain
+            return
+        mirrored = self._forward_targets(pv, targets, shared, mirror=True)
+        for (chunk, (hm, wh, reg)), (_, (hm_m, wh_m, _)) in zip(plain, mirrored):
+            heat = (clamped_sigmoid(hm) + clamped_sigmoid(hm_m).flip(-1)) / 2
+            yield chunk, (torch.logit(heat), (wh.float() + wh_m.float().flip(-1)) / 2, reg)
+
+    def _forward_targets(self, pv: PreparedVolume, targets: list[int], shared: bool,
+                         mirror: bool = False) -> Iterator:
+        """Yields (target indices, (hm logits, wh, reg)) batch by batch, of the mirrored volume if asked."""
         volume = self._volume_tensor(pv)
+        if mirror:  # after padding to a multiple of 16, so that output cells mirror onto output cells
+            volume = volume.flip(-1)
         positions = pv.context_positions(self.model.cfg.num_slices, self.pre)
         k = self.model.num_triplets
         batch = max(1, self.scan.batch_slices)
@@ -115,7 +131,7 @@ class Scanner:
         """(T, h, w) heatmap probabilities of the target slices (default all), for checks and benchmarks."""
         targets = list(range(pv.num_slices)) if targets is None else targets
         out = []
-        for _, (hm, _, _) in self._forward_targets(pv, targets, shared):
+        for _, (hm, _, _) in self._outputs(pv, targets, shared):
             out.append(clamped_sigmoid(hm)[:, 0].float().cpu().numpy())
         return np.concatenate(out)
 
@@ -125,7 +141,7 @@ class Scanner:
         targets = list(range(pv.num_slices)) if targets is None else targets
         result = {}
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.autocast):
-            for chunk, (hm, wh, reg) in self._forward_targets(pv, targets, self.scan.shared):
+            for chunk, (hm, wh, reg) in self._outputs(pv, targets, self.scan.shared):
                 boxes, scores = decode(hm, wh, reg, self.scan.top_k, self.model.stride)
                 boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
                 height, width = pv.original_shape[1:]

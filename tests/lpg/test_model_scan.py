@@ -94,3 +94,19 @@ def test_scanning_feeds_the_presets_window_and_pads_with_air():
     expected = normalize_hu(stored_to_hu(torch.from_numpy(pv.image.astype(np.float32))), pre.window_hu, 50.0)
     assert torch.allclose(x[:, :h, :w], expected, atol=1e-3)
     assert torch.all(x[:, :, w:] == -50.0)  # air: the bottom of the window, minus the mean
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_flip_test_averages_with_the_mirrored_volume(shared):
+    import dataclasses
+
+    model, pre = _model(), PreprocessConfig()
+    pv = _volume(2.0, slices=6, h=48, w=32)  # a multiple of 16 wide: no padding to mirror
+    mirrored = dataclasses.replace(pv, image=np.ascontiguousarray(pv.image[:, :, ::-1]))
+    plain = Scanner(model, pre, ScanConfig(batch_slices=4, shared=shared))
+    flipped = Scanner(model, pre, ScanConfig(batch_slices=4, shared=shared, flip_test=True))
+    expected = (plain.heatmaps(pv, shared) + plain.heatmaps(mirrored, shared)[:, :, ::-1]) / 2
+    assert np.abs(flipped.heatmaps(pv, shared) - expected).max() < 1e-5
+    assert np.abs(plain.heatmaps(pv, shared) - expected).max() > 1e-3  # the mirrored pass changes something
+    boxes = flipped.predict(pv)[0].boxes_xyxy_px
+    assert boxes.shape[1] == 4 and (boxes[:, 2] >= boxes[:, 0]).all()
