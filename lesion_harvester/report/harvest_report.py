@@ -257,9 +257,9 @@ def render_markdown(report: dict, froc_rows) -> str:
                         f"(>= {support['precision_lower_bound']:.2f})")
         lines.append(f"| {entry['round']} | {entry.get('fusion_exponent', 1.0):g} | {t} | {evidence} | "
                      f"{entry['n_harvested']} | {entry['n_new']} | {entry['n_hard_negatives']} |")
-    lines += ["", "The threshold is measured on V_M's proposals that do not cover an original RECIST mark (in V_H "
-                  "those are what gets harvested). With few V_M lesions above it, the 95% is an estimate: the "
-                  "confidence bound says how far V_M supports it."]
+    lines += ["", "The threshold is measured on V_M's proposals that do not cover one of V_M's original RECIST "
+                  "marks (in V_H only such proposals can be harvested). With few V_M lesions above it the 95% is "
+                  "an estimate; the confidence bound says how far V_M supports it."]
     if "harvested_labels" in report:
         h = report["harvested_labels"]
         alone = h.get("harvested_precision")
