@@ -216,6 +216,12 @@ class HarvestConfig:
     finetune_iters_per_epoch: int = 500
     finetune_lr_factor: float = 0.5
     lpc_variants: bool = True  # round 1: also train the axial and 3D LPCs (the paper's Fig. 5b)
+    # V_M volumes kept out of all LPG training (for the LPG they are harvest volumes: their original
+    # marks only) and on which alone the threshold and the fusion exponent are set; 0: all of V_M
+    # does both, as in the paper. Why: the LPG's hard-background mining and its training on V_M's
+    # complete labels suppress exactly V_M's highest-scored false positives, so V_M looks cleaner
+    # than V_H at the scores where the threshold falls.
+    calibration_volumes: int = 0
     variant_epochs: int = 0  # epochs of those comparison LPCs (0: as lpc.epochs)
 
 

@@ -9,7 +9,8 @@ the previous LPG on the highest-objectness slice of every proposal in P_M^R, P_H
 (positives) and P_M^-, P_H^- (hard negatives, through the HNSL), pooled over the earlier rounds.
 The LPC is trained in K folds over V_M: each V_M proposal is scored by the model that did not see
 its volume (so the 95%-precision threshold is not set on training data), and V_H proposals by the
-mean of the fold models.
+mean of the fold models. With ``harvest.calibration_volumes`` some V_M volumes are kept out of LPG
+training too, and the threshold is set on them alone.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from lesion_harvester.harvest.mine import (
     precision_threshold,
 )
 from lesion_harvester.harvest.verify import match_known
-from lesion_harvester.io.annotations import RecistMark, Tracklet, write_tracklets
+from lesion_harvester.io.annotations import RecistMark, Tracklet, write_slice_boxes, write_tracklets
 from lesion_harvester.io.partition import Partition, resolve_partition
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc, train_lpc
@@ -111,6 +112,17 @@ def covers_marks(rows: list[ProposalRow], marks: dict[str, list[RecistMark]], io
     return out
 
 
+def calibration_volumes(fully_annotated: list[str], n: int, seed: int) -> list[str]:
+    """``n`` V_M volumes drawn with ``seed`` (sorted), to be kept out of LPG training; [] for n = 0."""
+    if n <= 0:
+        return []
+    if n >= len(fully_annotated):
+        raise ConfigError(f"harvest.calibration_volumes: {n} of the {len(fully_annotated)} fully annotated volumes "
+                          "would leave none for the LPG; use fewer (0: all of V_M trains the LPG, as in the paper)")
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(sorted(fully_annotated), n, replace=False).tolist())
+
+
 class Harvest:
     """One harvest run in ``run_dir`` over a DeepLesion-layout dataset."""
 
@@ -147,6 +159,8 @@ class Harvest:
             self.ledger.set_volumes(list(self.inputs.fully_annotated), self.inputs.harvest, list(self.inputs.holdout))
         dump_config(preset, self.run / "config.yaml")
         self.cache = PreparedCache(default_cache_dir(self.data), preset.preprocess)
+        self.calibration = calibration_volumes(list(self.inputs.fully_annotated), preset.harvest.calibration_volumes,
+                                               preset.lpg_train.seed)
 
     # --- the rounds --------------------------------------------------------------------------------
     def run_rounds(self, rounds: int) -> None:
@@ -182,10 +196,22 @@ class Harvest:
         return self.run / f"round_{r}"
 
     # --- step 1: LPG --------------------------------------------------------------------------------
+    def lpg_fully_annotated_file(self) -> str | None:
+        """The V_M labels the LPG trains on: all of them, or (with calibration volumes) a file in the
+        run folder without the calibration volumes, which the LPG then treats as harvest volumes."""
+        if not self.calibration:
+            return self.inputs.fully_annotated_file
+        path = self.run / "lpg_fully_annotated.pkl"
+        if not path.is_file():
+            held = set(self.calibration)
+            write_slice_boxes(path, {k: v for k, v in self.inputs.fully_annotated.items() if k not in held})
+        return str(path)
+
     def _step_lpg(self, r: int) -> None:
         out = self.round_dir(r) / "lpg"
+        fully_annotated = self.lpg_fully_annotated_file()
         if r == 1:
-            train_lpg(self.data, out, self.preset, self.device, fully_annotated=self.inputs.fully_annotated_file,
+            train_lpg(self.data, out, self.preset, self.device, fully_annotated=fully_annotated,
                       progress=self.progress)
         else:
             positives, negatives = self.pooled_examples(r - 1)
@@ -197,7 +223,7 @@ class Harvest:
             finetune = dataclasses.replace(self.preset, lpg_train=dataclasses.replace(
                 t, epochs=h.finetune_epochs, iters_per_epoch=h.finetune_iters_per_epoch, lr=t.lr * h.finetune_lr_factor,
                 warmup_iters=min(t.warmup_iters, 50), seed=t.seed + r))
-            train_lpg(self.data, out, finetune, self.device, fully_annotated=self.inputs.fully_annotated_file,
+            train_lpg(self.data, out, finetune, self.device, fully_annotated=fully_annotated,
                       extra_positives=str(pos_path), hard_negatives=str(neg_path),
                       init=str(self.round_dir(r - 1) / "lpg" / "best.pt"), progress=self.progress)
         with self.ledger.transaction() as db:
@@ -215,9 +241,16 @@ class Harvest:
             for row in self.ledger.proposals(r, statuses=POSITIVE):
                 positives.append((row.volume, row.tracklet))
             negatives += self.hard_negatives(r)
-        positives = dedupe(positives)
+        held = set(self.calibration)  # what the LPG must not learn from
+        positives = dedupe([item for item in positives if item[0] not in held])
+        negatives = [item for item in negatives if item[0] not in held]
         negatives = [item for item in dedupe(negatives + positives, 0.1) if item not in positives]
         return positives, negatives
+
+    def threshold_rows(self, rows: list[ProposalRow]) -> list[ProposalRow]:
+        """The V_M proposals that set the threshold and the fusion exponent: the calibration volumes', if any."""
+        held = set(self.calibration)
+        return [row for row in rows if row.volume in held] if held else rows
 
     def hard_negatives(self, r: int) -> list[tuple[str, Tracklet]]:
         """P_H^- of round r, and the hard part of its P_M^- (the P_H^- rule applied to V_M)."""
@@ -346,9 +379,11 @@ class Harvest:
             scores = np.mean([predict_lpc(m, x, device=self.device) for m in models], axis=0)
             probability.update({(row.volume, row.idx): float(s) for row, s in zip(chunk, scores)})
         vm = self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
-        s_c_vm = np.array([probability.get((row.volume, row.idx), 0.0) for row in vm])
+        chooser = self.threshold_rows(vm)
+        s_c_vm = np.array([probability.get((row.volume, row.idx), 0.0) for row in chooser])
         exponent, table = choose_fusion_exponent(
-            np.array([row.objectness for row in vm]), s_c_vm, np.array([row.status == "fa_lesion" for row in vm]),
+            np.array([row.objectness for row in chooser]), s_c_vm,
+            np.array([row.status == "fa_lesion" for row in chooser]),
             self.preset.harvest.fusion_exponents, self.preset.harvest.precision)
         updates = []
         for row in vm + self.ledger.proposals(r, statuses=("candidate",)):
@@ -385,10 +420,10 @@ class Harvest:
     # --- step 6: mine -------------------------------------------------------------------------------
     def _step_mine(self, r: int) -> None:
         h = self.preset.harvest
-        vm = self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
+        vm = self.threshold_rows(self.ledger.proposals(r, statuses=("fa_lesion", "fa_negative")))
         vm_score = np.array([row.score or 0.0 for row in vm])
         vm_lesion = np.array([row.status == "fa_lesion" for row in vm], dtype=bool)
-        original = self.inputs.dataset.marks(list(self.inputs.fully_annotated))
+        original = self.inputs.dataset.marks(sorted({row.volume for row in vm}))
         new_in_vm = ~covers_marks(vm, original, h.verify_iou)
         threshold = precision_threshold(vm_score[new_in_vm], vm_lesion[new_in_vm], h.precision)
         above = new_in_vm & (vm_score >= threshold)
@@ -413,7 +448,7 @@ class Harvest:
             self.ledger.set_statuses(db, r, updates)
             self.ledger.finish_step(db, r, "mine", {
                 "threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
-                "n_hard_negatives": int(hard.sum()), "n_fa_negative": sum(row.status == "fa_negative" for row in vm),
+                "n_hard_negatives": int(hard.sum()), "n_fa_negative": self.ledger.count(r, "fa_negative"),
                 "n_new": int(n_new), "n_marked_pieces": len(pieces),
                 # the V_M evidence behind the threshold: new lesions and false positives above it
                 "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,

@@ -178,3 +178,42 @@ def test_threshold_is_set_on_the_v_m_proposals_a_harvest_would_count_as_new(tiny
     assert info["threshold"] == pytest.approx(0.8)
     assert (info["vm_new_lesions_above"], info["vm_false_positives_above"]) == (1, 0)
     assert info["precision_lower_bound"] == pytest.approx(0.05)  # one correct proposal proves little
+
+
+def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshold(tiny_dataset, tmp_path):
+    import dataclasses
+
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.errors import ConfigError
+    from lesion_harvester.harvest.rounds import Harvest
+    from lesion_harvester.io.annotations import Tracklet, read_slice_boxes
+
+    preset = load_preset("tiny")
+    preset = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, calibration_volumes=1))
+    harvest = Harvest(tiny_dataset, tmp_path / "run", preset, progress=False)
+    v_m = sorted(harvest.inputs.fully_annotated)
+    assert len(harvest.calibration) == 1 and set(harvest.calibration) < set(v_m)
+    assert Harvest(tiny_dataset, tmp_path / "run", preset, progress=False).calibration == harvest.calibration
+    (held,) = harvest.calibration
+    (other,) = set(v_m) - {held}
+    assert set(read_slice_boxes(harvest.lpg_fully_annotated_file())) == {other}  # the LPG's V_M
+
+    def tracklet(x, score):  # single-slice boxes in a corner, far from every mark
+        return Tracklet(np.array([0]), np.array([[x, 0.0, x + 3.0, 3.0]]), np.array([score]))
+
+    # the calibration volume: a lesion at 0.8, a false positive at 0.5; the other: a false positive at 0.9
+    with harvest.ledger.transaction() as db:
+        harvest.ledger.add_proposals(db, 1, {held: [tracklet(0.0, 0.8), tracklet(20.0, 0.5)],
+                                             other: [tracklet(0.0, 0.9)]})
+        harvest.ledger.set_statuses(db, 1, [(held, 0, "fa_lesion"), (held, 1, "fa_negative"),
+                                            (other, 0, "fa_negative")])
+        harvest.ledger.set_scores(db, 1, [(held, 0, 1.0, 0.8), (held, 1, 1.0, 0.5), (other, 0, 1.0, 0.9)])
+    positives, negatives = harvest.pooled_examples(1)
+    assert {key for key, _ in positives + negatives} == {other}  # nothing of the calibration volume
+    harvest._step_mine(1)
+    # all of V_M would stop at the other volume's false positive (no threshold at all)
+    assert harvest.ledger.step_info(1, "mine")["threshold"] == pytest.approx(0.8)
+
+    too_many = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, calibration_volumes=2))
+    with pytest.raises(ConfigError, match="calibration_volumes"):
+        Harvest(tiny_dataset, tmp_path / "other_run", too_many, progress=False)
