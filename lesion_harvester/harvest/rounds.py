@@ -140,6 +140,9 @@ class Harvest:
             raise ConfigError(f"harvest.fusion_exponents: expected one or more exponents >= 0 "
                               f"(1.0 is the paper's s_g * s_c), got {list(exponents)}")
         self.inputs: Partition = resolve_partition(self.data, fully_annotated, holdout, need_holdout=True)
+        # checked before the run folder is written, so a corrected setting can use the same --out
+        self.calibration = calibration_volumes(list(self.inputs.fully_annotated), preset.harvest.calibration_volumes,
+                                               preset.lpg_train.seed)
         self.run.mkdir(parents=True, exist_ok=True)
         self.ledger = Ledger(self.run / "ledger.sqlite")
         # --rounds may grow between runs of one harvest; every other setting must match
@@ -159,8 +162,6 @@ class Harvest:
             self.ledger.set_volumes(list(self.inputs.fully_annotated), self.inputs.harvest, list(self.inputs.holdout))
         dump_config(preset, self.run / "config.yaml")
         self.cache = PreparedCache(default_cache_dir(self.data), preset.preprocess)
-        self.calibration = calibration_volumes(list(self.inputs.fully_annotated), preset.harvest.calibration_volumes,
-                                               preset.lpg_train.seed)
 
     # --- the rounds --------------------------------------------------------------------------------
     def run_rounds(self, rounds: int) -> None:

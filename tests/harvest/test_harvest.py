@@ -217,3 +217,4 @@ def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshol
     too_many = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, calibration_volumes=2))
     with pytest.raises(ConfigError, match="calibration_volumes"):
         Harvest(tiny_dataset, tmp_path / "other_run", too_many, progress=False)
+    assert not (tmp_path / "other_run").exists()  # nothing written that a corrected run would trip over
