@@ -42,13 +42,17 @@ def main() -> None:
 
     rounds = []
     for r in ledger.finished_rounds("mine"):
-        threshold = ledger.step_info(r, "mine")["threshold"]
-        vm = ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
-        new = ~covers_marks(vm, marks)
-        above = new & np.array([(row.score or 0.0) >= (threshold if threshold is not None else np.inf) for row in vm],
-                               dtype=bool)
-        lesion = np.array([row.status == "fa_lesion" for row in vm], dtype=bool)
-        tp, fp = int((above & lesion).sum()), int((above & ~lesion).sum())
+        info = ledger.step_info(r, "mine")
+        threshold = info["threshold"]
+        if "vm_new_lesions_above" in info:  # recorded by the harvest (on its calibration volumes, if any)
+            tp, fp = info["vm_new_lesions_above"], info["vm_false_positives_above"]
+        else:  # older runs: recomputed on all of V_M
+            vm = ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
+            new = ~covers_marks(vm, marks)
+            score = np.array([row.score or 0.0 for row in vm])
+            above = new & (score >= (threshold if threshold is not None else np.inf))
+            lesion = np.array([row.status == "fa_lesion" for row in vm], dtype=bool)
+            tp, fp = int((above & lesion).sum()), int((above & ~lesion).sum())
         harvested = ledger.proposals(r, statuses=("harvested",))
         real = [is_lesion(row) for row in harvested]
         rounds.append({"round": r, "threshold": threshold, "vm_new_lesions_above": tp, "vm_false_positives_above": fp,
