@@ -1,0 +1,111 @@
+"""Where an LPG's false positives lie, on a dataset with complete 3D labels.
+
+    python benchmarks/lpg_false_positives.py DATA DETS.pkl [--split detection_test] [--min-score 0.3]
+        [--fp-per-volume 4] [--json OUT.json]
+
+DATA must hold ``ground_truth/complete.pkl`` and ``ground_truth/boxes_3d.pkl`` (the synthetic
+layout); DETS.pkl is a ``propose`` output. Two questions, answered separately:
+
+- above ``--min-score``: how many false positives (P3D, as ``evaluate``) touch a lesion's 3D box
+  on some slice (pieces or neighbours of lesions) and how many lie nowhere near one (mimics);
+- at the score of ``--fp-per-volume``: the size (longest side less DeepLesion's 2 x 5 px padding,
+  in mm) and z extent (mm) of the true and false positives, in bins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lesion_harvester.evaluation.api import load_truth
+from lesion_harvester.evaluation.metrics import evaluate_detections
+from lesion_harvester.geometry.boxes import iou_voc
+from lesion_harvester.io.annotations import read_any_boxes, read_boxes_3d
+
+SIZE_BINS_MM = (0, 6, 9, 12, 16, 25, 50, np.inf)
+Z_BINS_MM = (0, 5, 10, 20, 40, 80, np.inf)
+BOX_PADDING_PX = 10.0  # DeepLesion boxes: RECIST extent + 5 px on each side
+
+
+def touches_lesion(tracklet, boxes_3d) -> bool:
+    """Whether any of the tracklet's slices overlaps a lesion's 3D box on that slice."""
+    for lesion in boxes_3d:
+        z_lo, z_hi = lesion.z_range
+        inside = (tracklet.z_indices >= z_lo) & (tracklet.z_indices <= z_hi)
+        if inside.any() and iou_voc(np.array(lesion.box_xyxy_px), tracklet.boxes_xyxy_px[inside]).max() > 0:
+            return True
+    return False
+
+
+def binned(values: np.ndarray, is_tp: np.ndarray, edges) -> list[dict]:
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        m = (values >= lo) & (values < hi)
+        out.append({"from": float(lo), "to": float(hi), "tp": int((m & is_tp).sum()), "fp": int((m & ~is_tp).sum())})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data")
+    parser.add_argument("detections")
+    parser.add_argument("--split", default="detection_test")
+    parser.add_argument("--min-score", type=float, default=0.3)
+    parser.add_argument("--fp-per-volume", type=float, default=4.0)
+    parser.add_argument("--json", default=None, help="also write the figures here")
+    args = parser.parse_args()
+    data = Path(args.data)
+    keys = json.loads((data / "splits.json").read_text())[args.split]
+    volumes = {v["key"]: v for v in json.loads((data / "ground_truth" / "volumes.json").read_text())}
+    truth = {k: v for k, v in load_truth(data / "ground_truth" / "complete.pkl", "p3d").items() if k in keys}
+    boxes_3d = read_boxes_3d(data / "ground_truth" / "boxes_3d.pkl")
+    detections = {k: v for k, v in read_any_boxes(args.detections).items() if k in truth}
+    result = evaluate_detections(truth, detections)
+
+    at = min(int(np.searchsorted(result.fp_per_volume, args.fp_per_volume)), len(result.scores) - 1)
+    score_at = float(result.scores[at])
+    near = mimics = 0
+    size_mm, z_mm, is_tp = [], [], []
+    for key, tracklets in detections.items():
+        pixel_mm, interval_mm = volumes[key]["pixel_mm"], volumes[key]["interval_mm"]
+        for i, t in enumerate(tracklets):
+            tp = bool(result.detection_is_tp[key][i])
+            if t.score >= args.min_score and not tp:
+                if touches_lesion(t, boxes_3d.get(key, [])):
+                    near += 1
+                else:
+                    mimics += 1
+            if t.score >= score_at:
+                box = t.boxes_xyxy_px[t.key_index]
+                size_mm.append((max(box[2] - box[0], box[3] - box[1]) - BOX_PADDING_PX) * pixel_mm)
+                z_mm.append((t.z_indices.max() - t.z_indices.min() + 1) * interval_mm)
+                is_tp.append(tp)
+    is_tp_arr = np.array(is_tp, dtype=bool)
+    report = {
+        "split": args.split,
+        "volumes": len(truth),
+        "ap": result.ap,
+        "froc": result.froc,
+        "above_min_score": {"min_score": args.min_score, "fp_touching_a_lesion": near, "fp_elsewhere": mimics},
+        "at_fp_per_volume": {
+            "fp_per_volume": args.fp_per_volume,
+            "score": score_at,
+            "size_mm": binned(np.array(size_mm), is_tp_arr, SIZE_BINS_MM),
+            "z_extent_mm": binned(np.array(z_mm), is_tp_arr, Z_BINS_MM),
+        },
+    }
+    text = json.dumps(report, indent=1, default=float)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    small = sum(b["fp"] for b in report["at_fp_per_volume"]["size_mm"][:2])
+    print(f"above score {args.min_score}: {mimics} of {near + mimics} false positives touch no lesion; "
+          f"at {args.fp_per_volume:g} FP/volume (score {score_at:.3f}) {small} of {int((~is_tp_arr).sum())} "
+          f"false positives are under {SIZE_BINS_MM[2]} mm")
+
+
+if __name__ == "__main__":
+    main()
