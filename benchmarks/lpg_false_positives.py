@@ -64,6 +64,8 @@ def main() -> None:
     boxes_3d = read_boxes_3d(data / "ground_truth" / "boxes_3d.pkl")
     detections = {k: v for k, v in read_any_boxes(args.detections).items() if k in truth}
     result = evaluate_detections(truth, detections)
+    if len(result.scores) == 0:
+        raise SystemExit(f"{args.detections}: no detections in the {len(truth)} volumes of split '{args.split}'")
 
     at = min(int(np.searchsorted(result.fp_per_volume, args.fp_per_volume)), len(result.scores) - 1)
     score_at = float(result.scores[at])
