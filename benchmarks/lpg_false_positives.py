@@ -24,6 +24,7 @@ from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.geometry.boxes import iou_voc
 from lesion_harvester.io.annotations import read_any_boxes, read_boxes_3d
+from lesion_harvester.io.splits import read_splits
 
 SIZE_BINS_MM = (0, 6, 9, 12, 16, 25, 50, np.inf)
 Z_BINS_MM = (0, 5, 10, 20, 40, 80, np.inf)
@@ -58,7 +59,10 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     data = Path(args.data)
-    keys = json.loads((data / "splits.json").read_text())[args.split]
+    splits = read_splits(data) or {}
+    if args.split not in splits:
+        raise SystemExit(f"{data / 'splits.json'}: no split '{args.split}' (the synthetic layout is needed)")
+    keys = splits[args.split]
     volumes = {v["key"]: v for v in json.loads((data / "ground_truth" / "volumes.json").read_text())}
     truth = {k: v for k, v in load_truth(data / "ground_truth" / "complete.pkl", "p3d").items() if k in keys}
     boxes_3d = read_boxes_3d(data / "ground_truth" / "boxes_3d.pkl")
