@@ -1,32 +1,39 @@
-"""Where an LPG's false positives lie, on a dataset with complete 3D labels.
+"""Where an LPG errs, on a synthetic dataset (complete 3D labels): its false positives and its misses.
 
-    python benchmarks/lpg_false_positives.py DATA DETS.pkl [--split detection_test] [--min-score 0.3]
+    python benchmarks/lpg_errors.py DATA DETS.pkl [--split detection_test] [--min-score 0.3]
         [--fp-per-volume 4] [--json OUT.json]
 
-DATA must hold ``ground_truth/complete.pkl`` and ``ground_truth/boxes_3d.pkl`` (the synthetic
-layout); DETS.pkl is a ``propose`` output. Two questions, answered separately:
+DATA must hold ``ground_truth/complete.pkl``, ``boxes_3d.pkl`` and ``lesions.csv`` (the synthetic
+layout); DETS.pkl is a ``propose`` output. Three questions, answered separately:
 
 - above ``--min-score``: how many false positives (P3D, as ``evaluate``) touch a lesion's 3D box
   on some slice (pieces or neighbours of lesions) and how many lie nowhere near one (mimics);
 - at the score of ``--fp-per-volume``: the size (longest side less DeepLesion's 2 x 5 px padding,
-  in mm) and z extent (mm) of the true and false positives, in bins.
+  in mm) and z extent (mm) of the true and false positives, in bins;
+- at that score: the share of lesions found, by long diameter, by kind and by contrast to their
+  host tissue (found: a proposal at or above the score hits the lesion, P3D IoU >= 0.5), and the
+  share that any proposal at all hits.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
 from lesion_harvester.evaluation.api import load_truth
+from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
 from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.geometry.boxes import iou_voc
-from lesion_harvester.io.annotations import read_any_boxes, read_boxes_3d
+from lesion_harvester.io.annotations import SliceBox, read_any_boxes, read_boxes_3d
 from lesion_harvester.io.splits import read_splits
 
 SIZE_BINS_MM = (0, 6, 9, 12, 16, 25, 50, np.inf)
+LONG_BINS_MM = (0, 10, 15, 20, 30, 60, np.inf)
+CONTRAST_BINS_HU = (0, 20, 40, 60, 100, 200, np.inf)
 Z_BINS_MM = (0, 5, 10, 20, 40, 80, np.inf)
 BOX_PADDING_PX = 10.0  # DeepLesion boxes: RECIST extent + 5 px on each side
 
@@ -47,6 +54,35 @@ def binned(values: np.ndarray, is_tp: np.ndarray, edges) -> list[dict]:
         m = (values >= lo) & (values < hi)
         out.append({"from": float(lo), "to": float(hi), "tp": int((m & is_tp).sum()), "fp": int((m & ~is_tp).sum())})
     return out
+
+
+def lesions_found(data: Path, keys: list[str], detections: dict, score_at: float) -> list[dict]:
+    """Per lesion of ``lesions.csv`` in ``keys``: its long diameter, kind and contrast, the best score
+    of a proposal hitting it (P3D IoU >= 0.5; 0 if none) and whether that reaches ``score_at``."""
+    out = []
+    with open(data / "ground_truth" / "lesions.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            key = row["volume_key"]
+            if key not in keys:
+                continue
+            box = tuple(float(row[c]) for c in ("x1", "y1", "x2", "y2"))
+            truth = VolumeTruth.from_slice_boxes([SliceBox(int(row["key_z"]), box)])
+            best = max((t.score for t in detections.get(key, []) if overlaps(t, truth, "p3d")[0] >= 0.5), default=0.0)
+            out.append({"long_mm": float(row["long_mm"]), "kind": row["kind"], "best_score": float(best),
+                        "contrast_hu": abs(float(row["value_hu"]) - float(row["host_hu"])), "found": best >= score_at})
+    return out
+
+
+def found_shares(lesions: list[dict], field: str, edges=None) -> list[dict]:
+    """Share of lesions found at the operating point, and hit at any score, per bin (or per value)."""
+    if edges is None:
+        groups = [(value, [x for x in lesions if x[field] == value]) for value in sorted({x[field] for x in lesions})]
+    else:
+        groups = [(f"{lo:g}-{hi:g}", [x for x in lesions if lo <= x[field] < hi])
+                  for lo, hi in zip(edges[:-1], edges[1:])]
+    return [{"bin": name, "lesions": len(group), "found": float(np.mean([x["found"] for x in group])),
+             "hit_at_any_score": float(np.mean([x["best_score"] > 0 for x in group]))}
+            for name, group in groups if group]
 
 
 def main() -> None:
@@ -90,6 +126,7 @@ def main() -> None:
                 z_mm.append((t.z_indices.max() - t.z_indices.min() + 1) * interval_mm)
                 is_tp.append(tp)
     is_tp_arr = np.array(is_tp, dtype=bool)
+    lesions = lesions_found(data, keys, detections, score_at)
     report = {
         "split": args.split,
         "volumes": len(truth),
@@ -102,6 +139,12 @@ def main() -> None:
             "size_mm": binned(np.array(size_mm), is_tp_arr, SIZE_BINS_MM),
             "z_extent_mm": binned(np.array(z_mm), is_tp_arr, Z_BINS_MM),
         },
+        "lesions_found": {
+            "lesions": len(lesions),
+            "long_mm": found_shares(lesions, "long_mm", LONG_BINS_MM),
+            "kind": found_shares(lesions, "kind"),
+            "contrast_hu": found_shares(lesions, "contrast_hu", CONTRAST_BINS_HU),
+        },
     }
     text = json.dumps(report, indent=1, default=float)
     print(text)
@@ -111,6 +154,9 @@ def main() -> None:
     print(f"above score {args.min_score}: {mimics} of {near + mimics} false positives touch no lesion; "
           f"at {args.fp_per_volume:g} FP/volume (score {score_at:.3f}) {small} of {int((~is_tp_arr).sum())} "
           f"false positives are under {SIZE_BINS_MM[2]} mm")
+    small_found = report["lesions_found"]["long_mm"][0]
+    print(f"lesions found at that score: {np.mean([x['found'] for x in lesions]):.3f} of {len(lesions)}; "
+          f"under {LONG_BINS_MM[1]} mm: {small_found['found']:.2f} of {small_found['lesions']}")
 
 
 if __name__ == "__main__":
