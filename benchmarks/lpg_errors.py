@@ -59,11 +59,11 @@ def binned(values: np.ndarray, is_tp: np.ndarray, edges) -> list[dict]:
 def lesions_found(data: Path, keys: list[str], detections: dict, score_at: float) -> list[dict]:
     """Per lesion of ``lesions.csv`` in ``keys``: its long diameter, kind and contrast, the best score
     of a proposal hitting it (P3D IoU >= 0.5; 0 if none) and whether that reaches ``score_at``."""
-    out = []
+    out, wanted = [], set(keys)
     with open(data / "ground_truth" / "lesions.csv", newline="") as f:
         for row in csv.DictReader(f):
             key = row["volume_key"]
-            if key not in keys:
+            if key not in wanted:
                 continue
             box = tuple(float(row[c]) for c in ("x1", "y1", "x2", "y2"))
             truth = VolumeTruth.from_slice_boxes([SliceBox(int(row["key_z"]), box)])
