@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 
 from lesion_harvester.errors import DataError
@@ -47,11 +48,15 @@ def add_marked_volumes(base: Path, extra: Path, out: Path, max_volumes: int | No
     if max(int(k[:6]) for k in keys) + offset >= 10**6:
         raise DataError(extra, "patient indices too large to renumber into 6 digits")
 
-    images = out / "Images_png"
+    # built beside OUT and renamed at the end, so a failure never leaves a half-made OUT
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    images = partial / "Images_png"
     images.mkdir(parents=True)
     for folder in (base / "Images_png").iterdir():
         os.symlink(folder.resolve(), images / folder.name)
-    os.symlink((base / "ground_truth").resolve(), out / "ground_truth")
+    os.symlink((base / "ground_truth").resolve(), partial / "ground_truth")
     rows, new_keys = list(base_rows), []
     for key in keys:
         sub = extra_data.sub_volumes[key]
@@ -62,20 +67,21 @@ def add_marked_volumes(base: Path, extra: Path, out: Path, max_volumes: int | No
             rows.append(dataclasses.replace(row, patient_index=row.patient_index + offset,
                                             file_name=f"{folder}_{row.key_slice_index:03d}.png"))
         new_keys.append(_renumber(key, offset))
-    write_dl_info(out / "DL_info.csv", rows)
+    write_dl_info(partial / "DL_info.csv", rows)
     splits = dict(base_splits, harvest=base_splits["harvest"] + new_keys)
-    (out / "splits.json").write_text(json.dumps(splits, indent=1))
+    (partial / "splits.json").write_text(json.dumps(splits, indent=1))
 
     # prepared volumes of either dataset stay valid under the new names (same preset fingerprints)
     for root, rename in ((base, False), (extra, True)):
         if not (root / CACHE_DIR).is_dir():
             continue
         for fingerprint in (root / CACHE_DIR).iterdir():
-            target = out / CACHE_DIR / fingerprint.name
+            target = partial / CACHE_DIR / fingerprint.name
             target.mkdir(parents=True, exist_ok=True)
             for f in fingerprint.iterdir():
                 if not f.name.startswith("."):  # skip temporary files of an interrupted write
                     os.symlink(f.resolve(), target / (_renumber(f.name, offset) if rename else f.name))
+    partial.rename(out)
     return {"harvest_volumes": len(splits["harvest"]), "added_volumes": len(new_keys),
             "marks": len(rows), "added_marks": len(rows) - len(base_rows)}
 

@@ -30,6 +30,7 @@ def test_add_marked_volumes_grows_only_the_harvest_split(tiny_dataset, tmp_path)
     out = tmp_path / "more"
     # the same dataset serves as EXTRA: its renumbered copies must not collide with the originals
     counts = tool.add_marked_volumes(tiny_dataset, tiny_dataset, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["more"]  # built aside, then renamed
     base_splits = json.loads((tiny_dataset / "splits.json").read_text())
     splits = json.loads((out / "splits.json").read_text())
     added = splits["harvest"][len(base_splits["harvest"]):]
