@@ -23,8 +23,7 @@ from pathlib import Path
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.deeplesion import DeepLesionDataset, read_dl_info, write_dl_info
 from lesion_harvester.io.splits import read_splits
-
-CACHE_DIR = ".lesion_harvester_cache"
+from lesion_harvester.lpg.train import default_cache_dir
 
 
 def _renumber(name: str, offset: int) -> str:
@@ -73,10 +72,10 @@ def add_marked_volumes(base: Path, extra: Path, out: Path, max_volumes: int | No
 
     # prepared volumes of either dataset stay valid under the new names (same preset fingerprints)
     for root, rename in ((base, False), (extra, True)):
-        if not (root / CACHE_DIR).is_dir():
+        if not default_cache_dir(root).is_dir():
             continue
-        for fingerprint in (root / CACHE_DIR).iterdir():
-            target = partial / CACHE_DIR / fingerprint.name
+        for fingerprint in default_cache_dir(root).iterdir():
+            target = default_cache_dir(partial) / fingerprint.name
             target.mkdir(parents=True, exist_ok=True)
             for f in fingerprint.iterdir():
                 if not f.name.startswith("."):  # skip temporary files of an interrupted write

@@ -59,18 +59,23 @@ def binned(values: np.ndarray, is_tp: np.ndarray, edges) -> list[dict]:
 def lesions_found(data: Path, keys: list[str], detections: dict, score_at: float) -> list[dict]:
     """Per lesion of ``lesions.csv`` in ``keys``: its long diameter, kind and contrast, the best score
     of a proposal hitting it (P3D IoU >= 0.5; 0 if none) and whether that reaches ``score_at``."""
-    out, wanted = [], set(keys)
+    wanted = set(keys)
     with open(data / "ground_truth" / "lesions.csv", newline="") as f:
-        for row in csv.DictReader(f):
-            key = row["volume_key"]
-            if key not in wanted:
-                continue
-            box = tuple(float(row[c]) for c in ("x1", "y1", "x2", "y2"))
-            truth = VolumeTruth.from_slice_boxes([SliceBox(int(row["key_z"]), box)])
-            best = max((t.score for t in detections.get(key, []) if overlaps(t, truth, "p3d")[0] >= 0.5), default=0.0)
-            out.append({"long_mm": float(row["long_mm"]), "kind": row["kind"], "best_score": float(best),
-                        "contrast_hu": abs(float(row["value_hu"]) - float(row["host_hu"])), "found": best >= score_at})
-    return out
+        rows = [row for row in csv.DictReader(f) if row["volume_key"] in wanted]
+    by_volume: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_volume.setdefault(row["volume_key"], []).append(i)
+    best = np.zeros(len(rows))
+    for key, indices in by_volume.items():
+        truth = VolumeTruth.from_slice_boxes([
+            SliceBox(int(rows[i]["key_z"]), tuple(float(rows[i][c]) for c in ("x1", "y1", "x2", "y2")))
+            for i in indices])
+        for t in detections.get(key, []):  # each tracklet against every lesion of its volume at once
+            hit = overlaps(t, truth, "p3d") >= 0.5
+            best[indices] = np.where(hit, np.maximum(best[indices], t.score), best[indices])
+    return [{"long_mm": float(row["long_mm"]), "kind": row["kind"], "best_score": float(b),
+             "contrast_hu": abs(float(row["value_hu"]) - float(row["host_hu"])), "found": bool(b >= score_at)}
+            for row, b in zip(rows, best)]
 
 
 def found_shares(lesions: list[dict], field: str, edges=None) -> list[dict]:
