@@ -23,7 +23,7 @@ from pathlib import Path
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.deeplesion import DeepLesionDataset, read_dl_info, write_dl_info
 from lesion_harvester.io.splits import read_splits
-from lesion_harvester.lpg.train import default_cache_dir
+from lesion_harvester.paths import default_cache_dir
 
 
 def _renumber(name: str, offset: int) -> str:

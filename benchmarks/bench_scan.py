@@ -26,10 +26,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from lesion_harvester.config import ScanConfig, SynthConfig, load_preset
-from lesion_harvester.io.volume import Volume
-from lesion_harvester.lpg.data import prepare_volume
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import Scanner
+from lesion_harvester.preprocessing import prepare_volume
+from lesion_harvester.structures import Volume
 from lesion_harvester.synth.dataset import generate_volume
 
 STAGES = {  # module name prefix -> stage

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.evaluation.api import evaluate_files
-from lesion_harvester.io.annotations import Tracklet, read_slice_boxes, write_tracklets
+from lesion_harvester.io.annotations import read_slice_boxes, write_tracklets
+from lesion_harvester.structures import Tracklet
 
 ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "deeplesion_annotation"
 

@@ -21,7 +21,7 @@ from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import overlaps
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.mine import precision_lower_bound
-from lesion_harvester.harvest.rounds import covers_marks
+from lesion_harvester.harvest.verify import covers_marks
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 
 
@@ -48,7 +48,7 @@ def main() -> None:
             tp, fp = info["vm_new_lesions_above"], info["vm_false_positives_above"]
         else:  # older runs: recomputed on all of V_M
             vm = ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
-            new = ~covers_marks(vm, marks)
+            new = ~covers_marks([(row.volume, row.tracklet) for row in vm], marks)
             score = np.array([row.score or 0.0 for row in vm])
             above = new & (score >= (threshold if threshold is not None else np.inf))
             lesion = np.array([row.status == "fa_lesion" for row in vm], dtype=bool)

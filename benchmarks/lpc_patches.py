@@ -26,11 +26,14 @@ import torch
 from lesion_harvester.config import load_preset
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
-from lesion_harvester.harvest.rounds import Harvest
-from lesion_harvester.io.annotations import marks_to_tracklets, read_slice_boxes
+from lesion_harvester.harvest.rounds import open_run, round_lpc_examples
+from lesion_harvester.harvest.steps import classifiable
+from lesion_harvester.io.annotations import read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.lpc.api import proposal_patches
 from lesion_harvester.lpc.train import predict_lpc, train_lpc
-from lesion_harvester.report.harvest_report import rescored, with_marks
+from lesion_harvester.report.harvest_report import with_marks
+from lesion_harvester.structures import group_by_volume, marks_to_tracklets
 
 
 def main() -> None:
@@ -62,20 +65,18 @@ def main() -> None:
 
 
 def run(data: str, run_dir: str, preset, round_index: int, variants: list[str]) -> dict:
-    h = Harvest(data, run_dir, preset, progress=False)
-    vm_rows, vh_rows = h.training_rows(round_index)
+    h = open_run(data, run_dir, preset, progress=False)
+    examples = round_lpc_examples(h, round_index)
     holdout = list(h.inputs.holdout)
     rows = [r for r in h.ledger.proposals(round_index, volumes=holdout) if r.status != "recist"]
-    targets = h.classifiable(rows)
+    targets = classifiable(rows, preset.lpc)
     gt = read_slice_boxes(h.ledger.get_meta("holdout_file"))
     truth = {k: VolumeTruth.from_slice_boxes(gt[k]) for k in holdout}
     marks = marks_to_tracklets(DeepLesionDataset(data).marks(holdout))
-    labels = np.concatenate([[r.status == "fa_lesion" for r in vm_rows], np.ones(len(vh_rows))]).astype(np.int64)
+    labels = np.concatenate([examples.vm_labels, np.ones(len(examples.positives))]).astype(np.int64)
 
     def evaluate(score_of) -> dict:
-        extra: dict = {}
-        for row in rows:
-            extra.setdefault(row.volume, []).append(rescored(row.tracklet, score_of(row)))
+        extra = group_by_volume((row.volume, row.tracklet.with_objectness(score_of(row))) for row in rows)
         res = evaluate_detections(truth, with_marks(marks, extra))
         return {"r@80p": res.recall_at_precision["0.8"], "r@90p": res.recall_at_precision["0.9"], "ap": res.ap}
 
@@ -85,9 +86,11 @@ def run(data: str, run_dir: str, preset, round_index: int, variants: list[str]) 
         patch, pad, close_up, seed = text.split(":")
         cfg = dataclasses.replace(preset.lpc, patch_px=int(patch), pad_px=float(pad), close_up_pad_px=float(close_up))
         start = time.time()
-        x = torch.cat([h.patches(vm_rows, cfg), h.patches(vh_rows, cfg)]).float()
+        x = torch.cat([proposal_patches(examples.vm_items, h.volume, cfg),
+                       proposal_patches(examples.positives, h.volume, cfg)]).float()
         model = train_lpc(x, labels, cfg, seed=int(seed), progress=False)
-        s_c = dict(zip([(r.volume, r.idx) for r in targets], predict_lpc(model, h.patches(targets, cfg).float())))
+        target_x = proposal_patches([(r.volume, r.tracklet) for r in targets], h.volume, cfg).float()
+        s_c = dict(zip([(r.volume, r.idx) for r in targets], predict_lpc(model, target_x)))
         out["variants"].append({
             "patch_px": int(patch), "pad_px": float(pad), "close_up_pad_px": float(close_up), "seed": int(seed),
             "s_c": evaluate(lambda r, s_c=s_c: float(s_c.get((r.volume, r.idx), 0.0))),

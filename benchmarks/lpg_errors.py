@@ -28,8 +28,9 @@ from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
 from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.geometry.boxes import iou_voc
-from lesion_harvester.io.annotations import SliceBox, read_any_boxes, read_boxes_3d
+from lesion_harvester.io.annotations import read_any_boxes, read_boxes_3d
 from lesion_harvester.io.splits import read_splits
+from lesion_harvester.structures import SliceBox
 
 SIZE_BINS_MM = (0, 6, 9, 12, 16, 25, 50, np.inf)
 LONG_BINS_MM = (0, 10, 15, 20, 30, 60, np.inf)

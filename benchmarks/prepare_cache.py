@@ -16,9 +16,9 @@ from multiprocessing import Pool
 from pathlib import Path
 
 from lesion_harvester.config import load_preset
-from lesion_harvester.lpg.data import PreparedCache
+from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.sources import build_sources
-from lesion_harvester.lpg.train import default_cache_dir
+from lesion_harvester.paths import default_cache_dir
 
 _WORKER: dict = {}  # per worker process: the dataset source and the cache, opened once
 

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.annotations import Tracklet
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.lpg.sources import build_sources
+from lesion_harvester.structures import Tracklet
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

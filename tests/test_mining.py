@@ -10,9 +10,9 @@ from lesion_harvester.harvest.mine import (
     mine,
     precision_threshold,
 )
-from lesion_harvester.harvest.rounds import dedupe, duplicates_of
+from lesion_harvester.harvest.verify import dedupe, duplicates_of
 from lesion_harvester.harvest.verify import match_known
-from lesion_harvester.io.annotations import SliceBox, Tracklet
+from lesion_harvester.structures import SliceBox, Tracklet
 
 
 def test_threshold_is_the_lowest_keeping_95_percent_precision():

@@ -27,10 +27,11 @@ def evaluate_marks(data: Path, out: Path) -> None:
     from lesion_harvester.cli.evaluate_cmd import format_table
     from lesion_harvester.evaluation.api import load_truth
     from lesion_harvester.evaluation.metrics import evaluate_detections
-    from lesion_harvester.io.annotations import marks_to_tracklets, write_tracklets
+    from lesion_harvester.io.annotations import write_tracklets
     from lesion_harvester.io.deeplesion import DeepLesionDataset
     from lesion_harvester.io.splits import read_splits
     from lesion_harvester.report.plots import plot_pr
+    from lesion_harvester.structures import marks_to_tracklets
 
     dataset = DeepLesionDataset(data)
     truth = load_truth(data / "ground_truth" / "complete.pkl", "p3d")
@@ -55,7 +56,7 @@ def run(args) -> int:
 
     from lesion_harvester.cli.report_cmd import print_table
     from lesion_harvester.config import load_preset
-    from lesion_harvester.harvest.rounds import Harvest
+    from lesion_harvester.harvest.rounds import harvest
     from lesion_harvester.report.harvest_report import build_report
     from lesion_harvester.synth.dataset import write_synthetic_dataset
 
@@ -76,7 +77,7 @@ def run(args) -> int:
 
     run_dir = out / "harvest"
     print(f"\n== harvesting {data} ({preset.harvest.rounds} rounds) into {run_dir} ==")
-    Harvest(data, run_dir, preset, device=args.device).run_rounds(preset.harvest.rounds)
+    harvest(data, run_dir, preset, device=args.device)
     print()
     print_table(build_report(run_dir))
     print(f"\ndataset: {data} (montage {data / 'montage.png'})")

@@ -22,7 +22,7 @@ def run(args) -> int:
     from lesion_harvester.cli.report_cmd import print_table
     from lesion_harvester.config import load_preset
     from lesion_harvester.errors import ConfigError
-    from lesion_harvester.harvest.rounds import Harvest
+    from lesion_harvester.harvest.rounds import harvest
     from lesion_harvester.report.harvest_report import build_report
 
     preset = load_preset(args.preset)
@@ -30,8 +30,7 @@ def run(args) -> int:
         if args.rounds < 1:
             raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
         preset = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, rounds=args.rounds))
-    harvest = Harvest(args.data, args.out, preset, args.fully_annotated, args.holdout, args.device)
-    harvest.run_rounds(preset.harvest.rounds)
+    harvest(args.data, args.out, preset, args.fully_annotated, args.holdout, args.device)
     report = build_report(args.out)
     print_table(report)
     print(f"\nharvested lesions: {args.out}/harvested.pkl; report: {args.out}/report.md")

@@ -14,8 +14,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from lesion_harvester.io.annotations import marks_to_tracklets, write_tracklets, write_tracklets_csv
+    from lesion_harvester.io.annotations import write_tracklets, write_tracklets_csv
     from lesion_harvester.io.loader import open_volumes
+    from lesion_harvester.structures import marks_to_tracklets
 
     source = open_volumes(args.data, split=args.split)
     if source.format != "deeplesion":

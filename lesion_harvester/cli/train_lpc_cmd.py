@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from lesion_harvester.config import load_preset
-    from lesion_harvester.lpc.api import train_lpc_on_proposals
+    from lesion_harvester.harvest.steps import train_lpc_on_proposals
 
     preset = load_preset(args.preset)
     if args.variant:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lesion_harvester.geometry.boxes import iou3d_voc, iou_voc
-from lesion_harvester.io.annotations import Box3D, SliceBox, Tracklet
+from lesion_harvester.structures import Box3D, SliceBox, Tracklet
 
 METRICS = ("p3d", "p3d-box", "iou3d")
 DEFAULT_THRESHOLDS = {"p3d": 0.5, "p3d-box": 0.5, "iou3d": 0.33}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lesion_harvester.evaluation.matching import DEFAULT_THRESHOLDS, VolumeTruth, overlaps
-from lesion_harvester.io.annotations import Tracklet
+from lesion_harvester.structures import Tracklet
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_harvester.io.annotations import Tracklet
+from lesion_harvester.structures import Tracklet
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

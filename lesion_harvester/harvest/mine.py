@@ -9,12 +9,21 @@
 - harvested positives P_H^+: proposals of V_H (not matching a mark) with s >= threshold;
 - hard negatives P_H^-: the rest with s_g >= 0.5, plus up to five of the rest per volume with the
   highest s_g.
+
+:func:`mine_round` is the harvest's mining step: all of the above for one round's proposals.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.stats import beta
+
+from lesion_harvester.config import HarvestConfig
+from lesion_harvester.harvest.ledger import ProposalRow
+from lesion_harvester.harvest.verify import covers_marks, dedupe, duplicates_of
+from lesion_harvester.structures import RecistMark, Tracklet, group_by_volume
 
 
 def fused_score(objectness: np.ndarray, probability: np.ndarray, exponent: float = 1.0) -> np.ndarray:
@@ -99,10 +108,69 @@ def mine(volumes: list[str], objectness: np.ndarray, score: np.ndarray, threshol
     harvested = score >= threshold
     rest = ~harvested
     hard = rest & (objectness >= hard_min_objectness)
-    by_volume: dict[str, list[int]] = {}
-    for i in np.flatnonzero(rest):
-        by_volume.setdefault(volumes[i], []).append(int(i))
+    by_volume = group_by_volume((volumes[i], int(i)) for i in np.flatnonzero(rest))
     for members in by_volume.values():
         top = sorted(members, key=lambda i: (-objectness[i], i))[:top_per_volume]
         hard[top] = True
     return harvested, hard
+
+
+def hard_negatives_of(hard_negative_rows: list[ProposalRow], fa_negative_rows: list[ProposalRow],
+                      cfg: HarvestConfig) -> list[tuple[str, Tracklet]]:
+    """A round's hard negatives: its P_H^- and the hard part of its P_M^- (the P_H^- rule applied to V_M).
+
+    P_M^- is every unmatched V_M proposal down to t_G, hundreds per volume; only its hard ones
+    (objectness >= ``hard_min_objectness``, plus the top few per volume) feed the HNSL.
+    """
+    _, hard = mine([row.volume for row in fa_negative_rows], np.array([row.objectness for row in fa_negative_rows]),
+                   np.zeros(len(fa_negative_rows)), np.inf, cfg.hard_min_objectness, cfg.hard_top_per_volume)
+    return ([(row.volume, row.tracklet) for row in hard_negative_rows]
+            + [(row.volume, row.tracklet) for row, is_hard in zip(fa_negative_rows, hard) if is_hard])
+
+
+@dataclass
+class MineResult:
+    """What mining decided for one round: a status per candidate, and what the decision rested on."""
+
+    updates: list[tuple[str, int, str]]  # (volume, proposal index, status)
+    info: dict
+
+
+def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]], candidates: list[ProposalRow],
+               marked: list[tuple[str, Tracklet]], earlier_harvested: list[tuple[str, Tracklet]],
+               cfg: HarvestConfig) -> MineResult:
+    """The mining step of one round.
+
+    Args:
+        vm_rows: the V_M proposals that set the threshold (P_M^R and P_M^-, with fused scores).
+        vm_marks: the original RECIST marks of those volumes; proposals covering them are left out
+            of the threshold (:func:`~lesion_harvester.harvest.verify.covers_marks`).
+        candidates: the unverified V_H proposals, with fused scores.
+        marked: the V_H proposals covering a mark (P_H^R); candidates that are pieces of them become
+            ``marked_piece``, neither new lesions nor negatives.
+        earlier_harvested: the lesions harvested in earlier rounds, to count the new ones.
+    """
+    vm_score = np.array([row.score or 0.0 for row in vm_rows])
+    vm_lesion = np.array([row.status == "fa_lesion" for row in vm_rows], dtype=bool)
+    new_in_vm = ~covers_marks([(row.volume, row.tracklet) for row in vm_rows], vm_marks, cfg.verify_iou)
+    threshold = precision_threshold(vm_score[new_in_vm], vm_lesion[new_in_vm], cfg.precision)
+    above = new_in_vm & (vm_score >= threshold)
+    vm_tp, vm_fp = int((above & vm_lesion).sum()), int((above & ~vm_lesion).sum())
+    # a piece of a marked lesion (it missed the mark's slice, so verification left it a candidate)
+    # is neither a new lesion nor a negative
+    known = duplicates_of([(row.volume, row.tracklet) for row in candidates], marked)
+    pieces = [(row.volume, row.idx, "marked_piece") for row, k in zip(candidates, known) if k]
+    candidates = [row for row, k in zip(candidates, known) if not k]
+    harvested, hard = mine([row.volume for row in candidates], np.array([row.objectness for row in candidates]),
+                           np.array([row.score or 0.0 for row in candidates]), threshold,
+                           cfg.hard_min_objectness, cfg.hard_top_per_volume)
+    updates = pieces + [(row.volume, row.idx, "harvested" if hv else "hard_negative" if hn else "rejected")
+                        for row, hv, hn in zip(candidates, harvested, hard)]
+    new = [(row.volume, row.tracklet) for row, hv in zip(candidates, harvested) if hv]
+    n_new = len(dedupe(earlier_harvested + dedupe(new))) - len(dedupe(earlier_harvested))
+    info = {"threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
+            "n_hard_negatives": int(hard.sum()), "n_new": int(n_new), "n_marked_pieces": len(pieces),
+            # the V_M evidence behind the threshold: new lesions and false positives above it
+            "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
+            "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4)}
+    return MineResult(updates, info)

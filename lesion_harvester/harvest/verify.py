@@ -1,8 +1,12 @@
 """Verification (paper Sec. III-C): which 3D proposals cover known lesions, by P3D IoU.
 
-In the fully annotated volumes V_M, proposals that overlap a complete label are P_M^R and the
-others P_M^-; in the harvest volumes V_H, proposals that overlap a RECIST mark are P_H^R (the rest
-is what the LPC sorts into harvested lesions and hard negatives).
+In the fully annotated volumes V_M, proposals that overlap a complete label are P_M^R
+(``fa_lesion``) and the others P_M^- (``fa_negative``); in the harvest volumes V_H, proposals that
+overlap a RECIST mark are P_H^R (``recist``), and the rest stay candidates for the LPC to sort into
+harvested lesions and hard negatives.
+
+Also here: when two tracklets are one lesion (:func:`dedupe`, :func:`duplicates_of`), and which
+proposals cover an original mark or a piece of one (:func:`covers_marks`).
 """
 
 from __future__ import annotations
@@ -10,7 +14,10 @@ from __future__ import annotations
 import numpy as np
 
 from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
-from lesion_harvester.io.annotations import SliceBox, Tracklet
+from lesion_harvester.geometry.boxes import iou3d_voc
+from lesion_harvester.structures import RecistMark, SliceBox, Tracklet, group_by_volume
+
+FA_LESION, FA_NEGATIVE, RECIST = "fa_lesion", "fa_negative", "recist"
 
 
 def match_known(tracklets: list[Tracklet], known: list[SliceBox], iou: float = 0.5,
@@ -33,3 +40,73 @@ def best_match(tracklets: list[Tracklet], box: SliceBox, metric: str = "p3d") ->
         if value > best_iou:
             best, best_iou = i, value
     return best, best_iou
+
+
+def verify_proposals(proposals: dict[str, list[Tracklet]], fully_annotated: dict[str, list[SliceBox]],
+                     marks: dict[str, list[RecistMark]], iou: float = 0.5) -> dict[str, list[str | None]]:
+    """The verification status of every proposal, per volume and in the order given.
+
+    V_M volumes (keys of ``fully_annotated``): ``fa_lesion`` or ``fa_negative``. Other volumes:
+    ``recist`` where the proposal covers one of the volume's ``marks``, else None (a candidate).
+    """
+    out: dict[str, list[str | None]] = {}
+    for key, tracklets in proposals.items():
+        if key in fully_annotated:
+            hits = match_known(tracklets, fully_annotated[key], iou)
+            out[key] = [FA_LESION if hit else FA_NEGATIVE for hit in hits]
+        else:
+            hits = match_known(tracklets, [m.slice_box() for m in marks.get(key, [])], iou)
+            out[key] = [RECIST if hit else None for hit in hits]
+    return out
+
+
+def _extended_box(t: Tracklet) -> np.ndarray:
+    """(x1, y1, x2, y2, z1 - 1, z2 + 1): a tracklet's 3D box grown by one slice up and down, so that
+    two pieces of one lesion that stop and restart a slice apart overlap (as stacking extends them)."""
+    b = t.box_3d()
+    return np.array(list(b.box_xyxy_px) + [b.z_range[0] - 1, b.z_range[1] + 1])
+
+
+def _overlaps_any(box: np.ndarray, others: list[np.ndarray], min_iou: float) -> bool:
+    return any(iou3d_voc(box, other) >= min_iou for other in others)
+
+
+def dedupe(tracklets: list[tuple[str, Tracklet]], min_iou: float = 0.3) -> list[tuple[str, Tracklet]]:
+    """Drop tracklets whose one-slice-extended 3D box overlaps an earlier one's of the same volume
+    (3D IoU >= min_iou)."""
+    kept: dict[str, list[np.ndarray]] = {}
+    out = []
+    for key, t in tracklets:
+        box = _extended_box(t)
+        if _overlaps_any(box, kept.get(key, []), min_iou):
+            continue
+        kept.setdefault(key, []).append(box)
+        out.append((key, t))
+    return out
+
+
+def duplicates_of(candidates: list[tuple[str, Tracklet]], known: list[tuple[str, Tracklet]],
+                  min_iou: float = 0.3) -> np.ndarray:
+    """(N,) bool: the candidate overlaps a known tracklet of its volume as ``dedupe`` defines it."""
+    boxes = group_by_volume((key, _extended_box(t)) for key, t in known)
+    return np.array([_overlaps_any(_extended_box(t), boxes.get(key, []), min_iou) for key, t in candidates],
+                    dtype=bool)
+
+
+def covers_marks(proposals: list[tuple[str, Tracklet]], marks: dict[str, list[RecistMark]],
+                 iou: float = 0.5) -> np.ndarray:
+    """(N,) bool: proposals (volume key, tracklet) that cover one of their volume's RECIST ``marks``,
+    or are a piece of one that does.
+
+    Why: on V_M the 95% threshold is measured without these. In V_H they would be P_H^R or marked
+    pieces, never harvested; counted, lesions the LPG trained on (every mark) would lift V_M's
+    precision above that of the new lesions the threshold is meant to certify.
+    """
+    out = np.zeros(len(proposals), dtype=bool)
+    for key, idx in group_by_volume((key, i) for i, (key, _) in enumerate(proposals)).items():
+        tracklets = [proposals[i][1] for i in idx]
+        hits = match_known(tracklets, [m.slice_box() for m in marks.get(key, [])], iou)
+        marked = [(key, t) for t, hit in zip(tracklets, hits) if hit]
+        pieces = duplicates_of([(key, t) for t in tracklets], marked) if marked else np.zeros(len(idx), dtype=bool)
+        out[idx] = hits | pieces
+    return out

@@ -1,8 +1,8 @@
-"""Annotation types and the authors' pickle formats, read and written exactly.
+"""The authors' annotation pickle formats, read and written exactly (and CSV copies for people).
 
-Box convention everywhere: ``box_xyxy_px = (x1, y1, x2, y2)`` in pixels of the original axial
-slice (x = column, y = row), inclusive corners; the released evaluation counts a width as
-``x2 - x1 + 1``. A slice is addressed by ``z_index``, its 0-based offset inside the sub-volume.
+The types (:class:`SliceBox`, :class:`Box3D`, :class:`Tracklet`) and the box convention live in
+:mod:`lesion_harvester.structures`: ``box_xyxy_px = (x1, y1, x2, y2)`` in pixels of the original
+axial slice, inclusive corners; a slice is addressed by its 0-based ``z_index``.
 
 Formats (``key`` = sub-volume ``PPPPPP_SS_RR_AAA-BBB``, optionally with an ``.annot`` suffix):
 
@@ -19,116 +19,14 @@ from __future__ import annotations
 import csv
 import math
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.safe_pickle import safe_load_pickle
+from lesion_harvester.structures import Box3D, Boxes3D, SliceBox, SliceBoxes, Tracklet, Tracklets
 
 PICKLE_PROTOCOL = 2  # the protocol of the released files
-
-
-@dataclass(frozen=True)
-class SliceBox:
-    """A 2D box on one slice of a sub-volume."""
-
-    z_index: int
-    box_xyxy_px: tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class RecistMark:
-    """A RECIST mark: long and short axis endpoints on one slice, and its padded box."""
-
-    volume_key: str
-    z_index: int
-    long_axis_px: tuple[float, float, float, float]  # x1, y1, x2, y2
-    short_axis_px: tuple[float, float, float, float]
-    box_xyxy_px: tuple[float, float, float, float]
-
-    @classmethod
-    def from_dl_info(cls, volume_key: str, row, first_slice: int) -> RecistMark:
-        coords = row.measurement_coordinates_px
-        return cls(
-            volume_key=volume_key,
-            z_index=row.key_slice_index - first_slice,
-            long_axis_px=tuple(coords[:4]),  # type: ignore[arg-type]
-            short_axis_px=tuple(coords[4:]),  # type: ignore[arg-type]
-            box_xyxy_px=tuple(row.box_xyxy_px),  # type: ignore[arg-type]
-        )
-
-    def slice_box(self) -> SliceBox:
-        return SliceBox(self.z_index, self.box_xyxy_px)
-
-
-@dataclass(frozen=True)
-class Box3D:
-    """A 3D box: in-plane pixel extent and an inclusive slice range (floats: may be half-integers)."""
-
-    box_xyxy_px: tuple[float, float, float, float]
-    z_range: tuple[float, float]
-
-    def contains_slice(self, z_index: float) -> bool:
-        return self.z_range[0] <= z_index <= self.z_range[1]
-
-
-@dataclass(frozen=True, eq=False)
-class Tracklet:
-    """A 3D proposal: one 2D box per slice.
-
-    Attributes:
-        z_indices: (n,) int slice offsets, ascending.
-        boxes_xyxy_px: (n, 4) float boxes.
-        scores: (n,) float 2D scores; the tracklet's objectness is their max.
-    """
-
-    z_indices: np.ndarray
-    boxes_xyxy_px: np.ndarray
-    scores: np.ndarray
-
-    def __post_init__(self) -> None:
-        n = len(self.z_indices)
-        if self.boxes_xyxy_px.shape != (n, 4) or self.scores.shape != (n,) or n == 0:
-            raise ValueError(
-                f"tracklet needs n >= 1 slices with (n, 4) boxes and (n,) scores; got "
-                f"{self.z_indices.shape}, {self.boxes_xyxy_px.shape}, {self.scores.shape}"
-            )
-
-    @classmethod
-    def from_pairs(cls, pairs) -> Tracklet:
-        """From ``[(z, [x1, y1, x2, y2, score]), ...]``."""
-        z = np.array([int(round(float(p[0]))) for p in pairs], dtype=np.int64)
-        rows = np.array([np.asarray(p[1], dtype=np.float64)[:5] for p in pairs], dtype=np.float64)
-        order = np.argsort(z, kind="stable")
-        return cls(z[order], rows[order, :4], rows[order, 4])
-
-    @property
-    def score(self) -> float:
-        return float(self.scores.max())
-
-    @property
-    def key_index(self) -> int:
-        """Index of the slice with the highest score (the paper's "highest objectness" slice)."""
-        return int(np.argmax(self.scores))
-
-    def box_3d(self) -> Box3D:
-        b = self.boxes_xyxy_px
-        extent = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
-        return Box3D(extent, (float(self.z_indices.min()), float(self.z_indices.max())))
-
-    def to_pairs(self) -> list[tuple[int, list[float]]]:
-        return [
-            (int(z), [float(v) for v in box] + [float(s)])
-            for z, box, s in zip(self.z_indices, self.boxes_xyxy_px, self.scores)
-        ]
-
-
-SliceBoxes = dict[str, list[SliceBox]]
-Boxes3D = dict[str, list[Box3D]]
-Tracklets = dict[str, list[Tracklet]]
 
 
 def strip_key(key) -> str:
@@ -258,7 +156,7 @@ def read_any_boxes(path: str | Path) -> Tracklets:
         return {_key(k, path): [] for k in data}
     if isinstance(first, dict):
         return {
-            key: [single_slice_tracklet(b.z_index, b.box_xyxy_px, 1.0) for b in boxes]
+            key: [Tracklet.single_slice(b.z_index, b.box_xyxy_px, 1.0) for b in boxes]
             for key, boxes in read_slice_boxes(path).items()
         }
     # a tracklet is a list of (z, row) pairs; a 3D box is a flat list of 6 numbers
@@ -266,22 +164,8 @@ def read_any_boxes(path: str | Path) -> Tracklets:
         return read_tracklets(path)
     result: Tracklets = {}
     for key, boxes in read_boxes_3d(path).items():
-        result[key] = []
-        for b in boxes:
-            zs = np.arange(math.ceil(b.z_range[0]), math.floor(b.z_range[1]) + 1)
-            if len(zs) == 0:
-                continue
-            result[key].append(Tracklet(zs, np.tile(np.array(b.box_xyxy_px), (len(zs), 1)), np.ones(len(zs))))
+        result[key] = [t for t in map(Tracklet.from_box_3d, boxes) if t is not None]
     return result
-
-
-def single_slice_tracklet(z_index: int, box_xyxy_px, score: float) -> Tracklet:
-    return Tracklet(np.array([int(z_index)]), np.array([list(box_xyxy_px)], dtype=np.float64), np.array([score]))
-
-
-def marks_to_tracklets(marks: dict[str, list[RecistMark]], score: float = 1.0) -> Tracklets:
-    """RECIST marks as single-slice detections, for evaluating the original marks."""
-    return {key: [single_slice_tracklet(m.z_index, m.box_xyxy_px, score) for m in ms] for key, ms in marks.items()}
 
 
 def write_slice_boxes_csv(path: str | Path, data: SliceBoxes) -> None:
@@ -317,7 +201,7 @@ def write_tracklets_csv(path: str | Path, data: Tracklets) -> None:
                     *(_r(v) for v in b.box_xyxy_px),
                     int(b.z_range[0]),
                     int(b.z_range[1]),
-                    int(t.z_indices[t.key_index]),
+                    t.key_z,
                     round(t.score, 6),
                     len(t.z_indices),
                 ]

@@ -24,7 +24,7 @@ import numpy as np
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.png16 import read_png_hu
-from lesion_harvester.io.volume import Volume
+from lesion_harvester.structures import RecistMark, Volume
 
 log = logging.getLogger(__name__)
 
@@ -406,10 +406,8 @@ class DeepLesionDataset:
             source=str(sv.folder),
         )
 
-    def marks(self, keys: list[str] | None = None):
+    def marks(self, keys: list[str] | None = None) -> dict[str, list[RecistMark]]:
         """RECIST marks per sub-volume key (every key present, possibly with an empty list)."""
-        from lesion_harvester.io.annotations import RecistMark
-
         wanted = self.sub_volumes if keys is None else {k.removesuffix(".annot"): None for k in keys}
         result: dict[str, list[RecistMark]] = {k: [] for k in wanted}
         for key, sv in self.sub_volumes.items():
@@ -418,8 +416,20 @@ class DeepLesionDataset:
             for row in sv.rows:
                 if row.possibly_noisy and self.drop_noisy:
                     continue
-                result[key].append(RecistMark.from_dl_info(key, row, sv.first_slice))
+                result[key].append(recist_mark(key, row, sv.first_slice))
         return result
+
+
+def recist_mark(volume_key: str, row: DLInfoRow, first_slice: int) -> RecistMark:
+    """The RECIST mark of one DL_info row, on slice ``Key_slice_index - first_slice`` of its sub-volume."""
+    coords = row.measurement_coordinates_px
+    return RecistMark(
+        volume_key=volume_key,
+        z_index=row.key_slice_index - first_slice,
+        long_axis_px=tuple(coords[:4]),  # type: ignore[arg-type]
+        short_axis_px=tuple(coords[4:]),  # type: ignore[arg-type]
+        box_xyxy_px=tuple(row.box_xyxy_px),  # type: ignore[arg-type]
+    )
 
 
 def _ranges(numbers: list[int]) -> str:

@@ -17,7 +17,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.volume import Volume, to_int16_hu
+from lesion_harvester.io.hu import to_int16_hu
+from lesion_harvester.structures import Volume
 
 log = logging.getLogger(__name__)
 

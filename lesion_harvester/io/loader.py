@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.volume import Volume
+from lesion_harvester.structures import Volume
 
 
 @dataclass

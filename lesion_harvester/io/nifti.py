@@ -9,7 +9,8 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.volume import Volume, to_int16_hu
+from lesion_harvester.io.hu import to_int16_hu
+from lesion_harvester.structures import Volume
 
 # Voxel axes (i, j, k) -> patient Left, Posterior, Inferior: x runs right->left, y anterior->posterior,
 # z superior->inferior, which after transposing to (k, j, i) is the package's (z, y, x) frame.

@@ -20,10 +20,11 @@ from functools import cached_property
 from pathlib import Path
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.annotations import RecistMark, SliceBox, read_slice_boxes
+from lesion_harvester.io.annotations import read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.loader import VolumeSource, open_volumes
 from lesion_harvester.io.splits import read_splits
+from lesion_harvester.structures import RecistMark, SliceBox
 
 
 @dataclass

@@ -1,72 +1,110 @@
-"""``train-lpc`` and ``classify`` outside a harvest: LPC on a proposal file.
+"""The LPC on proposals: patches of many proposals, K-fold training, and ``classify``.
 
-``train-lpc`` verifies the proposals (P_M^R and P_M^- against the complete labels of V_M, P_H^R
-against the RECIST marks of V_H) and trains one LPC on them. ``classify`` scores proposals with a
-trained LPC and writes them with fused scores s_g * s_c (a tracklet pickle, plus a CSV with s_g,
-s_c and s).
+These are the functions the harvest and the ``train-lpc`` / ``classify`` commands share:
+
+- :func:`proposal_patches`: the LPC input of many (volume, tracklet) pairs, volume by volume;
+- :func:`train_lpc_folds`: one LPC per fold of V_M, each trained without its fold's V_M
+  proposals, so that every V_M proposal can be scored by a model that never saw its volume
+  (``train-lpc`` trains one model on everything: a single fold that holds nothing out);
+- :func:`classify_proposals`: scores a proposal file with a trained LPC and writes it with fused
+  scores s = s_g * s_c (a tracklet pickle, plus a CSV with s_g, s_c and s).
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from lesion_harvester.config import PreprocessConfig, Preset, from_dict, to_dict
+from lesion_harvester.config import LPCConfig, PreprocessConfig, from_dict, to_dict
 from lesion_harvester.errors import DataError
-from lesion_harvester.harvest.verify import match_known
-from lesion_harvester.io.annotations import Tracklet, read_tracklets, write_tracklets
+from lesion_harvester.io.annotations import read_tracklets, write_tracklets
 from lesion_harvester.io.atomic import atomic_write
-from lesion_harvester.io.partition import resolve_partition
+from lesion_harvester.io.loader import open_volumes
+from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc, train_lpc
-from lesion_harvester.lpg.data import PreparedCache
-from lesion_harvester.lpg.train import default_cache_dir
+from lesion_harvester.paths import default_cache_dir
+from lesion_harvester.preprocessing import PreparedVolume
+from lesion_harvester.structures import Tracklet, group_by_volume
+
+PreparedVolumes = Callable[[str], PreparedVolume]  # volume key -> its prepared volume (e.g. from a cache)
 
 
-def _patches(source, cache, items: list[tuple[str, Tracklet]], cfg):
-    import torch
+def proposal_patches(items: Sequence[tuple[str, Tracklet]], volumes: PreparedVolumes, cfg: LPCConfig,
+                     progress: bool = False) -> torch.Tensor:
+    """The LPC input of each (volume key, tracklet), in the order given.
 
-    by_volume: dict[str, list[int]] = {}
-    for i, (key, _) in enumerate(items):
-        by_volume.setdefault(key, []).append(i)
-    out = [None] * len(items)
-    for key, members in by_volume.items():
-        patches = extract_patches(cache.get(source, key), [items[i][1] for i in members], cfg)
-        for j, i in enumerate(members):
-            out[i] = patches[j]
-    return torch.stack(out) if items else torch.zeros(0)
-
-
-def train_lpc_on_proposals(data: str | Path, proposals: str | Path, out: str | Path, preset: Preset,
-                           fully_annotated: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
-    inputs = resolve_partition(data, fully_annotated, purpose="training the LPC")
-    tracklets = read_tracklets(proposals)
-    items, labels = [], []
-    for key, ts in tracklets.items():
-        if key in inputs.fully_annotated:
-            hits = match_known(ts, inputs.fully_annotated[key], preset.harvest.verify_iou)
-            items += [(key, t) for t in ts]
-            labels += hits.tolist()
-        elif key in inputs.marks:
-            hits = match_known(ts, [m.slice_box() for m in inputs.marks[key]], preset.harvest.verify_iou)
-            items += [(key, t) for t, hit in zip(ts, hits) if hit]
-            labels += [True] * int(hits.sum())
+    Returns float16 (N, V, C, P, P) for the 2D variants, (N, C, P, P, P) for ``3d``
+    (:func:`~lesion_harvester.lpc.patches.extract_patches`); an empty tensor for no items.
+    Stored in float16 to halve the memory of many patches; the models read them as float32.
+    """
+    members = group_by_volume((key, i) for i, (key, _) in enumerate(items))
+    parts: list[torch.Tensor | None] = [None] * len(items)
+    for key, idx in tqdm(members.items(), desc="LPC patches", unit="vol", disable=not progress, leave=False):
+        patches = extract_patches(volumes(key), [items[i][1] for i in idx], cfg)
+        for j, i in enumerate(idx):
+            parts[i] = patches[j].half()
     if not items:
-        raise DataError(proposals, "no proposal in the fully annotated or harvest volumes of this dataset")
-    cache = PreparedCache(default_cache_dir(data), preset.preprocess)
-    x = _patches(inputs.source, cache, items, preset.lpc)
-    y = np.array(labels, dtype=np.int64)
-    model = train_lpc(x, y, preset.lpc, device, seed=preset.lpc.seed, progress=progress)
-    save_lpc(out, model, preset.lpc, preprocess=to_dict(preset.preprocess))
-    return {"positives": int(y.sum()), "negatives": int((y == 0).sum())}
+        return torch.zeros(0)
+    return torch.stack(parts)  # type: ignore[arg-type]
+
+
+@dataclass
+class LPCExamples:
+    """Labelled proposals to train the LPC on.
+
+    Attributes:
+        vm_items: (volume key, tracklet) of the V_M proposals, P_M^R and P_M^-.
+        vm_labels: (N_M,) int64, 1 for P_M^R (a complete label covers it), 0 for P_M^-.
+        positives: (volume key, tracklet) of V_H proposals covering a RECIST mark (P_H^R), always
+            positives and in every fold's training set.
+    """
+
+    vm_items: list[tuple[str, Tracklet]]
+    vm_labels: np.ndarray
+    positives: list[tuple[str, Tracklet]]
+
+    def counts(self) -> dict:
+        return {"positives": int(self.vm_labels.sum()) + len(self.positives),
+                "negatives": int((self.vm_labels == 0).sum())}
+
+
+def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: PreparedVolumes, cfg: LPCConfig,
+                    preprocess: PreprocessConfig, paths: list[Path], device: str = "cpu", seed: int = 0,
+                    skip_existing: bool = False, progress: bool = True, desc: str = "LPC") -> None:
+    """Train one LPC per fold and save fold f to ``paths[f]``.
+
+    Fold f trains on the V_M proposals outside ``folds[f]`` (all of them when there is one fold)
+    and on every positive, with seed ``seed + f``. ``skip_existing`` keeps a fold whose file exists
+    (resuming). Each checkpoint records its held-out volumes and the preprocessing, so that
+    ``classify`` can use it.
+    """
+    if len(paths) != len(folds):
+        raise ValueError(f"{len(folds)} folds but {len(paths)} output paths")
+    vm_x = proposal_patches(examples.vm_items, volumes, cfg, progress)
+    positives_x = proposal_patches(examples.positives, volumes, cfg, progress)
+    for f, (fold, path) in enumerate(zip(folds, paths)):
+        if skip_existing and path.is_file():
+            continue
+        held = set(fold)
+        keep = [i for i, (key, _) in enumerate(examples.vm_items) if key not in held or len(folds) == 1]
+        x = torch.cat([vm_x[keep], positives_x]).float()
+        y = np.concatenate([examples.vm_labels[keep], np.ones(len(examples.positives), dtype=np.int64)])
+        model = train_lpc(x, y, cfg, device, seed=seed + f, progress=progress,
+                          desc=f"{desc} fold {f + 1}/{len(folds)}" if len(folds) > 1 else desc)
+        save_lpc(path, model, cfg, held_out=sorted(held), preprocess=to_dict(preprocess))
 
 
 def classify_proposals(data: str | Path, checkpoint: str | Path, proposals: str | Path, out: str | Path,
                        device: str = "cpu") -> dict[str, list[Tracklet]]:
-    from lesion_harvester.io.loader import open_volumes
-
+    """Score every proposal of ``proposals`` with the LPC ``checkpoint``; write and return them with
+    fused scores (each 2D score times s_c, so a tracklet's objectness becomes s = s_g * s_c)."""
     model, cfg, payload = load_lpc(checkpoint, device)
     if "preprocess" not in payload:
         raise DataError(checkpoint, "this LPC checkpoint does not record its preprocessing; retrain it with train-lpc")
@@ -80,8 +118,9 @@ def classify_proposals(data: str | Path, checkpoint: str | Path, proposals: str 
         if not ts:
             scored[key] = []
             continue
-        s_c = predict_lpc(model, _patches(source, cache, [(key, t) for t in ts], cfg), device=device)
-        scored[key] = [Tracklet(t.z_indices, t.boxes_xyxy_px, t.scores * float(c)) for t, c in zip(ts, s_c)]
+        patches = proposal_patches([(key, t) for t in ts], lambda k: cache.get(source, k), cfg)
+        s_c = predict_lpc(model, patches.float(), device=device)
+        scored[key] = [t.scaled(float(c)) for t, c in zip(ts, s_c)]
         rows += [(key, i, t.score, float(c), t.score * float(c)) for i, (t, c) in enumerate(zip(ts, s_c))]
     write_tracklets(out, scored)
     with atomic_write(Path(out).with_suffix(".csv"), "w") as handle:

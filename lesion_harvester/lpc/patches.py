@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from lesion_harvester.config import LPCConfig
 from lesion_harvester.geometry.preprocess import stored_to_hu
-from lesion_harvester.io.annotations import Tracklet
-from lesion_harvester.lpg.data import AIR_VALUE, PreparedVolume
+from lesion_harvester.preprocessing import AIR_VALUE, PreparedVolume
+from lesion_harvester.structures import Tracklet
 
 
 def proposal_geometry(t: Tracklet, pv: PreparedVolume, pad_px: float) -> tuple[float, float, float, float, float]:

@@ -1,20 +1,12 @@
-"""LPG input data: prepared (cropped, resampled, normalized) volumes, their disk cache, and
-the training-crop sampler.
-
-Preparing a volume once (MULAN's body crop, in-plane resampling and HU windowing) and caching it
-as float16 makes every later 9-slice context a cheap slice-and-interpolate, for training crops
-and whole-volume scans alike.
+"""LPG training data: the labelled slices, and the sampler that cuts training crops from
+prepared volumes (:mod:`lesion_harvester.preprocessing`) with MULAN-style jitter.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,134 +14,13 @@ import torch.nn.functional as F
 
 from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
 from lesion_harvester.errors import ConfigError
-from lesion_harvester.geometry.preprocess import (
-    blend_positions,
-    body_crop_box,
-    boxes_to_original,
-    boxes_to_resampled,
-    context_offsets,
-    inplane_scale,
-    normalize_hu,
-    resample_inplane,
-    rewindow,
-)
-from lesion_harvester.io.volume import Volume
+from lesion_harvester.geometry.preprocess import rewindow
 from lesion_harvester.lpg.targets import build_targets
+from lesion_harvester.preprocessing import AIR_VALUE, PreparedVolume, network_air
 
 log = logging.getLogger(__name__)
 
-AIR_VALUE = float(normalize_hu(np.array([-1024.0]))[0])  # what lies outside the body crop (stored encoding)
 MAX_NEGATIVE_SHARE = 0.5  # at most this share of the object crops is centred on hard negatives
-
-
-def network_air(pre: PreprocessConfig) -> float:
-    """Air (-1024 HU) in the network's input encoding: what pads images beyond the body crop."""
-    return float(normalize_hu(np.array([-1024.0]), pre.window_hu, pre.pixel_mean)[0])
-
-
-@dataclass
-class PreparedVolume:
-    """A volume ready for the network.
-
-    image: (Z, H, W) float16, body-cropped, resampled to ``spacing_mm`` and normalized with MULAN's
-    window (the stored encoding; the network's own window is applied when inputs are built).
-    crop_yx: top-left corner of the body crop in original pixels; scale: resampling factor.
-    """
-
-    key: str
-    image: np.ndarray
-    crop_yx: tuple[int, int]
-    scale: float
-    spacing_zyx_mm: tuple[float, float, float]
-    original_shape: tuple[int, int, int]
-
-    @property
-    def num_slices(self) -> int:
-        return int(self.image.shape[0])
-
-    def to_prepared(self, boxes_xyxy: np.ndarray) -> np.ndarray:
-        return boxes_to_resampled(boxes_xyxy, self.crop_yx, self.scale)
-
-    def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
-        return boxes_to_original(boxes_xyxy, self.crop_yx, self.scale)
-
-    def context_positions(self, num_slices: int, cfg: PreprocessConfig) -> np.ndarray:
-        """(Z, S) fractional slice positions of every target's context, clamped into the volume."""
-        offsets = context_offsets(self.spacing_zyx_mm[0], num_slices, cfg.context_mm, cfg.context_mode)
-        positions = np.arange(self.num_slices)[:, None] + offsets[None, :]
-        return np.clip(positions, 0, self.num_slices - 1)
-
-    def window(self, positions: np.ndarray, y0: int, x0: int, size_y: int, size_x: int) -> np.ndarray:
-        """(K, size_y, size_x) float32 slices at fractional ``positions``, air outside the image."""
-        blend = blend_positions(positions, self.num_slices)
-        out = np.full((len(positions), size_y, size_x), AIR_VALUE, dtype=np.float32)
-        h, w = self.image.shape[1:]
-        ys, ye = max(y0, 0), min(y0 + size_y, h)
-        xs, xe = max(x0, 0), min(x0 + size_x, w)
-        if ys >= ye or xs >= xe:
-            return out
-        lo = self.image[blend.lo, ys:ye, xs:xe].astype(np.float32)
-        hi = self.image[blend.hi, ys:ye, xs:xe].astype(np.float32)
-        out[:, ys - y0: ye - y0, xs - x0: xe - x0] = lo + (hi - lo) * blend.w_hi[:, None, None]
-        return out
-
-
-def prepare_volume(volume: Volume, cfg: PreprocessConfig) -> PreparedVolume:
-    """Body crop, resample in-plane to ``cfg.spacing_mm`` and normalize a volume."""
-    y0, y1, x0, x1 = body_crop_box(volume.hu_zyx, cfg.body_threshold_hu)
-    region = volume.hu_zyx[:, y0:y1, x0:x1]
-    scale = inplane_scale(volume.spacing_zyx_mm[1:], cfg.spacing_mm, region.shape[1:], cfg.max_size_px)
-    slices = []
-    for start in range(0, region.shape[0], 16):  # in chunks, to bound the float32 copy
-        chunk = normalize_hu(torch.from_numpy(region[start:start + 16].astype(np.float32)))
-        slices.append(resample_inplane(chunk, scale).half())
-    image = torch.cat(slices).numpy()
-    return PreparedVolume(volume.volume_id, image, (y0, x0), scale, volume.spacing_zyx_mm, volume.shape)
-
-
-class PreparedCache:
-    """Prepared volumes on disk (``ROOT/<config fingerprint>/<key>.npy`` + ``.json``), read memory-mapped.
-
-    ``root=None`` keeps nothing on disk.
-    """
-
-    def __init__(self, root: str | Path | None, cfg: PreprocessConfig):
-        self.cfg = cfg
-        self.dir = None if root is None else Path(root) / cfg.fingerprint()
-        if self.dir is not None:
-            try:
-                self.dir.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                log.warning("cannot create cache folder %s (%s); preparing volumes in memory only", self.dir, exc)
-                self.dir = None
-
-    def get(self, source, key: str) -> PreparedVolume:
-        if self.dir is not None:
-            npy, meta = self.dir / f"{key}.npy", self.dir / f"{key}.json"
-            if npy.is_file() and meta.is_file():
-                info = json.loads(meta.read_text())
-                return PreparedVolume(key, np.load(npy, mmap_mode="r"), tuple(info["crop_yx"]), info["scale"],
-                                      tuple(float(s) for s in info["spacing_zyx_mm"]), tuple(info["original_shape"]))
-        prepared = prepare_volume(source.load(key), self.cfg)
-        if self.dir is not None:
-            _save_npy_atomic(self.dir / f"{key}.npy", prepared.image)
-            info = {"crop_yx": list(prepared.crop_yx), "scale": prepared.scale,
-                    "spacing_zyx_mm": [s if not math.isnan(s) else "nan" for s in prepared.spacing_zyx_mm],
-                    "original_shape": list(prepared.original_shape)}
-            (self.dir / f"{key}.json").write_text(json.dumps(info))
-        return prepared
-
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass
@@ -170,8 +41,6 @@ class TrainingData:
     records: list[SliceRecord]
     # per volume: (z_lo, z_hi, box) regions that hold known lesions, kept out of background crops
     exclusions: dict[str, list[tuple[int, int, np.ndarray]]] = field(default_factory=dict)
-    # (key, z, box) false positives mined on fully annotated volumes: centres of hard background crops
-    hard_background: list[tuple[str, int, np.ndarray]] = field(default_factory=list)
     # volumes whose every lesion is labelled (V_M): background crops there hold no unmarked lesion
     complete_keys: list[str] = field(default_factory=list)
 
@@ -207,18 +76,26 @@ def check_train_config(crop: LPGTrainConfig) -> None:
                           f"got {crop.soft_negative_above}")
 
 
+HardBackground = list[tuple[str, int, np.ndarray]]  # (volume key, z_index, box_xyxy_px) of mined false positives
+
+
 class CropSampler:
-    """Random training crops: around annotated objects, or background, with MULAN-style jitter."""
+    """Random training crops: around annotated objects, or background, with MULAN-style jitter.
+
+    ``hard_background``: false positives mined on fully annotated volumes (their labels are
+    complete, so these are true negatives), used as centres of hard background crops.
+    """
 
     def __init__(self, data: TrainingData, prepared: dict[str, PreparedVolume], num_slices: int,
-                 pre: PreprocessConfig, crop: LPGTrainConfig, rng: np.random.Generator, stride: int = 4):
+                 pre: PreprocessConfig, crop: LPGTrainConfig, rng: np.random.Generator, stride: int = 4,
+                 hard_background: HardBackground | None = None):
         self.slices = data.slice_boxes()
         self.slice_list = list(self.slices.values())
         # slices with a lesion vs slices with hard negatives only: the HNSL fine-tuning gives far more
         # negatives than positives, and crops must not be drawn mostly around negatives
         self.positive_slices = [r for r in self.slice_list if len(r.positives)]
         self.negative_slices = [r for r in self.slice_list if not len(r.positives)]
-        self.data = data
+        self.hard_background = hard_background or []
         check_train_config(crop)
         # in partially labelled volumes a random crop may hold an unmarked lesion, which the loss
         # would then teach as background
@@ -236,7 +113,7 @@ class CropSampler:
         self.air = network_air(pre)
 
     def _hard_background(self):
-        key, z, box = self.data.hard_background[int(self.rng.integers(len(self.data.hard_background)))]
+        key, z, box = self.hard_background[int(self.rng.integers(len(self.hard_background)))]
         pv = self.prepared[key]
         b = pv.to_prepared(box)[0]
         scale = self.rng.uniform(*self.crop.scale_jitter)
@@ -246,7 +123,7 @@ class CropSampler:
         return pv, z, y0, x0, src, scale, self.slices.get((key, z))
 
     def _background(self):
-        if self.data.hard_background and self.crop.crop_px and self.rng.random() < self.crop.mined_fraction:
+        if self.hard_background and self.crop.crop_px and self.rng.random() < self.crop.mined_fraction:
             return self._hard_background()
         for _ in range(20):
             key = self.volume_keys[int(self.rng.integers(len(self.volume_keys)))]

@@ -18,13 +18,15 @@ from pathlib import Path
 
 from lesion_harvester.config import ScanConfig, StackConfig
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.annotations import Tracklet, write_tracklets, write_tracklets_csv
+from lesion_harvester.io.annotations import write_tracklets, write_tracklets_csv
 from lesion_harvester.io.atomic import atomic_write_bytes, atomic_write_text
 from lesion_harvester.io.loader import open_volumes
+from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.io.safe_pickle import safe_load_pickle
 from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model
-from lesion_harvester.lpg.data import PreparedCache
 from lesion_harvester.lpg.scan import Scanner, scan_volumes
+from lesion_harvester.paths import default_cache_dir, partial_dir
+from lesion_harvester.structures import Tracklet
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,6 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
     model, _, pre = load_model(checkpoint, device, payload)
     scanner = Scanner(model, pre, scan, device)
     if source.format == "deeplesion":
-        from lesion_harvester.lpg.train import default_cache_dir
-
         cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), pre)
         total = sum(source.dataset.sub_volumes[k].num_slices for k in source.keys)
     else:
@@ -72,7 +72,7 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
             source.load(key).require_slices(2, "3D lesion proposals")
         return cache.get(source, key)
 
-    partial = out.parent / f"{out.name}.partial"
+    partial = partial_dir(out)
     identity = {"checkpoint": _file_digest(Path(checkpoint)), "data": str(Path(data).resolve()), "split": split,
                 "keys": hashlib.sha1("\n".join(source.keys).encode()).hexdigest(),
                 "stack": repr(stack), "scan": repr(replace(scan, batch_slices=0))}

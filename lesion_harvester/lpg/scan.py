@@ -22,12 +22,12 @@ from tqdm import tqdm
 
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig
 from lesion_harvester.geometry.preprocess import gather_slices, pad_to_multiple, rewindow
-from lesion_harvester.io.annotations import Tracklet
-from lesion_harvester.lpg.data import PreparedVolume, network_air
 from lesion_harvester.lpg.decode import decode
 from lesion_harvester.lpg.losses import clamped_sigmoid
 from lesion_harvester.lpg.model import MSCN, Triplet
+from lesion_harvester.preprocessing import PreparedVolume, network_air
 from lesion_harvester.stacking.stack import stack_proposals
+from lesion_harvester.structures import Tracklet
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.annotations import SliceBox, read_any_boxes
+from lesion_harvester.io.annotations import read_any_boxes
 from lesion_harvester.io.loader import VolumeSource
 from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.lpg.data import SliceRecord, TrainingData
+from lesion_harvester.structures import SliceBox
 
 log = logging.getLogger(__name__)
 

@@ -22,23 +22,21 @@ from lesion_harvester.config import Preset, dump_config, settings_fingerprint
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
-from lesion_harvester.io.annotations import SliceBox, single_slice_tracklet
 from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from lesion_harvester.lpg.data import CropSampler, PreparedCache, PreparedVolume, check_train_config, epoch_loader
+from lesion_harvester.lpg.data import CropSampler, HardBackground, TrainingData, check_train_config, epoch_loader
 from lesion_harvester.lpg.losses import centernet_loss
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import Scanner
 from lesion_harvester.lpg.sources import build_sources
+from lesion_harvester.paths import TrainLayout, default_cache_dir
+from lesion_harvester.preprocessing import PreparedVolume
+from lesion_harvester.structures import SliceBox, Tracklet
 
 log = logging.getLogger(__name__)
 
 VALIDATION_RATES = ("0.5", "1", "2", "4")
-
-
-def default_cache_dir(data_root: str | Path) -> Path:
-    """Prepared volumes are cached next to the data, so that training, scanning and harvesting share them."""
-    return Path(data_root) / ".lesion_harvester_cache"
 
 
 def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -81,7 +79,7 @@ def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[
             name = f"{key}#{z}"
             per_slice_truth[name] = VolumeTruth.from_slice_boxes([b for b in boxes if b.z_index == z])
             p = proposals[z]
-            detections[name] = [single_slice_tracklet(z, box, float(s)) for box, s in zip(p.boxes_xyxy_px, p.scores)
+            detections[name] = [Tracklet.single_slice(z, box, float(s)) for box, s in zip(p.boxes_xyxy_px, p.scores)
                                 if s > 0.01]
     if not per_slice_truth:
         return {"score": 0.0, "froc_per_slice": {}, "ap": 0.0}
@@ -91,7 +89,7 @@ def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[
 
 
 def mine_hard_background(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[str, list[SliceBox]],
-                         data, min_score: float, per_slice: int) -> list[tuple[str, int, np.ndarray]]:
+                         data: TrainingData, min_score: float, per_slice: int) -> HardBackground:
     """The model's false positives on fully annotated volumes: detections above ``min_score`` that
     overlap no known lesion (on its slice or the slices it may extend to)."""
     mined = []
@@ -123,8 +121,8 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
     """Train (or resume training) an LPG; returns the training summary."""
     cfg = preset.lpg_train
     check_train_config(cfg)  # here, not first in a loader process after the volumes are prepared
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    layout = TrainLayout(Path(out_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
     start_time = time.time()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
@@ -149,30 +147,32 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
     history: list[dict] = []
     best = -1.0
     start_epoch = 0
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
+    hard_background: HardBackground = []
+    if layout.last.is_file():
+        state = load_checkpoint(layout.last)
         if state.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{last_path}: this folder holds a run with other settings or data; "
+            raise ConfigError(f"{layout.last}: this folder holds a run with other settings or data; "
                               "use a new --out folder (or delete it to start over)")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best, start_epoch = state["history"], state["best_score"], state["epoch"] + 1
         torch.set_rng_state(state["rng_torch"])
-        log.info("resuming %s after epoch %d", out, state["epoch"] + 1)
+        log.info("resuming %s after epoch %d", layout.root, state["epoch"] + 1)
     scanner = Scanner(model, preset.preprocess, preset.scan, device)
-    dump_config(preset, out / "config.yaml")
+    dump_config(preset, layout.config)
     fully_annotated = {k: v for k, v in sources.fully_annotated_truth.items() if k in prepared}
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.mine_hard_background and epoch > 0 and fully_annotated:
             model.eval()
-            sources.training.hard_background = mine_hard_background(
+            hard_background = mine_hard_background(
                 scanner, prepared, fully_annotated, sources.training, cfg.mine_min_score, cfg.mine_per_slice)
-            log.info("epoch %d: %d hard background locations", epoch + 1, len(sources.training.hard_background))
+            log.info("epoch %d: %d hard background locations", epoch + 1, len(hard_background))
         model.train()
-        def make_sampler(generator, _data=sources.training):
-            return CropSampler(_data, prepared, preset.lpg.num_slices, preset.preprocess, cfg, generator)
+
+        def make_sampler(generator, _hard=hard_background):
+            return CropSampler(sources.training, prepared, preset.lpg.num_slices, preset.preprocess, cfg, generator,
+                               hard_background=_hard)
 
         batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size, cfg.loader_workers)
         bar = tqdm(batches, total=cfg.iters_per_epoch,
@@ -199,7 +199,7 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
         model.eval()
         val = validate(scanner, prepared, sources.validation)
         entry = {"epoch": epoch + 1, "loss": running, "train_s": round(time.time() - epoch_start, 1),
-                 "hard_background": len(sources.training.hard_background), **val}
+                 "hard_background": len(hard_background), **val}
         history.append(entry)
         improved = val["score"] > best
         best = max(best, val["score"])
@@ -208,13 +208,13 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
                        f"{' (best)' if improved else ''}")
         common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint}
         if improved:
-            save_checkpoint(best_path, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
-        save_checkpoint(last_path, model_payload(
+            save_checkpoint(layout.best, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
+        save_checkpoint(layout.last, model_payload(
             model, preset.lpg, preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), history=history, best_score=best,
             rng_torch=torch.get_rng_state()))
     summary = {"best_score": best, "epochs": len(history), "history": history,
                "elapsed_s": round(time.time() - start_time, 1), "device": device,
                "training_slices": len(sources.training.records), "training_volumes": len(sources.training.volume_keys)}
-    atomic_write_text(out / "train_log.json", json.dumps(summary, indent=1))
+    atomic_write_text(layout.train_log, json.dumps(summary, indent=1))
     return summary

@@ -13,22 +13,22 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from lesion_harvester.errors import DataError  # noqa: E402
-from lesion_harvester.evaluation.matching import VolumeTruth  # noqa: E402
-from lesion_harvester.evaluation.metrics import EvaluationResult, evaluate_detections  # noqa: E402
-from lesion_harvester.harvest.ledger import Ledger  # noqa: E402
-from lesion_harvester.io.annotations import Tracklet, marks_to_tracklets, read_slice_boxes, read_tracklets  # noqa: E402
-from lesion_harvester.io.atomic import atomic_write_text  # noqa: E402
-from lesion_harvester.io.deeplesion import DeepLesionDataset  # noqa: E402
-from lesion_harvester.report.montage import save_figure, window_image  # noqa: E402
-from lesion_harvester.report.plots import plot_pr  # noqa: E402
+from lesion_harvester.errors import DataError
+from lesion_harvester.evaluation.matching import VolumeTruth
+from lesion_harvester.evaluation.metrics import EvaluationResult, evaluate_detections
+from lesion_harvester.geometry.display import DISPLAY_WINDOWS_HU, window_image
+from lesion_harvester.harvest.ledger import Ledger
+from lesion_harvester.harvest.verify import match_known
+from lesion_harvester.io.annotations import read_slice_boxes, read_tracklets
+from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.io.figures import save_figure
+from lesion_harvester.paths import RunLayout
+from lesion_harvester.report.plots import plot_pr
+from lesion_harvester.structures import SliceBox, Tracklet, group_by_volume, marks_to_tracklets
 
 MARK_SCORE = 2.0  # above any fused score, so that the marks rank first
 
@@ -37,14 +37,9 @@ MARK_SCORE = 2.0  # above any fused score, so that the marks rank first
 KNOWN = ("recist", "marked_piece")
 
 
-def rescored(t: Tracklet, value: float) -> Tracklet:
-    """A tracklet whose objectness is ``value`` (its 2D scores scaled)."""
-    return Tracklet(t.z_indices, t.boxes_xyxy_px, t.scores * (value / max(t.score, 1e-12)))
-
-
 def with_marks(marks: dict[str, list[Tracklet]], extra: dict[str, list[Tracklet]]) -> dict[str, list[Tracklet]]:
-    out = {k: [Tracklet(t.z_indices, t.boxes_xyxy_px, np.full_like(t.scores, MARK_SCORE)) for t in v]
-           for k, v in marks.items()}
+    """The marks (ranked first: objectness ``MARK_SCORE``), then the ``extra`` detections, per volume."""
+    out = {k: [t.with_objectness(MARK_SCORE) for t in v] for k, v in marks.items()}
     for k, v in extra.items():
         out.setdefault(k, []).extend(v)
     return out
@@ -55,13 +50,13 @@ def _rap(result: EvaluationResult) -> dict[str, float]:
 
 
 def build_report(run_dir: str | Path, progress: bool = True) -> dict:
-    run = Path(run_dir)
-    if not (run / "ledger.sqlite").is_file():
-        raise DataError(run, "no harvest ledger (ledger.sqlite) in this folder")
-    ledger = Ledger(run / "ledger.sqlite")
+    layout = RunLayout(Path(run_dir))
+    if not layout.ledger.is_file():
+        raise DataError(layout.root, f"no harvest ledger ({layout.ledger.name}) in this folder")
+    ledger = Ledger(layout.ledger)
     rounds = ledger.finished_rounds("mine")
     if not rounds:
-        raise DataError(run, "no finished harvest round to report on yet")
+        raise DataError(layout.root, "no finished harvest round to report on yet")
     data = Path(ledger.get_meta("data"))
     holdout_keys = json.loads(ledger.get_meta("holdout_volumes"))
     holdout_truth = read_slice_boxes(ledger.get_meta("holdout_file"))
@@ -83,17 +78,11 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
         info = ledger.step_info(r, "mine")
         rows = [row for row in ledger.proposals(r, volumes=holdout_keys)]
         new = [row for row in rows if row.status not in KNOWN]
-        by_objectness: dict[str, list[Tracklet]] = {}
-        by_score: dict[str, list[Tracklet]] = {}
-        for row in new:
-            by_objectness.setdefault(row.volume, []).append(row.tracklet)
-            by_score.setdefault(row.volume, []).append(rescored(row.tracklet, row.score or 0.0))
+        by_objectness = group_by_volume((row.volume, row.tracklet) for row in new)
+        by_score = group_by_volume((row.volume, row.tracklet.with_objectness(row.score or 0.0)) for row in new)
         lpg = evaluate_detections(truth, with_marks(marks, by_objectness))
         lpg_lpc = evaluate_detections(truth, with_marks(marks, by_score))
-        alone: dict[str, list[Tracklet]] = {}
-        for row in rows:
-            alone.setdefault(row.volume, []).append(row.tracklet)
-        froc = evaluate_detections(truth, alone)
+        froc = evaluate_detections(truth, group_by_volume((row.volume, row.tracklet) for row in rows))
         froc_rows.append((r, froc))
         if r == rounds[0]:
             curves[f"R + P_H,{r} (LPG, s_g)"] = lpg
@@ -113,7 +102,7 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
                                                      "precision_lower_bound")},
             "fusion_exponent": exponent,  # w of s = s_g * s_c**w (1: the paper's product, and older runs)
         })
-    harvested_path = run / "harvested.pkl"
+    harvested_path = layout.harvested
     if harvested_path.is_file():
         harvested = {k: v for k, v in read_tracklets(harvested_path).items() if k in truth}
         labels = evaluate_detections(truth, with_marks(marks, harvested))
@@ -131,22 +120,23 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
     stopped = ledger.get_meta("stopped_after_round")
     report["stopped_early_after_round"] = int(stopped) if stopped else None
     # figures
-    plot_pr(curves, run / "fig5a_pr.png", title="harvest PR on V_H^test (Fig. 5a)",
+    plot_pr(curves, layout.fig5a, title="harvest PR on V_H^test (Fig. 5a)",
             points={"original marks R": (report["original_marks"]["recall"], report["original_marks"]["precision"])})
-    variants = _variant_curves(run, ledger, rounds[0], holdout_keys, truth, marks)
+    variants = _variant_curves(layout, ledger, rounds[0], holdout_keys, truth, marks)
     if variants:
-        plot_pr(variants, run / "fig5b_lpc_variants.png", title=f"LPC variants, round {rounds[0]} (Fig. 5b)")
+        plot_pr(variants, layout.fig5b, title=f"LPC variants, round {rounds[0]} (Fig. 5b)")
         report["lpc_variants"] = {name: {"recall_at_precision": _rap(res), "ap": round(res.ap, 4)}
                                   for name, res in variants.items()}
-    _montage(run, dataset, ledger, holdout_keys, holdout_truth)
-    atomic_write_text(run / "report.json", json.dumps(report, indent=1))
-    atomic_write_text(run / "report.md", render_markdown(report, froc_rows))
+    _montage(layout, dataset, ledger, holdout_keys, holdout_truth)
+    atomic_write_text(layout.report_json, json.dumps(report, indent=1))
+    atomic_write_text(layout.report_md, render_markdown(report, froc_rows))
     ledger.close()
     return report
 
 
-def _variant_curves(run, ledger, r, holdout_keys, truth, marks) -> dict[str, EvaluationResult]:
-    path = run / f"round_{r}" / "lpc_variants.json"
+def _variant_curves(layout: RunLayout, ledger: Ledger, r: int, holdout_keys: list[str],
+                    truth: dict[str, VolumeTruth], marks: dict[str, list[Tracklet]]) -> dict[str, EvaluationResult]:
+    path = layout.lpc_variants(r)
     if not path.is_file():
         return {}
     variants = json.loads(path.read_text())
@@ -154,9 +144,7 @@ def _variant_curves(run, ledger, r, holdout_keys, truth, marks) -> dict[str, Eva
     curves = {}
 
     def curve(score_of) -> EvaluationResult:
-        extra: dict[str, list[Tracklet]] = {}
-        for row in rows:
-            extra.setdefault(row.volume, []).append(rescored(row.tracklet, score_of(row)))
+        extra = group_by_volume((row.volume, row.tracklet.with_objectness(score_of(row))) for row in rows)
         return evaluate_detections(truth, with_marks(marks, extra))
 
     curves["s_g (LPG objectness)"] = curve(lambda row: row.objectness)
@@ -169,9 +157,10 @@ def _variant_curves(run, ledger, r, holdout_keys, truth, marks) -> dict[str, Eva
     return curves
 
 
-def _montage(run, dataset, ledger, holdout_keys, holdout_truth, n: int = 8) -> None:
+def _montage(layout: RunLayout, dataset: DeepLesionDataset, ledger: Ledger, holdout_keys: list[str],
+             holdout_truth: dict[str, list[SliceBox]], n: int = 8) -> None:
     """Harvested lesions (blue) with the marks of the volume (green): first, key and last slice."""
-    path = run / "harvested.pkl"
+    path = layout.harvested
     if not path.is_file():
         return
     harvested = read_tracklets(path)
@@ -180,7 +169,8 @@ def _montage(run, dataset, ledger, holdout_keys, holdout_truth, n: int = 8) -> N
         chosen += [(k, t) for k, ts in harvested.items() if k not in set(holdout_keys) for t in ts][: n - len(chosen)]
     if not chosen:
         return
-    fig, axes = plt.subplots(len(chosen), 3, figsize=(9, 3.2 * len(chosen)), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(9, 3.2 * len(chosen)), layout="constrained")
+    axes = fig.subplots(len(chosen), 3, squeeze=False)
     marks = dataset.marks([k for k, _ in chosen])
     for row_axes, (key, t) in zip(axes, chosen):
         volume = dataset.load(key)
@@ -190,12 +180,10 @@ def _montage(run, dataset, ledger, holdout_keys, holdout_truth, n: int = 8) -> N
         half = max(40.0, 1.5 * max(x2 - x1, y2 - y1))
         correct = None
         if key in holdout_truth:
-            from lesion_harvester.harvest.verify import match_known
-
             correct = bool(match_known([t], holdout_truth[key])[0])
         for ax, (label, i) in zip(row_axes, (("first", 0), ("key", t.key_index), ("last", len(t.z_indices) - 1))):
             z = int(t.z_indices[i])
-            ax.imshow(window_image(volume.hu_zyx[z], (-175.0, 275.0)), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(window_image(volume.hu_zyx[z], DISPLAY_WINDOWS_HU["default"]), cmap="gray", vmin=0, vmax=1)
             bx = t.boxes_xyxy_px[i]
             ax.add_patch(Rectangle((bx[0], bx[1]), bx[2] - bx[0], bx[3] - bx[1],
                                    fill=False, edgecolor="deepskyblue", lw=1.5))
@@ -217,7 +205,7 @@ def _montage(run, dataset, ledger, holdout_keys, holdout_truth, n: int = 8) -> N
                               color="red" if correct is False else "black")
     fig.suptitle("harvested lesions (blue) and RECIST marks (green, with red/blue axes): first, key and last slice",
                  fontsize=8)
-    save_figure(fig, run / "fig6_harvested.png", dpi=90)
+    save_figure(fig, layout.fig6, dpi=90)
 
 
 def render_markdown(report: dict, froc_rows) -> str:

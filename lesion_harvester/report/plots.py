@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lesion_harvester.evaluation.metrics import FROC_FP_RATES  # noqa: E402
-from lesion_harvester.report.montage import save_figure  # noqa: E402
+from lesion_harvester.evaluation.metrics import FROC_FP_RATES
+from lesion_harvester.io.figures import save_figure
 
 
 def plot_froc(results: dict, path: str | Path, title: str = "FROC (per volume)") -> None:
     """Sensitivity against false positives per volume (log x), one curve per named result."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for name, r in results.items():
         if len(r.fp_per_volume):
             ax.plot(np.maximum(r.fp_per_volume, 1e-3), r.recall, label=f"{name} (AP {r.ap:.3f})")
@@ -34,7 +32,8 @@ def plot_froc(results: dict, path: str | Path, title: str = "FROC (per volume)")
 
 def plot_pr(results: dict, path: str | Path, title: str = "precision-recall", points: dict | None = None) -> None:
     """Precision against recall, one curve per named result; ``points`` adds single operating points."""
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig = Figure(figsize=(6, 4.5))
+    ax = fig.subplots()
     for name, r in results.items():
         if len(r.recall):
             ax.plot(r.recall, r.precision, label=name)

@@ -21,8 +21,8 @@ from scipy.optimize import linear_sum_assignment
 
 from lesion_harvester.config import StackConfig
 from lesion_harvester.geometry.boxes import pairwise_iou
-from lesion_harvester.io.annotations import Tracklet
 from lesion_harvester.stacking.kalman import KalmanBoxTracker
+from lesion_harvester.structures import Tracklet
 
 
 @dataclass

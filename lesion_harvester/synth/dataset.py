@@ -31,10 +31,11 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from lesion_harvester.config import SynthConfig, dump_config
-from lesion_harvester.io.annotations import Box3D, SliceBox, write_boxes_3d, write_slice_boxes
+from lesion_harvester.io.annotations import write_boxes_3d, write_slice_boxes
 from lesion_harvester.io.atomic import atomic_directory, atomic_write_text
 from lesion_harvester.io.deeplesion import DLInfoRow, sub_volume_key, write_dl_info
 from lesion_harvester.io.png16 import write_png_hu
+from lesion_harvester.structures import Box3D, SliceBox
 from lesion_harvester.synth.anatomy import Solid, sample_patient
 from lesion_harvester.synth.lesions import (
     DEFAULT_WINDOW,
@@ -46,6 +47,7 @@ from lesion_harvester.synth.lesions import (
     sample_lesion_count,
     sample_long_diameter_mm,
 )
+from lesion_harvester.synth.montage import synth_montage
 from lesion_harvester.synth.shapes import Canvas, Grid, Tube
 
 log = logging.getLogger(__name__)
@@ -405,8 +407,6 @@ def write_synthetic_dataset(out: str | Path, cfg: SynthConfig, seed: int, progre
         stats["harvest_test_volumes"] = len(splits["harvest_test"])
         atomic_write_text(tmp / "stats.json", json.dumps(stats, indent=1))
         dump_config(cfg, tmp / "synth_config.yaml")
-        from lesion_harvester.report.montage import synth_montage
-
         synth_montage(tmp, volumes, tmp / "montage.png")
     return stats
 

@@ -13,7 +13,8 @@ from lesion_harvester.evaluation.metrics import (
     recall_at_precision,
     voc_ap,
 )
-from lesion_harvester.io.annotations import Box3D, SliceBox, Tracklet, read_slice_boxes
+from lesion_harvester.io.annotations import read_slice_boxes
+from lesion_harvester.structures import Box3D, SliceBox, Tracklet
 from tests.conftest import shared_path
 
 BOX = (100.0, 100.0, 119.0, 119.0)  # a 20 x 20 px lesion

@@ -88,9 +88,9 @@ def test_harvest_resumes_after_a_kill(tiny_dataset, tmp_path):
 def test_harvest_refuses_a_folder_with_other_settings(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     from lesion_harvester.config import load_preset
-    from lesion_harvester.harvest.rounds import Harvest
+    from lesion_harvester.harvest.rounds import open_run
 
-    Harvest(tiny_dataset, run, load_preset("tiny"), progress=False)
+    open_run(tiny_dataset, run, load_preset("tiny"), progress=False).ledger.close()
     assert main(["harvest", str(tiny_dataset), "--out", str(run), "--preset", "demo", "--rounds", "1"]) == 2
     assert "other settings" in capsys.readouterr().err
 
@@ -106,78 +106,19 @@ def test_real_layout_needs_the_released_files(tmp_path, capsys):
     assert "--fully-annotated" in capsys.readouterr().err
 
 
-def test_finetuning_uses_only_the_hard_v_m_negatives(tiny_dataset, tmp_path):
-    import dataclasses
-
-    from lesion_harvester.config import load_preset
-    from lesion_harvester.harvest.rounds import Harvest
-    from lesion_harvester.io.annotations import Tracklet
-
-    preset = load_preset("tiny")
-    preset = dataclasses.replace(preset, harvest=dataclasses.replace(
-        preset.harvest, hard_min_objectness=0.5, hard_top_per_volume=1))
-    harvest = Harvest(tiny_dataset, tmp_path / "run", preset, progress=False)
-    key = next(iter(harvest.inputs.fully_annotated))
-
-    def tracklet(x, score):  # far-apart single-slice boxes, so none is a duplicate of another
-        return Tracklet(np.array([0]), np.array([[x, 0.0, x + 5.0, 5.0]]), np.array([score]))
-
-    scores = [0.9, 0.6, 0.3, 0.2, 0.1]
-    with harvest.ledger.transaction() as db:
-        harvest.ledger.add_proposals(db, 1, {key: [tracklet(10.0 * i, s) for i, s in enumerate(scores)]})
-        harvest.ledger.set_statuses(db, 1, [(key, i, "fa_negative") for i in range(len(scores))])
-    _, negatives = harvest.pooled_examples(1)
-    # objectness >= 0.5 (0.9, 0.6), plus the top one per volume (already among them): not the rest
-    assert sorted(float(t.score) for _, t in negatives) == [0.6, 0.9]
-
-
 @pytest.mark.parametrize("exponents", [(), (1.0, -1.0)])
 def test_bad_fusion_exponents_are_refused_before_any_work(tiny_dataset, tmp_path, exponents):
     import dataclasses
 
     from lesion_harvester.config import load_preset
     from lesion_harvester.errors import ConfigError
-    from lesion_harvester.harvest.rounds import Harvest
+    from lesion_harvester.harvest.rounds import open_run
 
     preset = load_preset("tiny")
-    preset = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, fusion_exponents=exponents))
     with pytest.raises(ConfigError, match="harvest.fusion_exponents"):
-        Harvest(tiny_dataset, tmp_path / "run", preset, progress=False)
+        preset = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, fusion_exponents=exponents))
+        open_run(tiny_dataset, tmp_path / "run", preset, progress=False)
     assert not (tmp_path / "run").exists()
-
-
-def test_threshold_is_set_on_the_v_m_proposals_a_harvest_would_count_as_new(tiny_dataset, tmp_path):
-    from lesion_harvester.config import load_preset
-    from lesion_harvester.harvest.rounds import Harvest, covers_marks
-    from lesion_harvester.io.annotations import Tracklet
-
-    harvest = Harvest(tiny_dataset, tmp_path / "run", load_preset("tiny"), progress=False)
-    marks = harvest.inputs.dataset.marks(list(harvest.inputs.fully_annotated))
-    key = next(k for k, ms in marks.items() if ms)
-    mark = marks[key][0].slice_box()
-    box = np.array(mark.box_xyxy_px, dtype=float)
-    far = np.array([0.0, 0.0, 4.0, 4.0]) if box[0] > 20 else np.array([400.0, 400.0, 404.0, 404.0])
-
-    def tracklet(z, b, score):
-        return Tracklet(np.array([z]), np.asarray(b, dtype=float)[None], np.array([score]))
-
-    # the marked lesion (0.9), a piece of it that misses the mark's slice (0.85), an unmarked
-    # lesion elsewhere (0.8) and a false positive (0.5)
-    proposals = [tracklet(mark.z_index, box, 0.9), tracklet(mark.z_index + 1, box, 0.85),
-                 tracklet(mark.z_index, far, 0.8), tracklet(mark.z_index, far + 8.0, 0.5)]
-    statuses = ["fa_lesion", "fa_negative", "fa_lesion", "fa_negative"]
-    with harvest.ledger.transaction() as db:
-        harvest.ledger.add_proposals(db, 1, {key: proposals})
-        harvest.ledger.set_statuses(db, 1, [(key, i, s) for i, s in enumerate(statuses)])
-        harvest.ledger.set_scores(db, 1, [(key, i, 1.0, t.score) for i, t in enumerate(proposals)])
-    rows = harvest.ledger.proposals(1, statuses=("fa_lesion", "fa_negative"))
-    assert covers_marks(rows, marks).tolist() == [True, True, False, False]
-    harvest._step_mine(1)
-    info = harvest.ledger.step_info(1, "mine")
-    # counting the mark and its piece, the 95% threshold would stop above the piece, at 0.9
-    assert info["threshold"] == pytest.approx(0.8)
-    assert (info["vm_new_lesions_above"], info["vm_false_positives_above"]) == (1, 0)
-    assert info["precision_lower_bound"] == pytest.approx(0.05)  # one correct proposal proves little
 
 
 def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshold(tiny_dataset, tmp_path):
@@ -185,36 +126,40 @@ def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshol
 
     from lesion_harvester.config import load_preset
     from lesion_harvester.errors import ConfigError
-    from lesion_harvester.harvest.rounds import Harvest
-    from lesion_harvester.io.annotations import Tracklet, read_slice_boxes
+    from lesion_harvester.harvest.ledger import ProposalRow
+    from lesion_harvester.harvest.mine import mine_round
+    from lesion_harvester.harvest.rounds import lpg_fully_annotated_file, open_run
+    from lesion_harvester.harvest.steps import pool_examples
+    from lesion_harvester.io.annotations import read_slice_boxes
+    from lesion_harvester.structures import Tracklet
 
     preset = load_preset("tiny")
     preset = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, calibration_volumes=1))
-    harvest = Harvest(tiny_dataset, tmp_path / "run", preset, progress=False)
-    v_m = sorted(harvest.inputs.fully_annotated)
-    assert len(harvest.calibration) == 1 and set(harvest.calibration) < set(v_m)
-    assert Harvest(tiny_dataset, tmp_path / "run", preset, progress=False).calibration == harvest.calibration
-    (held,) = harvest.calibration
+    run = open_run(tiny_dataset, tmp_path / "run", preset, progress=False)
+    v_m = sorted(run.inputs.fully_annotated)
+    assert len(run.calibration) == 1 and set(run.calibration) < set(v_m)
+    assert open_run(tiny_dataset, tmp_path / "run", preset, progress=False).calibration == run.calibration
+    (held,) = run.calibration
     (other,) = set(v_m) - {held}
-    assert set(read_slice_boxes(harvest.lpg_fully_annotated_file())) == {other}  # the LPG's V_M
+    assert set(read_slice_boxes(lpg_fully_annotated_file(run))) == {other}  # the LPG's V_M
 
-    def tracklet(x, score):  # single-slice boxes in a corner, far from every mark
-        return Tracklet(np.array([0]), np.array([[x, 0.0, x + 3.0, 3.0]]), np.array([score]))
+    def row(key, i, x, score, status):  # single-slice boxes in a corner, far from every mark
+        t = Tracklet(np.array([0]), np.array([[x, 0.0, x + 3.0, 3.0]]), np.array([score]))
+        return ProposalRow(1, key, i, t, score, 1.0, score, status)
 
     # the calibration volume: a lesion at 0.8, a false positive at 0.5; the other: a false positive at 0.9
-    with harvest.ledger.transaction() as db:
-        harvest.ledger.add_proposals(db, 1, {held: [tracklet(0.0, 0.8), tracklet(20.0, 0.5)],
-                                             other: [tracklet(0.0, 0.9)]})
-        harvest.ledger.set_statuses(db, 1, [(held, 0, "fa_lesion"), (held, 1, "fa_negative"),
-                                            (other, 0, "fa_negative")])
-        harvest.ledger.set_scores(db, 1, [(held, 0, 1.0, 0.8), (held, 1, 1.0, 0.5), (other, 0, 1.0, 0.9)])
-    positives, negatives = harvest.pooled_examples(1)
+    vm = [row(held, 0, 0.0, 0.8, "fa_lesion"), row(held, 1, 20.0, 0.5, "fa_negative"),
+          row(other, 0, 0.0, 0.9, "fa_negative")]
+    positives, negatives = pool_examples([([(r.volume, r.tracklet) for r in vm if r.status == "fa_lesion"],
+                                           [(r.volume, r.tracklet) for r in vm if r.status == "fa_negative"])],
+                                         set(run.calibration))
     assert {key for key, _ in positives + negatives} == {other}  # nothing of the calibration volume
-    harvest._step_mine(1)
+    marks = run.inputs.dataset.marks(v_m)
+    assert mine_round(run.threshold_rows(vm), marks, [], [], [], preset.harvest).info["threshold"] == pytest.approx(0.8)
     # all of V_M would stop at the other volume's false positive (no threshold at all)
-    assert harvest.ledger.step_info(1, "mine")["threshold"] == pytest.approx(0.8)
+    assert mine_round(vm, marks, [], [], [], preset.harvest).info["threshold"] is None
 
     too_many = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, calibration_volumes=2))
     with pytest.raises(ConfigError, match="calibration_volumes"):
-        Harvest(tiny_dataset, tmp_path / "other_run", too_many, progress=False)
+        open_run(tiny_dataset, tmp_path / "other_run", too_many, progress=False)
     assert not (tmp_path / "other_run").exists()  # nothing written that a corrected run would trip over

@@ -5,9 +5,6 @@ import pytest
 
 from lesion_harvester.errors import DataError, UnsafePickleError
 from lesion_harvester.io.annotations import (
-    Box3D,
-    SliceBox,
-    Tracklet,
     read_any_boxes,
     read_boxes_3d,
     read_slice_boxes,
@@ -18,6 +15,7 @@ from lesion_harvester.io.annotations import (
     write_tracklets_csv,
 )
 from lesion_harvester.io.safe_pickle import safe_load_pickle
+from lesion_harvester.structures import Box3D, SliceBox, Tracklet
 from tests.conftest import shared_path
 
 

@@ -13,7 +13,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.io.dicom import read_dicom
 from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.nifti import read_nifti
-from lesion_harvester.io.volume import Volume
+from lesion_harvester.structures import Volume
 from tests.conftest import shared_path
 
 

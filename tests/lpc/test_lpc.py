@@ -9,11 +9,11 @@ import torch
 from lesion_harvester.config import LPCConfig
 from lesion_harvester.errors import DataError
 from lesion_harvester.geometry.preprocess import normalize_hu
-from lesion_harvester.io.annotations import Tracklet
 from lesion_harvester.lpc.model import LesionProposalClassifier
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc
-from lesion_harvester.lpg.data import PreparedVolume
+from lesion_harvester.preprocessing import PreparedVolume
+from lesion_harvester.structures import Tracklet
 
 
 def _volume_with_a_lesion():

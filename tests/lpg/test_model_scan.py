@@ -4,9 +4,9 @@ import torch
 
 from lesion_harvester.config import MSCNConfig, PreprocessConfig, ScanConfig
 from lesion_harvester.errors import DataError
-from lesion_harvester.lpg.data import PreparedVolume
 from lesion_harvester.lpg.model import MSCN, load_imagenet_densenet
 from lesion_harvester.lpg.scan import Scanner
+from lesion_harvester.preprocessing import PreparedVolume
 
 SMALL = MSCNConfig(init_features=8, growth_rate=4, block_config=(2, 2, 2), neck_channels=16, head_channels=16)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
-from lesion_harvester.lpg.data import CropSampler, PreparedVolume, SliceRecord, TrainingData, epoch_loader
+from lesion_harvester.lpg.data import CropSampler, SliceRecord, TrainingData, epoch_loader
+from lesion_harvester.preprocessing import PreparedVolume
 
 
 def _volume():

@@ -1,38 +1,22 @@
-"""Image montages: a person should see at a glance that the data and the boxes look right."""
+"""The synthetic dataset's ``montage.png``: a person should see at a glance that the data and the
+boxes look right."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-
-from lesion_harvester.io.atomic import atomic_write_bytes  # noqa: E402
-from lesion_harvester.io.png16 import read_png_hu  # noqa: E402
-
-WINDOWS = {"lung": (-1350.0, 150.0), "default": (-175.0, 275.0), "bone": (-450.0, 1050.0)}
-
-
-def window_image(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
-    lo, hi = window
-    return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0, 1)
-
-
-def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+from lesion_harvester.geometry.display import DISPLAY_WINDOWS_HU, window_image
+from lesion_harvester.io.figures import save_figure
+from lesion_harvester.io.png16 import read_png_hu
 
 
 def synth_montage(root: Path, volumes, out_png: Path, n_panels: int = 12) -> None:
-    """Key slices of a few synthetic volumes with every lesion's box: green marked, yellow unmarked."""
+    """Key slices of a few synthetic volumes (``SynthVolume``s written under ``root``) with every
+    lesion's box: green marked, yellow unmarked."""
     panels = []
     for v in volumes:
         for lesion in v.lesions:
@@ -42,13 +26,14 @@ def synth_montage(root: Path, volumes, out_png: Path, n_panels: int = 12) -> Non
             break
     cols = 4
     rows = max(1, int(np.ceil(len(panels) / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 4 * rows))
+    fig = Figure(figsize=(4 * cols, 4 * rows))
+    axes = fig.subplots(rows, cols)
     for ax in np.atleast_1d(axes).ravel():
         ax.axis("off")
     for ax, (v, lesion) in zip(np.atleast_1d(axes).ravel(), panels):
         z = lesion.key_z
         hu = read_png_hu(root / "Images_png" / v.folder / f"{v.first_slice + z:03d}.png")
-        window = WINDOWS["lung"] if lesion.kind == "lung" else WINDOWS["default"]
+        window = DISPLAY_WINDOWS_HU["lung"] if lesion.kind == "lung" else DISPLAY_WINDOWS_HU["default"]
         ax.imshow(window_image(hu, window), cmap="gray", vmin=0, vmax=1)
         for other in v.lesions:
             if other.key_z != z and not (other.z_range[0] <= z <= other.z_range[1]):

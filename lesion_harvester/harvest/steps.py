@@ -1,0 +1,216 @@
+"""The steps of a harvest round (paper Fig. 2), each a function of explicit inputs.
+
+:mod:`lesion_harvester.harvest.rounds` composes them and records each result in the ledger;
+every step here can be called (and tested) on its own:
+
+1. :func:`lpg_preset` and :func:`pool_examples`: what the round's LPG trains on (round 1: the
+   preset; later rounds: a fine-tuning from the previous LPG on pooled positives and hard
+   negatives), trained by :func:`lesion_harvester.lpg.train.train_lpg`;
+2. scanning: :func:`lesion_harvester.lpg.propose.propose`;
+3. verification: :func:`lesion_harvester.harvest.verify.verify_proposals`;
+4. :func:`lpc_examples` and :func:`lesion_harvester.lpc.api.train_lpc_folds`: the LPC, K-fold over V_M;
+5. :func:`lpc_probabilities` and :func:`fuse`: s_c of every classifiable proposal, and s = s_g * s_c**w;
+6. mining: :func:`lesion_harvester.harvest.mine.mine_round`;
+7. :func:`lpc_variant_scores` (round 1): the axial and 3D LPCs of the paper's Fig. 5b.
+
+:func:`train_lpc_on_proposals` is steps 3-4 outside a harvest (``lesion-harvester train-lpc``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lesion_harvester.config import LPCConfig, Preset
+from lesion_harvester.errors import ConfigError, DataError
+from lesion_harvester.harvest.ledger import ProposalRow
+from lesion_harvester.harvest.mine import choose_fusion_exponent, fused_score
+from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, dedupe, verify_proposals
+from lesion_harvester.io.annotations import read_tracklets
+from lesion_harvester.io.partition import resolve_partition
+from lesion_harvester.io.prepared_cache import PreparedCache
+from lesion_harvester.lpc.api import LPCExamples, PreparedVolumes, proposal_patches, train_lpc_folds
+from lesion_harvester.lpc.model import LesionProposalClassifier
+from lesion_harvester.lpc.train import predict_lpc, train_lpc
+from lesion_harvester.paths import default_cache_dir
+from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
+
+POSITIVE = (FA_LESION, RECIST, "harvested")  # statuses whose proposals fine-tune the LPG as lesions
+CLASSIFY_CHUNK = 2000  # V_H proposals classified at a time, to bound the patches in memory
+
+
+# --- step 1: the LPG ------------------------------------------------------------------------------------
+def calibration_volumes(fully_annotated: list[str], n: int, seed: int) -> list[str]:
+    """``n`` V_M volumes drawn with ``seed`` (sorted), to be kept out of LPG training; [] for n = 0."""
+    if n <= 0:
+        return []
+    if n >= len(fully_annotated):
+        raise ConfigError(f"harvest.calibration_volumes: {n} of the {len(fully_annotated)} fully annotated volumes "
+                          "would leave none for the LPG; use fewer (0: all of V_M trains the LPG, as in the paper)")
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(sorted(fully_annotated), n, replace=False).tolist())
+
+
+def lpg_preset(preset: Preset, round_: int) -> Preset:
+    """The settings of round ``round_``'s LPG: the preset's for round 1; for later rounds a short
+    fine-tuning (``harvest.finetune_*``) at a lower learning rate, with a seed of its own."""
+    if round_ == 1:
+        return preset
+    h, t = preset.harvest, preset.lpg_train
+    return dataclasses.replace(preset, lpg_train=dataclasses.replace(
+        t, epochs=h.finetune_epochs, iters_per_epoch=h.finetune_iters_per_epoch, lr=t.lr * h.finetune_lr_factor,
+        warmup_iters=min(t.warmup_iters, 50), seed=t.seed + round_))
+
+
+def pool_examples(rounds: Sequence[tuple[list[tuple[str, Tracklet]], list[tuple[str, Tracklet]]]],
+                  held_out: set[str]) -> tuple[list[tuple[str, Tracklet]], list[tuple[str, Tracklet]]]:
+    """The fine-tuning examples of the next round's LPG: positives (P_M^R, P_H^R, P_H^+) and hard
+    negatives (P_M^-, P_H^-) of earlier rounds, given later rounds first as (positives, negatives).
+
+    Duplicates are removed (a lesion found in several rounds is kept once, the latest round's;
+    negatives at a 3D IoU of 0.1 already); nothing of the ``held_out`` volumes is kept (the
+    calibration volumes, which the LPG must not learn from).
+
+    Note: negatives are deduplicated before the positives are appended, so a negative that overlaps
+    a positive is kept (the positives are only ever dropped from that combined list). Deduplicating
+    positives first would change the fine-tuning examples; that is to be measured, not slipped into
+    a refactoring.
+    """
+    positives = [item for pos, _ in rounds for item in pos if item[0] not in held_out]
+    negatives = [item for _, neg in rounds for item in neg if item[0] not in held_out]
+    positives = dedupe(positives)
+    negatives = [item for item in dedupe(negatives + positives, 0.1) if item not in positives]
+    return positives, negatives
+
+
+# --- step 4: LPC training examples ------------------------------------------------------------------------
+def lpc_examples(vm_rows: list[tuple[str, Tracklet, str]], marked: list[tuple[str, Tracklet]],
+                 fully_annotated: dict[str, list[SliceBox]], marks: dict[str, list[RecistMark]],
+                 min_positives: int) -> LPCExamples:
+    """The LPC's training examples from verified proposals.
+
+    Args:
+        vm_rows: (volume, tracklet, status) of the V_M proposals, status fa_lesion or fa_negative.
+        marked: (volume, tracklet) of the V_H proposals covering a mark (P_H^R).
+        fully_annotated, marks: V_M's complete labels and V_H's RECIST marks: with fewer verified
+            positives than ``min_positives`` (a weak early LPG), these known lesion boxes join the
+            positives as one-slice proposals.
+    """
+    labels = np.array([status == FA_LESION for _, _, status in vm_rows], dtype=np.int64)
+    positives = list(marked)
+    if int(labels.sum()) + len(positives) < min_positives:
+        known = [(k, b) for k, boxes in fully_annotated.items() for b in boxes]
+        known += [(k, m.slice_box()) for k, ms in marks.items() for m in ms]
+        positives += [(k, Tracklet.single_slice(b.z_index, b.box_xyxy_px, 1.0)) for k, b in known]
+    return LPCExamples([(key, t) for key, t, _ in vm_rows], labels, positives)
+
+
+def lpc_folds(fully_annotated: list[str], folds: int) -> list[list[str]]:
+    """V_M split into ``folds`` groups of volumes (sorted keys, dealt round-robin)."""
+    k = max(1, folds)
+    keys = sorted(fully_annotated)
+    return [keys[i::k] for i in range(k)]
+
+
+# --- step 5: classification and the fused score -------------------------------------------------------------
+def classifiable(rows: list[ProposalRow], cfg: LPCConfig) -> list[ProposalRow]:
+    """Proposals the LPC scores: s_g >= min_objectness, at most max_per_volume per volume (by s_g)."""
+    by_volume: dict[str, list[ProposalRow]] = {}
+    for row in rows:
+        if row.objectness >= cfg.min_objectness:
+            by_volume.setdefault(row.volume, []).append(row)
+    out = []
+    for members in by_volume.values():
+        out += sorted(members, key=lambda row: (-row.objectness, row.idx))[: cfg.max_per_volume]
+    return out
+
+
+def lpc_probabilities(models: list[LesionProposalClassifier], folds: list[list[str]], vm_rows: list[ProposalRow],
+                      candidates: list[ProposalRow], volumes: PreparedVolumes, cfg: LPCConfig, device: str = "cpu",
+                      progress: bool = False) -> dict[tuple[str, int], float]:
+    """s_c of every classifiable proposal, keyed by (volume, proposal index).
+
+    V_M proposals are scored out of fold (by the model of the fold that held their volume out);
+    V_H candidates by the mean of the fold models. Proposals left out by :func:`classifiable` get none.
+    """
+    probability: dict[tuple[str, int], float] = {}
+    for model, fold in zip(models, folds):
+        held = set(fold)
+        rows = classifiable([row for row in vm_rows if row.volume in held], cfg)
+        if rows:
+            x = proposal_patches([(row.volume, row.tracklet) for row in rows], volumes, cfg, progress).float()
+            probability.update({(row.volume, row.idx): float(s) for row, s in zip(rows, predict_lpc(model, x,
+                                                                                                     device=device))})
+    rows = classifiable(candidates, cfg)
+    for start in range(0, len(rows), CLASSIFY_CHUNK):
+        chunk = rows[start:start + CLASSIFY_CHUNK]
+        x = proposal_patches([(row.volume, row.tracklet) for row in chunk], volumes, cfg, progress).float()
+        scores = np.mean([predict_lpc(m, x, device=device) for m in models], axis=0)
+        probability.update({(row.volume, row.idx): float(s) for row, s in zip(chunk, scores)})
+    return probability
+
+
+def fuse(threshold_rows: list[ProposalRow], scored_rows: list[ProposalRow],
+         probability: dict[tuple[str, int], float], exponents: tuple[float, ...],
+         precision: float) -> tuple[list[tuple[str, int, float, float]], float, list[dict]]:
+    """The fused score s = s_g * s_c**w of ``scored_rows``, w chosen on ``threshold_rows`` (V_M) by
+    :func:`~lesion_harvester.harvest.mine.choose_fusion_exponent`; unclassified proposals get s_c = 0.
+
+    Returns ((volume, idx, s_c, s) per scored row, w, the table of the exponents tried).
+    """
+    s_c = np.array([probability.get((row.volume, row.idx), 0.0) for row in threshold_rows])
+    exponent, table = choose_fusion_exponent(
+        np.array([row.objectness for row in threshold_rows]), s_c,
+        np.array([row.status == FA_LESION for row in threshold_rows]), exponents, precision)
+    updates = []
+    for row in scored_rows:
+        c = probability.get((row.volume, row.idx), 0.0)
+        updates.append((row.volume, row.idx, c, float(fused_score(row.objectness, c, exponent))))
+    return updates, exponent, table
+
+
+# --- step 7: the LPC variants of Fig. 5b ---------------------------------------------------------------------
+def lpc_variant_scores(examples: LPCExamples, targets: list[ProposalRow], volumes: PreparedVolumes,
+                       cfg: LPCConfig, epochs: int, device: str = "cpu",
+                       progress: bool = False) -> dict[str, dict[str, float]]:
+    """Train the axial 2D and the 3D LPC on ``examples`` (all of V_M; ``epochs`` each, 0: as ``cfg``)
+    and score ``targets`` with each: {variant: {"volume#idx": s_c}}."""
+    result = {}
+    for variant in ("axial", "3d"):
+        variant_cfg = dataclasses.replace(cfg, variant=variant, pretrained_path=None, epochs=epochs or cfg.epochs,
+                                          patch_px=cfg.patch_px if variant != "3d" else max(16, cfg.patch_px // 2))
+        x = torch.cat([proposal_patches(examples.vm_items, volumes, variant_cfg, progress),
+                       proposal_patches(examples.positives, volumes, variant_cfg, progress)]).float()
+        y = np.concatenate([examples.vm_labels, np.ones(len(examples.positives))]).astype(np.int64)
+        model = train_lpc(x, y, variant_cfg, device, seed=variant_cfg.seed + 7, progress=progress,
+                          desc=f"LPC {variant}")
+        scores = []
+        if targets:
+            patches = proposal_patches([(row.volume, row.tracklet) for row in targets], volumes, variant_cfg, progress)
+            scores = predict_lpc(model, patches.float(), device=device)
+        result[variant] = {f"{row.volume}#{row.idx}": float(s) for row, s in zip(targets, scores)}
+    return result
+
+
+# --- steps 3-4 outside a harvest: ``train-lpc`` ------------------------------------------------------------------
+def train_lpc_on_proposals(data: str | Path, proposals: str | Path, out: str | Path, preset: Preset,
+                           fully_annotated: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Verify a proposal file against V_M's complete labels and V_H's marks, as a harvest round does,
+    and train one LPC on the result (written to ``out``). Returns the example counts."""
+    part = resolve_partition(data, fully_annotated, purpose="training the LPC")
+    tracklets = read_tracklets(proposals)
+    statuses = verify_proposals(tracklets, part.fully_annotated, part.marks, preset.harvest.verify_iou)
+    vm_rows = [(key, t, s) for key, ts in tracklets.items() for t, s in zip(ts, statuses[key])
+               if s in (FA_LESION, FA_NEGATIVE)]
+    marked = [(key, t) for key, ts in tracklets.items() for t, s in zip(ts, statuses[key]) if s == RECIST]
+    if not vm_rows and not marked:
+        raise DataError(proposals, "no proposal in the fully annotated or harvest volumes of this dataset")
+    examples = lpc_examples(vm_rows, marked, part.fully_annotated, part.marks, preset.lpc.min_positives)
+    cache = PreparedCache(default_cache_dir(data), preset.preprocess)
+    train_lpc_folds(examples, [[]], lambda key: cache.get(part.source, key), preset.lpc, preset.preprocess,
+                    [Path(out)], device, seed=preset.lpc.seed, progress=progress)
+    return examples.counts()

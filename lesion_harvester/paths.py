@@ -1,0 +1,141 @@
+"""Where things live on disk: the one module that names files and folders of runs and caches.
+
+- the prepared-volume cache: ``DATA/.lesion_harvester_cache/<preprocessing fingerprint>/`` by
+  default, so that training, scanning and harvesting one dataset share it;
+- an LPG training folder (:class:`TrainLayout`): ``best.pt``, ``last.pt``, ``train_log.json``,
+  ``config.yaml``;
+- a resumable scan's partial folder beside its output: ``OUT.partial/``;
+- a harvest run folder (:class:`RunLayout`): the ledger, one folder per round, the deliverables
+  and the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE_FOLDER = ".lesion_harvester_cache"
+
+
+def default_cache_dir(data_root: str | Path) -> Path:
+    """Prepared volumes are cached next to the data, so that training, scanning and harvesting share them."""
+    return Path(data_root) / CACHE_FOLDER
+
+
+def partial_dir(out: str | Path) -> Path:
+    """The folder in which a resumable command keeps finished pieces of ``out`` until it is written."""
+    out = Path(out)
+    return out.parent / f"{out.name}.partial"
+
+
+@dataclass(frozen=True)
+class TrainLayout:
+    """An LPG training folder (``train-lpg --out``)."""
+
+    root: Path
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.pt"
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "train_log.json"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """A harvest run folder (``harvest --out``)."""
+
+    root: Path
+
+    # --- the run as a whole --------------------------------------------------------------------------
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.sqlite"
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "harvest.log"
+
+    @property
+    def lpg_fully_annotated(self) -> Path:
+        """V_M's labels without the calibration volumes, which the LPG must not see."""
+        return self.root / "lpg_fully_annotated.pkl"
+
+    # --- one round ---------------------------------------------------------------------------------------
+    def round_dir(self, round_: int) -> Path:
+        return self.root / f"round_{round_}"
+
+    def lpg(self, round_: int) -> TrainLayout:
+        return TrainLayout(self.round_dir(round_) / "lpg")
+
+    def finetune_positives(self, round_: int) -> Path:
+        return self.round_dir(round_) / "lpg_positives.pkl"
+
+    def finetune_negatives(self, round_: int) -> Path:
+        return self.round_dir(round_) / "lpg_hard_negatives.pkl"
+
+    def proposals(self, round_: int) -> Path:
+        return self.round_dir(round_) / "proposals.pkl"
+
+    def lpc_fold(self, round_: int, fold: int) -> Path:
+        return self.round_dir(round_) / "lpc" / f"fold{fold}.pt"
+
+    def lpc_variants(self, round_: int) -> Path:
+        return self.round_dir(round_) / "lpc_variants.json"
+
+    def round_harvested(self, round_: int) -> Path:
+        return self.round_dir(round_) / "harvested.pkl"
+
+    def round_hard_negatives(self, round_: int) -> Path:
+        return self.round_dir(round_) / "hard_negatives.pkl"
+
+    # --- deliverables and report ---------------------------------------------------------------------------
+    @property
+    def harvested(self) -> Path:
+        return self.root / "harvested.pkl"
+
+    @property
+    def harvested_csv(self) -> Path:
+        return self.root / "harvested.csv"
+
+    @property
+    def hard_negatives(self) -> Path:
+        return self.root / "hard_negatives.pkl"
+
+    @property
+    def completed_annotations(self) -> Path:
+        return self.root / "completed_annotations.pkl"
+
+    @property
+    def report_json(self) -> Path:
+        return self.root / "report.json"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def fig5a(self) -> Path:
+        return self.root / "fig5a_pr.png"
+
+    @property
+    def fig5b(self) -> Path:
+        return self.root / "fig5b_lpc_variants.png"
+
+    @property
+    def fig6(self) -> Path:
+        return self.root / "fig6_harvested.png"

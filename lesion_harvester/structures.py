@@ -1,0 +1,221 @@
+"""The nouns of the pipeline: a CT volume, RECIST marks, 2D and 3D boxes, tracklets.
+
+Every stage (stacking, verification, the LPG and LPC, evaluation, the harvest) works on these
+types; ``io/`` reads and writes them, and nothing here opens a file.
+
+Frames and conventions, stated once:
+
+- A volume is indexed ``(z, y, x)``: ``x`` runs from the patient's right to left (radiological
+  display, patient right on the image's left), ``y`` from anterior to posterior, ``z`` from
+  superior to inferior (the usual order of axial slices).
+- ``box_xyxy_px = (x1, y1, x2, y2)`` in pixels of the original axial slice (x = column,
+  y = row), inclusive corners; the released evaluation counts a width as ``x2 - x1 + 1``.
+- A slice is addressed by ``z_index``, its 0-based offset inside the (sub-)volume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+
+from lesion_harvester.errors import DataError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A CT volume in Hounsfield units.
+
+    Attributes:
+        volume_id: stable id; for DeepLesion the sub-volume key ``PPPPPP_SS_RR_AAA-BBB``.
+        hu_zyx: (Z, Y, X) int16 or float32 array of HU values.
+        spacing_zyx_mm: (slice interval, row spacing, column spacing) in mm. The slice interval
+            may be NaN when unknown (then the 2.5D context repeats the target slice).
+        slice_numbers: DeepLesion PNG slice number of each z (1-based), where known.
+        source: the file or folder it was read from, for messages.
+    """
+
+    volume_id: str
+    hu_zyx: np.ndarray
+    spacing_zyx_mm: tuple[float, float, float]
+    slice_numbers: tuple[int, ...] | None = None
+    source: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = self.source or self.volume_id
+        if self.hu_zyx.ndim != 3:
+            raise DataError(where, f"expected a 3D (z, y, x) volume, got shape {self.hu_zyx.shape}")
+        if min(self.hu_zyx.shape) == 0:
+            raise DataError(where, f"empty volume (shape {self.hu_zyx.shape})")
+        if len(self.spacing_zyx_mm) != 3:
+            raise DataError(where, f"expected 3 spacings (z, y, x), got {self.spacing_zyx_mm}")
+        dz, dy, dx = (float(s) for s in self.spacing_zyx_mm)
+        for name, value in (("row", dy), ("column", dx)):
+            if not math.isfinite(value) or value <= 0:
+                raise DataError(where, f"invalid {name} spacing {value} mm; it must be a positive number")
+        if not (math.isnan(dz) or (math.isfinite(dz) and dz > 0)):
+            raise DataError(where, f"invalid slice interval {dz} mm; it must be positive (or NaN if unknown)")
+        object.__setattr__(self, "spacing_zyx_mm", (dz, dy, dx))
+        if self.slice_numbers is not None and len(self.slice_numbers) != self.hu_zyx.shape[0]:
+            raise DataError(where, f"{len(self.slice_numbers)} slice numbers for {self.hu_zyx.shape[0]} slices")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.hu_zyx.shape)  # type: ignore[return-value]
+
+    @property
+    def num_slices(self) -> int:
+        return int(self.hu_zyx.shape[0])
+
+    def require_slices(self, min_slices: int, purpose: str) -> None:
+        """Raise a DataError naming the source if the volume has fewer than ``min_slices`` slices."""
+        if self.num_slices < min_slices:
+            raise DataError(
+                self.source or self.volume_id,
+                f"{'single-slice' if self.num_slices == 1 else f'{self.num_slices}-slice'} volume; {purpose} needs "
+                f"at least {min_slices} slices",
+            )
+
+    def summary(self) -> dict:
+        """JSON-ready summary: id, shape (z, y, x), spacing_mm (z, y, x), HU range."""
+        return {
+            "id": self.volume_id,
+            "shape": list(self.shape),
+            "spacing_mm": [None if math.isnan(s) else round(s, 6) for s in self.spacing_zyx_mm],
+            "hu_min": float(self.hu_zyx.min()),
+            "hu_max": float(self.hu_zyx.max()),
+        }
+
+
+@dataclass(frozen=True)
+class SliceBox:
+    """A 2D box on one slice of a sub-volume."""
+
+    z_index: int
+    box_xyxy_px: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class RecistMark:
+    """A RECIST mark: long and short axis endpoints on one slice, and its padded box."""
+
+    volume_key: str
+    z_index: int
+    long_axis_px: tuple[float, float, float, float]  # x1, y1, x2, y2
+    short_axis_px: tuple[float, float, float, float]
+    box_xyxy_px: tuple[float, float, float, float]
+
+    def slice_box(self) -> SliceBox:
+        return SliceBox(self.z_index, self.box_xyxy_px)
+
+
+@dataclass(frozen=True)
+class Box3D:
+    """A 3D box: in-plane pixel extent and an inclusive slice range (floats: may be half-integers)."""
+
+    box_xyxy_px: tuple[float, float, float, float]
+    z_range: tuple[float, float]
+
+    def contains_slice(self, z_index: float) -> bool:
+        return self.z_range[0] <= z_index <= self.z_range[1]
+
+
+@dataclass(frozen=True, eq=False)
+class Tracklet:
+    """A 3D proposal: one 2D box per slice.
+
+    Attributes:
+        z_indices: (n,) int slice offsets, ascending.
+        boxes_xyxy_px: (n, 4) float boxes.
+        scores: (n,) float 2D scores; the tracklet's objectness is their max.
+    """
+
+    z_indices: np.ndarray
+    boxes_xyxy_px: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.z_indices)
+        if self.boxes_xyxy_px.shape != (n, 4) or self.scores.shape != (n,) or n == 0:
+            raise ValueError(
+                f"tracklet needs n >= 1 slices with (n, 4) boxes and (n,) scores; got "
+                f"{self.z_indices.shape}, {self.boxes_xyxy_px.shape}, {self.scores.shape}"
+            )
+
+    @classmethod
+    def from_pairs(cls, pairs) -> Tracklet:
+        """From ``[(z, [x1, y1, x2, y2, score]), ...]``."""
+        z = np.array([int(round(float(p[0]))) for p in pairs], dtype=np.int64)
+        rows = np.array([np.asarray(p[1], dtype=np.float64)[:5] for p in pairs], dtype=np.float64)
+        order = np.argsort(z, kind="stable")
+        return cls(z[order], rows[order, :4], rows[order, 4])
+
+    @classmethod
+    def single_slice(cls, z_index: int, box_xyxy_px, score: float) -> Tracklet:
+        """A one-slice tracklet, e.g. a RECIST mark or a 2D detection."""
+        return cls(np.array([int(z_index)]), np.array([list(box_xyxy_px)], dtype=np.float64), np.array([score]))
+
+    @classmethod
+    def from_box_3d(cls, box: Box3D) -> Tracklet | None:
+        """The 3D box on every whole slice of its range, score 1; None if the range holds no whole slice."""
+        zs = np.arange(math.ceil(box.z_range[0]), math.floor(box.z_range[1]) + 1)
+        if len(zs) == 0:
+            return None
+        return cls(zs, np.tile(np.array(box.box_xyxy_px), (len(zs), 1)), np.ones(len(zs)))
+
+    @property
+    def score(self) -> float:
+        return float(self.scores.max())
+
+    @property
+    def key_index(self) -> int:
+        """Index of the slice with the highest score (the paper's "highest objectness" slice)."""
+        return int(np.argmax(self.scores))
+
+    @property
+    def key_z(self) -> int:
+        """The slice of the highest score."""
+        return int(self.z_indices[self.key_index])
+
+    def box_3d(self) -> Box3D:
+        b = self.boxes_xyxy_px
+        extent = (float(b[:, 0].min()), float(b[:, 1].min()), float(b[:, 2].max()), float(b[:, 3].max()))
+        return Box3D(extent, (float(self.z_indices.min()), float(self.z_indices.max())))
+
+    def scaled(self, factor: float) -> Tracklet:
+        """The same boxes with every 2D score multiplied by ``factor`` (objectness s_g -> s_g * factor)."""
+        return Tracklet(self.z_indices, self.boxes_xyxy_px, self.scores * factor)
+
+    def with_objectness(self, value: float) -> Tracklet:
+        """The same boxes with the 2D scores scaled so that the tracklet's objectness is ``value``."""
+        return self.scaled(value / max(self.score, 1e-12))
+
+    def to_pairs(self) -> list[tuple[int, list[float]]]:
+        return [
+            (int(z), [float(v) for v in box] + [float(s)])
+            for z, box, s in zip(self.z_indices, self.boxes_xyxy_px, self.scores)
+        ]
+
+
+SliceBoxes = dict[str, list[SliceBox]]
+Boxes3D = dict[str, list[Box3D]]
+Tracklets = dict[str, list[Tracklet]]
+
+
+def group_by_volume(items: Iterable[tuple[str, T]]) -> dict[str, list[T]]:
+    """``[(volume key, item), ...]`` -> ``{volume key: [items in their order]}``, keys in first-seen order."""
+    out: dict[str, list[T]] = {}
+    for key, item in items:
+        out.setdefault(key, []).append(item)
+    return out
+
+
+def marks_to_tracklets(marks: dict[str, list[RecistMark]], score: float = 1.0) -> Tracklets:
+    """RECIST marks as single-slice detections, for evaluating the original marks."""
+    return {key: [Tracklet.single_slice(m.z_index, m.box_xyxy_px, score) for m in ms] for key, ms in marks.items()}

@@ -1,0 +1,164 @@
+"""Each step of a harvest round on its own, on hand-made proposals (no training, no ledger)."""
+
+import numpy as np
+import pytest
+
+from lesion_harvester.config import HarvestConfig, LPCConfig, load_preset
+from lesion_harvester.harvest.ledger import ProposalRow
+from lesion_harvester.harvest.mine import hard_negatives_of, mine_round
+from lesion_harvester.harvest.outputs import completed_annotations, harvested_lesions, write_round_outputs
+from lesion_harvester.harvest.steps import (
+    classifiable,
+    fuse,
+    lpc_examples,
+    lpc_folds,
+    lpg_preset,
+    pool_examples,
+)
+from lesion_harvester.harvest.verify import verify_proposals
+from lesion_harvester.io.annotations import read_tracklets
+from lesion_harvester.paths import RunLayout
+from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
+
+
+def _t(x: float, score: float, z: int = 0, size: float = 5.0) -> Tracklet:
+    return Tracklet(np.array([z]), np.array([[x, 0.0, x + size, size]]), np.array([score]))
+
+
+def _row(key: str, idx: int, t: Tracklet, status: str = "candidate", lpc: float | None = None,
+         score: float | None = None) -> ProposalRow:
+    return ProposalRow(1, key, idx, t, t.score, lpc, score, status)
+
+
+def _mark(key: str, z: int, box) -> RecistMark:
+    return RecistMark(key, z, (box[0], box[1], box[2], box[3]), (box[0], box[3], box[2], box[1]), tuple(box))
+
+
+def test_verify_labels_v_m_completely_and_v_h_by_its_marks():
+    fully_annotated = {"vm": [SliceBox(0, (0.0, 0.0, 5.0, 5.0))]}
+    marks = {"vh": [_mark("vh", 0, (100.0, 0.0, 105.0, 5.0))]}
+    proposals = {"vm": [_t(0, 0.9), _t(50, 0.8)], "vh": [_t(100, 0.7), _t(0, 0.6)], "other": [_t(0, 0.5)]}
+    assert verify_proposals(proposals, fully_annotated, marks) == {
+        "vm": ["fa_lesion", "fa_negative"], "vh": ["recist", None], "other": [None]}
+
+
+def test_lpc_examples_add_the_known_lesions_when_verification_found_too_few():
+    fully_annotated = {"vm": [SliceBox(2, (0.0, 0.0, 5.0, 5.0))]}
+    marks = {"vh": [_mark("vh", 3, (10.0, 10.0, 20.0, 20.0))]}
+    vm_rows = [("vm", _t(0, 0.9), "fa_lesion"), ("vm", _t(50, 0.8), "fa_negative")]
+    marked = [("vh", _t(10, 0.7))]
+    enough = lpc_examples(vm_rows, marked, fully_annotated, marks, min_positives=2)
+    assert enough.vm_labels.tolist() == [1, 0] and len(enough.positives) == 1
+    few = lpc_examples(vm_rows, marked, fully_annotated, marks, min_positives=3)
+    added = few.positives[1:]  # the complete label of V_M and the mark of V_H, as one-slice proposals
+    assert [(k, t.z_indices.tolist(), t.score) for k, t in added] == [("vm", [2], 1.0), ("vh", [3], 1.0)]
+    assert few.counts() == {"positives": 4, "negatives": 1}
+
+
+def test_folds_deal_sorted_v_m_volumes_round_robin():
+    assert lpc_folds(["d", "b", "a", "c", "e"], 2) == [["a", "c", "e"], ["b", "d"]]
+    assert lpc_folds(["b", "a"], 0) == [["a", "b"]]
+
+
+def test_classifiable_keeps_the_top_proposals_per_volume():
+    cfg = LPCConfig(min_objectness=0.3, max_per_volume=2)
+    rows = [_row("a", 0, _t(0, 0.2)), _row("a", 1, _t(10, 0.9)), _row("a", 2, _t(20, 0.5)),
+            _row("a", 3, _t(30, 0.7)), _row("b", 0, _t(0, 0.4))]
+    assert [(r.volume, r.idx) for r in classifiable(rows, cfg)] == [("a", 1), ("a", 3), ("b", 0)]
+
+
+def test_fuse_picks_the_exponent_on_v_m_and_scores_unclassified_proposals_zero():
+    # on V_M the LPC is wrong (it prefers the false positive): the LPG alone (w = 0) admits more lesions
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion"), _row("vm", 1, _t(10, 0.8), "fa_lesion"),
+          _row("vm", 2, _t(20, 0.3), "fa_negative")]
+    probability = {("vm", 0): 0.2, ("vm", 1): 0.3, ("vm", 2): 0.9, ("vh", 0): 0.5}
+    candidates = [_row("vh", 0, _t(0, 0.6)), _row("vh", 1, _t(10, 0.05))]
+    updates, exponent, table = fuse(vm, vm + candidates, probability, (1.0, 0.0), 0.95)
+    assert exponent == 0.0 and [e["admitted_lesions"] for e in table] == [0, 2]
+    assert updates[3] == ("vh", 0, 0.5, pytest.approx(0.6)) and updates[4] == ("vh", 1, 0.0, pytest.approx(0.05))
+    updates, exponent, _ = fuse(vm, candidates, probability, (1.0,), 0.95)
+    assert exponent == 1.0 and updates == [("vh", 0, 0.5, pytest.approx(0.3)), ("vh", 1, 0.0, 0.0)]
+
+
+def test_later_rounds_fine_tune_the_lpg_briefly():
+    preset = load_preset("tiny")
+    assert lpg_preset(preset, 1) is preset
+    t, h = preset.lpg_train, preset.harvest
+    second = lpg_preset(preset, 2).lpg_train
+    assert (second.epochs, second.iters_per_epoch, second.seed) == (h.finetune_epochs, h.finetune_iters_per_epoch,
+                                                                     t.seed + 2)
+    assert second.lr == pytest.approx(t.lr * h.finetune_lr_factor) and second.warmup_iters == min(t.warmup_iters, 50)
+
+
+def test_finetuning_uses_only_the_hard_v_m_negatives():
+    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=1)
+    scores = [0.9, 0.6, 0.3, 0.2, 0.1]  # far-apart single-slice boxes, so none is a duplicate of another
+    fa_negative = [_row("vm", i, _t(10.0 * i, s), "fa_negative") for i, s in enumerate(scores)]
+    negatives = hard_negatives_of([], fa_negative, cfg)
+    # objectness >= 0.5 (0.9, 0.6), plus the top one per volume (already among them): not the rest
+    assert sorted(t.score for _, t in negatives) == [0.6, 0.9]
+    _, pooled = pool_examples([([], negatives)], set())
+    assert sorted(t.score for _, t in pooled) == [0.6, 0.9]
+
+
+def test_pooled_examples_keep_the_latest_round_once_and_nothing_of_held_out_volumes():
+    later, earlier = _t(0, 0.9), _t(0, 0.5)  # one lesion found in two rounds
+    negative, its_repeat, other = _t(100, 0.4), _t(101, 0.3), _t(200, 0.4)
+    positives, negatives = pool_examples([([("v", later)], [("v", negative)]),
+                                          ([("v", earlier)], [("v", its_repeat), ("v", other), ("held", _t(0, 0.9))])],
+                                         {"held"})
+    assert [t for _, t in positives] == [later]
+    assert [t for _, t in negatives] == [negative, other]
+
+
+def test_threshold_is_set_on_the_v_m_proposals_a_harvest_would_count_as_new():
+    box = (100.0, 100.0, 110.0, 110.0)
+    marks = {"vm": [_mark("vm", 5, box)]}
+    far = 300.0
+    # the marked lesion (0.9), a piece of it that misses the mark's slice (0.85), an unmarked
+    # lesion elsewhere (0.8) and a false positive (0.5)
+    proposals = [Tracklet(np.array([5]), np.array([box]), np.array([0.9])),
+                 Tracklet(np.array([6]), np.array([box]), np.array([0.85])), _t(far, 0.8, z=5), _t(far + 8, 0.5, z=5)]
+    statuses = ["fa_lesion", "fa_negative", "fa_lesion", "fa_negative"]
+    vm = [_row("vm", i, t, s, 1.0, t.score) for i, (t, s) in enumerate(zip(proposals, statuses))]
+    info = mine_round(vm, marks, [], [], [], HarvestConfig()).info
+    # counting the mark and its piece, the 95% threshold would stop above the piece, at 0.9
+    assert info["threshold"] == pytest.approx(0.8)
+    assert (info["vm_new_lesions_above"], info["vm_false_positives_above"]) == (1, 0)
+    assert info["precision_lower_bound"] == pytest.approx(0.05)  # one correct proposal proves little
+
+
+def test_mining_sorts_candidates_and_counts_new_lesions():
+    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=0)
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9), _row("vm", 1, _t(50, 0.2), "fa_negative", 1.0, 0.2)]
+    marked = [("vh", _t(200, 0.9))]
+    candidates = [_row("vh", 0, _t(0, 0.9), score=0.95),     # above the threshold (0.9): harvested
+                  _row("vh", 1, _t(50, 0.7), score=0.3),     # below it, s_g >= 0.5: a hard negative
+                  _row("vh", 2, _t(100, 0.3), score=0.1),    # below it, s_g < 0.5: rejected
+                  _row("vh", 3, _t(201, 0.9), score=0.9)]    # a piece of the marked lesion
+    result = mine_round(vm, {}, candidates, marked, earlier_harvested=[("vh", _t(0, 0.5))], cfg=cfg)
+    assert sorted(result.updates) == [("vh", 0, "harvested"), ("vh", 1, "hard_negative"), ("vh", 2, "rejected"),
+                                      ("vh", 3, "marked_piece")]
+    assert result.info["threshold"] == pytest.approx(0.9)
+    assert result.info["n_harvested"] == 1 and result.info["n_new"] == 0  # found in an earlier round already
+    assert result.info["n_marked_pieces"] == 1
+
+
+def test_outputs_keep_each_lesion_once_with_fused_scores(tmp_path):
+    r1 = _row("vh", 0, _t(0, 0.8), "harvested", lpc=0.5)
+    r2 = _row("vh", 3, _t(0, 0.9), "harvested", lpc=0.9)  # the same lesion, found again in round 2
+    other = _row("vh", 4, _t(100, 0.6), "harvested", lpc=0.5)
+    r2 = ProposalRow(2, r2.volume, r2.idx, r2.tracklet, r2.objectness, r2.lpc, r2.score, r2.status)
+    lesions = harvested_lesions({1: [r1], 2: [r2, other]})
+    assert [(x.round, x.tracklet.score) for x in lesions] == [(2, pytest.approx(0.81)), (2, pytest.approx(0.3))]
+    layout = RunLayout(tmp_path)
+    write_round_outputs(layout, 2, [r2, other], [("vh", _t(300, 0.7))])
+    assert [t.score for t in read_tracklets(layout.round_harvested(2))["vh"]] == [pytest.approx(0.81),
+                                                                                  pytest.approx(0.3)]
+    assert len(read_tracklets(layout.round_hard_negatives(2))["vh"]) == 1
+    marks = {"vh": [_mark("vh", 0, (200.0, 0.0, 205.0, 5.0))]}
+    known = {"vh": [Tracklet(np.array([0, 1]), np.array([[200.0, 0, 205, 5], [200.0, 0, 206, 6]]), np.ones(2))]}
+    completed = completed_annotations({"vm": [SliceBox(3, (0.0, 0.0, 5.0, 5.0))]}, ["vh"], marks, known, lesions)
+    assert completed["vm"][0].z_range == (3.0, 3.0)  # no proposal covers it: its own slice
+    assert completed["vh"][0].z_range == (0.0, 1.0) and completed["vh"][0].box_xyxy_px[2] == 206.0
+    assert len(completed["vh"]) == 3  # the mark and the two harvested lesions
