@@ -1,21 +1,34 @@
 """Configuration: YAML presets read into frozen dataclasses, one section per pipeline stage.
 
 A preset is ``tiny`` (tests), ``demo`` (the quick CPU path), ``bench`` (the CPU accuracy claims)
-or ``paper`` (the paper's GPU configuration), or the path of a YAML file. Unknown keys are
-rejected with the list of known ones, so a typo never passes silently. Every run writes the
+or ``paper`` (the paper's GPU configuration), or the path of a YAML file. A YAML preset may start
+from another (``base: bench``, or a path relative to the file) and change only some settings;
+single settings can also be changed on the command line (``--set lpg_train.iters_per_epoch=600``,
+:func:`apply_overrides`).
+
+Every setting is checked when the configuration is built, however it is built (YAML, keyword
+arguments, ``dataclasses.replace``): unknown keys are rejected with the list of known ones, a choice
+(a ``Literal`` field) with its allowed values, a number out of range with the range, each as one line
+naming the key (:func:`check_settings`), so a typo ends the run before any work. Every run writes the
 resolved configuration next to its outputs (:func:`dump_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import numbers
+import re
 import types
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 
@@ -25,9 +38,40 @@ from lesion_harvester.geometry.preprocess import WINDOW_HU as STORED_WINDOW_HU
 
 PRESETS = ("tiny", "demo", "bench", "paper")
 
+# The choices of the settings that take one of a few values; checked whenever a config is built
+ContextMode = Literal["exact", "shared"]
+NumSlices = Literal[3, 9]
+Optimizer = Literal["sgd", "adamw"]
+LRSchedule = Literal["step", "cosine"]
+BackgroundVolumes = Literal["all", "fully_annotated"]
+LPCVariant = Literal["multiview", "axial", "3d"]
+
+
+class _Checked:
+    """Base of the section dataclasses: every instance is checked as it is built (also by
+    ``dataclasses.replace``), see :func:`check_settings`."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        problem = check_settings(self)
+        if problem is not None:
+            raise InvalidSetting(_section_name(type(self)), *problem)
+
+
+class InvalidSetting(ConfigError):
+    """A setting out of its choices or range: ``key`` (within its section) and ``problem``."""
+
+    def __init__(self, section: str, key: str, problem: str):
+        self.section, self.key, self.problem = section, key, problem
+        super().__init__(f"{_join(section, key)}: {problem}")
+
+    def __reduce__(self):  # so that it crosses process boundaries (loader workers) intact
+        return InvalidSetting, (self.section, self.key, self.problem)
+
 
 @dataclass(frozen=True)
-class SynthConfig:
+class SynthConfig(_Checked):
     """Synthetic CT benchmark (``lesion-harvester synth``).
 
     Lesion statistics (size, count, marked fraction) are fixed in ``synth/lesions.py`` and
@@ -73,7 +117,7 @@ class SynthConfig:
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(_Checked):
     """MULAN preprocessing (reference-facts section 2) and the 2.5D context of the LPG."""
 
     spacing_mm: float = 0.8
@@ -81,7 +125,7 @@ class PreprocessConfig:
     context_mm: float = 2.0
     # "exact": context slices every context_mm (MULAN); "shared": triplet centres rounded to whole
     # slices so that a scan computes each triplet once (geometry.preprocess.context_offsets)
-    context_mode: str = "exact"
+    context_mode: ContextMode = "exact"
     # the LPG's input window; prepared volumes are stored with MULAN's whatever this is
     window_hu: tuple[float, float] = (-1024.0, 3071.0)
     pixel_mean: float = 50.0
@@ -90,17 +134,17 @@ class PreprocessConfig:
     def fingerprint(self) -> str:
         """Identifies the prepared-volume cache (neither the context nor the input window changes
         prepared volumes; their stored encoding, MULAN's window and mean, is part of the key)."""
-        text = json.dumps([self.spacing_mm, self.max_size_px, list(STORED_WINDOW_HU), STORED_PIXEL_MEAN,
-                           self.body_threshold_hu])
-        return hashlib.sha1(text.encode()).hexdigest()[:10]
+        # 10 digits: the folder names of caches made before fingerprints had one function
+        return fingerprint(self.spacing_mm, self.max_size_px, list(STORED_WINDOW_HU), STORED_PIXEL_MEAN,
+                           self.body_threshold_hu, digits=10)
 
 
 @dataclass(frozen=True)
-class MSCNConfig:
+class MSCNConfig(_Checked):
     """Architecture of the multi-slice CenterNet. The defaults are the paper's: DenseNet-121
     (init 64, growth 32, blocks 6/12/24, truncated after block 3), 9 slices, a 512-channel neck."""
 
-    num_slices: int = 9  # 9: MSCN with 3D context fusion; 3: the plain CenterNet of Table III
+    num_slices: NumSlices = 9  # 9: MSCN with 3D context fusion; 3: the plain CenterNet of Table III
     init_features: int = 64
     growth_rate: int = 32
     block_config: tuple[int, ...] = (6, 12, 24)
@@ -111,14 +155,14 @@ class MSCNConfig:
 
 
 @dataclass(frozen=True)
-class LPGTrainConfig:
+class LPGTrainConfig(_Checked):
     """LPG training: crops (or whole slices), augmentation, optimiser and schedule."""
 
     crop_px: int = 0  # 0: whole slices, as MULAN; else square crops around objects and background
     background_fraction: float = 0.3  # share of crops drawn at random positions
     # where random background crops come from: "all" training volumes, or only the "fully_annotated"
     # ones (V_M, complete labels; all volumes when there are none)
-    background_volumes: str = "all"
+    background_volumes: BackgroundVolumes = "all"
     scale_jitter: tuple[float, float] = (0.8, 1.2)
     hflip: bool = False
     rotate90: bool = False  # random transposes and flips (the 8 symmetries of the square); crops only
@@ -137,11 +181,11 @@ class LPGTrainConfig:
     batch_size: int = 8
     epochs: int = 8
     iters_per_epoch: int = 2000
-    optimizer: str = "sgd"  # sgd (MULAN) or adamw
+    optimizer: Optimizer = "sgd"  # sgd (MULAN) or adamw
     lr: float = 0.004
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_schedule: str = "step"  # step (x0.1 at lr_steps epochs) or cosine
+    lr_schedule: LRSchedule = "step"  # step (x0.1 at lr_steps epochs) or cosine
     lr_steps: tuple[int, ...] = (4, 6)
     warmup_iters: int = 200
     grad_clip: float = 10.0
@@ -151,7 +195,7 @@ class LPGTrainConfig:
 
 
 @dataclass(frozen=True)
-class ScanConfig:
+class ScanConfig(_Checked):
     """Whole-volume scanning with the LPG."""
 
     batch_slices: int = 8
@@ -164,7 +208,7 @@ class ScanConfig:
 
 
 @dataclass(frozen=True)
-class StackConfig:
+class StackConfig(_Checked):
     """2D -> 3D stacking (paper Sec. III-B.2)."""
 
     score_threshold: float = 0.1  # t_G
@@ -173,11 +217,11 @@ class StackConfig:
 
 
 @dataclass(frozen=True)
-class LPCConfig:
+class LPCConfig(_Checked):
     """Lesion proposal classifier (paper Sec. III-D): one ResNet-18 per view on patches around each
     proposal (its extent padded by 64 px), features concatenated, one linear layer."""
 
-    variant: str = "multiview"  # multiview (axial, coronal, sagittal), axial (2D), or 3d (3D ResNet-18)
+    variant: LPCVariant = "multiview"  # multiview (axial, coronal, sagittal), axial (2D), or 3d (3D ResNet-18)
     patch_px: int = 64  # samples per side of each view (a cube for 3d)
     pad_px: float = 64.0  # padding of the lesion extent, in original pixels
     # 0: off. Else a second patch per view with this padding, as extra channels: on a coarse CPU grid
@@ -200,7 +244,7 @@ class LPCConfig:
 
 
 @dataclass(frozen=True)
-class HarvestConfig:
+class HarvestConfig(_Checked):
     """Harvest rounds (paper Sec. III-D, III-E)."""
 
     rounds: int = 3
@@ -240,70 +284,357 @@ class Preset:
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
 
 
-def _convert(value, annotation, where: str):
+# --- checking ------------------------------------------------------------------------------------
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _is_window(v) -> bool:
+    return isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_is_number, v)) and v[0] < v[1]
+
+
+def _at_least(n: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= n), f"an integer >= {n}"
+
+
+_POSITIVE = (lambda v: _is_number(v) and v > 0), "a number > 0"
+
+# Ranges of numeric settings, by "section.key": (test, what is expected). Checked together with the
+# type hints (choices, finite floats, tuple lengths) whenever a section is built.
+_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "preprocess.spacing_mm": _POSITIVE,
+    "preprocess.window_hu": (_is_window, "[low, high] in HU with low < high"),
+    "lpg_train.soft_negative_above": (lambda v: v is None or (_is_number(v) and 0 < v < 1),
+                                      "a score between 0 and 1 (both excluded) or null"),
+    "lpg_train.batch_size": _at_least(1),
+    "lpg_train.epochs": _at_least(1),
+    "lpg_train.iters_per_epoch": _at_least(1),
+    "lpg_train.lr": _POSITIVE,
+    "scan.batch_slices": _at_least(1),
+    "lpc.windows_hu": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(map(_is_window, v)),
+                       "one or more [low, high] windows in HU with low < high"),
+    "lpc.epochs": _at_least(1),
+    "lpc.batch_size": _at_least(1),
+    "lpc.lr": _POSITIVE,
+    "lpc.folds": _at_least(1),
+    "harvest.precision": (lambda v: _is_number(v) and 0 < v <= 1, "a precision in (0, 1]"),
+    "harvest.fusion_exponents": (
+        lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_number(w) and w >= 0 for w in v),
+        "one or more exponents >= 0 (1.0 is the paper's s_g * s_c)"),
+    # rounds 2+ train the LPG with these (lpg_train.epochs, iters_per_epoch and lr times the factor)
+    "harvest.finetune_epochs": _at_least(1),
+    "harvest.finetune_iters_per_epoch": _at_least(1),
+    "harvest.finetune_lr_factor": _POSITIVE,
+}
+# Checked when a configuration is read (YAML, checkpoints, --set) but not when a section is built in
+# code: harvest/rounds.py fingerprints a harvest's settings with rounds=0 (the number of rounds may
+# grow when a harvest is continued), as the fingerprints of existing runs were taken.
+_LOAD_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "harvest.rounds": _at_least(1),
+}
+
+
+def _join(*keys: str) -> str:
+    return ".".join(k for k in keys if k)
+
+
+def _at(where: str, key: str) -> str:
+    return f"{where}: {key}" if key else where
+
+
+def _show(value) -> str:
+    """A value as a user wrote it in YAML (lists for tuples, null, true/false)."""
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+@functools.cache
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _section_classes() -> dict[str, type]:
+    """The sections of a preset: name (``lpg_train``) -> dataclass (``LPGTrainConfig``)."""
+    hints = _hints(Preset)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Preset) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _section_name(cls) -> str:
+    return next((name for name, c in _section_classes().items() if c is cls), cls.__name__)
+
+
+def _hint_problem(value, hint) -> str | None:
+    """What is wrong with ``value`` for type hint ``hint`` as far as a conversion cannot tell: a choice
+    that is not one of the ``Literal``'s values, a float that is NaN or infinite, a tuple of the wrong
+    length."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if not any(type(value) is type(a) and value == a for a in allowed):
+            return f"{_show(value)} is not one of {', '.join(repr(a) for a in allowed)}"
+    elif origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is not None and options:
+            return _hint_problem(value, options[0])
+    elif origin is tuple and isinstance(value, (tuple, list)):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        elif len(value) != len(args):
+            return f"expected a list of {len(args)} values, got {_show(value)}"
+        for item, item_hint in zip(value, args):
+            problem = _hint_problem(item, item_hint)
+            if problem is not None:
+                return f"{problem} (in {_show(value)})"
+    elif hint is float and isinstance(value, float) and not math.isfinite(value):
+        return f"expected a finite number, got {_show(value)}"
+    return None
+
+
+def _holds(test: Callable[[Any], bool], value) -> bool:
+    try:
+        return bool(test(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_settings(obj, at_load: bool = False) -> tuple[str, str] | None:
+    """The first invalid setting of a section dataclass as ``(key, problem)``, or None.
+
+    The one place where settings are checked (every section runs it as it is built, so also after
+    ``dataclasses.replace``): driven by the type hints (a ``Literal`` field must hold one of its
+    values, a float must be finite, a ``tuple[float, float]`` must have two items) and by the numeric
+    ranges of ``_RANGES`` (and, with ``at_load``, of ``_LOAD_RANGES``).
+    """
+    section = _section_name(type(obj))
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        problem = _hint_problem(value, hints[f.name])
+        rule = _RANGES.get(f"{section}.{f.name}") or (_LOAD_RANGES.get(f"{section}.{f.name}") if at_load else None)
+        if problem is None and rule is not None and not _holds(rule[0], value):
+            problem = f"expected {rule[1]}, got {_show(value)}"
+        if problem is not None:
+            return f.name, problem
+    return None
+
+
+def choice_fields() -> dict[str, tuple]:
+    """Every choice setting of a preset, ``"section.key"`` -> its allowed values (from the
+    ``Literal`` type hints); for help texts and argparse ``choices``."""
+    out = {}
+    for section, cls in _section_classes().items():
+        for key, hint in _hints(cls).items():
+            if typing.get_origin(hint) is Literal:
+                out[f"{section}.{key}"] = typing.get_args(hint)
+    return out
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _convert(value, annotation, where: str, key: str):
+    at = _at(where, key)
     origin = typing.get_origin(annotation)
     if dataclasses.is_dataclass(annotation):
-        return from_dict(annotation, value, where)
+        return from_dict(annotation, value, where, key)
+    if origin is Literal:  # checked with the other choices as the dataclass is built
+        return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
+            raise ConfigError(f"{at}: expected a list, got {_show(value)}")
         args = typing.get_args(annotation)
         item_type = args[0] if args else float
-        return tuple(_convert(v, item_type, where) for v in value)
+        return tuple(_convert(v, item_type, where, key) for v in value)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(annotation) if a is not type(None)]
         if value is None:
             return None
-        return _convert(value, options[0], where)
+        return _convert(value, options[0], where, key)
     if annotation is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)  # PyYAML reads 1e-4 (no dot) as text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
+            raise ConfigError(f"{at}: expected a number, got {_show(value)}")
         return float(value)
     if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            raise ConfigError(f"{at}: expected an integer, got {_show(value)}")
         return value
     if annotation is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+            raise ConfigError(f"{at}: expected true or false, got {_show(value)}")
         return value
     if annotation is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+            raise ConfigError(f"{at}: expected a string, got {_show(value)}")
         return value
     return value
 
 
-def from_dict(cls, data: dict | None, where: str = "config"):
-    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
+def from_dict(cls, data: dict | None, where: str = "config", key: str = ""):
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys, wrong types, choices that are not
+    among their values and numbers out of their range (:func:`check_settings`).
+
+    Errors are one line, ``"{where}: {key}: {problem}"``: ``where`` names the file (or preset),
+    ``key`` is the dotted path of the setting below it (``key``, if given, is that of ``cls``).
+    """
     data = data or {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+        raise ConfigError(f"{_at(where, key)}: expected a mapping, got {type(data).__name__}")
+    hints = _hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
-    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def load_preset(name_or_path: str) -> Preset:
-    """Load a built-in preset by name, or a YAML file by path."""
-    if name_or_path in PRESETS:
-        text = resources.files("lesion_harvester.configs").joinpath(f"{name_or_path}.yaml").read_text()
-        where = f"preset '{name_or_path}'"
-    else:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise ConfigError(f"{name_or_path}: no such preset or file; presets are {', '.join(PRESETS)}")
-        text, where = path.read_text(), str(path)
+        raise ConfigError(f"{_at(where, key)}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    kwargs = {k: _convert(v, hints[k], where, _join(key, k)) for k, v in data.items()}
     try:
-        data = yaml.safe_load(text) or {}
+        obj = cls(**kwargs)
+        problem = check_settings(obj, at_load=True) if isinstance(obj, _Checked) else None
+    except InvalidSetting as exc:
+        problem = (exc.key, exc.problem)
+    if problem is not None:
+        raise ConfigError(f"{where}: {_join(key, problem[0])}: {problem[1]}") from None
+    return obj
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
+def _read_layer(ref: str, folder: Path | None, referrer: str | None) -> tuple[str, str, dict, Path | None]:
+    """(identity, where, data, folder) of the preset ``ref``: a built-in name or a YAML path, relative
+    to ``folder`` (that of the file naming it as its base) unless absolute."""
+    if ref in PRESETS:
+        where = f"preset '{ref}'"
+        identity, home = where, None
+        text = resources.files("lesion_harvester.configs").joinpath(f"{ref}.yaml").read_text()
+    else:
+        path = Path(ref)
+        if folder is not None and not path.is_absolute():
+            path = folder / path
+        if not path.is_file():
+            looked = f" ({path})" if str(path) != ref else ""
+            raise ConfigError(f"{referrer + ': base: ' if referrer else ''}{ref}: no such preset or file{looked}; "
+                              f"presets are {', '.join(PRESETS)}")
+        where, identity, home = str(path), str(path.resolve()), path.parent
+        text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: invalid YAML ({exc})") from None
-    data.setdefault("name", Path(name_or_path).stem)
-    return from_dict(Preset, data, where)
+        raise ConfigError(f"{where}: invalid YAML ({_one_line(exc)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(_section_classes())}), "
+                          f"got a {type(data).__name__}")
+    return identity, where, data, home
+
+
+def _merge(base: dict, own: dict) -> dict:
+    """``own`` over ``base``, mapping by mapping (lists and other values replace; an empty section
+    changes nothing)."""
+    out = dict(base)
+    for k, v in own.items():
+        if isinstance(out.get(k), dict) and isinstance(v, dict):
+            out[k] = _merge(out[k], v)
+        elif not (isinstance(out.get(k), dict) and v is None):
+            out[k] = v
+    return out
+
+
+def _read_preset(name_or_path: str) -> tuple[dict, str]:
+    """The settings of a preset with its ``base:`` chain merged in, and where it is (for errors)."""
+    identities: list[str] = []
+    wheres: list[str] = []
+    layers: list[dict] = []
+    ref, folder, referrer = name_or_path, None, None
+    while True:
+        identity, where, data, home = _read_layer(ref, folder, referrer)
+        if identity in identities:
+            cycle = " -> ".join([*wheres[identities.index(identity):], where])
+            raise ConfigError(f"{wheres[0]}: base: the presets name each other as base ({cycle})")
+        identities.append(identity)
+        wheres.append(where)
+        base = data.pop("base", None)
+        data.setdefault("name", Path(ref).stem)  # the result's name is the first file's
+        from_dict(Preset, data, where)  # each file's own settings, so that an error names its file
+        layers.append(data)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(f"{where}: base: expected a preset ({', '.join(PRESETS)}) or the path of a YAML "
+                              f"file, got {_show(base)}")
+        ref, folder, referrer = base.strip(), home, where
+    merged: dict = {}
+    for layer in reversed(layers):
+        merged = _merge(merged, layer)
+    return merged, wheres[0]
+
+
+def load_preset(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Preset:
+    """Load a built-in preset by name, or a YAML file by path, then apply ``overrides``
+    (``section.key=value`` each, see :func:`apply_overrides`).
+
+    A YAML file may start from another preset: ``base: bench`` (a built-in name) or ``base: ../x.yaml``
+    (a path, relative to the file's folder); its own sections then change the base's settings key by
+    key (lists replace), a base may have a base, and the result is named after the file itself.
+    """
+    data, where = _read_preset(str(name_or_path))
+    return apply_overrides(from_dict(Preset, data, where), overrides)
+
+
+def apply_overrides(preset: Preset, overrides: Iterable[str]) -> Preset:
+    """``preset`` with single settings changed, each given as ``section.key=value``.
+
+    On the command line::
+
+        lesion-harvester harvest DATA --out RUN --preset bench \\
+            --set lpg_train.iters_per_epoch=600 --set harvest.fusion_exponents=[1.0,0.5] \\
+            --set lpg_train.soft_negative_above=null --set lpg_train.hflip=false
+
+    The value is read as YAML (``600``, ``0.002``, ``[1.0, 0.5]``, ``true``, ``null``, ``adamw``) and
+    checked exactly as in a preset file: an unknown section or key, a wrong type, a choice not among
+    its values or a number out of range is a one-line :class:`ConfigError`. Later overrides win.
+    """
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    sections = _section_classes()
+    for text in overrides:
+        target, eq, raw = text.partition("=")
+        section, dot, key = target.strip().partition(".")
+        if not eq or not dot or not section or not key:
+            raise ConfigError(f"--set {text}: expected section.key=value, e.g. --set lpg_train.iters_per_epoch=600")
+        if section not in sections:
+            raise ConfigError(f"--set {text}: unknown section '{section}'; known sections: {', '.join(sections)}")
+        cls = sections[section]
+        known = [f.name for f in dataclasses.fields(cls)]
+        if key not in known:
+            raise ConfigError(f"--set {text}: unknown key '{key}' in {section}; known keys: {', '.join(known)}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {text}: invalid YAML value ({_one_line(exc)})") from None
+        current = getattr(preset, section)
+        data = to_dict(current) if current is not None else {}
+        data[key] = value
+        preset = dataclasses.replace(preset, **{section: from_dict(cls, data, "--set", section)})
+    return preset
 
 
 def to_dict(obj) -> dict:
@@ -346,7 +677,16 @@ def non_default(obj) -> dict:
     return out
 
 
+def fingerprint(*parts, digits: int = 16) -> str:
+    """Hex digits naming ``parts``: JSON-able values, settings dataclasses by their non-default settings.
+
+    The one mechanism by which a resumable job recognises its own earlier work (a harvest's ledger,
+    an LPG's ``last.pt``, a scan's partial folder) and the prepared-volume cache its folder.
+    """
+    plain = [non_default(p) if dataclasses.is_dataclass(p) else p for p in parts]
+    return hashlib.sha1(json.dumps(plain, default=str, sort_keys=True).encode()).hexdigest()[:digits]
+
+
 def settings_fingerprint(preset, *extra) -> str:
     """16 hex digits naming a preset's (or any settings dataclass's) non-default settings plus ``extra``."""
-    text = json.dumps([non_default(preset), *extra], default=str, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
+    return fingerprint(preset, *extra)

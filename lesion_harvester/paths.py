@@ -3,7 +3,7 @@
 - the prepared-volume cache: ``DATA/.lesion_harvester_cache/<preprocessing fingerprint>/`` by
   default, so that training, scanning and harvesting one dataset share it;
 - an LPG training folder (:class:`TrainLayout`): ``best.pt``, ``last.pt``, ``train_log.json``,
-  ``config.yaml``;
+  ``config.yaml``, ``train.log``;
 - a resumable scan's partial folder beside its output: ``OUT.partial/``;
 - a harvest run folder (:class:`RunLayout`): the ledger, one folder per round, the deliverables
   and the report.
@@ -34,6 +34,9 @@ class TrainLayout:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str is welcome too
+
     @property
     def best(self) -> Path:
         return self.root / "best.pt"
@@ -50,12 +53,19 @@ class TrainLayout:
     def config(self) -> Path:
         return self.root / "config.yaml"
 
+    @property
+    def log(self) -> Path:
+        return self.root / "train.log"
+
 
 @dataclass(frozen=True)
 class RunLayout:
     """A harvest run folder (``harvest --out``)."""
 
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # a str is welcome too
 
     # --- the run as a whole --------------------------------------------------------------------------
     @property

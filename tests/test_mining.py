@@ -10,8 +10,7 @@ from lesion_harvester.harvest.mine import (
     mine,
     precision_threshold,
 )
-from lesion_harvester.harvest.verify import dedupe, duplicates_of
-from lesion_harvester.harvest.verify import match_known
+from lesion_harvester.harvest.verify import dedupe, duplicates_of, match_known
 from lesion_harvester.structures import SliceBox, Tracklet
 
 

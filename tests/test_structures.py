@@ -35,3 +35,4 @@ def test_single_slice_and_3d_box_tracklets():
 def test_a_tracklet_needs_matching_shapes():
     with pytest.raises(ValueError, match="n >= 1"):
         Tracklet(np.array([], dtype=np.int64), np.zeros((0, 4)), np.zeros(0))
+

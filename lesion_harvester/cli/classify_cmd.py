@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from lesion_harvester.cli.common import add_device_option, add_subcommand
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("classify", help="score 3D proposals with a trained LPC (fused score s_g * s_c)")
+    p = add_subcommand(
+        sub, "classify", "score 3D proposals with a trained LPC (fused score s_g * s_c)",
+        "Writes the proposals with every 2D score multiplied by the LPC's lesion probability s_c, so that a\n"
+        "tracklet's objectness becomes s = s_g * s_c, and a CSV with s_g, s_c and s per proposal. A harvest's\n"
+        "fold models (RUN/round_N/lpc/foldK.pt) work too.",
+        ["lesion-harvester classify data/bench --checkpoint lpc.pt --proposals dets.pkl --out scored.pkl"])
     p.add_argument("data", help="DeepLesion folder, NIfTI or DICOM (the volumes of the proposals)")
-    p.add_argument("--checkpoint", required=True, help="LPC checkpoint (from train-lpc)")
-    p.add_argument("--proposals", required=True)
+    p.add_argument("--checkpoint", required=True, help="LPC checkpoint (from train-lpc or a harvest)")
+    p.add_argument("--proposals", required=True, help="tracklet pickle of 3D proposals (from propose)")
     p.add_argument("--out", required=True, help="scored tracklets; a CSV with s_g, s_c and s is written beside")
-    p.add_argument("--device", default="cpu")
+    add_device_option(p)
     p.set_defaults(handler=run)
 
 

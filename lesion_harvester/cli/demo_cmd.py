@@ -10,14 +10,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from lesion_harvester.cli.common import add_device_option, add_preset_options, add_subcommand, preset_from_args
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="synthetic demo dataset, then a resumable 3-round harvest and its report")
+    p = add_subcommand(
+        sub, "demo", "synthetic demo dataset, then a resumable 3-round harvest and its report",
+        "What 'make demo' runs: generates OUT/data (the demo preset's synthetic CT with complete labels),\n"
+        "scores the original marks, harvests into OUT/harvest and prints Table I. Run it again after a kill\n"
+        "and it continues where it stopped; OUT/demo.log keeps the log.",
+        ["lesion-harvester demo", "lesion-harvester demo --out demo_seed1 --seed 1 --quiet"])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", default="demo")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset (default 0)")
+    add_preset_options(p)
     p.add_argument("--rounds", type=int, default=None, help="harvest rounds (default: the preset's, 3)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_option(p)
     p.add_argument("--marks-only", action="store_true", help="only evaluate the original marks, no harvest")
     p.set_defaults(handler=run)
 
@@ -52,35 +59,33 @@ def evaluate_marks(data: Path, out: Path) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
-
+    from lesion_harvester.cli.harvest_cmd import with_rounds
     from lesion_harvester.cli.report_cmd import print_table
-    from lesion_harvester.config import load_preset
     from lesion_harvester.harvest.rounds import harvest
+    from lesion_harvester.io.logs import log_to_file
+    from lesion_harvester.paths import RunLayout
     from lesion_harvester.report.harvest_report import build_report
     from lesion_harvester.synth.dataset import write_synthetic_dataset
 
     started = time.time()
-    preset = load_preset(args.preset)
-    if args.rounds is not None:
-        preset = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, rounds=args.rounds))
+    preset = with_rounds(preset_from_args(args), args.rounds)
     out = Path(args.out)
     data = out / "data"
-    if not (data / "DL_info.csv").is_file():
-        print(f"== generating the {args.preset} synthetic dataset in {data} ==")
-        write_synthetic_dataset(data, preset.synth, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    evaluate_marks(data, out)
-    if args.marks_only:
-        print(f"\ndataset: {data} (montage {data / 'montage.png'}); outputs in {out}")
-        return 0
-
-    run_dir = out / "harvest"
-    print(f"\n== harvesting {data} ({preset.harvest.rounds} rounds) into {run_dir} ==")
-    harvest(data, run_dir, preset, device=args.device)
+    with log_to_file(out / "demo.log", args.command_line):
+        if not (data / "DL_info.csv").is_file():
+            print(f"== generating the {args.preset} synthetic dataset in {data} ==")
+            write_synthetic_dataset(data, preset.synth, seed=args.seed, progress=not args.quiet)
+        evaluate_marks(data, out)
+        if args.marks_only:
+            print(f"\ndataset: {data} (montage {data / 'montage.png'}); outputs in {out}")
+            return 0
+        layout = RunLayout(out / "harvest")
+        print(f"\n== harvesting {data} ({preset.harvest.rounds} rounds) into {layout.root} ==")
+        harvest(data, layout.root, preset, device=args.device, progress=not args.quiet)
+        report = build_report(layout.root)
     print()
-    print_table(build_report(run_dir))
+    print_table(report)
     print(f"\ndataset: {data} (montage {data / 'montage.png'})")
-    print(f"harvested lesions: {run_dir / 'harvested.pkl'}; report: {run_dir / 'report.md'}")
+    print(f"harvested lesions: {layout.harvested}; report: {layout.report_md}")
     print(f"demo finished in {(time.time() - started) / 60:.1f} minutes")
     return 0

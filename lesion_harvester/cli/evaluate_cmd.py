@@ -5,12 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lesion_harvester.cli.common import add_subcommand
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="AP, FROC per volume and recall at precision of 3D detections")
+    p = add_subcommand(
+        sub, "evaluate", "AP, FROC per volume and recall at precision of 3D detections",
+        "The authors' pseudo-3D (P3D) rules by default: a tracklet hits a lesion if its box on the lesion's\n"
+        "slice overlaps it with IoU >= 0.5; p3d-box is the paper's wording, iou3d a 3D IoU against 3D boxes.",
+        ["lesion-harvester evaluate --gt data/bench/ground_truth/complete.pkl --detections dets.pkl "
+         "--split detection_test --json r.json --plot plots/",
+         "lesion-harvester evaluate --gt Revised-Test1071.pkl --detections dets.pkl"])
     p.add_argument("--gt", required=True, help="ground truth: 2D boxes pickle (p3d, p3d-box) or 3D boxes (iou3d)")
     p.add_argument("--detections", required=True, help="detections: tracklet pickle (3D or 2D boxes also accepted)")
-    p.add_argument("--metric", choices=("p3d", "p3d-box", "iou3d"), default="p3d")
+    p.add_argument("--metric", choices=("p3d", "p3d-box", "iou3d"), default="p3d", help="overlap rule (default p3d)")
     p.add_argument("--iou", type=float, default=None, help="IoU threshold (default 0.5; 0.33 for iou3d)")
     p.add_argument("--split", default=None, help="evaluate only the volumes of this split of splits.json")
     p.add_argument("--splits", default=None, help="splits.json (default: the one beside GT's ground_truth/ folder)")

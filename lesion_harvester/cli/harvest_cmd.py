@@ -3,35 +3,55 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import shlex
+
+from lesion_harvester.cli.common import add_device_option, add_preset_options, add_subcommand, preset_from_args
+from lesion_harvester.config import Preset
+from lesion_harvester.errors import ConfigError
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("harvest", help="harvest missing lesions: LPG, LPC and mining in rounds (resumable)")
+    p = add_subcommand(
+        sub, "harvest", "harvest missing lesions: LPG, LPC and mining in rounds (resumable)",
+        "Runs the paper's Fig. 2 loop: train (round 1) or fine-tune the LPG, scan every volume, verify the\n"
+        "proposals against V_M and the marks, train the LPC, mine harvested lesions and hard negatives.\n"
+        "RUN holds the ledger, one folder per round, harvested.pkl, hard_negatives.pkl,\n"
+        "completed_annotations.pkl, harvested.csv, the report and harvest.log. Kill it at any moment and\n"
+        "run the same command again: it continues after the last finished step.",
+        ["lesion-harvester harvest data/bench --out runs/harvest --preset bench --rounds 3",
+         "lesion-harvester harvest DeepLesion/ --out runs/dl --preset paper --device cuda "
+         "--fully-annotated Revised-Train744.pkl --holdout Revised-Train100.pkl"])
     p.add_argument("data", help="DeepLesion-layout folder (synthetic with splits.json, or real)")
     p.add_argument("--out", required=True, help="run folder: ledger, checkpoints, harvested.pkl, report")
-    p.add_argument("--preset", default="demo")
+    add_preset_options(p)
     p.add_argument("--rounds", type=int, default=None, help="number of rounds (default: the preset's, 3)")
     p.add_argument("--fully-annotated", default=None, help="complete labels of V_M (e.g. Revised-Train744.pkl)")
     p.add_argument("--holdout", default=None,
                    help="complete labels of V_H^test for the report (e.g. Revised-Train100.pkl)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_device_option(p)
     p.set_defaults(handler=run)
+
+
+def with_rounds(preset: Preset, rounds: int | None) -> Preset:
+    """The preset with ``--rounds`` applied (at least 1)."""
+    if rounds is None:
+        return preset
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {rounds}")
+    return dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, rounds=rounds))
 
 
 def run(args) -> int:
     from lesion_harvester.cli.report_cmd import print_table
-    from lesion_harvester.config import load_preset
-    from lesion_harvester.errors import ConfigError
     from lesion_harvester.harvest.rounds import harvest
     from lesion_harvester.report.harvest_report import build_report
 
-    preset = load_preset(args.preset)
-    if args.rounds is not None:
-        if args.rounds < 1:
-            raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
-        preset = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, rounds=args.rounds))
-    harvest(args.data, args.out, preset, args.fully_annotated, args.holdout, args.device)
-    report = build_report(args.out)
+    preset = with_rounds(preset_from_args(args), args.rounds)
+    logging.getLogger(__name__).info("command: %s", shlex.join(args.command_line))
+    layout = harvest(args.data, args.out, preset, args.fully_annotated, args.holdout, args.device,
+                     progress=not args.quiet)
+    report = build_report(layout.root)
     print_table(report)
-    print(f"\nharvested lesions: {args.out}/harvested.pkl; report: {args.out}/report.md")
+    print(f"\nharvested lesions: {layout.harvested}; report: {layout.report_md}")
     return 0

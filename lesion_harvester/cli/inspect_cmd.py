@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 
+from lesion_harvester.cli.common import add_subcommand
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("inspect", help="print a JSON summary of the volumes in a file or folder")
+    p = add_subcommand(
+        sub, "inspect", "print a JSON summary of the volumes in a file or folder",
+        "Reads every volume the way the other commands will (reoriented to (z, y, x) in HU) and prints\n"
+        "its id, shape, spacing in mm and HU range, so that a wrong rescale or orientation shows early.",
+        ["lesion-harvester inspect scan.nii.gz", "lesion-harvester inspect dicom_folder/",
+         "lesion-harvester inspect data/bench --split detection_test"])
     p.add_argument("path", help="DeepLesion folder, NIfTI file or folder, DICOM file or folder")
     p.add_argument("--split", default=None, help="DeepLesion layout only: a split name (splits.json or train/val/test)")
     p.set_defaults(handler=run)

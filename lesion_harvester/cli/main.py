@@ -1,18 +1,18 @@
 """``lesion-harvester``: the command-line entry point.
 
-Each subcommand module defines ``add_parser(subparsers)`` and ``run(args) -> int``. User errors
-(:class:`~lesion_harvester.errors.LesionHarvesterError`) print one line on stderr and exit with
-code 2; any other exception is a bug and keeps its traceback.
+Each subcommand module defines ``add_parser(subparsers)`` and ``run(args) -> int`` and calls the
+documented Python API. User errors (:class:`~lesion_harvester.errors.LesionHarvesterError`) print
+one line on stderr and exit with code 2; any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from lesion_harvester import __version__
+from lesion_harvester.cli.common import configure_logging
 from lesion_harvester.errors import LesionHarvesterError
 
 SUBCOMMANDS = (
@@ -25,10 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lesion-harvester",
         description="Complete the missing lesion annotations of CT datasets (Lesion Harvester, Cai et al. 2020).",
+        epilog="Run 'lesion-harvester COMMAND --help' for a command's options and examples.",
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"lesion_harvester.cli.{name.replace('-', '_')}_cmd")
@@ -37,13 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.command_line = ["lesion-harvester", *argv]  # for the log files of runs
+    configure_logging(args.verbose, args.quiet)
     try:
         return int(args.handler(args) or 0)
     except LesionHarvesterError as exc:

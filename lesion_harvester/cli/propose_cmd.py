@@ -4,38 +4,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lesion_harvester.cli.common import add_device_option, add_subcommand
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("propose", help="scan every slice with the LPG and write 3D proposals (tracklets)")
+    p = add_subcommand(
+        sub, "propose", "scan every slice with the LPG and write 3D proposals (tracklets)",
+        "Scans every slice of every volume (a DeepLesion folder, NIfTI or DICOM) and stacks the 2D\n"
+        "proposals into 3D tracklets with the stacking settings stored in the checkpoint. Boxes are in\n"
+        "pixels of the original axial slices (the reoriented array's frame for NIfTI and DICOM). Killed\n"
+        "part-way, the same command continues with the volumes not yet scanned.",
+        ["lesion-harvester propose data/bench --checkpoint runs/lpg/best.pt --split detection_test --out dets.pkl",
+         "lesion-harvester propose scan.nii.gz --checkpoint runs/lpg/best.pt --out dets.pkl --score-threshold 0.3"])
     p.add_argument("data", help="DeepLesion folder, NIfTI file or folder, DICOM file or folder")
     p.add_argument("--checkpoint", required=True, help="LPG checkpoint (best.pt)")
     p.add_argument("--out", required=True, help="output tracklet pickle (a CSV is written next to it)")
     p.add_argument("--split", default=None, help="DeepLesion layout: a splits.json name or train/val/test")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="t_G: keep 2D proposals above it (default: the checkpoint preset's, 0.1)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-slices", type=int, default=8)
+    add_device_option(p)
+    p.add_argument("--batch-slices", type=int, default=8, help="target slices per forward pass (default 8)")
     p.add_argument("--naive", action="store_true", help="compute every slice's context from scratch (for checks)")
     p.add_argument("--flip-test", action="store_true",
                    help="average with the left-right mirrored slices (CenterNet's flip test; twice the compute)")
-    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--cache-dir", default=None, help="prepared-volume cache (default DATA/.lesion_harvester_cache "
+                                                     "for a DeepLesion folder, none otherwise)")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from lesion_harvester.config import ScanConfig
-    from lesion_harvester.errors import ConfigError
     from lesion_harvester.lpg.propose import propose
 
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
     # the stacking settings travel with the checkpoint (presets differ in their link IoU)
     scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive, flip_test=args.flip_test)
     results = propose(args.data, args.checkpoint, args.out, args.split, None, scan, args.device, args.cache_dir,
-                      score_threshold=args.score_threshold)
+                      progress=not args.quiet, score_threshold=args.score_threshold)
     n = sum(len(t) for t in results.values())
     print(f"wrote {n} 3D proposals of {len(results)} volumes to {args.out} (and {Path(args.out).with_suffix('.csv')})")
     return 0

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+from lesion_harvester.cli.common import add_subcommand
+
+LEVELS = ("0.8", "0.85", "0.9", "0.95")
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="rebuild the report of a harvest run folder")
+    p = add_subcommand(
+        sub, "report", "rebuild the report of a harvest run folder",
+        "Reads the run's ledger and outputs (nothing is retrained) and writes report.json, report.md and\n"
+        "the figures again; prints Table I.",
+        ["lesion-harvester report runs/harvest"])
     p.add_argument("run", help="harvest run folder")
     p.set_defaults(handler=run)
 
 
 def print_table(report: dict) -> None:
-    levels = ["0.8", "0.85", "0.9", "0.95"]
+    """Table I of a harvest report (recall at precision on V_H^test), as text."""
     om = report["original_marks"]
     print(f"Table I: recall at precision on V_H^test ({report['holdout_volumes']} volumes, "
           f"{report['holdout_lesions']} lesions)")
-    print(f"{'label set':<36}" + "".join(f"{'R@' + str(int(float(k) * 100)) + 'P':>8}" for k in levels))
+    print(f"{'label set':<36}" + "".join(f"{'R@' + str(int(float(k) * 100)) + 'P':>8}" for k in LEVELS))
     print(f"{'R (original marks)':<36}{om['recall']:>8.3f} @ {100 * om['precision']:.0f}% precision")
     for entry in report["rounds"]:
         r = entry["round"]
         if r == report["rounds"][0]["round"]:
             vals = entry["lpg"]["recall_at_precision"]
-            print(f"{'R + P_H,' + str(r) + ' (LPG only)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in levels))
+            print(f"{'R + P_H,' + str(r) + ' (LPG only)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in LEVELS))
         vals = entry["lpg_lpc"]["recall_at_precision"]
-        print(f"{'R + P_H,' + str(r) + '^+ (LPG+LPC)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in levels)
+        print(f"{'R + P_H,' + str(r) + '^+ (LPG+LPC)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in LEVELS)
               + f"   harvested {entry['n_harvested']}, new {entry['n_new']}, "
               f"score s_g*s_c^{entry.get('fusion_exponent', 1.0):g}")
     if "harvested_labels" in report:
@@ -32,8 +40,9 @@ def print_table(report: dict) -> None:
 
 
 def run(args) -> int:
+    from lesion_harvester.paths import RunLayout
     from lesion_harvester.report.harvest_report import build_report
 
     print_table(build_report(args.run))
-    print(f"\nreport: {args.run}/report.md")
+    print(f"\nreport: {RunLayout(args.run).report_md}")
     return 0

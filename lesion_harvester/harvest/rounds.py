@@ -25,10 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-
 from lesion_harvester.config import Preset, dump_config, settings_fingerprint
+from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.harvest import steps
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
@@ -42,6 +40,7 @@ from lesion_harvester.harvest.outputs import (
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, verify_proposals
 from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
 from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.io.partition import Partition, resolve_partition
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.api import LPCExamples, train_lpc_folds
@@ -86,16 +85,11 @@ class HarvestRun:
 
 
 def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annotated: str | None = None,
-             holdout: str | None = None, device: str = "cpu", progress: bool = True) -> HarvestRun:
+             holdout: str | None = None, device: str = "auto", progress: bool = True) -> HarvestRun:
     """Open (or create) the run folder of a harvest of ``data``; a folder holding a harvest with
     other settings or data is refused. Every check that can fail runs before anything is written."""
     data, layout = Path(data), RunLayout(Path(run_dir))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
-    exponents = preset.harvest.fusion_exponents
-    if not exponents or any(w < 0 for w in exponents):  # checked now, not after hours of training
-        raise ConfigError(f"harvest.fusion_exponents: expected one or more exponents >= 0 "
-                          f"(1.0 is the paper's s_g * s_c), got {list(exponents)}")
+    device = resolve_device(device)
     inputs = resolve_partition(data, fully_annotated, holdout, need_holdout=True)
     calibration = steps.calibration_volumes(list(inputs.fully_annotated), preset.harvest.calibration_volumes,
                                             preset.lpg_train.seed)
@@ -107,6 +101,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
         str(data.resolve()), fully_annotated, holdout)
     stored = ledger.get_meta("fingerprint")
     if stored is not None and stored != fingerprint:
+        ledger.close()
         raise ConfigError(f"{layout.root}: this folder holds a harvest with other settings or data; "
                           "use a new --out folder (or delete it to start over)")
     if stored is None:
@@ -152,8 +147,7 @@ def run_round(run: HarvestRun, r: int) -> None:
         todo.append(("lpc_variants", _lpc_variants))
     for name, step in todo:
         if run.ledger.step_info(r, name) is None:
-            if run.progress:
-                tqdm.write(f"round {r}: {name}")
+            log.info("round %d: %s", r, name)
             step(run, r)
 
 
@@ -304,12 +298,15 @@ def write_outputs(run: HarvestRun) -> None:
 
 
 def harvest(data: str | Path, run_dir: str | Path, preset: Preset, fully_annotated: str | None = None,
-            holdout: str | None = None, device: str = "cpu", progress: bool = True) -> RunLayout:
+            holdout: str | None = None, device: str = "auto", progress: bool = True) -> RunLayout:
     """Harvest ``data`` into ``run_dir`` for ``preset.harvest.rounds`` rounds (resumable); returns
-    the run folder's layout."""
+    the run folder's layout. The log records of the run are appended to ``run_dir/harvest.log``."""
     run = open_run(data, run_dir, preset, fully_annotated, holdout, device, progress)
     try:
-        run_harvest(run, preset.harvest.rounds)
+        with log_to_file(run.layout.log):
+            log.info("harvesting %s into %s (preset %s, %d rounds, device %s)", data, run.layout.root, preset.name,
+                     preset.harvest.rounds, run.device)
+            run_harvest(run, preset.harvest.rounds)
     finally:
         run.ledger.close()
     return run.layout

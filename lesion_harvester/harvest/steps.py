@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from lesion_harvester.config import LPCConfig, Preset
+from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.mine import choose_fusion_exponent, fused_score
@@ -37,7 +38,7 @@ from lesion_harvester.lpc.api import LPCExamples, PreparedVolumes, proposal_patc
 from lesion_harvester.lpc.model import LesionProposalClassifier
 from lesion_harvester.lpc.train import predict_lpc, train_lpc
 from lesion_harvester.paths import default_cache_dir
-from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
+from lesion_harvester.structures import RecistMark, SliceBox, Tracklet, group_by_volume
 
 POSITIVE = (FA_LESION, RECIST, "harvested")  # statuses whose proposals fine-tune the LPG as lesions
 CLASSIFY_CHUNK = 2000  # V_H proposals classified at a time, to bound the patches in memory
@@ -119,10 +120,7 @@ def lpc_folds(fully_annotated: list[str], folds: int) -> list[list[str]]:
 # --- step 5: classification and the fused score -------------------------------------------------------------
 def classifiable(rows: list[ProposalRow], cfg: LPCConfig) -> list[ProposalRow]:
     """Proposals the LPC scores: s_g >= min_objectness, at most max_per_volume per volume (by s_g)."""
-    by_volume: dict[str, list[ProposalRow]] = {}
-    for row in rows:
-        if row.objectness >= cfg.min_objectness:
-            by_volume.setdefault(row.volume, []).append(row)
+    by_volume = group_by_volume((row.volume, row) for row in rows if row.objectness >= cfg.min_objectness)
     out = []
     for members in by_volume.values():
         out += sorted(members, key=lambda row: (-row.objectness, row.idx))[: cfg.max_per_volume]
@@ -198,9 +196,10 @@ def lpc_variant_scores(examples: LPCExamples, targets: list[ProposalRow], volume
 
 # --- steps 3-4 outside a harvest: ``train-lpc`` ------------------------------------------------------------------
 def train_lpc_on_proposals(data: str | Path, proposals: str | Path, out: str | Path, preset: Preset,
-                           fully_annotated: str | None = None, device: str = "cpu", progress: bool = True) -> dict:
+                           fully_annotated: str | None = None, device: str = "auto", progress: bool = True) -> dict:
     """Verify a proposal file against V_M's complete labels and V_H's marks, as a harvest round does,
     and train one LPC on the result (written to ``out``). Returns the example counts."""
+    device = resolve_device(device)
     part = resolve_partition(data, fully_annotated, purpose="training the LPC")
     tracklets = read_tracklets(proposals)
     statuses = verify_proposals(tracklets, part.fully_annotated, part.marks, preset.harvest.verify_iou)

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from lesion_harvester.config import LPCConfig, PreprocessConfig, from_dict, to_dict
+from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import read_tracklets, write_tracklets
 from lesion_harvester.io.atomic import atomic_write
@@ -102,9 +103,10 @@ def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: Prep
 
 
 def classify_proposals(data: str | Path, checkpoint: str | Path, proposals: str | Path, out: str | Path,
-                       device: str = "cpu") -> dict[str, list[Tracklet]]:
+                       device: str = "auto") -> dict[str, list[Tracklet]]:
     """Score every proposal of ``proposals`` with the LPC ``checkpoint``; write and return them with
     fused scores (each 2D score times s_c, so a tracklet's objectness becomes s = s_g * s_c)."""
+    device = resolve_device(device)
     model, cfg, payload = load_lpc(checkpoint, device)
     if "preprocess" not in payload:
         raise DataError(checkpoint, "this LPC checkpoint does not record its preprocessing; retrain it with train-lpc")

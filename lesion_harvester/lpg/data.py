@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
-from lesion_harvester.errors import ConfigError
 from lesion_harvester.geometry.preprocess import rewindow
 from lesion_harvester.lpg.targets import build_targets
 from lesion_harvester.preprocessing import AIR_VALUE, PreparedVolume, network_air
@@ -66,16 +65,6 @@ class TrainingData:
         return merged
 
 
-def check_train_config(crop: LPGTrainConfig) -> None:
-    """Raise ConfigError for sampling and loss settings out of their range."""
-    if crop.background_volumes not in ("all", "fully_annotated"):
-        raise ConfigError(f"lpg_train.background_volumes: expected all or fully_annotated, "
-                          f"got '{crop.background_volumes}'")
-    if crop.soft_negative_above is not None and not 0.0 < crop.soft_negative_above < 1.0:
-        raise ConfigError(f"lpg_train.soft_negative_above: expected a score between 0 and 1 or null, "
-                          f"got {crop.soft_negative_above}")
-
-
 HardBackground = list[tuple[str, int, np.ndarray]]  # (volume key, z_index, box_xyxy_px) of mined false positives
 
 
@@ -96,7 +85,6 @@ class CropSampler:
         self.positive_slices = [r for r in self.slice_list if len(r.positives)]
         self.negative_slices = [r for r in self.slice_list if not len(r.positives)]
         self.hard_background = hard_background or []
-        check_train_config(crop)
         # in partially labelled volumes a random crop may hold an unmarked lesion, which the loss
         # would then teach as background
         clean = crop.background_volumes == "fully_annotated" and data.complete_keys

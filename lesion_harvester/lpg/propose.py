@@ -8,21 +8,17 @@ folder is removed.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import pickle
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from lesion_harvester.config import ScanConfig, StackConfig
+from lesion_harvester.config import ScanConfig, StackConfig, fingerprint
+from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import write_tracklets, write_tracklets_csv
-from lesion_harvester.io.atomic import atomic_write_bytes, atomic_write_text
 from lesion_harvester.io.loader import open_volumes
+from lesion_harvester.io.partial import PartialResults, file_digest
 from lesion_harvester.io.prepared_cache import PreparedCache
-from lesion_harvester.io.safe_pickle import safe_load_pickle
 from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model
 from lesion_harvester.lpg.scan import Scanner, scan_volumes
 from lesion_harvester.paths import default_cache_dir, partial_dir
@@ -31,21 +27,14 @@ from lesion_harvester.structures import Tracklet
 log = logging.getLogger(__name__)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: str | None = None,
-            stack: StackConfig | None = None, scan: ScanConfig | None = None, device: str = "cpu",
+            stack: StackConfig | None = None, scan: ScanConfig | None = None, device: str = "auto",
             cache_dir: str | Path | None = None, progress: bool = True,
             keys: list[str] | None = None, score_threshold: float | None = None) -> dict[str, list[Tracklet]]:
     """Scan every slice of the selected volumes (a split, or explicit ``keys``); returns and writes
     {volume key: tracklets}. ``stack`` defaults to the settings stored in the checkpoint;
     ``score_threshold`` replaces its t_G."""
+    device = resolve_device(device)
     payload = load_checkpoint(checkpoint)
     stack = stack or checkpoint_stack(checkpoint, payload)
     if score_threshold is not None:
@@ -72,34 +61,19 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
             source.load(key).require_slices(2, "3D lesion proposals")
         return cache.get(source, key)
 
-    partial = partial_dir(out)
-    identity = {"checkpoint": _file_digest(Path(checkpoint)), "data": str(Path(data).resolve()), "split": split,
-                "keys": hashlib.sha1("\n".join(source.keys).encode()).hexdigest(),
-                "stack": repr(stack), "scan": repr(replace(scan, batch_slices=0))}
-    if partial.is_dir():
-        meta = partial / "meta.json"
-        if not meta.is_file() or json.loads(meta.read_text()) != identity:
-            log.warning("%s holds a scan with other settings; starting over", partial)
-            shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(partial / "meta.json", json.dumps(identity))
-    done: dict[str, list[Tracklet]] = {}
-    for key in source.keys:
-        path = partial / f"{key}.pkl"
-        if path.is_file():
-            done[key] = [Tracklet.from_pairs(p) for p in safe_load_pickle(path)]
+    # what a resumed scan must share with the one it continues (the batch size changes no result)
+    partial = PartialResults(partial_dir(out), fingerprint(
+        file_digest(checkpoint), str(Path(data).resolve()), split, source.keys, stack,
+        replace(scan, batch_slices=ScanConfig().batch_slices)))
+    done = partial.finished(source.keys)
     todo = [k for k in source.keys if k not in done]
     if done:
         log.info("resuming: %d of %d volumes already scanned", len(done), len(source.keys))
         if total is not None:
             total = sum(source.dataset.sub_volumes[k].num_slices for k in todo)
-
-    def save(key: str, tracklets: list[Tracklet]) -> None:
-        atomic_write_bytes(partial / f"{key}.pkl", pickle.dumps([t.to_pairs() for t in tracklets], protocol=2))
-
-    done.update(scan_volumes(scanner, todo, prepare, stack, progress, total, on_volume=save))
+    done.update(scan_volumes(scanner, todo, prepare, stack, progress, total, on_volume=partial.save))
     results = {key: done[key] for key in source.keys}
     write_tracklets(out, results)
     write_tracklets_csv(out.with_suffix(".csv"), results)
-    shutil.rmtree(partial)
+    partial.remove()
     return results

@@ -18,14 +18,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from lesion_harvester.config import Preset, dump_config, settings_fingerprint
+from lesion_harvester.config import LPGTrainConfig, Preset, dump_config, settings_fingerprint
+from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.checkpoint import load_checkpoint, model_payload, save_checkpoint
-from lesion_harvester.lpg.data import CropSampler, HardBackground, TrainingData, check_train_config, epoch_loader
+from lesion_harvester.lpg.data import CropSampler, HardBackground, TrainingData, epoch_loader
 from lesion_harvester.lpg.losses import centernet_loss
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import Scanner
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 VALIDATION_RATES = ("0.5", "1", "2", "4")
 
 
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: LPGTrainConfig) -> torch.optim.Optimizer:
     """SGD as MULAN (biases: 2x lr, no decay) or AdamW (no decay on biases and norms)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -48,23 +50,21 @@ def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
         groups = [{"params": decay, "weight_decay": cfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr * 2}]
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.optimizer == "adamw":
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    raise ConfigError(f"lpg_train.optimizer: unknown optimizer '{cfg.optimizer}'; expected sgd or adamw")
+    # "adamw" (the config admits no other choice)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
-def lr_factor(iteration: int, cfg) -> float:
+def lr_factor(iteration: int, cfg: LPGTrainConfig) -> float:
     """Learning-rate multiplier at a global iteration: linear warmup, then step or cosine decay."""
     total = cfg.epochs * cfg.iters_per_epoch
     warm = 1.0 if iteration >= cfg.warmup_iters else 0.1 + 0.9 * iteration / max(cfg.warmup_iters, 1)
     if cfg.lr_schedule == "step":
         epoch = iteration // cfg.iters_per_epoch
         return warm * 0.1 ** sum(epoch >= s for s in cfg.lr_steps)
-    if cfg.lr_schedule == "cosine":
-        progress = min(iteration / max(total, 1), 1.0)
-        return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
-    raise ConfigError(f"lpg_train.lr_schedule: unknown schedule '{cfg.lr_schedule}'; expected step or cosine")
+    # "cosine" (the config admits no other choice)
+    progress = min(iteration / max(total, 1), 1.0)
+    return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[str, list[SliceBox]]) -> dict:
@@ -114,18 +114,25 @@ def _fingerprint(preset: Preset, data, extra) -> str:
                                 str(Path(data).resolve()), extra)
 
 
-def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str = "cpu",
+def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str = "auto",
               fully_annotated: str | None = None, extra_positives: str | None = None,
               hard_negatives: str | None = None, init: str | None = None, cache_dir: str | Path | None = None,
               progress: bool = True) -> dict:
-    """Train (or resume training) an LPG; returns the training summary."""
-    cfg = preset.lpg_train
-    check_train_config(cfg)  # here, not first in a loader process after the volumes are prepared
+    """Train (or resume training) an LPG into ``out_dir``; returns the training summary. The log
+    records of the training are appended to ``out_dir/train.log``."""
+    device = resolve_device(device)  # before anything is written
     layout = TrainLayout(Path(out_dir))
-    layout.root.mkdir(parents=True, exist_ok=True)
+    with log_to_file(layout.log):
+        log.info("training the LPG on %s into %s (preset %s, device %s)", data, layout.root, preset.name, device)
+        return _train(data, layout, preset, device, fully_annotated, extra_positives, hard_negatives, init,
+                      cache_dir, progress)
+
+
+def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, fully_annotated: str | None,
+           extra_positives: str | None, hard_negatives: str | None, init: str | None,
+           cache_dir: str | Path | None, progress: bool) -> dict:
+    cfg = preset.lpg_train
     start_time = time.time()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu")
     torch.manual_seed(cfg.seed)
     sources = build_sources(data, fully_annotated, extra_positives, hard_negatives)
     cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), preset.preprocess)
@@ -203,9 +210,8 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
         history.append(entry)
         improved = val["score"] > best
         best = max(best, val["score"])
-        if progress:
-            tqdm.write(f"epoch {epoch + 1}: loss {running:.3f}, validation mean sensitivity {val['score']:.3f}"
-                       f"{' (best)' if improved else ''}")
+        log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"],
+                 " (best)" if improved else "")
         common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint}
         if improved:
             save_checkpoint(layout.best, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))

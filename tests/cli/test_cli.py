@@ -95,9 +95,44 @@ def test_demo_marks_only(tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_harvests_and_prints_table_one(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--preset", "tiny", "--rounds", "1"]) == 0
-    printed = capsys.readouterr().out
-    assert "Table I" in printed and "R + P_H,1 (LPG only)" in printed
+    assert main(["demo", "--out", str(out), "--preset", "tiny", "--rounds", "1", "--quiet",
+                 "--set", "lpc.epochs=2"]) == 0
+    captured = capsys.readouterr()
+    assert "Table I" in captured.out and "R + P_H,1 (LPG only)" in captured.out
+    assert "%|" not in captured.err and "round 1: lpg" not in captured.err  # quiet: no bars, no info lines
     report = json.loads((out / "harvest" / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [1]
     assert (out / "harvest" / "harvested.pkl").is_file() and (out / "harvest" / "report.md").is_file()
+    assert "lpc:\n" in (out / "harvest" / "config.yaml").read_text()
+    assert "epochs: 2" in (out / "harvest" / "config.yaml").read_text().split("lpc:")[1]  # --set took effect
+    # the run's log files hold what the terminal did not show
+    log = (out / "harvest" / "harvest.log").read_text()
+    assert "harvesting" in log and "round 1: lpg" in log and "round 1: mine" in log and "epoch 1: loss" in log
+    assert "epoch 1: loss" in (out / "harvest" / "round_1" / "lpg" / "train.log").read_text()
+    assert "command: lesion-harvester demo" in (out / "demo.log").read_text()
+
+
+def test_every_subcommand_explains_itself():
+    from lesion_harvester.cli.main import SUBCOMMANDS, build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(subparsers) == set(SUBCOMMANDS)
+    for name, sub in subparsers.items():
+        assert sub.description and "examples:\n  lesion-harvester" in sub.epilog, name
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
+        devices = [a for a in sub._actions if "--device" in a.option_strings]
+        assert all(a.default == "auto" for a in devices), name
+
+
+def test_bad_settings_end_in_one_line_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train-lpg", str(tmp_path), "--out", str(out), "--set", "lpg_train.optimizer=sdg"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "lpg_train.optimizer" in err[0] and "'sgd', 'adamw'" in err[0]
+    assert main(["harvest", str(tmp_path), "--out", str(out), "--rounds", "0"]) == 2
+    assert "--rounds must be at least 1" in capsys.readouterr().err
+    assert main(["propose", str(tmp_path), "--checkpoint", "x.pt", "--out", "d.pkl", "--device", "tpu"]) == 2
+    assert "--device tpu: unknown device" in capsys.readouterr().err
+    assert not out.exists()

@@ -38,12 +38,25 @@ def test_targets_frame_the_lesion_after_augmentation(overrides):
         assert abs(int((x[4] > 90).sum()) - inside.size) <= 2  # ...and all of them
 
 
-def test_intensity_jitter_and_noise_keep_shapes_and_are_seeded():
-    a = _sampler(intensity_jitter=0.2, noise_hu=10.0)
-    b = _sampler(intensity_jitter=0.2, noise_hu=10.0)
-    xa, _ = a.sample()
-    xb, _ = b.sample()
-    assert xa.shape == (9, 32, 32) and np.array_equal(xa, xb)
+def test_intensity_jitter_changes_contrast_and_noise_adds_seeded_noise():
+    # the first crop's geometry is drawn before any intensity change, so all three see the same pixels
+    plain, _ = _sampler().sample()
+    jittered, _ = _sampler(intensity_jitter=0.2).sample()
+    noisy, _ = _sampler(noise_hu=10.0).sample()
+    assert plain.shape == jittered.shape == noisy.shape == (9, 32, 32)
+    # jitter: an affine map of the plain crop, contrast in [0.8, 1.2], and not the identity
+    slope, offset = np.polyfit(plain.ravel(), jittered.ravel(), 1)
+    assert 0.8 <= slope <= 1.2 and np.allclose(jittered, slope * plain + offset, atol=1e-3)
+    assert not np.allclose(jittered, plain, atol=1e-3)
+    # noise: zero-mean, independent per pixel, at most 10 HU (255 / 4095 network units per HU)
+    residual = noisy - plain
+    assert 0 < residual.std() <= 10 * 255 / 4095 and abs(residual.mean()) < 0.2 * residual.std() + 1e-3
+    assert abs(np.corrcoef(residual[4, :, :-1].ravel(), residual[4, :, 1:].ravel())[0, 1]) < 0.2
+    # seeded: the same seed gives the same noise, another seed other noise
+    again, _ = _sampler(noise_hu=10.0).sample()
+    other = _sampler(noise_hu=10.0)
+    other.rng = np.random.default_rng(1)
+    assert np.array_equal(noisy, again) and not np.array_equal(noisy, other.sample()[0])
 
 
 def test_background_crops_avoid_known_lesions():

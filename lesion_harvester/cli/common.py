@@ -1,0 +1,81 @@
+"""What the subcommands share: how a subcommand is declared, the preset and device options, logging.
+
+Every subcommand has a one-line summary (``lesion-harvester --help``), a description and examples
+(``lesion-harvester COMMAND --help``), and the common flags ``-v/--verbose`` and ``-q/--quiet``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tqdm import tqdm
+
+from lesion_harvester.config import PRESETS, Preset, load_preset
+from lesion_harvester.device import DEVICE_CHOICES_HELP
+
+
+def _common_flags() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_mutually_exclusive_group()
+    group.add_argument("-v", "--verbose", action="store_true", help="also log debug messages")
+    group.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bars and only warnings on the terminal (batch jobs); log files are kept")
+    return parent
+
+
+def add_subcommand(sub, name: str, summary: str, description: str, examples: list[str]) -> argparse.ArgumentParser:
+    """A subcommand parser with its summary, description and examples, and the common flags."""
+    epilog = "examples:\n" + "\n".join(f"  {line}" for line in examples)
+    return sub.add_parser(name, help=summary, description=f"{summary[0].upper()}{summary[1:]}.\n\n{description}",
+                          epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                          parents=[_common_flags()], allow_abbrev=False)
+
+
+def add_preset_options(p: argparse.ArgumentParser, default: str = "demo") -> None:
+    """``--preset`` and ``--set``."""
+    p.add_argument("--preset", default=default,
+                   help=f"{', '.join(PRESETS)} or a YAML file (which may start from another with 'base: NAME'); "
+                        f"default {default}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="change one setting of the preset, e.g. --set lpg_train.iters_per_epoch=600 "
+                        "(repeatable; the value is read as YAML)")
+
+
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    return load_preset(args.preset, args.overrides)
+
+
+def add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES_HELP}; default auto")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log records on stderr through ``tqdm.write``, so that they do not break a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    """Console logging for one command: INFO (DEBUG with -v, WARNING with -q) on stderr. The root
+    logger passes INFO on in every case, so that a run's log file (:func:`lesion_harvester.io.logs.log_to_file`)
+    holds the whole story even of a quiet run."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _TqdmHandler)]:
+        root.removeHandler(handler)  # main() may run several times in one process (tests, notebooks)
+    handler = _TqdmHandler()
+    handler.setFormatter(_ConsoleFormatter("%(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)

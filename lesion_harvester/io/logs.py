@@ -1,0 +1,34 @@
+"""A run's log file: the log records of a command, appended to a file in its output folder."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextlib.contextmanager
+def log_to_file(path: str | Path, command: Sequence[str] = (), level: int = logging.INFO) -> Iterator[Path]:
+    """Append this process's log records (``level`` and up) to ``path`` while the block runs,
+    starting with the ``command`` line if given. Appending keeps the story of a resumed run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setLevel(level)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        if command:
+            logging.getLogger(__name__).info("command: %s", shlex.join(command))
+        yield path
+    except BaseException as exc:
+        logging.getLogger(__name__).error("stopped: %s: %s", type(exc).__name__, exc)
+        raise
+    finally:
+        root.removeHandler(handler)
+        handler.close()

@@ -1,0 +1,82 @@
+"""The import graph of the package: no circles, and no stage reaching into a later one.
+
+Parsed from the source (every import statement, including those inside functions), so that a
+late import cannot hide a circle.
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lesion_harvester"
+# the pipeline's stages in order: a stage may import earlier stages, never a later one
+STAGES = ("stacking", "lpg", "lpc", "harvest", "report", "cli")
+PIPELINE_CODE = ("synth", "evaluation", *STAGES)  # what io/ must not import: it reads and writes, nothing more
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            # "from lesion_harvester.harvest import steps" imports the module harvest.steps
+            found |= {t for t in targets if t in modules and t != name}
+        graph[name] = found
+    return graph
+
+
+GRAPH = _imports()
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def test_the_import_graph_has_no_circle():
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(GRAPH[node]):
+            if state.get(nxt) == 1:
+                circle = path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+                pytest.fail("import circle: " + " -> ".join(circle))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for module in sorted(GRAPH):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_no_stage_imports_a_later_one():
+    bad = [(m, t) for m, targets in GRAPH.items() for t in targets
+           if _package(m) in STAGES and _package(t) in STAGES and STAGES.index(_package(t)) > STAGES.index(_package(m))]
+    assert not bad, bad
+
+
+def test_io_imports_no_pipeline_code():
+    bad = [(m, t) for m, targets in GRAPH.items() for t in targets
+           if _package(m) == "io" and _package(t) in PIPELINE_CODE]
+    assert not bad, bad
+
+
+def test_the_graph_is_read():
+    # guards the tests above against a parser that finds nothing
+    assert "lesion_harvester.harvest.steps" in GRAPH["lesion_harvester.harvest.rounds"]
+    assert "lesion_harvester.structures" in GRAPH["lesion_harvester.io.annotations"]
