@@ -13,17 +13,20 @@ harvest split (V_H, marks only) grows by the harvest volumes of EXTRA, another `
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.deeplesion import DeepLesionDataset, read_dl_info, write_dl_info
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.paths import default_cache_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+import common
 
 
 def _renumber(name: str, offset: int) -> str:
@@ -85,18 +88,20 @@ def add_marked_volumes(base: Path, extra: Path, out: Path, max_volumes: int | No
             "marks": len(rows), "added_marks": len(rows) - len(base_rows)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
     parser.add_argument("base", type=Path, help="synthetic dataset whose splits are kept")
     parser.add_argument("extra", type=Path, help="synthetic dataset whose harvest volumes are added")
     parser.add_argument("out", type=Path, help="new folder")
     parser.add_argument("--max-volumes", type=int, default=None, help="add at most this many (default all)")
-    args = parser.parse_args()
-    try:
-        print(json.dumps(add_marked_volumes(args.base, args.extra, args.out, args.max_volumes)))
-    except DataError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    args = parser.parse_args(argv)
+    counts = add_marked_volumes(args.base, args.extra, args.out, args.max_volumes)
+    common.report(counts, args.json,
+                  f"{args.out}: {counts['harvest_volumes']} harvest volumes ({counts['added_volumes']} added), "
+                  f"{counts['marks']} marks ({counts['added_marks']} added)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

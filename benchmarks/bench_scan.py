@@ -12,9 +12,7 @@ stage so that the next speed-up can aim at the largest one. Each preset runs in 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import multiprocessing
 import resource
 import sys
@@ -31,6 +29,9 @@ from lesion_harvester.lpg.scan import Scanner
 from lesion_harvester.preprocessing import prepare_volume
 from lesion_harvester.structures import Volume
 from lesion_harvester.synth.dataset import generate_volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+import common
 
 STAGES = {  # module name prefix -> stage
     "stem": "stem + dense block 1", "block1": "stem + dense block 1", "trans1": "transition 1 + dense block 2",
@@ -130,9 +131,9 @@ def _child(args, queue):
         raise
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default=None)
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
     parser.add_argument("--presets", default="paper,bench")
     parser.add_argument("--slices", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
@@ -152,14 +153,11 @@ def main(argv=None) -> int:
             print(f"{name}: failed: {result['error']}", file=sys.stderr)
             return 1
         results.append(result)
-    print(json.dumps(results, indent=1))
-    for r in results:
-        print(f"{r['preset']}: shared {r['shared_slices_per_s']:.2f} vs naive {r['naive_slices_per_s']:.2f} slices/s "
-              f"on {r['device']}, {r['input_hw'][0]}x{r['input_hw'][1]} px: ratio {r['ratio']:.2f} = "
-              f"{r['ratio_over_theoretical']:.2f} x theoretical {r['theoretical_ratio']:.2f}, "
-              f"max |diff| {r['max_abs_diff']:.1e}, peak RSS {r['peak_rss_mb']:.0f} MB")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    common.report(results, args.json, *(
+        f"{r['preset']}: shared {r['shared_slices_per_s']:.2f} vs naive {r['naive_slices_per_s']:.2f} slices/s "
+        f"on {r['device']}, {r['input_hw'][0]}x{r['input_hw'][1]} px: ratio {r['ratio']:.2f} = "
+        f"{r['ratio_over_theoretical']:.2f} x theoretical {r['theoretical_ratio']:.2f}, "
+        f"max |diff| {r['max_abs_diff']:.1e}, peak RSS {r['peak_rss_mb']:.0f} MB" for r in results))
     return 0
 
 

@@ -14,10 +14,8 @@ entries are listed, not compared.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
-import json
 import os
 import runpy
 import shutil
@@ -31,6 +29,9 @@ import numpy as np
 from lesion_harvester.evaluation.api import evaluate_files
 from lesion_harvester.io.annotations import read_slice_boxes, write_tracklets
 from lesion_harvester.structures import Tracklet
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+import common
 
 ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "deeplesion_annotation"
 
@@ -71,13 +72,13 @@ def random_detections(gt, seed: int) -> dict:
     return detections
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
     parser.add_argument("--authors-dir", required=True,
                         help="folder with the authors' evaluation.py and voc_eval_lib.py")
     parser.add_argument("--annotations", default=str(ANNOTATIONS))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     gt_path = Path(args.annotations) / "Revised-Test1071.pkl"
     gt = read_slice_boxes(gt_path)
@@ -122,11 +123,9 @@ def main(argv=None) -> int:
         "max_ap_abs_diff": max(r["ap_abs_diff"] for r in rows),
         "max_froc_abs_diff": max(r["froc_max_abs_diff"] for r in rows),
     }
-    print(json.dumps(summary, indent=1))
-    print(f"released vs ours over {len(rows)} random detection sets on Revised-Test1071: max |dAP| "
-          f"{summary['max_ap_abs_diff']:.2e}, max |dFROC| {summary['max_froc_abs_diff']:.2e} (finite entries)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+    common.report(summary, args.json,
+                  f"released vs ours over {len(rows)} random detection sets on Revised-Test1071: max |dAP| "
+                  f"{summary['max_ap_abs_diff']:.2e}, max |dFROC| {summary['max_froc_abs_diff']:.2e} (finite entries)")
     return 0
 
 

@@ -38,7 +38,7 @@ TINY=$!
 say "synth $SIZE"
 $LH synth $W/b --preset "$SIZE" --seed 0 --workers $(( $(nproc) - 2 )) > $W/synth.log 2>&1 || tail -5 $W/synth.log | tee -a "$S"
 say "prepare"
-$PY benchmarks/prepare_cache.py $W/b --preset $W/${SIZE}_x1.yaml --workers "$(nproc)" | tail -1 | tee -a "$S"
+$PY benchmarks/prepare_cache.py $W/b --preset $W/${SIZE}_x1.yaml --workers "$(nproc)" | grep "^> " | tee -a "$S"
 say "train"
 LEFT=$(( BUDGET - ($(date +%s) - T0) - 130 ))
 for V in x1 x4; do

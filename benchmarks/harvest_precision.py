@@ -11,12 +11,12 @@ the complete labels). The run folder is only read.
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import overlaps
 from lesion_harvester.harvest.ledger import Ledger
@@ -24,14 +24,19 @@ from lesion_harvester.harvest.mine import precision_lower_bound
 from lesion_harvester.harvest.verify import covers_marks
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+import common
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
     parser.add_argument("data")
     parser.add_argument("run")
-    parser.add_argument("--json", default=None, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     truth = load_truth(Path(args.data) / "ground_truth" / "complete.pkl", "p3d")
+    if not (Path(args.run) / "ledger.sqlite").is_file():  # Ledger() would create an empty one
+        raise DataError(Path(args.run) / "ledger.sqlite", "missing", "give the --out folder of a harvest")
     ledger = Ledger(Path(args.run) / "ledger.sqlite")
     v_m = ledger.volumes("fully_annotated")
     marks = DeepLesionDataset(args.data).marks(v_m)
@@ -60,15 +65,16 @@ def main() -> None:
                        "n_harvested": len(harvested),
                        "harvested_precision": round(float(np.mean(real)), 4) if real else None})
     ledger.close()
+    lines = []
     for e in rounds:
         t = "none" if e["threshold"] is None else f"{e['threshold']:.3f}"
         p = "-" if e["harvested_precision"] is None else f"{e['harvested_precision']:.3f}"
-        print(f"round {e['round']}: threshold {t}, V_M above it {e['vm_new_lesions_above']} new lesions / "
-              f"{e['vm_false_positives_above']} FP (precision >= {e['vm_precision_lower_bound']:.2f}); "
-              f"harvested {e['n_harvested']}, of which lesions {p}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"run": args.run, "rounds": rounds}, indent=1))
+        lines.append(f"round {e['round']}: threshold {t}, V_M above it {e['vm_new_lesions_above']} new lesions / "
+                     f"{e['vm_false_positives_above']} FP (precision >= {e['vm_precision_lower_bound']:.2f}); "
+                     f"harvested {e['n_harvested']}, of which lesions {p}")
+    common.report({"run": args.run, "rounds": rounds}, args.json, *lines)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

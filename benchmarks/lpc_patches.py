@@ -1,6 +1,6 @@
 """LPC patch geometry on a finished harvest run: which patches rank V_H^test's proposals best.
 
-    python benchmarks/lpc_patches.py DATA RUN --preset bench --round 1 \
+    python benchmarks/lpc_patches.py DATA RUN --preset bench --round 1 \\
         --variant 48:64:0:5 --variant 48:64:16:5 [--json OUT.json]
 
 Each ``--variant`` is ``patch_px:pad_px:close_up_pad_px:seed``. For each, an LPC (the preset's
@@ -12,10 +12,9 @@ The run folder is read, never written: its ledger is copied to a temporary folde
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import sqlite3
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,16 +34,19 @@ from lesion_harvester.lpc.train import predict_lpc, train_lpc
 from lesion_harvester.report.harvest_report import with_marks
 from lesion_harvester.structures import group_by_volume, marks_to_tracklets
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+import common
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
     parser.add_argument("data")
     parser.add_argument("run")
     parser.add_argument("--preset", default="bench")
     parser.add_argument("--round", type=int, default=1)
     parser.add_argument("--variant", action="append", required=True, help="patch_px:pad_px:close_up_pad_px:seed")
-    parser.add_argument("--json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     preset = load_preset(args.preset)
     with tempfile.TemporaryDirectory() as tmp:
         source = sqlite3.connect(f"file:{Path(args.run) / 'ledger.sqlite'}?mode=ro", uri=True)
@@ -55,13 +57,12 @@ def main() -> None:
         source.close()
         copy.close()
         results = run(args.data, tmp, preset, args.round, args.variant)
-    print(json.dumps(results, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    for v in results["variants"]:
-        print(f"patch {v['patch_px']} pad {v['pad_px']} close-up {v['close_up_pad_px']} seed {v['seed']}: "
-              f"s_c AP {v['s_c']['ap']:.3f}, s_g*s_c R@90P {v['s_g_s_c']['r@90p']:.3f} AP {v['s_g_s_c']['ap']:.3f} "
-              f"(s_g alone R@90P {results['s_g']['r@90p']:.3f} AP {results['s_g']['ap']:.3f})")
+    common.report(results, args.json, *(
+        f"patch {v['patch_px']} pad {v['pad_px']} close-up {v['close_up_pad_px']} seed {v['seed']}: "
+        f"s_c AP {v['s_c']['ap']:.3f}, s_g*s_c R@90P {v['s_g_s_c']['r@90p']:.3f} AP {v['s_g_s_c']['ap']:.3f} "
+        f"(s_g alone R@90P {results['s_g']['r@90p']:.3f} AP {results['s_g']['ap']:.3f})"
+        for v in results["variants"]))
+    return 0
 
 
 def run(data: str, run_dir: str, preset, round_index: int, variants: list[str]) -> dict:
@@ -100,4 +101,4 @@ def run(data: str, run_dir: str, preset, round_index: int, variants: list[str]) 
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

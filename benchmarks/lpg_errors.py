@@ -17,20 +17,24 @@ layout); DETS.pkl is a ``propose`` output. Three questions, answered separately:
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
 from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.geometry.boxes import iou_voc
 from lesion_harvester.io.annotations import read_any_boxes, read_boxes_3d
 from lesion_harvester.io.splits import read_splits
-from lesion_harvester.structures import SliceBox
+from lesion_harvester.structures import SliceBox, group_by_volume
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+import common
 
 SIZE_BINS_MM = (0, 6, 9, 12, 16, 25, 50, np.inf)
 LONG_BINS_MM = (0, 10, 15, 20, 30, 60, np.inf)
@@ -63,9 +67,7 @@ def lesions_found(data: Path, keys: list[str], detections: dict, score_at: float
     wanted = set(keys)
     with open(data / "ground_truth" / "lesions.csv", newline="") as f:
         rows = [row for row in csv.DictReader(f) if row["volume_key"] in wanted]
-    by_volume: dict[str, list[int]] = {}
-    for i, row in enumerate(rows):
-        by_volume.setdefault(row["volume_key"], []).append(i)
+    by_volume = group_by_volume((row["volume_key"], i) for i, row in enumerate(rows))
     best = np.zeros(len(rows))
     for key, indices in by_volume.items():
         truth = VolumeTruth.from_slice_boxes([
@@ -91,19 +93,19 @@ def found_shares(lesions: list[dict], field: str, edges=None) -> list[dict]:
             for name, group in groups if group]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
     parser.add_argument("data")
     parser.add_argument("detections")
     parser.add_argument("--split", default="detection_test")
     parser.add_argument("--min-score", type=float, default=0.3)
     parser.add_argument("--fp-per-volume", type=float, default=4.0)
-    parser.add_argument("--json", default=None, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     data = Path(args.data)
     splits = read_splits(data) or {}
     if args.split not in splits:
-        raise SystemExit(f"{data / 'splits.json'}: no split '{args.split}' (the synthetic layout is needed)")
+        raise DataError(data / "splits.json", f"no split '{args.split}'", "the synthetic layout is needed")
     keys = splits[args.split]
     volumes = {v["key"]: v for v in json.loads((data / "ground_truth" / "volumes.json").read_text())}
     truth = {k: v for k, v in load_truth(data / "ground_truth" / "complete.pkl", "p3d").items() if k in keys}
@@ -111,7 +113,7 @@ def main() -> None:
     detections = {k: v for k, v in read_any_boxes(args.detections).items() if k in truth}
     result = evaluate_detections(truth, detections)
     if len(result.scores) == 0:
-        raise SystemExit(f"{args.detections}: no detections in the {len(truth)} volumes of split '{args.split}'")
+        raise DataError(args.detections, f"no detections in the {len(truth)} volumes of split '{args.split}'")
 
     at = min(int(np.searchsorted(result.fp_per_volume, args.fp_per_volume)), len(result.scores) - 1)
     score_at = float(result.scores[at])
@@ -152,18 +154,17 @@ def main() -> None:
             "contrast_hu": found_shares(lesions, "contrast_hu", CONTRAST_BINS_HU),
         },
     }
-    text = json.dumps(report, indent=1, default=float)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
     small = sum(b["fp"] for b in report["at_fp_per_volume"]["size_mm"][:2])
-    print(f"above score {args.min_score}: {mimics} of {near + mimics} false positives touch no lesion; "
-          f"at {args.fp_per_volume:g} FP/volume (score {score_at:.3f}) {small} of {int((~is_tp_arr).sum())} "
-          f"false positives are under {SIZE_BINS_MM[2]} mm")
     small_found = report["lesions_found"]["long_mm"][0]
-    print(f"lesions found at that score: {np.mean([x['found'] for x in lesions]):.3f} of {len(lesions)}; "
-          f"under {LONG_BINS_MM[1]} mm: {small_found['found']:.2f} of {small_found['lesions']}")
+    common.report(
+        report, args.json,
+        f"above score {args.min_score}: {mimics} of {near + mimics} false positives touch no lesion; "
+        f"at {args.fp_per_volume:g} FP/volume (score {score_at:.3f}) {small} of {int((~is_tp_arr).sum())} "
+        f"false positives are under {SIZE_BINS_MM[2]} mm",
+        f"lesions found at that score: {np.mean([x['found'] for x in lesions]):.3f} of {len(lesions)}; "
+        f"under {LONG_BINS_MM[1]} mm: {small_found['found']:.2f} of {small_found['lesions']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

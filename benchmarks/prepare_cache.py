@@ -9,8 +9,8 @@ script does it up front for every volume that training, validation and ``detecti
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -19,6 +19,9 @@ from lesion_harvester.config import load_preset
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.paths import default_cache_dir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
+import common
 
 _WORKER: dict = {}  # per worker process: the dataset source and the cache, opened once
 
@@ -33,12 +36,13 @@ def _prepare(key: str) -> str:
     return key
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@common.guarded
+def main(argv: list[str] | None = None) -> int:
+    parser = common.parser(__doc__)
     parser.add_argument("data")
     parser.add_argument("--preset", default="bench")
     parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     sources = build_sources(args.data)
     keys = set(sources.training.volume_keys) | set(sources.validation)
     splits = Path(args.data) / "splits.json"
@@ -47,9 +51,11 @@ def main() -> None:
     start = time.time()
     with Pool(args.workers, initializer=_open, initargs=(args.data, args.preset)) as pool:
         done = sum(1 for _ in pool.imap_unordered(_prepare, sorted(keys)))
-    print(json.dumps({"volumes": done, "workers": args.workers, "seconds": round(time.time() - start, 1)}))
-    print(f"prepared {done} volumes with {args.workers} processes in {time.time() - start:.0f} s")
+    seconds = time.time() - start
+    common.report({"volumes": done, "workers": args.workers, "seconds": round(seconds, 1)}, args.json,
+                  f"prepared {done} volumes with {args.workers} processes in {seconds:.0f} s")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,5 @@
-"""The measuring tools in benchmarks/: a dataset with more marked volumes, and where an LPG errs."""
+"""The measuring tools in benchmarks/: their shared shape (benchmarks/common.py), a dataset with more
+marked volumes, and where an LPG errs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.structures import Tracklet
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "common")
 
 
 def _load(name: str):
@@ -79,3 +81,102 @@ def test_lesions_found_counts_hits_at_and_below_the_operating_score(tiny_dataset
     by_kind = tool.found_shares(strict, "kind")
     assert all(s["found"] == 0.0 for s in by_kind)
     assert sum(s["hit_at_any_score"] * s["lesions"] for s in by_kind) == pytest.approx(len(rows) - 1)
+
+
+def _printed(out: str) -> tuple[str, list[str]]:
+    """What ``common.report`` printed: the JSON text and the lines to quote."""
+    lines = out.splitlines()
+    quoted = [line for line in lines if line.startswith("> ")]
+    return "\n".join(line for line in lines if not line.startswith("> ")), [line[2:] for line in quoted]
+
+
+def test_report_prints_and_atomically_writes_the_same_plain_json(tmp_path, monkeypatch, capsys):
+    common = _load("common")
+    written = []
+    real_write = common.atomic_write_text
+    monkeypatch.setattr(common, "atomic_write_text", lambda path, text: (written.append(path), real_write(path, text)))
+    results = {"ap": np.float32(0.25), "n": np.int64(3), "ok": np.bool_(True), "curve": np.array([0.5, np.nan]),
+               "none_reached": float("nan"), "bins": [{"to": np.inf}], "name": "bench", np.int64(7): (1, 2)}
+    out = tmp_path / "new" / "results.json"
+    common.report(results, str(out), "ap 0.250", "second line")
+
+    text, quoted = _printed(capsys.readouterr().out)
+    assert quoted == ["ap 0.250", "second line"]
+    assert written == [str(out)] and out.read_text() == text + "\n"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["results.json"]  # no temporary file left
+    assert json.loads(text) == {"ap": 0.25, "n": 3, "ok": True, "curve": [0.5, None], "none_reached": None,
+                                "bins": [{"to": None}], "name": "bench", "7": [1, 2]}
+    assert "NaN" not in text and "Infinity" not in text
+    assert text.startswith('{\n "ap"')  # indent 1
+
+    common.report([np.float64(1.5)], None)  # no file, no line to quote
+    assert capsys.readouterr().out == "[\n 1.5\n]\n" and written == [str(out)]
+
+
+def test_guarded_turns_a_user_error_into_one_stderr_line_and_exit_code_2(capsys):
+    common = _load("common")
+
+    @common.guarded
+    def main(argv=None) -> int:
+        if argv:
+            raise DataError("DATA/splits.json", "no split 'x'", "the synthetic layout is needed")
+        return 0
+
+    assert main() == 0
+    assert main(["x"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("test_benchmark_tools.py: error: DATA/splits.json: no split 'x' "
+                   "(the synthetic layout is needed)\n")
+
+    @common.guarded
+    def buggy(argv=None) -> int:
+        raise KeyError("a bug keeps its traceback")
+
+    with pytest.raises(KeyError):
+        buggy()
+
+
+def test_parser_takes_its_description_and_usage_from_the_docstring(capsys):
+    common = _load("common")
+    parser = common.parser("First line.\n\n    python benchmarks/x.py DATA\n\nMore text.\n")
+    assert parser.parse_args([]).json is None
+    assert parser.parse_args(["--json", "out.json"]).json == "out.json"
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "First line." in out and "\n    python benchmarks/x.py DATA\n" in out  # kept verbatim
+    assert "--json OUT" in out and "also write the results here" in out
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_every_script_parses_and_describes_itself(name, capsys):
+    tool = _load(name)
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert tool.__doc__.splitlines()[0] in out and "--json OUT" in out
+
+
+def test_add_marked_volumes_command_reports_and_refuses_an_existing_out(tiny_dataset, tmp_path, capsys):
+    tool = _load("add_marked_volumes")
+    out, report = tmp_path / "more", tmp_path / "counts.json"
+    assert tool.main([str(tiny_dataset), str(tiny_dataset), str(out), "--max-volumes", "1", "--json", str(report)]) == 0
+    text, quoted = _printed(capsys.readouterr().out)
+    counts = json.loads(text)
+    assert report.read_text() == text + "\n" and counts["added_volumes"] == 1
+    assert quoted == [f"{out}: {counts['harvest_volumes']} harvest volumes (1 added), "
+                      f"{counts['marks']} marks ({counts['added_marks']} added)"]
+
+    assert tool.main([str(tiny_dataset), str(tiny_dataset), str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == f"add_marked_volumes.py: error: {out}: exists already; give a new folder\n"
+
+
+def test_lpg_errors_command_refuses_a_missing_split(tiny_dataset, capsys):
+    tool = _load("lpg_errors")
+    assert tool.main([str(tiny_dataset), "no_detections.pkl", "--split", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "splits.json: no split 'nope' (the synthetic layout is needed)" in err
