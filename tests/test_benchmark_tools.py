@@ -180,3 +180,29 @@ def test_lpg_errors_command_refuses_a_missing_split(tiny_dataset, capsys):
     assert tool.main([str(tiny_dataset), "no_detections.pkl", "--split", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "splits.json: no split 'nope' (the synthetic layout is needed)" in err
+
+
+def test_compare_runs_finds_any_difference(tmp_path, capsys):
+    from lesion_harvester.harvest.ledger import Ledger
+
+    tool = _load("compare_runs")
+    t = Tracklet(np.array([1]), np.array([[1.0, 2, 3, 4]]), np.array([0.5]))
+    for name in ("a", "b"):
+        ledger = Ledger(tmp_path / name / "ledger.sqlite")
+        ledger.set_volumes(["v"], [], [])
+        with ledger.transaction() as db:
+            ledger.add_proposals(db, 1, {"v": [t]})
+            ledger.finish_step(db, 1, "lpg", {"checkpoint": str(tmp_path / name / "best.pt")})  # paths differ
+        ledger.close()
+        (tmp_path / name / "round_1").mkdir()
+        (tmp_path / name / "round_1" / "harvested.pkl").write_bytes(b"same")
+    assert tool.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "all identical" in capsys.readouterr().out
+    (tmp_path / "b" / "round_1" / "harvested.pkl").write_bytes(b"other")
+    ledger = Ledger(tmp_path / "b" / "ledger.sqlite")
+    with ledger.transaction() as db:
+        ledger.set_scores(db, 1, [("v", 0, 0.3, 0.15)])
+    ledger.close()
+    assert tool.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    assert "DIFFERENT: round_1/harvested.pkl, ledger proposals" in capsys.readouterr().out
+    assert tool.main([str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
