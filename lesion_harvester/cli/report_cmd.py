@@ -33,6 +33,8 @@ def print_table(report: dict) -> None:
         print(f"{'R + P_H,' + str(r) + '^+ (LPG+LPC)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in LEVELS)
               + f"   harvested {entry['n_harvested']}, new {entry['n_new']}, "
               f"score s_g*s_c^{entry.get('fusion_exponent', 1.0):g}")
+        if entry.get("nothing_harvested_because"):
+            print(f"  round {r} harvested nothing: {entry['nothing_harvested_because']}")
     if "harvested_labels" in report:
         h = report["harvested_labels"]
         print(f"harvested labels (marks + harvested.pkl) on V_H^test: precision {h['precision']:.3f}, "

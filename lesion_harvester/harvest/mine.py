@@ -168,9 +168,36 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
                         for row, hv, hn in zip(candidates, harvested, hard)]
     new = [(row.volume, row.tracklet) for row, hv in zip(candidates, harvested) if hv]
     n_new = len(dedupe(earlier_harvested + dedupe(new))) - len(dedupe(earlier_harvested))
+    reason = None if harvested.any() else why_nothing(vm_score[new_in_vm], vm_lesion[new_in_vm], len(vm_rows),
+                                                      np.array([row.score or 0.0 for row in candidates]), threshold,
+                                                      cfg.precision)
     info = {"threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
             "n_hard_negatives": int(hard.sum()), "n_new": int(n_new), "n_marked_pieces": len(pieces),
             # the V_M evidence behind the threshold: new lesions and false positives above it
             "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
-            "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4)}
+            "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4),
+            "nothing_harvested_because": reason}
     return MineResult(updates, info)
+
+
+def why_nothing(vm_scores: np.ndarray, vm_lesion: np.ndarray, n_vm_proposals: int, candidate_scores: np.ndarray,
+                threshold: float, precision: float) -> str:
+    """Why a round harvested nothing, and what the user can change, in a sentence or two.
+
+    ``vm_scores``/``vm_lesion``: the V_M proposals the threshold was measured on (new lesions and
+    false positives, those covering V_M's own marks left out); ``n_vm_proposals``: all V_M proposals.
+    """
+    more = ("More fully annotated volumes (--fully-annotated) give the threshold more to rest on; "
+            "a lower harvest.precision accepts less certainty.")
+    if len(vm_scores) == 0:
+        return (f"V_M gave no proposal to set the threshold on ({n_vm_proposals} V_M proposals, all on V_M's own "
+                f"RECIST marks). {more}")
+    if not np.isfinite(threshold):
+        order = np.argsort(-vm_scores, kind="stable")
+        first_fp = int(np.argmax(~vm_lesion[order]))
+        return (f"no score threshold keeps {precision:.0%} precision on V_M: its highest-scored new proposals are "
+                f"{first_fp} lesion(s), then a false positive at s = {vm_scores[order][first_fp]:.3f} "
+                f"({int(vm_lesion.sum())} V_M lesions and {int((~vm_lesion).sum())} false positives in all). {more}")
+    top = f"the highest is {candidate_scores.max():.3f}" if len(candidate_scores) else "there are none"
+    return (f"no V_H candidate scored at or above the threshold {threshold:.3f} ({top}). A stronger LPG or LPC "
+            f"(a larger preset, more rounds) ranks more lesions high.")

@@ -8,13 +8,17 @@ harvest, so that they all agree.
 - A real DeepLesion folder: V_M = the volumes of ``--fully-annotated FILE`` (e.g. the released
   Revised-Train744.pkl) with its labels; V_H = every training-split sub-volume of DL_info.csv
   outside V_M; validation = DL_info's val split with its RECIST marks; holdout = the volumes of
-  ``--holdout FILE`` (e.g. Revised-Train100.pkl).
+  ``--holdout FILE`` (e.g. Revised-Train100.pkl). A DL_info.csv without validation rows (many PACS
+  exports) gets a validation set held out of V_H: its marks then validate the LPG instead of
+  training it (the volumes are still harvested), so that no checkpoint is chosen on an empty set.
 - ``--fully-annotated FILE`` on the synthetic layout replaces ``fully_annotated``: the volumes
   it no longer names are harvest volumes like the others (their RECIST marks are all that is used).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +29,11 @@ from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.loader import VolumeSource, open_volumes
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.structures import RecistMark, SliceBox
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_VALIDATION_FRACTION = 0.1  # of V_H, when the dataset names no validation volumes
+HELD_OUT_VALIDATION_MAX = 100  # volumes; MULAN validates on a few hundred slices
 
 
 @dataclass
@@ -37,11 +46,13 @@ class Partition:
     holdout: dict[str, list[SliceBox]]  # V_H^test with complete labels (report only; {} when not asked for)
     fully_annotated_file: str | None  # the --fully-annotated FILE, if one was given
     holdout_file: str  # where the holdout labels were read ("" when none)
+    validation_source: str = ""  # where the validation volumes come from, for messages and reports
 
     @property
     def training_keys(self) -> list[str]:
-        """V_M then V_H: every volume the LPG may train on."""
-        return list(self.fully_annotated) + [k for k in self.harvest if k not in self.fully_annotated]
+        """V_M then V_H, without validation volumes: every volume the LPG may train on."""
+        keys = list(self.fully_annotated) + [k for k in self.harvest if k not in self.fully_annotated]
+        return [k for k in keys if k not in self.validation]
 
     @cached_property
     def marks(self) -> dict[str, list[RecistMark]]:
@@ -81,9 +92,11 @@ def resolve_partition(data: str | Path, fully_annotated: str | Path | None = Non
     if synthetic:
         candidates = list(splits.get("fully_annotated", [])) + list(splits["harvest"])
         validation = {k: complete[k] for k in splits.get("validation", [])}
+        validation_source = "splits.json 'validation' with their complete labels"
     else:
         candidates = dataset.keys("train")
         validation = {k: [m.slice_box() for m in marks] for k, marks in dataset.marks(dataset.keys("val")).items()}
+        validation_source = "DL_info.csv's validation split (Train_Val_Test 2) with its RECIST marks"
     harvest = [k for k in dict.fromkeys(candidates) if k not in fa]
 
     if holdout is not None:
@@ -99,8 +112,27 @@ def resolve_partition(data: str | Path, fully_annotated: str | Path | None = Non
     outside = [k for k in held if k not in in_harvest]
     if outside:
         raise DataError(holdout_file, f"{len(outside)} holdout volumes are not harvest volumes, e.g. {outside[0]}")
+    if not any(validation.values()):
+        chosen = held_out_validation([k for k in harvest if k not in held])
+        validation = {k: [m.slice_box() for m in marks] for k, marks in dataset.marks(chosen).items()}
+        validation_source = (f"{len(chosen)} harvest volumes held out of LPG training ({data}: no validation "
+                             f"volumes with lesions)")
+        if chosen:
+            log.warning("%s names no validation volumes with lesions: %d of the %d harvest volumes validate the LPG "
+                        "with their RECIST marks instead of training it (they are still harvested)", data,
+                        len(chosen), len(harvest))
     return Partition(source, dataset, fa, harvest, validation, held,
-                     None if fully_annotated is None else str(fully_annotated), holdout_file)
+                     None if fully_annotated is None else str(fully_annotated), holdout_file, validation_source)
+
+
+def held_out_validation(keys: list[str], fraction: float = HELD_OUT_VALIDATION_FRACTION,
+                        max_volumes: int = HELD_OUT_VALIDATION_MAX) -> list[str]:
+    """About ``fraction`` of ``keys`` (at least one of two or more, at most ``max_volumes``), chosen by a
+    hash of each key, so that the choice depends neither on the order of the keys nor on a seed."""
+    if len(keys) < 2:
+        return []
+    n = min(max_volumes, max(1, round(fraction * len(keys))))
+    return sorted(sorted(keys, key=lambda k: hashlib.sha1(k.encode()).hexdigest())[:n])
 
 
 def _check_known(boxes: dict, dataset: DeepLesionDataset, path: str | Path, data: Path) -> None:

@@ -36,6 +36,7 @@ class LPGSources:
     training: TrainingData
     validation: dict[str, list[SliceBox]]  # ground truth of the validation volumes
     fully_annotated_truth: dict[str, list[SliceBox]]  # complete labels of V_M
+    validation_source: str = ""  # where the validation volumes come from
 
 
 def _key_slice_records(path: str | Path, known: set[str], negative: bool) -> tuple[list[SliceRecord], dict]:
@@ -85,4 +86,4 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
     if not records:
         raise DataError(root, "no training boxes: no RECIST marks or complete labels in the training volumes")
     training = TrainingData(train_keys, records, exclusions, complete_keys=[k for k in train_keys if k in fa_truth])
-    return LPGSources(part.source, training, part.validation, fa_truth)
+    return LPGSources(part.source, training, part.validation, fa_truth, part.validation_source)

@@ -68,7 +68,8 @@ def lr_factor(iteration: int, cfg: LPGTrainConfig) -> float:
 
 
 def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[str, list[SliceBox]]) -> dict:
-    """Per-slice FROC on the annotated slices of the validation volumes (as MULAN validates)."""
+    """Per-slice FROC on the annotated slices of the validation volumes (as MULAN validates); the
+    score is the mean sensitivity at 0.5, 1, 2 and 4 FP per slice, None without annotated slices."""
     per_slice_truth, detections = {}, {}
     for key, boxes in truth.items():
         zs = sorted({b.z_index for b in boxes})
@@ -82,7 +83,7 @@ def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[
             detections[name] = [Tracklet.single_slice(z, box, float(s)) for box, s in zip(p.boxes_xyxy_px, p.scores)
                                 if s > 0.01]
     if not per_slice_truth:
-        return {"score": 0.0, "froc_per_slice": {}, "ap": 0.0}
+        return {"score": None, "froc_per_slice": {}, "ap": None}
     result = evaluate_detections(per_slice_truth, detections)
     score = float(np.mean([result.froc[r] for r in VALIDATION_RATES]))
     return {"score": score, "froc_per_slice": result.froc, "ap": result.ap, "n_slices": len(per_slice_truth)}
@@ -135,6 +136,11 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     start_time = time.time()
     torch.manual_seed(cfg.seed)
     sources = build_sources(data, fully_annotated, extra_positives, hard_negatives)
+    if any(sources.validation.values()):
+        log.info("validation: %s", sources.validation_source)
+    else:
+        log.warning("%s: no validation volumes with lesions, so no epoch can be chosen: best.pt will be the "
+                    "latest epoch", data)
     cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), preset.preprocess)
     keys = list(dict.fromkeys(sources.training.volume_keys + list(sources.validation)))
     prepared = {k: cache.get(sources.source, k) for k in tqdm(keys, desc="preparing volumes", unit="vol",
@@ -208,10 +214,14 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         entry = {"epoch": epoch + 1, "loss": running, "train_s": round(time.time() - epoch_start, 1),
                  "hard_background": len(hard_background), **val}
         history.append(entry)
-        improved = val["score"] > best
-        best = max(best, val["score"])
-        log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"],
-                 " (best)" if improved else "")
+        if val["score"] is None:  # nothing to choose on: a checkpoint is never selected on an empty set
+            improved = True
+            log.info("epoch %d: loss %.3f (no validation slices: best.pt is the latest epoch)", epoch + 1, running)
+        else:
+            improved = val["score"] > best
+            best = max(best, val["score"])
+            log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"],
+                     " (best)" if improved else "")
         common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint}
         if improved:
             save_checkpoint(layout.best, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
@@ -219,7 +229,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
             model, preset.lpg, preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), history=history, best_score=best,
             rng_torch=torch.get_rng_state()))
-    summary = {"best_score": best, "epochs": len(history), "history": history,
+    summary = {"best_score": best if best >= 0 else None, "epochs": len(history), "history": history,
                "elapsed_s": round(time.time() - start_time, 1), "device": device,
                "training_slices": len(sources.training.records), "training_volumes": len(sources.training.volume_keys)}
     atomic_write_text(layout.train_log, json.dumps(summary, indent=1))

@@ -101,6 +101,8 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
             "vm_support": {k: info.get(k) for k in ("vm_new_lesions_above", "vm_false_positives_above",
                                                      "precision_lower_bound")},
             "fusion_exponent": exponent,  # w of s = s_g * s_c**w (1: the paper's product, and older runs)
+            # when a round harvests nothing: why, and what the user can change (older runs: None)
+            "nothing_harvested_because": info.get("nothing_harvested_because"),
         })
     harvested_path = layout.harvested
     if harvested_path.is_file():
@@ -248,6 +250,8 @@ def render_markdown(report: dict, froc_rows) -> str:
     lines += ["", "The threshold is measured on V_M's proposals that do not cover one of V_M's original RECIST "
                   "marks (in V_H only such proposals can be harvested). With few V_M lesions above it the 95% is "
                   "an estimate; the confidence bound says how far V_M supports it."]
+    lines += [f"\n**Round {e['round']} harvested nothing:** {e['nothing_harvested_because']}" for e in report["rounds"]
+              if e.get("nothing_harvested_because")]
     if "harvested_labels" in report:
         h = report["harvested_labels"]
         alone = h.get("harvested_precision")

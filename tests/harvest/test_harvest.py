@@ -163,3 +163,60 @@ def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshol
     with pytest.raises(ConfigError, match="calibration_volumes"):
         open_run(tiny_dataset, tmp_path / "other_run", too_many, progress=False)
     assert not (tmp_path / "other_run").exists()  # nothing written that a corrected run would trip over
+
+
+@pytest.mark.slow
+def test_the_real_release_layout_without_validation_rows(tiny_dataset, tmp_path, capsys):
+    """No splits.json, no validation rows, V_M and V_H^test as files: the harvest holds a validation
+    set out of V_H instead of choosing the LPG on an empty one, and says why a round harvests nothing."""
+    import importlib.util
+
+    from lesion_harvester.io.deeplesion import read_dl_info
+    from lesion_harvester.io.partition import resolve_partition
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("release_layout", ROOT / "benchmarks" / "release_layout.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    data = tmp_path / "release"
+    tool.release_layout(tiny_dataset, data)
+    assert not (data / "splits.json").exists() and {r.split for r in read_dl_info(data / "DL_info.csv")} <= {1, 3}
+    fa, holdout = str(data / "fully_annotated.pkl"), str(data / "holdout.pkl")
+
+    part = resolve_partition(data, fa, holdout, need_holdout=True)
+    assert part.validation and set(part.validation) <= set(part.harvest) - set(part.holdout)
+    assert not set(part.validation) & set(part.training_keys)  # they validate the LPG, they do not train it
+    assert "held out" in part.validation_source
+
+    run = tmp_path / "run"
+    assert main(["harvest", str(data), "--out", str(run), "--preset", "tiny", "--rounds", "1", "--quiet",
+                 "--fully-annotated", fa, "--holdout", holdout]) == 0
+    assert "Table I" in capsys.readouterr().out
+    log = (run / "round_1" / "lpg" / "train.log").read_text()
+    assert "validation: " in log and "held out" in log
+    history = json.loads((run / "round_1" / "lpg" / "train_log.json").read_text())["history"]
+    assert all(entry["score"] is not None for entry in history)  # chosen on real validation slices
+    report = json.loads((run / "report.json").read_text())
+    (entry,) = report["rounds"]
+    assert (entry["n_harvested"] > 0) == (entry["nothing_harvested_because"] is None)
+    if entry["nothing_harvested_because"]:
+        assert "harvested nothing" in (run / "report.md").read_text()
+
+
+def test_an_empty_validation_set_keeps_the_last_epoch(tiny_dataset, tmp_path, monkeypatch):
+    import dataclasses
+
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.lpg import train as train_module
+    from lesion_harvester.lpg.checkpoint import load_checkpoint
+    from lesion_harvester.lpg.sources import build_sources
+
+    def no_validation(*args, **kwargs):
+        sources = build_sources(*args, **kwargs)
+        return dataclasses.replace(sources, validation={})
+
+    monkeypatch.setattr(train_module, "build_sources", no_validation)
+    summary = train_module.train_lpg(tiny_dataset, tmp_path / "lpg", load_preset("tiny"), "cpu", progress=False)
+    assert summary["best_score"] is None and [e["score"] for e in summary["history"]] == [None, None]
+    assert load_checkpoint(tmp_path / "lpg" / "best.pt")["epoch"] == 1  # the latest of the two epochs
+    assert "best.pt will be the latest epoch" in (tmp_path / "lpg" / "train.log").read_text()

@@ -162,3 +162,24 @@ def test_outputs_keep_each_lesion_once_with_fused_scores(tmp_path):
     assert completed["vm"][0].z_range == (3.0, 3.0)  # no proposal covers it: its own slice
     assert completed["vh"][0].z_range == (0.0, 1.0) and completed["vh"][0].box_xyxy_px[2] == 206.0
     assert len(completed["vh"]) == 3  # the mark and the two harvested lesions
+
+
+def test_a_round_that_harvests_nothing_says_why():
+    cfg = HarvestConfig()
+    # V_M's top new proposal is a false positive: no threshold keeps 95% precision
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_negative", 1.0, 0.9), _row("vm", 1, _t(50, 0.8), "fa_lesion", 1.0, 0.8)]
+    info = mine_round(vm, {}, [_row("vh", 0, _t(0, 0.9), score=0.95)], [], [], cfg).info
+    assert info["n_harvested"] == 0 and info["threshold"] is None
+    assert "no score threshold keeps 95% precision on V_M" in info["nothing_harvested_because"]
+    assert "0 lesion(s), then a false positive at s = 0.900" in info["nothing_harvested_because"]
+    # a threshold, but no candidate reaches it
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9)]
+    info = mine_round(vm, {}, [_row("vh", 0, _t(0, 0.9), score=0.5)], [], [], cfg).info
+    assert "no V_H candidate scored at or above the threshold 0.900 (the highest is 0.500)" in \
+        info["nothing_harvested_because"]
+    # nothing in V_M to measure on
+    info = mine_round([], {}, [], [], [], cfg).info
+    assert info["nothing_harvested_because"].startswith("V_M gave no proposal")
+    # something harvested: no reason
+    info = mine_round(vm, {}, [_row("vh", 0, _t(0, 0.9), score=0.95)], [], [], cfg).info
+    assert info["n_harvested"] == 1 and info["nothing_harvested_because"] is None

@@ -52,3 +52,15 @@ def test_files_naming_unknown_volumes_are_refused_with_the_file_named(tiny_datas
         resolve_partition(tiny_dataset, path)
     with pytest.raises(DataError, match="other.pkl"):
         build_sources(tiny_dataset, path)
+
+
+def test_held_out_validation_is_a_stable_tenth():
+    from lesion_harvester.io.partition import held_out_validation
+
+    keys = [f"{i:06d}_01_01_001-030" for i in range(60)]
+    chosen = held_out_validation(keys)
+    assert len(chosen) == 6 and set(chosen) <= set(keys) and chosen == sorted(chosen)
+    assert held_out_validation(list(reversed(keys))) == chosen  # the order of the keys does not matter
+    assert len(set(held_out_validation(keys + ["999999_01_01_001-030"])) & set(chosen)) >= 5  # one key more moves one
+    assert held_out_validation(keys[:2]) and len(held_out_validation(keys[:2])) == 1
+    assert held_out_validation(keys[:1]) == [] and len(held_out_validation(keys, max_volumes=3)) == 3
