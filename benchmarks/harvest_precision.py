@@ -6,7 +6,8 @@ DATA must hold ``ground_truth/complete.pkl`` (the synthetic layout). Per round: 
 the V_M proposals above it that the threshold rests on (new lesions / false positives, without
 those covering V_M's own RECIST marks) with a one-sided 95% Clopper-Pearson lower bound on the
 precision, and how many of the harvested P_H^+ of all of V_H are lesions (P3D IoU >= 0.5 against
-the complete labels). The run folder is only read.
+the complete labels), beside what the harvest estimated of that precision (each rule it could use,
+harvest/precision.py). The run folder is only read.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import overlaps
 from lesion_harvester.harvest.ledger import Ledger
-from lesion_harvester.harvest.mine import precision_lower_bound
+from lesion_harvester.harvest.precision import precision_lower_bound
 from lesion_harvester.harvest.verify import covers_marks
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 
@@ -63,15 +64,20 @@ def main(argv: list[str] | None = None) -> int:
         rounds.append({"round": r, "threshold": threshold, "vm_new_lesions_above": tp, "vm_false_positives_above": fp,
                        "vm_precision_lower_bound": round(precision_lower_bound(tp, fp), 4),
                        "n_harvested": len(harvested),
-                       "harvested_precision": round(float(np.mean(real)), 4) if real else None})
+                       "harvested_precision": round(float(np.mean(real)), 4) if real else None,
+                       # what the harvest estimated of that precision, by each rule it could use
+                       "threshold_rule": info.get("threshold_rule", "vm"), "estimates": info.get("estimates", {})})
     ledger.close()
     lines = []
     for e in rounds:
         t = "none" if e["threshold"] is None else f"{e['threshold']:.3f}"
         p = "-" if e["harvested_precision"] is None else f"{e['harvested_precision']:.3f}"
-        lines.append(f"round {e['round']}: threshold {t}, V_M above it {e['vm_new_lesions_above']} new lesions / "
-                     f"{e['vm_false_positives_above']} FP (precision >= {e['vm_precision_lower_bound']:.2f}); "
-                     f"harvested {e['n_harvested']}, of which lesions {p}")
+        estimates = ", ".join(f"{rule} {v['precision']:.3f}" for rule, v in e["estimates"].items()
+                              if v.get("precision") is not None)
+        lines.append(f"round {e['round']}: threshold {t} ({e['threshold_rule']}), V_M above it "
+                     f"{e['vm_new_lesions_above']} new lesions / {e['vm_false_positives_above']} FP (precision >= "
+                     f"{e['vm_precision_lower_bound']:.2f}); harvested {e['n_harvested']}, of which lesions {p}"
+                     + (f"; estimated {estimates}" if estimates else ""))
     common.report({"run": args.run, "rounds": rounds}, args.json, *lines)
     return 0
 

@@ -45,6 +45,7 @@ Optimizer = Literal["sgd", "adamw"]
 LRSchedule = Literal["step", "cosine"]
 BackgroundVolumes = Literal["all", "fully_annotated"]
 LPCVariant = Literal["multiview", "axial", "3d"]
+ThresholdRule = Literal["vm", "marks", "combined"]
 
 
 class _Checked:
@@ -267,6 +268,20 @@ class HarvestConfig(_Checked):
     # than V_H at the scores where the threshold falls.
     calibration_volumes: int = 0
     variant_epochs: int = 0  # epochs of those comparison LPCs (0: as lpc.epochs)
+    # how the threshold's precision is estimated (harvest/precision.py): "vm" counts on V_M alone (the
+    # paper); "marks" estimates it from the RECIST marks of calibration volumes of V_H (positive-
+    # unlabeled, corrected for lesion size with V_M's marked share); "combined" pools both
+    threshold: ThresholdRule = "vm"
+    # share of V_H volumes (never V_H^test) whose marks no LPG or LPC trains on, so that the marks
+    # can tell how often the harvest finds a lesion; needed by threshold "marks" and "combined" and
+    # reported whenever > 0
+    calibration_marks: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.threshold != "vm" and self.calibration_marks <= 0:
+            raise InvalidSetting("harvest", "threshold", f"'{self.threshold}' estimates the precision from "
+                                 "held-out marks: set harvest.calibration_marks above 0 (e.g. 0.2)")
 
 
 @dataclass(frozen=True)
@@ -324,6 +339,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lpc.lr": _POSITIVE,
     "lpc.folds": _at_least(1),
     "harvest.precision": (lambda v: _is_number(v) and 0 < v <= 1, "a precision in (0, 1]"),
+    "harvest.calibration_marks": (lambda v: _is_number(v) and 0 <= v <= 0.5, "a share of V_H in [0, 0.5]"),
     "harvest.fusion_exponents": (
         lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_number(w) and w >= 0 for w in v),
         "one or more exponents >= 0 (1.0 is the paper's s_g * s_c)"),

@@ -3,13 +3,8 @@
 import numpy as np
 import pytest
 
-from lesion_harvester.harvest.mine import (
-    average_precision,
-    choose_fusion_exponent,
-    fused_score,
-    mine,
-    precision_threshold,
-)
+from lesion_harvester.harvest.mine import average_precision, choose_fusion_exponent, fused_score, mine
+from lesion_harvester.harvest.precision import precision_threshold
 from lesion_harvester.harvest.verify import dedupe, duplicates_of, match_known
 from lesion_harvester.structures import SliceBox, Tracklet
 
@@ -103,7 +98,7 @@ def test_a_candidate_that_continues_a_marked_lesion_is_not_new():
 
 
 def test_precision_lower_bound_is_clopper_pearson():
-    from lesion_harvester.harvest.mine import precision_lower_bound
+    from lesion_harvester.harvest.precision import precision_lower_bound
 
     assert precision_lower_bound(9, 0) == pytest.approx(0.05 ** (1 / 9))  # no failure in 9: p^9 = 0.05
     assert precision_lower_bound(0, 3) == 0.0

@@ -18,10 +18,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import beta
 
 from lesion_harvester.config import HarvestConfig
 from lesion_harvester.harvest.ledger import ProposalRow
+from lesion_harvester.harvest.precision import (
+    RULES,
+    Evidence,
+    MarksEvidence,
+    bootstrap_interval,
+    choose_threshold,
+    estimated_precision,
+    precision_lower_bound,
+    precision_threshold,
+)
 from lesion_harvester.harvest.verify import covers_marks, dedupe, duplicates_of
 from lesion_harvester.structures import RecistMark, Tracklet, group_by_volume
 
@@ -60,41 +69,6 @@ def choose_fusion_exponent(objectness: np.ndarray, probability: np.ndarray, is_l
                       "admitted_lesions": int((is_lesion & (s >= t)).sum()), "ap": average_precision(s, is_lesion)})
     best = max(range(len(table)), key=lambda i: (table[i]["admitted_lesions"], table[i]["ap"], -i))
     return table[best]["exponent"], table
-
-
-def precision_threshold(scores: np.ndarray, is_lesion: np.ndarray, precision: float = 0.95) -> float:
-    """Lowest score t such that precision(s >= t') >= ``precision`` for every t' >= t.
-
-    Returns +inf when even the highest-scored proposal fails (nothing is harvested). Ties are
-    taken together: a threshold never splits proposals with equal scores.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    is_lesion = np.asarray(is_lesion, dtype=bool)
-    if len(scores) == 0:
-        return float("inf")
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], is_lesion[order]
-    tp = np.cumsum(y)
-    n = np.arange(1, len(s) + 1)
-    last_of_tie = np.r_[s[1:] != s[:-1], True]  # operating points exist only between distinct scores
-    prec = tp / n
-    threshold = float("inf")
-    for i in np.flatnonzero(last_of_tie):
-        if prec[i] < precision:
-            break
-        threshold = float(s[i])
-    return threshold
-
-
-def precision_lower_bound(true_positives: int, false_positives: int, confidence: float = 0.95) -> float:
-    """One-sided Clopper-Pearson lower bound on a precision observed as tp / (tp + fp).
-
-    Why: the threshold is set on the few dozen lesions of V_M; nine correct proposals and no false
-    one above it read as 100% precision but only bound it at >= 0.72 with 95% confidence.
-    """
-    if true_positives <= 0:
-        return 0.0
-    return float(beta.ppf(1.0 - confidence, true_positives, false_positives + 1))
 
 
 def mine(volumes: list[str], objectness: np.ndarray, score: np.ndarray, threshold: float,
@@ -138,7 +112,7 @@ class MineResult:
 
 def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]], candidates: list[ProposalRow],
                marked: list[tuple[str, Tracklet]], earlier_harvested: list[tuple[str, Tracklet]],
-               cfg: HarvestConfig) -> MineResult:
+               cfg: HarvestConfig, marks: MarksEvidence | None = None) -> MineResult:
     """The mining step of one round.
 
     Args:
@@ -149,11 +123,17 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
         marked: the V_H proposals covering a mark (P_H^R); candidates that are pieces of them become
             ``marked_piece``, neither new lesions nor negatives.
         earlier_harvested: the lesions harvested in earlier rounds, to count the new ones.
+        marks: the proposals of the calibration volumes of V_H (``harvest.calibration_marks``); with
+            them the precision above the threshold is also estimated from the marks, and
+            ``harvest.threshold`` may rest on that estimate (:mod:`lesion_harvester.harvest.precision`).
     """
     vm_score = np.array([row.score or 0.0 for row in vm_rows])
     vm_lesion = np.array([row.status == "fa_lesion" for row in vm_rows], dtype=bool)
     new_in_vm = ~covers_marks([(row.volume, row.tracklet) for row in vm_rows], vm_marks, cfg.verify_iou)
-    threshold = precision_threshold(vm_score[new_in_vm], vm_lesion[new_in_vm], cfg.precision)
+    volume_index = {key: i for i, key in enumerate(sorted({row.volume for row in vm_rows}))}
+    evidence = Evidence(vm_score[new_in_vm], vm_lesion[new_in_vm],
+                        np.array([volume_index[row.volume] for row in vm_rows], dtype=np.int64)[new_in_vm], marks)
+    threshold = choose_threshold(evidence, cfg.threshold, cfg.precision)
     above = new_in_vm & (vm_score >= threshold)
     vm_tp, vm_fp = int((above & vm_lesion).sum()), int((above & ~vm_lesion).sum())
     # a piece of a marked lesion (it missed the mark's slice, so verification left it a candidate)
@@ -176,8 +156,23 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
             # the V_M evidence behind the threshold: new lesions and false positives above it
             "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
             "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4),
-            "nothing_harvested_because": reason}
+            "nothing_harvested_because": reason, "threshold_rule": cfg.threshold,
+            # the precision of the new proposals at or above the threshold, by each rule that can tell
+            "estimates": precision_estimates(evidence, threshold)}
     return MineResult(updates, info)
+
+
+def precision_estimates(evidence: Evidence, threshold: float) -> dict:
+    """{rule: {"precision", "interval"}} at ``threshold``: V_M's count, and with calibration marks the
+    estimate from the marks and the pooled one; intervals are 95% bootstrap intervals over volumes."""
+    rules = RULES if evidence.has_marks else ("vm",)
+    out = {}
+    for rule in rules:
+        point = estimated_precision(threshold, evidence, rule) if np.isfinite(threshold) else None
+        interval = bootstrap_interval(threshold, evidence, rule)
+        out[rule] = {"precision": None if point is None else round(point, 4),
+                     "interval": None if interval is None else [round(v, 4) for v in interval]}
+    return out
 
 
 def why_nothing(vm_scores: np.ndarray, vm_lesion: np.ndarray, n_vm_proposals: int, candidate_scores: np.ndarray,

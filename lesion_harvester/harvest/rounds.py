@@ -12,7 +12,9 @@ the previous LPG on the highest-objectness slice of every proposal in P_M^R, P_H
 The LPC is trained in K folds over V_M: each V_M proposal is scored by the model that did not see
 its volume (so the 95%-precision threshold is not set on training data), and V_H proposals by the
 mean of the fold models. With ``harvest.calibration_volumes`` some V_M volumes are kept out of LPG
-training too, and the threshold is set on them alone.
+training too, and the threshold is set on them alone. With ``harvest.calibration_marks`` some V_H
+volumes' RECIST marks train no LPG and no LPC: they tell how often the harvest finds a lesion, from
+which the precision above a threshold is estimated (``harvest.threshold``, harvest/precision.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from lesion_harvester.harvest.outputs import (
     write_harvest_outputs,
     write_round_outputs,
 )
+from lesion_harvester.harvest.precision import MarksEvidence, mark_rates, marks_evidence
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, verify_proposals
 from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
 from lesion_harvester.io.atomic import atomic_write_text
@@ -69,8 +72,14 @@ class HarvestRun:
     ledger: Ledger
     cache: PreparedCache
     calibration: list[str]  # V_M volumes kept out of LPG training, on which alone the threshold is set
+    held_out_marks: list[str]  # V_H volumes whose marks no model trains on (harvest.calibration_marks)
     device: str = "cpu"
     progress: bool = True
+
+    @property
+    def unseen(self) -> set[str]:
+        """Volumes whose labels no LPG or LPC may learn from."""
+        return set(self.calibration) | set(self.held_out_marks)
 
     def volume(self, key: str) -> PreparedVolume:
         return self.cache.get(self.inputs.source, key)
@@ -91,8 +100,12 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     data, layout = Path(data), RunLayout(Path(run_dir))
     device = resolve_device(device)
     inputs = resolve_partition(data, fully_annotated, holdout, need_holdout=True)
+    if inputs.validation_held_out:
+        log.warning("LPG validation: %s", inputs.validation_source)
     calibration = steps.calibration_volumes(list(inputs.fully_annotated), preset.harvest.calibration_volumes,
                                             preset.lpg_train.seed)
+    held_out_marks = steps.calibration_mark_volumes(inputs.harvest, set(inputs.holdout) | set(inputs.validation),
+                                                    preset.harvest.calibration_marks, preset.lpg_train.seed)
     layout.root.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(layout.ledger)
     # --rounds may grow between runs of one harvest; every other setting must match
@@ -113,7 +126,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
         ledger.set_volumes(list(inputs.fully_annotated), inputs.harvest, list(inputs.holdout))
     dump_config(preset, layout.config)
     cache = PreparedCache(default_cache_dir(data), preset.preprocess)
-    return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, device, progress)
+    return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, held_out_marks, device, progress)
 
 
 def run_harvest(run: HarvestRun, rounds: int) -> None:
@@ -170,7 +183,7 @@ def _pooled_examples(run: HarvestRun, up_to_round: int):
     for q in range(up_to_round, 0, -1):
         positives = [(row.volume, row.tracklet) for row in ledger.proposals(q, statuses=steps.POSITIVE)]
         rounds.append((positives, _hard_negatives(run, q)))
-    return steps.pool_examples(rounds, set(run.calibration))
+    return steps.pool_examples(rounds, run.unseen)
 
 
 def _hard_negatives(run: HarvestRun, r: int):
@@ -188,7 +201,8 @@ def _lpg(run: HarvestRun, r: int) -> None:
         extra = {"extra_positives": str(layout.finetune_positives(r)),
                  "hard_negatives": str(layout.finetune_negatives(r)), "init": str(layout.lpg(r - 1).best)}
     train_lpg(run.data, layout.lpg(r).root, steps.lpg_preset(run.preset, r), run.device,
-              fully_annotated=lpg_fully_annotated_file(run), progress=run.progress, **extra)
+              fully_annotated=lpg_fully_annotated_file(run), progress=run.progress,
+              exclude_volumes=run.held_out_marks, **extra)
     with run.ledger.transaction() as db:
         run.ledger.finish_step(db, r, "lpg", {"checkpoint": str(layout.lpg(r).best)})
 
@@ -215,12 +229,15 @@ def _verify(run: HarvestRun, r: int) -> None:
 
 
 def round_lpc_examples(run: HarvestRun, r: int) -> LPCExamples:
-    """What round ``r``'s LPC trains on: its verified proposals (P_M^R, P_M^-, P_H^R)."""
+    """What round ``r``'s LPC trains on: its verified proposals (P_M^R, P_M^-, P_H^R; none on the
+    held-out marks)."""
+    held = set(run.held_out_marks)
     vm = run.ledger.proposals(r, statuses=VM_STATUSES)
-    marked = run.ledger.proposals(r, statuses=(RECIST,))
+    marked = [row for row in run.ledger.proposals(r, statuses=(RECIST,)) if row.volume not in held]
+    marks = {k: v for k, v in run.inputs.marks.items() if k not in held}
     return steps.lpc_examples([(row.volume, row.tracklet, row.status) for row in vm],
                               [(row.volume, row.tracklet) for row in marked], run.inputs.fully_annotated,
-                              run.inputs.marks, run.preset.lpc.min_positives)
+                              marks, run.preset.lpc.min_positives)
 
 
 def _lpc(run: HarvestRun, r: int) -> None:
@@ -238,7 +255,9 @@ def _classify(run: HarvestRun, r: int) -> None:
     folds = run.folds()
     models = [load_lpc(run.layout.lpc_fold(r, f), run.device)[0] for f in range(len(folds))]
     vm = run.ledger.proposals(r, statuses=VM_STATUSES)
+    # the V_H candidates, and the proposals on held-out marks (which no fold trained on), for the estimate
     candidates = run.ledger.proposals(r, statuses=("candidate",))
+    candidates += run.ledger.proposals(r, volumes=run.held_out_marks, statuses=(RECIST,)) if run.held_out_marks else []
     probability = steps.lpc_probabilities(models, folds, vm, candidates, run.volume, run.preset.lpc, run.device,
                                           run.progress)
     h = run.preset.harvest
@@ -257,11 +276,22 @@ def _mine(run: HarvestRun, r: int) -> None:
     marked = [(row.volume, row.tracklet) for row in ledger.proposals(r, statuses=(RECIST,))]
     earlier = [(row.volume, row.tracklet) for q in range(1, r) for row in ledger.proposals(q, statuses=("harvested",))]
     result = mine_round(vm, vm_marks, ledger.proposals(r, statuses=("candidate",)), marked, earlier,
-                        run.preset.harvest)
+                        run.preset.harvest, _marks_evidence(run, r))
     with ledger.transaction() as db:
         ledger.set_statuses(db, r, result.updates)
         ledger.finish_step(db, r, "mine", {**result.info, "n_fa_negative": ledger.count(r, FA_NEGATIVE)})
     write_round_outputs(run.layout, r, ledger.proposals(r, statuses=("harvested",)), _hard_negatives(run, r))
+
+
+def _marks_evidence(run: HarvestRun, r: int) -> MarksEvidence | None:
+    """The held-out marks and the proposals of their volumes, for estimating the precision (or None)."""
+    if not run.held_out_marks:
+        return None
+    dataset, v_m = run.inputs.dataset, list(run.inputs.fully_annotated)
+    pixel_mm = {k: dataset.sub_volumes[k].spacing_zyx_mm[2] for k in v_m + run.held_out_marks}
+    rates = mark_rates(run.inputs.fully_annotated, dataset.marks(v_m), pixel_mm, run.preset.harvest.verify_iou)
+    rows = run.ledger.proposals(r, volumes=run.held_out_marks, statuses=(RECIST, "candidate"))
+    return marks_evidence(rows, run.inputs.marks, pixel_mm, rates, run.preset.harvest.verify_iou)
 
 
 def _lpc_variants(run: HarvestRun, r: int) -> None:

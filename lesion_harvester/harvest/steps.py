@@ -56,6 +56,18 @@ def calibration_volumes(fully_annotated: list[str], n: int, seed: int) -> list[s
     return sorted(rng.choice(sorted(fully_annotated), n, replace=False).tolist())
 
 
+def calibration_mark_volumes(harvest: list[str], exclude: set[str], share: float, seed: int) -> list[str]:
+    """``share`` of the V_H volumes outside ``exclude`` (V_H^test, validation), drawn with ``seed``
+    (sorted): their RECIST marks train no model and tell how often the harvest finds a lesion
+    (:mod:`lesion_harvester.harvest.precision`); [] for share 0."""
+    candidates = sorted(k for k in harvest if k not in exclude)
+    n = int(round(share * len(candidates)))
+    if n <= 0:
+        return []
+    rng = np.random.default_rng([seed, 7])
+    return sorted(rng.choice(candidates, n, replace=False).tolist())
+
+
 def lpg_preset(preset: Preset, round_: int) -> Preset:
     """The settings of round ``round_``'s LPG: the preset's for round 1; for later rounds a short
     fine-tuning (``harvest.finetune_*``) at a lower learning rate, with a seed of its own."""

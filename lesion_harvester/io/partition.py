@@ -18,7 +18,6 @@ harvest, so that they all agree.
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,8 +28,6 @@ from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.loader import VolumeSource, open_volumes
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.structures import RecistMark, SliceBox
-
-log = logging.getLogger(__name__)
 
 HELD_OUT_VALIDATION_FRACTION = 0.1  # of V_H, when the dataset names no validation volumes
 HELD_OUT_VALIDATION_MAX = 100  # volumes; MULAN validates on a few hundred slices
@@ -47,6 +44,7 @@ class Partition:
     fully_annotated_file: str | None  # the --fully-annotated FILE, if one was given
     holdout_file: str  # where the holdout labels were read ("" when none)
     validation_source: str = ""  # where the validation volumes come from, for messages and reports
+    validation_held_out: bool = False  # the dataset named none: they are held out of V_H
 
     @property
     def training_keys(self) -> list[str]:
@@ -112,17 +110,15 @@ def resolve_partition(data: str | Path, fully_annotated: str | Path | None = Non
     outside = [k for k in held if k not in in_harvest]
     if outside:
         raise DataError(holdout_file, f"{len(outside)} holdout volumes are not harvest volumes, e.g. {outside[0]}")
-    if not any(validation.values()):
-        chosen = held_out_validation([k for k in harvest if k not in held])
+    held_out = not any(validation.values())
+    if held_out:  # chosen from all of V_H, whatever was asked for, so that every caller agrees
+        chosen = held_out_validation(harvest)
         validation = {k: [m.slice_box() for m in marks] for k, marks in dataset.marks(chosen).items()}
-        validation_source = (f"{len(chosen)} harvest volumes held out of LPG training ({data}: no validation "
-                             f"volumes with lesions)")
-        if chosen:
-            log.warning("%s names no validation volumes with lesions: %d of the %d harvest volumes validate the LPG "
-                        "with their RECIST marks instead of training it (they are still harvested)", data,
-                        len(chosen), len(harvest))
+        validation_source = (f"{len(chosen)} of the {len(harvest)} harvest volumes, held out of LPG training "
+                             f"({data} names no validation volumes with lesions; they are still harvested)")
     return Partition(source, dataset, fa, harvest, validation, held,
-                     None if fully_annotated is None else str(fully_annotated), holdout_file, validation_source)
+                     None if fully_annotated is None else str(fully_annotated), holdout_file, validation_source,
+                     held_out)
 
 
 def held_out_validation(keys: list[str], fraction: float = HELD_OUT_VALIDATION_FRACTION,

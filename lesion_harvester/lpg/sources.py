@@ -60,9 +60,13 @@ def _key_slice_records(path: str | Path, known: set[str], negative: bool) -> tup
 
 
 def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
-                  extra_positives: str | Path | None = None, hard_negatives: str | Path | None = None) -> LPGSources:
+                  extra_positives: str | Path | None = None, hard_negatives: str | Path | None = None,
+                  exclude_volumes: list[str] | None = None) -> LPGSources:
+    """What the LPG trains and validates on; ``exclude_volumes`` are left out of training."""
     part = resolve_partition(root, fully_annotated, need_fully_annotated=False, purpose="training")
-    dataset, fa_truth, train_keys = part.dataset, part.fully_annotated, part.training_keys
+    excluded = set(exclude_volumes or [])
+    dataset, fa_truth = part.dataset, part.fully_annotated
+    train_keys = [k for k in part.training_keys if k not in excluded]
     records: list[SliceRecord] = []
     exclusions: dict[str, list] = {}
     marks = part.marks

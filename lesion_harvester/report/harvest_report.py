@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
@@ -88,6 +89,9 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
             curves[f"R + P_H,{r} (LPG, s_g)"] = lpg
         exponent = (ledger.step_info(r, "classify") or {}).get("fusion_exponent", 1.0)
         curves[f"R + P_H,{r}^+ (LPG+LPC, s_g*s_c^{exponent:g})"] = lpg_lpc
+        # the true precision of this round's harvested lesions, where the holdout's complete labels tell
+        harvested = [row for row in rows if row.status == "harvested"]
+        real = [bool(match_known([row.tracklet], holdout_truth[row.volume])[0]) for row in harvested]
         report["rounds"].append({
             "round": r,
             "lpg": {"recall_at_precision": _rap(lpg), "ap": round(lpg.ap, 4)},
@@ -103,6 +107,12 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
             "fusion_exponent": exponent,  # w of s = s_g * s_c**w (1: the paper's product, and older runs)
             # when a round harvests nothing: why, and what the user can change (older runs: None)
             "nothing_harvested_because": info.get("nothing_harvested_because"),
+            # the precision of the harvested lesions: estimated by each rule the run could use (older
+            # runs: {}), and true on V_H^test
+            "threshold_rule": info.get("threshold_rule", "vm"),
+            "estimated_precision": info.get("estimates", {}),
+            "true_precision_holdout": {"n_harvested": len(harvested),
+                                       "precision": round(float(np.mean(real)), 4) if real else None},
         })
     harvested_path = layout.harvested
     if harvested_path.is_file():
@@ -210,6 +220,35 @@ def _montage(layout: RunLayout, dataset: DeepLesionDataset, ledger: Ledger, hold
     save_figure(fig, layout.fig6, dpi=90)
 
 
+def _precision_table(report: dict) -> list[str]:
+    """Markdown: per round, the estimated precision of the new proposals above the threshold (each
+    rule the run could use, with its 95% interval) beside the true precision on V_H^test."""
+    rules = [rule for rule in ("vm", "marks", "combined")
+             if any(rule in e.get("estimated_precision", {}) for e in report["rounds"])]
+    if not rules:
+        return []
+
+    def cell(estimate: dict | None) -> str:
+        if not estimate or estimate.get("precision") is None:
+            return "-"
+        interval = estimate.get("interval")
+        return f"{estimate['precision']:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+    names = {"vm": "V_M count", "marks": "held-out marks", "combined": "pooled"}
+    lines = ["", "## Precision of the harvested lesions: estimated and true", "",
+             "| round | threshold rule | " + " | ".join(f"estimated: {names[r]}" for r in rules)
+             + " | true on V_H^test (harvested there) |", "|---" * (len(rules) + 3) + "|"]
+    for e in report["rounds"]:
+        truth = e.get("true_precision_holdout") or {}
+        true_cell = "-" if truth.get("precision") is None else f"{truth['precision']:.3f} ({truth['n_harvested']})"
+        lines.append(f"| {e['round']} | {e.get('threshold_rule', 'vm')} | "
+                     + " | ".join(cell(e["estimated_precision"].get(r)) for r in rules) + f" | {true_cell} |")
+    lines += ["", "Estimates are of the new proposals at or above the round's threshold (95% bootstrap intervals "
+                  "over volumes); 'held-out marks' counts the lesions found on the calibration volumes' marks, "
+                  "corrected for lesion size with V_M's marked share (harvest/precision.py)."]
+    return lines
+
+
 def render_markdown(report: dict, froc_rows) -> str:
     levels = ["0.8", "0.85", "0.9", "0.95"]
     om = report["original_marks"]
@@ -252,6 +291,7 @@ def render_markdown(report: dict, froc_rows) -> str:
                   "an estimate; the confidence bound says how far V_M supports it."]
     lines += [f"\n**Round {e['round']} harvested nothing:** {e['nothing_harvested_because']}" for e in report["rounds"]
               if e.get("nothing_harvested_because")]
+    lines += _precision_table(report)
     if "harvested_labels" in report:
         h = report["harvested_labels"]
         alone = h.get("harvested_precision")

@@ -184,7 +184,7 @@ def test_the_real_release_layout_without_validation_rows(tiny_dataset, tmp_path,
     fa, holdout = str(data / "fully_annotated.pkl"), str(data / "holdout.pkl")
 
     part = resolve_partition(data, fa, holdout, need_holdout=True)
-    assert part.validation and set(part.validation) <= set(part.harvest) - set(part.holdout)
+    assert part.validation and set(part.validation) <= set(part.harvest) and part.validation_held_out
     assert not set(part.validation) & set(part.training_keys)  # they validate the LPG, they do not train it
     assert "held out" in part.validation_source
 
@@ -220,3 +220,38 @@ def test_an_empty_validation_set_keeps_the_last_epoch(tiny_dataset, tmp_path, mo
     assert summary["best_score"] is None and [e["score"] for e in summary["history"]] == [None, None]
     assert load_checkpoint(tmp_path / "lpg" / "best.pt")["epoch"] == 1  # the latest of the two epochs
     assert "best.pt will be the latest epoch" in (tmp_path / "lpg" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_harvest_with_held_out_marks_estimates_its_precision(tiny_dataset, tmp_path, capsys):
+    import sqlite3
+
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.harvest.rounds import open_run
+
+    run = tmp_path / "run"
+    settings = ["--set", "harvest.calibration_marks=0.5", "--set", "harvest.threshold=combined"]
+    assert main(["harvest", str(tiny_dataset), "--out", str(run), "--preset", "tiny", "--rounds", "1", "--quiet",
+                 *settings]) == 0
+    preset = load_preset("tiny", ["harvest.calibration_marks=0.5", "harvest.threshold=combined"])
+    opened = open_run(tiny_dataset, run, preset, progress=False)
+    held = opened.held_out_marks
+    opened.ledger.close()
+    assert len(held) == 1 and not set(held) & (set(opened.inputs.holdout) | set(opened.inputs.validation))
+    # no model learnt from the held-out volume's marks: the LPG trained on one volume less than usual...
+    from lesion_harvester.lpg.sources import build_sources
+
+    usual = build_sources(tiny_dataset).training.volume_keys
+    assert held[0] in usual
+    trained = json.loads((run / "round_1" / "lpg" / "train_log.json").read_text())["training_volumes"]
+    assert trained == len(usual) - 1
+    db = sqlite3.connect(run / "ledger.sqlite")
+    scored = db.execute("SELECT COUNT(*), COUNT(score) FROM proposals WHERE round = 1 AND volume = ? AND status = "
+                        "'recist' AND objectness >= 0.1", (held[0],)).fetchone()
+    db.close()
+    assert scored[0] == scored[1]  # ...and the proposals on its marks got fused scores for the estimate
+    report = json.loads((run / "report.json").read_text())
+    (entry,) = report["rounds"]
+    assert entry["threshold_rule"] == "combined" and set(entry["estimated_precision"]) == {"vm", "marks", "combined"}
+    assert "true_precision_holdout" in entry
+    assert "Precision of the harvested lesions: estimated and true" in (run / "report.md").read_text()
