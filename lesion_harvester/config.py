@@ -46,6 +46,7 @@ LRSchedule = Literal["step", "cosine"]
 BackgroundVolumes = Literal["all", "fully_annotated"]
 LPCVariant = Literal["multiview", "axial", "3d"]
 ThresholdRule = Literal["vm", "marks", "combined"]
+FusionChoice = Literal["admitted", "ap"]
 
 
 class _Checked:
@@ -257,6 +258,9 @@ class HarvestConfig(_Checked):
     # lesion score s_g * s_c**w, w chosen per round among these as the one whose 95%-precision
     # threshold admits the most V_M lesions; (1.0,) is the paper's s_g * s_c
     fusion_exponents: tuple[float, ...] = (1.0,)
+    # how w is chosen on V_M: "admitted" (the most V_M lesions above the threshold) or "ap" (the best
+    # AP of V_M's whole out-of-fold ranking; varies less on a small V_M)
+    fusion_choice: FusionChoice = "admitted"
     finetune_epochs: int = 2  # rounds 2+: LPG fine-tuning from the previous round's checkpoint
     finetune_iters_per_epoch: int = 500
     finetune_lr_factor: float = 0.5

@@ -165,6 +165,7 @@ def test_the_choice_settings_are_the_expected_ones():
         "lpg_train.background_volumes": ("all", "fully_annotated"),
         "lpc.variant": ("multiview", "axial", "3d"),
         "harvest.threshold": ("vm", "marks", "combined"),
+        "harvest.fusion_choice": ("admitted", "ap"),
     }
     assert choice_fields() == CHOICES
 

@@ -103,3 +103,15 @@ def test_precision_lower_bound_is_clopper_pearson():
     assert precision_lower_bound(9, 0) == pytest.approx(0.05 ** (1 / 9))  # no failure in 9: p^9 = 0.05
     assert precision_lower_bound(0, 3) == 0.0
     assert precision_lower_bound(95, 5) < 0.95 < precision_lower_bound(950, 10)
+
+
+def test_the_exponent_can_be_chosen_by_the_whole_ranking():
+    # the LPC doubts two lesions and trusts two false positives: by AP the LPG alone (w = 0) wins
+    s_g = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.5])
+    s_c = np.array([0.9, 0.9, 0.1, 0.2, 0.9, 0.8])
+    lesion = np.array([1, 1, 1, 1, 0, 0], dtype=bool)
+    w, table = choose_fusion_exponent(s_g, s_c, lesion, (1.0, 0.0), by="ap")
+    assert w == 0.0 and table[1]["ap"] == 1.0 > table[0]["ap"]
+    assert choose_fusion_exponent(s_g, s_c, lesion, (1.0, 0.0))[0] == 0.0  # by admitted lesions too: 4 against 2
+    w, _ = choose_fusion_exponent(s_g, np.ones(6), lesion, (1.0, 0.0), by="ap")
+    assert w == 1.0  # a tie in AP: the earlier listed

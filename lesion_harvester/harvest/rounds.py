@@ -120,7 +120,8 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     if stored is None:
         ledger.set_meta("fingerprint", fingerprint)
         ledger.set_meta("data", str(data.resolve()))
-        ledger.set_meta("holdout_file", inputs.holdout_file)
+        # absolute, so that the report can be rebuilt from any working folder
+        ledger.set_meta("holdout_file", str(Path(inputs.holdout_file).resolve()) if inputs.holdout_file else "")
         ledger.set_meta("holdout_volumes", json.dumps(list(inputs.holdout)))
         ledger.set_meta("elapsed_s", "0")
         ledger.set_volumes(list(inputs.fully_annotated), inputs.harvest, list(inputs.holdout))
@@ -262,7 +263,7 @@ def _classify(run: HarvestRun, r: int) -> None:
                                           run.progress)
     h = run.preset.harvest
     updates, exponent, table = steps.fuse(run.threshold_rows(vm), vm + candidates, probability,
-                                          h.fusion_exponents, h.precision)
+                                          h.fusion_exponents, h.precision, h.fusion_choice)
     with run.ledger.transaction() as db:
         run.ledger.set_scores(db, r, updates)
         run.ledger.finish_step(db, r, "classify", {"classified": len(probability), "fusion_exponent": exponent,

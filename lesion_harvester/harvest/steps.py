@@ -166,7 +166,7 @@ def lpc_probabilities(models: list[LesionProposalClassifier], folds: list[list[s
 
 def fuse(threshold_rows: list[ProposalRow], scored_rows: list[ProposalRow],
          probability: dict[tuple[str, int], float], exponents: tuple[float, ...],
-         precision: float) -> tuple[list[tuple[str, int, float, float]], float, list[dict]]:
+         precision: float, by: str = "admitted") -> tuple[list[tuple[str, int, float, float]], float, list[dict]]:
     """The fused score s = s_g * s_c**w of ``scored_rows``, w chosen on ``threshold_rows`` (V_M) by
     :func:`~lesion_harvester.harvest.mine.choose_fusion_exponent`; unclassified proposals get s_c = 0.
 
@@ -175,7 +175,7 @@ def fuse(threshold_rows: list[ProposalRow], scored_rows: list[ProposalRow],
     s_c = np.array([probability.get((row.volume, row.idx), 0.0) for row in threshold_rows])
     exponent, table = choose_fusion_exponent(
         np.array([row.objectness for row in threshold_rows]), s_c,
-        np.array([row.status == FA_LESION for row in threshold_rows]), exponents, precision)
+        np.array([row.status == FA_LESION for row in threshold_rows]), exponents, precision, by)
     updates = []
     for row in scored_rows:
         c = probability.get((row.volume, row.idx), 0.0)
