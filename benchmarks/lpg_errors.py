@@ -38,6 +38,7 @@ import common
 
 SIZE_BINS_MM = (0, 6, 9, 12, 16, 25, 50, np.inf)
 LONG_BINS_MM = (0, 10, 15, 20, 30, 60, np.inf)
+SENSITIVITY_BINS_MM = (0, 5, 10, 20, 50, np.inf)  # the size bins every LPG change is reported in
 CONTRAST_BINS_HU = (0, 20, 40, 60, 100, 200, np.inf)
 Z_BINS_MM = (0, 5, 10, 20, 40, 80, np.inf)
 BOX_PADDING_PX = 10.0  # DeepLesion boxes: RECIST extent + 5 px on each side
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "lesions_found": {
             "lesions": len(lesions),
             "long_mm": found_shares(lesions, "long_mm", LONG_BINS_MM),
+            "sensitivity_by_size_mm": found_shares(lesions, "long_mm", SENSITIVITY_BINS_MM),
             "kind": found_shares(lesions, "kind"),
             "contrast_hu": found_shares(lesions, "contrast_hu", CONTRAST_BINS_HU),
         },
@@ -162,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         f"at {args.fp_per_volume:g} FP/volume (score {score_at:.3f}) {small} of {int((~is_tp_arr).sum())} "
         f"false positives are under {SIZE_BINS_MM[2]} mm",
         f"lesions found at that score: {np.mean([x['found'] for x in lesions]):.3f} of {len(lesions)}; "
-        f"under {LONG_BINS_MM[1]} mm: {small_found['found']:.2f} of {small_found['lesions']}")
+        f"under {LONG_BINS_MM[1]} mm: {small_found['found']:.2f} of {small_found['lesions']}",
+        "sensitivity by long side: " + ", ".join(f"{b['bin']} mm {b['found']:.2f} ({b['lesions']})"
+                                                  for b in report["lesions_found"]["sensitivity_by_size_mm"]))
     return 0
 
 

@@ -206,3 +206,21 @@ def test_compare_runs_finds_any_difference(tmp_path, capsys):
     assert tool.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
     assert "DIFFERENT: round_1/harvested.pkl, ledger proposals" in capsys.readouterr().out
     assert tool.main([str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2
+
+
+def test_lpg_errors_reports_sensitivity_by_lesion_size(tiny_dataset, tmp_path, capsys):
+    from lesion_harvester.cli.main import main as cli
+
+    assert cli(["marks", str(tiny_dataset), "--split", "detection_test", "--out", str(tmp_path / "marks.pkl")]) == 0
+    capsys.readouterr()
+    tool = _load("lpg_errors")
+    assert tool.main([str(tiny_dataset), str(tmp_path / "marks.pkl"), "--json", str(tmp_path / "e.json")]) == 0
+    assert "> sensitivity by long side: " in capsys.readouterr().out
+    bins = json.loads((tmp_path / "e.json").read_text())["lesions_found"]["sensitivity_by_size_mm"]
+    rows = list(csv.DictReader(open(tiny_dataset / "ground_truth" / "lesions.csv")))
+    test = json.loads((tiny_dataset / "splits.json").read_text())["detection_test"]
+    assert sum(b["lesions"] for b in bins) == sum(row["volume_key"] in test for row in rows)
+    for b in bins:  # the marks are the found lesions: each bin's share found is its marked share
+        lo, hi = (float(v) for v in b["bin"].split("-"))
+        group = [row for row in rows if row["volume_key"] in test and lo <= float(row["long_mm"]) < hi]
+        assert b["found"] == pytest.approx(np.mean([row["marked"] == "1" for row in group]))
