@@ -78,8 +78,8 @@ class HarvestRun:
 
     @property
     def unseen(self) -> set[str]:
-        """Volumes whose labels no LPG or LPC may learn from."""
-        return set(self.calibration) | set(self.held_out_marks)
+        """Volumes whose labels no LPG or LPC may learn from (validation volumes held out of V_H too)."""
+        return set(self.calibration) | set(self.held_out_marks) | set(self.inputs.validation)
 
     def volume(self, key: str) -> PreparedVolume:
         return self.cache.get(self.inputs.source, key)
