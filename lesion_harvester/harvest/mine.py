@@ -25,6 +25,7 @@ from lesion_harvester.harvest.precision import (
     RULES,
     Evidence,
     MarksEvidence,
+    best_estimate,
     bootstrap_interval,
     choose_threshold,
     estimated_precision,
@@ -158,9 +159,16 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
                         for row, hv, hn in zip(candidates, harvested, hard)]
     new = [(row.volume, row.tracklet) for row, hv in zip(candidates, harvested) if hv]
     n_new = len(dedupe(earlier_harvested + dedupe(new))) - len(dedupe(earlier_harvested))
-    reason = None if harvested.any() else why_nothing(vm_score[new_in_vm], vm_lesion[new_in_vm], len(vm_rows),
-                                                      np.array([row.score or 0.0 for row in candidates]), threshold,
-                                                      cfg.precision)
+    reason = None
+    if not harvested.any() and not np.isfinite(threshold) and cfg.threshold != "vm" and evidence.has_marks:
+        best = best_estimate(evidence, cfg.threshold)
+        reason = (f"no threshold reaches {cfg.precision:.0%} precision as the '{cfg.threshold}' rule estimates it"
+                  + (f" (at most {best[1]:.2f}, at s = {best[0]:.3f})" if best else "") + ": the LPG and the LPC "
+                  "rank too few lesions above their false positives. A stronger LPG or LPC (a larger preset, more "
+                  "rounds), or a lower harvest.precision, would change that.")
+    elif not harvested.any():
+        reason = why_nothing(vm_score[new_in_vm], vm_lesion[new_in_vm], len(vm_rows),
+                             np.array([row.score or 0.0 for row in candidates]), threshold, cfg.precision)
     info = {"threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
             "n_hard_negatives": int(hard.sum()), "n_new": int(n_new), "n_marked_pieces": len(pieces),
             # the V_M evidence behind the threshold: new lesions and false positives above it
@@ -168,20 +176,29 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
             "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4),
             "nothing_harvested_because": reason, "threshold_rule": cfg.threshold,
             # the precision of the new proposals at or above the threshold, by each rule that can tell
-            "estimates": precision_estimates(evidence, threshold)}
+            "estimates": precision_estimates(evidence, threshold, cfg.precision)}
     return MineResult(updates, info)
 
 
-def precision_estimates(evidence: Evidence, threshold: float) -> dict:
-    """{rule: {"precision", "interval"}} at ``threshold``: V_M's count, and with calibration marks the
-    estimate from the marks and the pooled one; intervals are 95% bootstrap intervals over volumes."""
+def precision_estimates(evidence: Evidence, threshold: float, precision: float) -> dict:
+    """By each rule that can tell (V_M's count; with calibration marks also the marks' estimate and
+    the pooled one): the estimated precision of the new proposals at or above the round's
+    ``threshold``, with a 95% bootstrap interval over volumes, and the threshold that rule would
+    have set for ``precision`` (so that the rules can be compared in every run)."""
+    def rounded(value):
+        return None if value is None or not np.isfinite(value) else round(float(value), 4)
+
     rules = RULES if evidence.has_marks else ("vm",)
     out = {}
     for rule in rules:
         point = estimated_precision(threshold, evidence, rule) if np.isfinite(threshold) else None
         interval = bootstrap_interval(threshold, evidence, rule)
-        out[rule] = {"precision": None if point is None else round(point, 4),
-                     "interval": None if interval is None else [round(v, 4) for v in interval]}
+        own = choose_threshold(evidence, rule, precision)
+        out[rule] = {"precision": rounded(point),
+                     "interval": None if interval is None else [rounded(v) for v in interval],
+                     "own_threshold": rounded(own),
+                     "precision_at_own_threshold": rounded(estimated_precision(own, evidence, rule))
+                     if np.isfinite(own) else None}
     return out
 
 

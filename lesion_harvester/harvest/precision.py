@@ -19,8 +19,8 @@ For ``marks`` and ``combined`` the threshold is the lowest s at which the estima
 everything above s (what would be harvested) reaches the target; the estimate comes with a
 bootstrap interval over volumes (of the calibration volumes and, for ``c_b``, of V_M).
 
-Sizes are the long side of a box in mm (box width or height times the pixel spacing): a mark's
-box and a complete label's box are drawn the same way (the RECIST extent plus 5 px).
+Sizes are the long side of a box in mm less DeepLesion's 5 px padding on each side: a mark's box and
+a complete label's box are drawn the same way (the RECIST extent plus 5 px).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
 from lesion_harvester.geometry.boxes import iou_voc
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.verify import duplicates_of
+from lesion_harvester.io.deeplesion import BOX_PADDING_PX
 from lesion_harvester.structures import RecistMark, SliceBox
 
 SIZE_EDGES_MM = (10.0, 20.0, 40.0)  # size bins: < 10, 10-20, 20-40, >= 40 mm
@@ -47,9 +48,10 @@ def size_bin(long_side_mm: np.ndarray | float) -> np.ndarray:
 
 
 def long_side_mm(box_xyxy_px, pixel_mm: float) -> float:
-    """The long side of a box in mm (inclusive pixel corners, as the released evaluation counts)."""
+    """The lesion's long side in mm from its box: the box's long side (inclusive pixel corners, as the
+    released evaluation counts) less DeepLesion's padding of 5 px on each side (at least 1 px)."""
     x1, y1, x2, y2 = box_xyxy_px
-    return float(max(x2 - x1 + 1, y2 - y1 + 1) * pixel_mm)
+    return float(max(max(x2 - x1 + 1, y2 - y1 + 1) - 2 * BOX_PADDING_PX, 1.0) * pixel_mm)
 
 
 @dataclass
@@ -197,14 +199,30 @@ def precision_lower_bound(true_positives: int, false_positives: int, confidence:
     return float(beta.ppf(1.0 - confidence, true_positives, false_positives + 1))
 
 
+def _candidate_thresholds(ev: Evidence, rule: str) -> np.ndarray:
+    """The scores a threshold of ``rule`` can take (ascending): those of the proposals it counts."""
+    parts = ([ev.vm_scores] if rule in ("vm", "combined") else []) + (
+        [ev.marks.scores] if rule in ("marks", "combined") and ev.has_marks else [])
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0)
+
+
 def choose_threshold(ev: Evidence, rule: str, precision: float) -> float:
     """The threshold of ``rule`` (see the module docstring); +inf when none reaches ``precision``."""
     if rule == "vm" or not ev.has_marks:
         return precision_threshold(ev.vm_scores, ev.vm_lesion, precision)
-    pool = ev.marks.scores if rule == "marks" else np.concatenate([ev.marks.scores, ev.vm_scores])
-    thresholds = np.unique(pool)  # ascending: the lowest score whose set above reaches the precision
+    thresholds = _candidate_thresholds(ev, rule)  # ascending: the lowest whose set above reaches the precision
     reached = np.flatnonzero(_precision_curve(thresholds, ev, rule) >= precision)
     return float(thresholds[reached[0]]) if len(reached) else float("inf")
+
+
+def best_estimate(ev: Evidence, rule: str) -> tuple[float, float] | None:
+    """(threshold, estimated precision) where ``rule`` estimates the highest precision; None without any."""
+    thresholds = _candidate_thresholds(ev, rule)
+    curve = _precision_curve(thresholds, ev, rule)
+    if not np.isfinite(curve).any():
+        return None
+    i = int(np.nanargmax(curve))
+    return float(thresholds[i]), float(curve[i])
 
 
 def bootstrap_interval(threshold: float, ev: Evidence, rule: str, seed: int = 0, samples: int = BOOTSTRAP,

@@ -229,10 +229,17 @@ def _precision_table(report: dict) -> list[str]:
         return []
 
     def cell(estimate: dict | None) -> str:
-        if not estimate or estimate.get("precision") is None:
+        if not estimate:
             return "-"
-        interval = estimate.get("interval")
-        return f"{estimate['precision']:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+        text = "-"
+        if estimate.get("precision") is not None:
+            interval = estimate.get("interval")
+            text = f"{estimate['precision']:.3f}" + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+        if "own_threshold" in estimate:  # the threshold this rule would have set, and its estimate there
+            own = estimate["own_threshold"]
+            text += "; own threshold " + ("none" if own is None else
+                                          f"{own:.3f} ({estimate['precision_at_own_threshold']:.3f})")
+        return text
 
     names = {"vm": "V_M count", "marks": "held-out marks", "combined": "pooled"}
     lines = ["", "## Precision of the harvested lesions: estimated and true", "",
@@ -244,8 +251,9 @@ def _precision_table(report: dict) -> list[str]:
         lines.append(f"| {e['round']} | {e.get('threshold_rule', 'vm')} | "
                      + " | ".join(cell(e["estimated_precision"].get(r)) for r in rules) + f" | {true_cell} |")
     lines += ["", "Estimates are of the new proposals at or above the round's threshold (95% bootstrap intervals "
-                  "over volumes); 'held-out marks' counts the lesions found on the calibration volumes' marks, "
-                  "corrected for lesion size with V_M's marked share (harvest/precision.py)."]
+                  "over volumes), then the threshold each rule would have set and its estimate there; 'held-out "
+                  "marks' counts the lesions found on the calibration volumes' marks, corrected for lesion size "
+                  "with V_M's marked share (harvest/precision.py)."]
     return lines
 
 

@@ -115,9 +115,9 @@ def test_the_pooled_rule_counts_v_m_and_v_h_together():
 
 
 def test_mark_rates_and_evidence_from_labels_and_proposals():
-    box = (100.0, 100.0, 119.0, 109.0)  # 20 px wide: 20 mm at 1 mm pixels
-    small = (10.0, 10.0, 14.0, 14.0)  # 5 mm
-    mark = RecistMark("vm", 3, (100, 105, 119, 105), (110, 100, 110, 109), box)
+    box = (100.0, 100.0, 129.0, 109.0)  # 30 px wide, 20 px without the padding: 20 mm at 1 mm pixels
+    small = (10.0, 10.0, 24.0, 24.0)  # 5 mm
+    mark = RecistMark("vm", 3, (105, 105, 124, 105), (115, 100, 115, 109), box)
     rates = mark_rates({"vm": [SliceBox(3, box), SliceBox(3, small)]}, {"vm": [mark]}, {"vm": 1.0})
     assert long_side_mm(box, 1.0) == 20.0 and size_bin([5.0, 10.0, 25.0, 40.0]).tolist() == [0, 1, 2, 3]
     assert rates.total.tolist() == [[1, 0, 1, 0]] and rates.marked.tolist() == [[0, 0, 1, 0]]
@@ -132,3 +132,12 @@ def test_mark_rates_and_evidence_from_labels_and_proposals():
                          row(2, new, "candidate", 0.4)],
                         {"vh": [RecistMark("vh", 3, mark.long_axis_px, mark.short_axis_px, box)]}, {"vh": 1.0}, rates)
     assert ev.scores.tolist() == [0.6, 0.4] and ev.bins.tolist() == [2, -1]  # the piece is left out
+
+
+def test_the_best_a_rule_can_promise():
+    from lesion_harvester.harvest.precision import best_estimate
+
+    ev, true_precision = _world(3, n_volumes=2000)
+    t, p = best_estimate(ev, "marks")
+    assert p >= estimated_precision(0.5, ev, "marks") and p == estimated_precision(t, ev, "marks")
+    assert best_estimate(Evidence(np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)), "vm") is None

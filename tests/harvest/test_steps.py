@@ -183,3 +183,26 @@ def test_a_round_that_harvests_nothing_says_why():
     # something harvested: no reason
     info = mine_round(vm, {}, [_row("vh", 0, _t(0, 0.9), score=0.95)], [], [], cfg).info
     assert info["n_harvested"] == 1 and info["nothing_harvested_because"] is None
+
+
+def test_mining_by_the_pooled_rule_reports_each_rule():
+    from lesion_harvester.harvest.precision import MarkRates, MarksEvidence
+
+    cfg = HarvestConfig(threshold="combined", calibration_marks=0.2)
+    rates = MarkRates(np.array([[1, 1, 1, 1]]), np.array([[2, 2, 2, 2]]))  # half of the lesions marked
+    # V_M's top new proposal is a false positive; the calibration volumes found 3 marked lesions at 0.65 and
+    # more, and hold new proposals at 0.7, 0.6, 0.5 and 0.4
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_negative", 1.0, 0.9), _row("vm", 1, _t(50, 0.7), "fa_lesion", 1.0, 0.7)]
+    marks = MarksEvidence(np.array([0.8, 0.7, 0.65, 0.7, 0.6, 0.5, 0.4]), np.array([1, 2, 1, -1, -1, -1, -1]),
+                          np.zeros(7, dtype=int), rates)
+    candidates = [_row("vh", 0, _t(0, 0.9), score=0.75), _row("vh", 1, _t(30, 0.9), score=0.3)]
+    info = mine_round(vm, {}, candidates, [], [], cfg, marks).info
+    # pooled: each mark stands for one unmarked lesion; at 0.5 (1 + 3) / (2 + 3) = 0.8, at 0.6 (1 + 3) / (2 + 2)
+    assert info["threshold"] == pytest.approx(0.6) and info["n_harvested"] == 1
+    assert info["estimates"]["vm"]["own_threshold"] is None  # the paper's rule finds none here
+    assert info["estimates"]["combined"]["own_threshold"] == pytest.approx(0.6)
+    assert info["estimates"]["combined"]["precision"] == 1.0 and info["threshold_rule"] == "combined"
+    # where no threshold reaches the precision, the reason names the rule and the best it estimates
+    few = MarksEvidence(np.array([0.8, 0.7, 0.6]), np.array([-1, -1, 3]), np.zeros(3, dtype=int), rates)
+    info = mine_round(vm, {}, candidates, [], [], cfg, few).info
+    assert info["n_harvested"] == 0 and "as the 'combined' rule estimates it" in info["nothing_harvested_because"]
