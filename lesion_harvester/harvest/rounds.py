@@ -56,7 +56,6 @@ from lesion_harvester.structures import group_by_volume
 
 log = logging.getLogger(__name__)
 
-STEPS = ("lpg", "scan", "verify", "lpc", "classify", "mine")
 VM_STATUSES = (FA_LESION, FA_NEGATIVE)
 
 
@@ -156,7 +155,7 @@ def run_harvest(run: HarvestRun, rounds: int) -> None:
 
 def run_round(run: HarvestRun, r: int) -> None:
     """The steps of round ``r`` not yet finished, in order (round 1 also trains the Fig. 5b variants)."""
-    todo: list[tuple[str, Callable[[HarvestRun, int], None]]] = [(name, ROUND_STEPS[name]) for name in STEPS]
+    todo = list(ROUND_STEPS.items())
     if r == 1 and run.preset.harvest.lpc_variants:
         todo.append(("lpc_variants", _lpc_variants))
     for name, step in todo:
@@ -308,6 +307,7 @@ def _lpc_variants(run: HarvestRun, r: int) -> None:
         run.ledger.finish_step(db, r, "lpc_variants", {"file": str(path)})
 
 
+# the steps of a round, in order; each records its name in the ledger when it finishes
 ROUND_STEPS: dict[str, Callable[[HarvestRun, int], None]] = {
     "lpg": _lpg, "scan": _scan, "verify": _verify, "lpc": _lpc, "classify": _classify, "mine": _mine,
 }

@@ -52,20 +52,21 @@ def calibration_volumes(fully_annotated: list[str], n: int, seed: int) -> list[s
     if n >= len(fully_annotated):
         raise ConfigError(f"harvest.calibration_volumes: {n} of the {len(fully_annotated)} fully annotated volumes "
                           "would leave none for the LPG; use fewer (0: all of V_M trains the LPG, as in the paper)")
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(sorted(fully_annotated), n, replace=False).tolist())
+    return _draw(fully_annotated, n, seed)
 
 
 def calibration_mark_volumes(harvest: list[str], exclude: set[str], share: float, seed: int) -> list[str]:
     """``share`` of the V_H volumes outside ``exclude`` (V_H^test, validation), drawn with ``seed``
     (sorted): their RECIST marks train no model and tell how often the harvest finds a lesion
     (:mod:`lesion_harvester.harvest.precision`); [] for share 0."""
-    candidates = sorted(k for k in harvest if k not in exclude)
+    candidates = [k for k in harvest if k not in exclude]
     n = int(round(share * len(candidates)))
-    if n <= 0:
-        return []
-    rng = np.random.default_rng([seed, 7])
-    return sorted(rng.choice(candidates, n, replace=False).tolist())
+    return _draw(candidates, n, [seed, 7]) if n > 0 else []
+
+
+def _draw(keys: list[str], n: int, seed) -> list[str]:
+    """``n`` of ``keys`` drawn with ``seed`` (independent of the keys' order), sorted."""
+    return sorted(np.random.default_rng(seed).choice(sorted(keys), n, replace=False).tolist())
 
 
 def lpg_preset(preset: Preset, round_: int) -> Preset:
