@@ -26,9 +26,9 @@ from lesion_harvester.harvest.precision import (
     Evidence,
     MarksEvidence,
     best_estimate,
-    bootstrap_interval,
     choose_threshold,
     estimated_precision,
+    precision_interval,
     precision_lower_bound,
     precision_threshold,
 )
@@ -183,7 +183,7 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
 def precision_estimates(evidence: Evidence, threshold: float, precision: float) -> dict:
     """By each rule that can tell (V_M's count; with calibration marks also the marks' estimate and
     the pooled one): the estimated precision of the new proposals at or above the round's
-    ``threshold``, with a 95% bootstrap interval over volumes, and the threshold that rule would
+    ``threshold``, with a 95% interval (``precision_interval``), and the threshold that rule would
     have set for ``precision`` (so that the rules can be compared in every run)."""
     def rounded(value):
         return None if value is None or not np.isfinite(value) else round(float(value), 4)
@@ -192,7 +192,7 @@ def precision_estimates(evidence: Evidence, threshold: float, precision: float) 
     out = {}
     for rule in rules:
         point = estimated_precision(threshold, evidence, rule) if np.isfinite(threshold) else None
-        interval = bootstrap_interval(threshold, evidence, rule)
+        interval = precision_interval(threshold, evidence, rule)
         own = choose_threshold(evidence, rule, precision)
         out[rule] = {"precision": rounded(point),
                      "interval": None if interval is None else [rounded(v) for v in interval],

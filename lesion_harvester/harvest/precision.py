@@ -2,7 +2,7 @@
 
 - ``vm`` (the paper's rule): V_M's complete labels tell each new V_M proposal's truth; the threshold
   is the lowest score at which every operating point above keeps the precision. V_M holds a few
-  dozen lesions, so this rests on little (:func:`~lesion_harvester.harvest.mine.precision_lower_bound`).
+  dozen lesions, so this rests on little (:func:`precision_lower_bound`).
 - ``marks`` (positive-unlabeled): in calibration volumes of V_H, whose RECIST marks no model trained
   on, a lesion of a given size is proposed above s as often whether it is marked or not. So the
   proposals above s on *unmarked* lesions number about ``sum_b K_b(s) (1 - c_b) / c_b``, where
@@ -16,8 +16,10 @@
   proposals) above s.
 
 For ``marks`` and ``combined`` the threshold is the lowest s at which the estimated precision of
-everything above s (what would be harvested) reaches the target; the estimate comes with a
-bootstrap interval over volumes (of the calibration volumes and, for ``c_b``, of V_M).
+everything above s (what would be harvested) reaches the target. Every rule's estimate comes with a
+95% interval (:func:`precision_interval`): the wider of a bootstrap over volumes (of the calibration
+volumes and, for ``c_b``, of V_M) and the exact binomial interval of the counts, because a bootstrap
+of three lesions and no false positive only ever draws 100%.
 
 Sizes are the long side of a box in mm less DeepLesion's 5 px padding on each side: a mark's box and
 a complete label's box are drawn the same way (the RECIST extent plus 5 px).
@@ -225,12 +227,36 @@ def best_estimate(ev: Evidence, rule: str) -> tuple[float, float] | None:
     return float(thresholds[i]), float(curve[i])
 
 
-def bootstrap_interval(threshold: float, ev: Evidence, rule: str, seed: int = 0, samples: int = BOOTSTRAP,
+def binomial_interval(successes: float, trials: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided Clopper-Pearson interval of a share observed as ``successes`` of ``trials`` (an
+    estimated, fractional count is rounded)."""
+    n = int(round(trials))
+    k = min(max(int(round(successes)), 0), n)
+    if n == 0:
+        return 0.0, 1.0
+    tail = (1.0 - confidence) / 2
+    lo = float(beta.ppf(tail, k, n - k + 1)) if k > 0 else 0.0
+    hi = float(beta.ppf(1.0 - tail, k + 1, n - k)) if k < n else 1.0
+    return lo, hi
+
+
+def precision_interval(threshold: float, ev: Evidence, rule: str, seed: int = 0, samples: int = BOOTSTRAP,
                        confidence: float = 0.95) -> tuple[float, float] | None:
-    """A percentile interval of the estimated precision at ``threshold``, resampling whole volumes
-    (calibration volumes, V_M volumes, and V_M volumes again for the marked shares)."""
+    """A ``confidence`` interval of the estimated precision at ``threshold``: the wider of
+
+    - a percentile bootstrap resampling whole volumes (calibration volumes, V_M volumes, and V_M
+      volumes again for the marked shares): how much the estimate depends on which volumes were drawn;
+    - the exact binomial interval of the (estimated) lesions among the new proposals counted: what
+      a handful of proposals can say at all (three lesions and no false positive give [0.29, 1]).
+    """
     if not np.isfinite(threshold):
         return None
+    everything = np.arange(len(ev.vm_scores)), np.arange(len(ev.marks.scores) if ev.has_marks else 0)
+    vm_tp, vm_n, vh_tp, vh_n = (float(c[0]) for c in _counts_above(np.array([threshold]), ev, *everything, None))
+    tp, n = {"vm": (vm_tp, vm_n), "marks": (vh_tp, vh_n), "combined": (vm_tp + vh_tp, vm_n + vh_n)}[rule]
+    if n == 0:
+        return None
+    lo, hi = binomial_interval(min(tp, n), n, confidence)
     rng = np.random.default_rng(seed)
     vm_groups = [np.flatnonzero(ev.vm_volume == v) for v in np.unique(ev.vm_volume)]
     cal_volume = ev.marks.volume if ev.has_marks else np.zeros(0, dtype=np.int64)
@@ -246,10 +272,10 @@ def bootstrap_interval(threshold: float, ev: Evidence, rule: str, seed: int = 0,
         p = estimated_precision(threshold, ev, rule, vm_rows, cal_rows, rate_rows)
         if p is not None:
             values.append(p)
-    if not values:
-        return None
-    tail = (1 - confidence) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+    if values:
+        tail = (1 - confidence) / 2 * 100
+        lo, hi = min(lo, float(np.percentile(values, tail))), max(hi, float(np.percentile(values, 100 - tail)))
+    return lo, hi
 
 
 # --- the evidence, from a round's proposals ---------------------------------------------------------------

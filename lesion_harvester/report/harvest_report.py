@@ -250,9 +250,10 @@ def _precision_table(report: dict) -> list[str]:
         true_cell = "-" if truth.get("precision") is None else f"{truth['precision']:.3f} ({truth['n_harvested']})"
         lines.append(f"| {e['round']} | {e.get('threshold_rule', 'vm')} | "
                      + " | ".join(cell(e["estimated_precision"].get(r)) for r in rules) + f" | {true_cell} |")
-    lines += ["", "Estimates are of the new proposals at or above the round's threshold (95% bootstrap intervals "
-                  "over volumes), then the threshold each rule would have set and its estimate there; 'held-out "
-                  "marks' counts the lesions found on the calibration volumes' marks, corrected for lesion size "
+    lines += ["", "Estimates are of the new proposals at or above the round's threshold (95% intervals: the "
+                  "wider of a bootstrap over volumes and the exact binomial interval of the counts), then the "
+                  "threshold each rule would have set and its estimate there; 'held-out marks' counts the lesions "
+                  "found on the calibration volumes' marks, corrected for lesion size "
                   "with V_M's marked share (harvest/precision.py)."]
     return lines
 

@@ -8,12 +8,13 @@ from lesion_harvester.harvest.precision import (
     Evidence,
     MarkRates,
     MarksEvidence,
-    bootstrap_interval,
+    binomial_interval,
     choose_threshold,
     estimated_precision,
     long_side_mm,
     mark_rates,
     marks_evidence,
+    precision_interval,
     size_bin,
 )
 from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
@@ -62,14 +63,34 @@ def test_the_marks_estimate_the_precision_of_unmarked_lesions(seed):
     assert np.isfinite(t) and estimated_precision(t, ev, "marks") >= 0.9 and true_precision(t) >= 0.85
 
 
-def test_the_bootstrap_interval_covers_the_truth():
+def test_the_interval_covers_the_truth():
     covered = 0
     for seed in range(10):
         ev, true_precision = _world(seed, n_volumes=300)
-        lo, hi = bootstrap_interval(0.7, ev, "marks", seed=seed, samples=100)
+        lo, hi = precision_interval(0.7, ev, "marks", seed=seed, samples=100)
         assert lo < estimated_precision(0.7, ev, "marks") < hi
         covered += lo <= true_precision(0.7) <= hi
     assert covered >= 8  # a 95% interval, over 10 worlds
+
+
+def test_a_few_proposals_give_a_wide_interval_even_when_all_are_lesions():
+    # V_M: three lesions and no false positive above 0.5 (and a false positive below). A bootstrap
+    # over volumes only ever draws 100% there; the exact binomial interval says what three can say.
+    ev = Evidence(np.array([0.9, 0.8, 0.7, 0.2]), np.array([True, True, True, False]), np.array([0, 1, 2, 3]))
+    assert estimated_precision(0.5, ev, "vm") == 1.0
+    lo, hi = precision_interval(0.5, ev, "vm")
+    assert hi == 1.0 and lo == pytest.approx(0.025 ** (1 / 3), abs=1e-6)  # Clopper-Pearson for 3 of 3
+    assert precision_interval(0.95, ev, "vm") is None  # nothing above: no estimate, no interval
+    lo, hi = precision_interval(0.1, ev, "vm")
+    assert lo < 0.75 < hi  # 3 of 4 (a bootstrap of four volumes may draw only lesions: hi can be 1)
+
+
+def test_binomial_interval_matches_known_values():
+    assert binomial_interval(0, 0) == (0.0, 1.0)
+    lo, hi = binomial_interval(5, 10)
+    assert lo == pytest.approx(0.1871, abs=1e-4) and hi == pytest.approx(0.8129, abs=1e-4)
+    assert binomial_interval(0, 4)[0] == 0.0 and binomial_interval(4, 4)[1] == 1.0
+    assert binomial_interval(2.6, 4) == binomial_interval(3, 4)  # estimated counts are rounded
 
 
 def test_ignoring_size_would_be_wrong_here():
