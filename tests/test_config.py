@@ -163,6 +163,7 @@ def test_the_choice_settings_are_the_expected_ones():
         "lpg_train.optimizer": ("sgd", "adamw"),
         "lpg_train.lr_schedule": ("step", "cosine"),
         "lpg_train.background_volumes": ("all", "fully_annotated"),
+        "lpg_train.keep_epoch": ("validation", "last"),
         "lpc.variant": ("multiview", "axial", "3d"),
         "harvest.threshold": ("vm", "marks", "combined"),
         "harvest.fusion_choice": ("admitted", "ap"),

@@ -38,7 +38,8 @@ def run(args) -> int:
                         hard_negatives=args.hard_negatives, init=args.init, cache_dir=args.cache_dir,
                         progress=not args.quiet)
     last = summary["history"][-1] if summary["history"] else {}
-    print(json.dumps({"best_validation_score": summary["best_score"], "epochs": summary["epochs"],
+    print(json.dumps({"best_validation_score": summary["best_score"], "kept_epoch": summary["kept_epoch"],
+                      "epochs": summary["epochs"],
                       "elapsed_s": summary["elapsed_s"], "last_epoch": last}, indent=1))
-    print(f"best checkpoint: {TrainLayout(args.out).best}")
+    print(f"kept checkpoint (epoch {summary['kept_epoch']}): {TrainLayout(args.out).best}")
     return 0

@@ -108,6 +108,17 @@ def mine_hard_background(scanner: Scanner, prepared: dict[str, PreparedVolume], 
     return mined
 
 
+def kept_epoch(history: list[dict], keep: str) -> int | None:
+    """The epoch (1-based) that best.pt holds after ``history``: the first with the best validation
+    score, or the last one when ``keep`` is "last" or no epoch had a score."""
+    if not history:
+        return None
+    scored = [e for e in history if e["score"] is not None]
+    if keep == "last" or not scored:
+        return history[-1]["epoch"]
+    return max(scored, key=lambda e: (e["score"], -e["epoch"]))["epoch"]
+
+
 def _fingerprint(preset: Preset, data, extra) -> str:
     """What a resumed training must share with the run it continues: the settings that shape the
     LPG and its training (not those of the LPC or the harvest), the data and the extra inputs."""
@@ -219,6 +230,11 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         if val["score"] is None:  # nothing to choose on: a checkpoint is never selected on an empty set
             improved = True
             log.info("epoch %d: loss %.3f (no validation slices: best.pt is the latest epoch)", epoch + 1, running)
+        elif cfg.keep_epoch == "last":
+            improved = True
+            best = max(best, val["score"])
+            log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f (best.pt keeps the last epoch)",
+                     epoch + 1, running, val["score"])
         else:
             improved = val["score"] > best
             best = max(best, val["score"])
@@ -231,7 +247,8 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
             model, preset.lpg, preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), history=history, best_score=best,
             rng_torch=torch.get_rng_state()))
-    summary = {"best_score": best if best >= 0 else None, "epochs": len(history), "history": history,
+    summary = {"best_score": best if best >= 0 else None, "kept_epoch": kept_epoch(history, cfg.keep_epoch),
+               "epochs": len(history), "history": history,
                "elapsed_s": round(time.time() - start_time, 1), "device": device,
                "training_slices": len(sources.training.records), "training_volumes": len(sources.training.volume_keys)}
     atomic_write_text(layout.train_log, json.dumps(summary, indent=1))

@@ -60,6 +60,32 @@ def test_killed_training_resumes_to_the_same_weights(tiny_dataset, tmp_path, mon
     assert [h["epoch"] for h in again["history"]] == [1, 2, 3]
 
 
+def test_kept_epoch_follows_the_setting():
+    history = [{"epoch": 1, "score": 0.3}, {"epoch": 2, "score": 0.5}, {"epoch": 3, "score": 0.5},
+               {"epoch": 4, "score": 0.4}]
+    assert train_module.kept_epoch(history, "validation") == 2  # the first of the best
+    assert train_module.kept_epoch(history, "last") == 4
+    assert train_module.kept_epoch([{"epoch": 1, "score": None}, {"epoch": 2, "score": None}], "validation") == 2
+    assert train_module.kept_epoch([], "last") is None
+
+
+@pytest.mark.parametrize("keep, expected_epoch", [("validation", 0), ("last", 1)])
+def test_best_pt_is_the_epoch_the_setting_keeps(tiny_dataset, tmp_path, monkeypatch, keep, expected_epoch):
+    # validation that prefers the first epoch: the setting decides whether best.pt follows it
+    real_validate = train_module.validate
+    scores = iter([0.9, 0.1])
+
+    def falling(*args, **kwargs):
+        return {**real_validate(*args, **kwargs), "score": next(scores)}
+
+    monkeypatch.setattr(train_module, "validate", falling)
+    preset = _preset(epochs=2)
+    preset = dataclasses.replace(preset, lpg_train=dataclasses.replace(preset.lpg_train, keep_epoch=keep))
+    summary = train_lpg(tiny_dataset, tmp_path / keep, preset, cache_dir=tmp_path / "cache", progress=False)
+    assert summary["kept_epoch"] == expected_epoch + 1 and summary["best_score"] == 0.9
+    assert load_checkpoint(tmp_path / keep / "best.pt")["epoch"] == expected_epoch
+
+
 def test_checkpoints_load_without_running_code(tmp_path):
     class Payload:
         def __reduce__(self):
