@@ -261,8 +261,10 @@ def _classify(run: HarvestRun, r: int) -> None:
     probability = steps.lpc_probabilities(models, folds, vm, candidates, run.volume, run.preset.lpc, run.device,
                                           run.progress)
     h = run.preset.harvest
-    updates, exponent, table = steps.fuse(run.threshold_rows(vm), vm + candidates, probability,
-                                          h.fusion_exponents, h.precision, h.fusion_choice)
+    threshold_rows = run.threshold_rows(vm)
+    threshold_marks = run.inputs.dataset.marks(sorted({row.volume for row in threshold_rows}))
+    updates, exponent, table = steps.fuse(threshold_rows, threshold_marks, vm + candidates, probability,
+                                          h.fusion_exponents, h.precision, h.fusion_choice, h.verify_iou)
     with run.ledger.transaction() as db:
         run.ledger.set_scores(db, r, updates)
         run.ledger.finish_step(db, r, "classify", {"classified": len(probability), "fusion_exponent": exponent,

@@ -30,7 +30,7 @@ from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.mine import choose_fusion_exponent, fused_score
-from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, dedupe, verify_proposals
+from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, covers_marks, dedupe, verify_proposals
 from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.io.prepared_cache import PreparedCache
@@ -165,18 +165,27 @@ def lpc_probabilities(models: list[LesionProposalClassifier], folds: list[list[s
     return probability
 
 
-def fuse(threshold_rows: list[ProposalRow], scored_rows: list[ProposalRow],
-         probability: dict[tuple[str, int], float], exponents: tuple[float, ...],
-         precision: float, by: str = "admitted") -> tuple[list[tuple[str, int, float, float]], float, list[dict]]:
+def fuse(threshold_rows: list[ProposalRow], threshold_marks: dict[str, list[RecistMark]],
+         scored_rows: list[ProposalRow], probability: dict[tuple[str, int], float], exponents: tuple[float, ...],
+         precision: float, by: str = "admitted",
+         verify_iou: float = 0.5) -> tuple[list[tuple[str, int, float, float]], float, list[dict]]:
     """The fused score s = s_g * s_c**w of ``scored_rows``, w chosen on ``threshold_rows`` (V_M) by
     :func:`~lesion_harvester.harvest.mine.choose_fusion_exponent`; unclassified proposals get s_c = 0.
 
+    The V_M proposals covering one of V_M's original marks (``threshold_marks``) are left out of the
+    choice, as :func:`~lesion_harvester.harvest.mine.mine_round` leaves them out of the threshold: in
+    V_H only proposals that cover no mark can be harvested, and the marked lesions, which every model
+    trained on, sit at the top of the ranking (on demo seed 1 they gave w = 1 a threshold admitting 4
+    lesions where the mine step, without them, found none).
+
     Returns ((volume, idx, s_c, s) per scored row, w, the table of the exponents tried).
     """
-    s_c = np.array([probability.get((row.volume, row.idx), 0.0) for row in threshold_rows])
+    covering = covers_marks([(row.volume, row.tracklet) for row in threshold_rows], threshold_marks, verify_iou)
+    new = [row for row, covers in zip(threshold_rows, covering) if not covers]
+    s_c = np.array([probability.get((row.volume, row.idx), 0.0) for row in new])
     exponent, table = choose_fusion_exponent(
-        np.array([row.objectness for row in threshold_rows]), s_c,
-        np.array([row.status == FA_LESION for row in threshold_rows]), exponents, precision, by)
+        np.array([row.objectness for row in new]), s_c,
+        np.array([row.status == FA_LESION for row in new]), exponents, precision, by)
     updates = []
     for row in scored_rows:
         c = probability.get((row.volume, row.idx), 0.0)

@@ -73,11 +73,24 @@ def test_fuse_picks_the_exponent_on_v_m_and_scores_unclassified_proposals_zero()
           _row("vm", 2, _t(20, 0.3), "fa_negative")]
     probability = {("vm", 0): 0.2, ("vm", 1): 0.3, ("vm", 2): 0.9, ("vh", 0): 0.5}
     candidates = [_row("vh", 0, _t(0, 0.6)), _row("vh", 1, _t(10, 0.05))]
-    updates, exponent, table = fuse(vm, vm + candidates, probability, (1.0, 0.0), 0.95)
+    updates, exponent, table = fuse(vm, {}, vm + candidates, probability, (1.0, 0.0), 0.95)
     assert exponent == 0.0 and [e["admitted_lesions"] for e in table] == [0, 2]
     assert updates[3] == ("vh", 0, 0.5, pytest.approx(0.6)) and updates[4] == ("vh", 1, 0.0, pytest.approx(0.05))
-    updates, exponent, _ = fuse(vm, candidates, probability, (1.0,), 0.95)
+    updates, exponent, _ = fuse(vm, {}, candidates, probability, (1.0,), 0.95)
     assert exponent == 1.0 and updates == [("vh", 0, 0.5, pytest.approx(0.3)), ("vh", 1, 0.0, 0.0)]
+
+
+def test_fuse_leaves_the_proposals_on_v_m_marks_out_of_the_choice():
+    # the two top V_M lesions carry marks (no V_H proposal like them can be harvested); among the new
+    # proposals the LPC ranks the lesion above the false positive and the LPG does not
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion"), _row("vm", 1, _t(10, 0.85), "fa_lesion"),
+          _row("vm", 2, _t(20, 0.5), "fa_negative"), _row("vm", 3, _t(30, 0.4), "fa_lesion")]
+    probability = {("vm", 0): 0.1, ("vm", 1): 0.1, ("vm", 2): 0.5, ("vm", 3): 0.9}
+    marks = {"vm": [_mark("vm", 0, (0, 0, 5, 5)), _mark("vm", 0, (10, 0, 15, 5))]}
+    _, with_marks, table = fuse(vm, {}, vm, probability, (1.0, 0.0), 0.95, "ap")
+    assert with_marks == 0.0  # counted, the marked lesions at the top make the LPG alone look better
+    _, exponent, table = fuse(vm, marks, vm, probability, (1.0, 0.0), 0.95, "ap")
+    assert exponent == 1.0 and [e["ap"] for e in table] == [pytest.approx(1.0), pytest.approx(0.5)]
 
 
 def test_later_rounds_fine_tune_the_lpg_briefly():
