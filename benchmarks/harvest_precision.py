@@ -7,7 +7,9 @@ the V_M proposals above it that the threshold rests on (new lesions / false posi
 those covering V_M's own RECIST marks) with a one-sided 95% Clopper-Pearson lower bound on the
 precision, and how many of the harvested P_H^+ of all of V_H are lesions (P3D IoU >= 0.5 against
 the complete labels), beside what the harvest estimated of that precision (each rule it could use,
-harvest/precision.py). The run folder is only read.
+harvest/precision.py); and the false positives per volume among the new proposals above a few
+scores, on V_M (its complete labels) and on V_H (the complete labels the harvest never saw): where
+V_M has markedly fewer, a threshold set on V_M is too low for V_H. The run folder is only read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ from lesion_harvester.io.deeplesion import DeepLesionDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common
 
+FP_SCORES = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volumes: int,
+                               at: tuple[float, ...] = FP_SCORES) -> list[float]:
+    """False positives (``is_false``) per volume with a score >= each of ``at``; (N,) inputs."""
+    scores, is_false = np.asarray(scores, dtype=np.float64), np.asarray(is_false, dtype=bool)
+    return [round(float((is_false & (scores >= t)).sum()) / max(n_volumes, 1), 3) for t in at]
+
 
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(Path(args.run) / "ledger.sqlite", "missing", "give the --out folder of a harvest")
     ledger = Ledger(Path(args.run) / "ledger.sqlite")
     v_m = ledger.volumes("fully_annotated")
+    v_h = ledger.volumes("harvest")
     marks = DeepLesionDataset(args.data).marks(v_m)
 
     def is_lesion(row) -> bool:
@@ -61,12 +73,22 @@ def main(argv: list[str] | None = None) -> int:
             tp, fp = int((above & lesion).sum()), int((above & ~lesion).sum())
         harvested = ledger.proposals(r, statuses=("harvested",))
         real = [is_lesion(row) for row in harvested]
+        # new proposals only: those covering a mark are never harvested (V_H) nor counted (V_M)
+        vm = ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
+        vm = [row for row, covers in zip(vm, covers_marks([(row.volume, row.tracklet) for row in vm], marks))
+              if not covers]
+        vh = [row for row in ledger.proposals(r, volumes=v_h) if row.status not in ("recist", "marked_piece")
+              and (row.score or 0.0) >= min(FP_SCORES)]
+        fp_vm = false_positives_per_volume([row.score or 0.0 for row in vm],
+                                           [row.status == "fa_negative" for row in vm], len(v_m))
+        fp_vh = false_positives_per_volume([row.score for row in vh], [not is_lesion(row) for row in vh], len(v_h))
         rounds.append({"round": r, "threshold": threshold, "vm_new_lesions_above": tp, "vm_false_positives_above": fp,
                        "vm_precision_lower_bound": round(precision_lower_bound(tp, fp), 4),
                        "n_harvested": len(harvested),
                        "harvested_precision": round(float(np.mean(real)), 4) if real else None,
                        # what the harvest estimated of that precision, by each rule it could use
-                       "threshold_rule": info.get("threshold_rule", "vm"), "estimates": info.get("estimates", {})})
+                       "threshold_rule": info.get("threshold_rule", "vm"), "estimates": info.get("estimates", {}),
+                       "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh}})
     ledger.close()
     lines = []
     for e in rounds:
@@ -78,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                      f"{e['vm_new_lesions_above']} new lesions / {e['vm_false_positives_above']} FP (precision >= "
                      f"{e['vm_precision_lower_bound']:.2f}); harvested {e['n_harvested']}, of which lesions {p}"
                      + (f"; estimated {estimates}" if estimates else ""))
+        fp = e["false_positives_per_volume"]
+        lines.append(f"  new false positives per volume at s >= {', '.join(map(str, fp['scores']))}: "
+                     f"V_M {' '.join(f'{v:.2f}' for v in fp['v_m'])}; V_H {' '.join(f'{v:.2f}' for v in fp['v_h'])}")
     common.report({"run": args.run, "rounds": rounds}, args.json, *lines)
     return 0
 

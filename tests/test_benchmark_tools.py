@@ -224,3 +224,11 @@ def test_lpg_errors_reports_sensitivity_by_lesion_size(tiny_dataset, tmp_path, c
         lo, hi = (float(v) for v in b["bin"].split("-"))
         group = [row for row in rows if row["volume_key"] in test and lo <= float(row["long_mm"]) < hi]
         assert b["found"] == pytest.approx(np.mean([row["marked"] == "1" for row in group]))
+
+
+def test_false_positives_per_volume_counts_at_each_score():
+    tool = _load("harvest_precision")
+    scores = [0.9, 0.65, 0.45, 0.35, 0.2]
+    is_false = [False, True, True, True, True]
+    assert tool.false_positives_per_volume(scores, is_false, 2, (0.3, 0.5, 0.7)) == [1.5, 0.5, 0.0]
+    assert tool.false_positives_per_volume([], [], 0, (0.3,)) == [0.0]
