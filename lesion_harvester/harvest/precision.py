@@ -138,6 +138,17 @@ def _counts_above(thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray, cal
     return vm_tp, vm_n, vh_tp, vh_n
 
 
+def _rule_counts(rule: str, vm_tp, vm_n, vh_tp, vh_n):
+    """(lesions, new proposals) that ``rule`` counts, from the four counts of :func:`_counts_above`."""
+    if rule == "vm":
+        return vm_tp, vm_n
+    if rule == "marks":
+        return vh_tp, vh_n
+    if rule == "combined":
+        return vm_tp + vh_tp, vm_n + vh_n
+    raise ValueError(f"unknown threshold rule '{rule}'; expected one of {RULES}")
+
+
 def _precision_curve(thresholds: np.ndarray, ev: Evidence, rule: str, vm_rows: np.ndarray | None = None,
                      cal_rows: np.ndarray | None = None, rate_rows: np.ndarray | None = None) -> np.ndarray:
     """(T,) the estimated precision of the new proposals at or above each threshold; NaN where none."""
@@ -145,14 +156,7 @@ def _precision_curve(thresholds: np.ndarray, ev: Evidence, rule: str, vm_rows: n
     cal_rows = np.arange(len(ev.marks.scores) if ev.has_marks else 0) if cal_rows is None else cal_rows
     vm_tp, vm_n, vh_tp, vh_n = _counts_above(np.asarray(thresholds, dtype=np.float64), ev, vm_rows, cal_rows,
                                              rate_rows)
-    if rule == "vm":
-        tp, n = vm_tp, vm_n
-    elif rule == "marks":
-        tp, n = vh_tp, vh_n
-    elif rule == "combined":
-        tp, n = vm_tp + vh_tp, vm_n + vh_n
-    else:
-        raise ValueError(f"unknown threshold rule '{rule}'; expected one of {RULES}")
+    tp, n = _rule_counts(rule, vm_tp, vm_n, vh_tp, vh_n)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, np.minimum(tp / n, 1.0), np.nan)
 
@@ -252,8 +256,7 @@ def precision_interval(threshold: float, ev: Evidence, rule: str, seed: int = 0,
     if not np.isfinite(threshold):
         return None
     everything = np.arange(len(ev.vm_scores)), np.arange(len(ev.marks.scores) if ev.has_marks else 0)
-    vm_tp, vm_n, vh_tp, vh_n = (float(c[0]) for c in _counts_above(np.array([threshold]), ev, *everything, None))
-    tp, n = {"vm": (vm_tp, vm_n), "marks": (vh_tp, vh_n), "combined": (vm_tp + vh_tp, vm_n + vh_n)}[rule]
+    tp, n = (float(c[0]) for c in _rule_counts(rule, *_counts_above(np.array([threshold]), ev, *everything, None)))
     if n == 0:
         return None
     lo, hi = binomial_interval(min(tp, n), n, confidence)

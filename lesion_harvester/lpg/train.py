@@ -227,19 +227,13 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         entry = {"epoch": epoch + 1, "loss": running, "train_s": round(time.time() - epoch_start, 1),
                  "hard_background": len(hard_background), **val}
         history.append(entry)
+        improved = kept_epoch(history, cfg.keep_epoch) == epoch + 1  # best.pt is replaced by this epoch
         if val["score"] is None:  # nothing to choose on: a checkpoint is never selected on an empty set
-            improved = True
             log.info("epoch %d: loss %.3f (no validation slices: best.pt is the latest epoch)", epoch + 1, running)
-        elif cfg.keep_epoch == "last":
-            improved = True
-            best = max(best, val["score"])
-            log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f (best.pt keeps the last epoch)",
-                     epoch + 1, running, val["score"])
         else:
-            improved = val["score"] > best
             best = max(best, val["score"])
-            log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"],
-                     " (best)" if improved else "")
+            note = " (best.pt keeps the last epoch)" if cfg.keep_epoch == "last" else " (best)" if improved else ""
+            log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"], note)
         common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint}
         if improved:
             save_checkpoint(layout.best, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
