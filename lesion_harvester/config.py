@@ -269,11 +269,6 @@ class HarvestConfig(_Checked):
     finetune_epochs: int = 2  # rounds 2+: LPG fine-tuning from the previous round's checkpoint
     finetune_iters_per_epoch: int = 500
     finetune_lr_factor: float = 0.5
-    # whether the hard part of V_M's false positives (P_M^-) joins the fine-tuning's hard negatives,
-    # as in the paper. Why it may not: the HNSL then suppresses exactly the V_M false positives on
-    # which the next round's threshold is set; on demo seed 1 rounds 2-3 left V_M about half of V_H's
-    # false positives per volume, and the threshold fell too low for V_H (benchmarks/RESULTS.md)
-    finetune_vm_negatives: bool = True
     lpc_variants: bool = True  # round 1: also train the axial and 3D LPCs (the paper's Fig. 5b)
     # V_M volumes kept out of all LPG training (for the LPG they are harvest volumes: their original
     # marks only) and on which alone the threshold and the fusion exponent are set; 0: all of V_M

@@ -182,14 +182,13 @@ def _pooled_examples(run: HarvestRun, up_to_round: int):
     ledger, rounds = run.ledger, []
     for q in range(up_to_round, 0, -1):
         positives = [(row.volume, row.tracklet) for row in ledger.proposals(q, statuses=steps.POSITIVE)]
-        rounds.append((positives, _hard_negatives(run, q, with_vm=run.preset.harvest.finetune_vm_negatives)))
+        rounds.append((positives, _hard_negatives(run, q)))
     return steps.pool_examples(rounds, run.unseen)
 
 
-def _hard_negatives(run: HarvestRun, r: int, with_vm: bool = True):
-    """A round's P_H^- and, ``with_vm``, the hard part of its P_M^- (hard_negatives.pkl holds both)."""
+def _hard_negatives(run: HarvestRun, r: int):
     return hard_negatives_of(run.ledger.proposals(r, statuses=("hard_negative",)),
-                             run.ledger.proposals(r, statuses=(FA_NEGATIVE,)) if with_vm else [], run.preset.harvest)
+                             run.ledger.proposals(r, statuses=(FA_NEGATIVE,)), run.preset.harvest)
 
 
 def _lpg(run: HarvestRun, r: int) -> None:

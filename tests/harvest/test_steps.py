@@ -1,7 +1,5 @@
 """Each step of a harvest round on its own, on hand-made proposals (no training, no ledger)."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -221,25 +219,3 @@ def test_mining_by_the_pooled_rule_reports_each_rule():
     few = MarksEvidence(np.array([0.8, 0.7, 0.6]), np.array([-1, -1, 3]), np.zeros(3, dtype=int), rates)
     info = mine_round(vm, {}, candidates, [], [], cfg, few).info
     assert info["n_harvested"] == 0 and "as the 'combined' rule estimates it" in info["nothing_harvested_because"]
-
-
-def test_finetuning_can_leave_v_m_false_positives_out(tmp_path):
-    import types
-
-    from lesion_harvester.harvest import rounds
-    from lesion_harvester.harvest.ledger import Ledger
-
-    ledger = Ledger(tmp_path / "ledger.sqlite")
-    ledger.set_volumes(["vm"], ["vh"], [])
-    with ledger.transaction() as db:
-        ledger.add_proposals(db, 1, {"vm": [_t(0, 0.9)], "vh": [_t(0, 0.8), _t(50, 0.7)]})
-        ledger.set_statuses(db, 1, [("vm", 0, "fa_negative"), ("vh", 0, "hard_negative"), ("vh", 1, "harvested")])
-    for with_vm, volumes in ((True, ["vh", "vm"]), (False, ["vh"])):
-        preset = load_preset("tiny")
-        harvest = dataclasses.replace(preset.harvest, finetune_vm_negatives=with_vm)
-        run = types.SimpleNamespace(ledger=ledger, preset=dataclasses.replace(preset, harvest=harvest), unseen=set())
-        positives, negatives = rounds._pooled_examples(run, 1)
-        assert [key for key, _ in positives] == ["vh"] and sorted(key for key, _ in negatives) == volumes
-    # the round's hard_negatives.pkl keeps both either way
-    assert sorted(key for key, _ in rounds._hard_negatives(run, 1)) == ["vh", "vm"]
-    ledger.close()
