@@ -108,6 +108,12 @@ def mine_hard_background(scanner: Scanner, prepared: dict[str, PreparedVolume], 
     return mined
 
 
+def best_score(history: list[dict]) -> float | None:
+    """The best validation score of ``history``; None when no epoch had one."""
+    scores = [e["score"] for e in history if e["score"] is not None]
+    return max(scores) if scores else None
+
+
 def kept_epoch(history: list[dict], keep: str) -> int | None:
     """The epoch (1-based) that best.pt holds after ``history``: the first with the best validation
     score, or the last one when ``keep`` is "last" or no epoch had a score."""
@@ -171,7 +177,6 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     inputs = [fully_annotated, extra_positives, hard_negatives, init] + ([exclude_volumes] if exclude_volumes else [])
     fingerprint = _fingerprint(preset, data, inputs)
     history: list[dict] = []
-    best = -1.0
     start_epoch = 0
     hard_background: HardBackground = []
     if layout.last.is_file():
@@ -182,7 +187,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        history, best, start_epoch = state["history"], state["best_score"], state["epoch"] + 1
+        history, start_epoch = state["history"], state["epoch"] + 1
         torch.set_rng_state(state["rng_torch"])
         log.info("resuming %s after epoch %d", layout.root, state["epoch"] + 1)
     scanner = Scanner(model, preset.preprocess, preset.scan, device)
@@ -231,7 +236,6 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         if val["score"] is None:  # nothing to choose on: a checkpoint is never selected on an empty set
             log.info("epoch %d: loss %.3f (no validation slices: best.pt is the latest epoch)", epoch + 1, running)
         else:
-            best = max(best, val["score"])
             note = " (best.pt keeps the last epoch)" if cfg.keep_epoch == "last" else " (best)" if improved else ""
             log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"], note)
         common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint}
@@ -239,9 +243,9 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
             save_checkpoint(layout.best, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
         save_checkpoint(layout.last, model_payload(
             model, preset.lpg, preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), history=history, best_score=best,
+            scheduler=scheduler.state_dict(), history=history, best_score=best_score(history),
             rng_torch=torch.get_rng_state()))
-    summary = {"best_score": best if best >= 0 else None, "kept_epoch": kept_epoch(history, cfg.keep_epoch),
+    summary = {"best_score": best_score(history), "kept_epoch": kept_epoch(history, cfg.keep_epoch),
                "epochs": len(history), "history": history,
                "elapsed_s": round(time.time() - start_time, 1), "device": device,
                "training_slices": len(sources.training.records), "training_volumes": len(sources.training.volume_keys)}
