@@ -52,7 +52,7 @@ from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import train_lpg
 from lesion_harvester.paths import RunLayout, default_cache_dir
 from lesion_harvester.preprocessing import PreparedVolume
-from lesion_harvester.structures import group_by_volume
+from lesion_harvester.structures import RecistMark, group_by_volume
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ class HarvestRun:
         """The V_M proposals that set the threshold and the fusion exponent: the calibration volumes', if any."""
         held = set(self.calibration)
         return [row for row in rows if row.volume in held] if held else rows
+
+    def marks_of(self, rows: list[ProposalRow]) -> dict[str, list[RecistMark]]:
+        """The original RECIST marks of the volumes of ``rows`` (V_M's, for the threshold rows)."""
+        return self.inputs.dataset.marks(sorted({row.volume for row in rows}))
 
     def folds(self) -> list[list[str]]:
         return steps.lpc_folds(list(self.inputs.fully_annotated), self.preset.lpc.folds)
@@ -262,8 +266,7 @@ def _classify(run: HarvestRun, r: int) -> None:
                                           run.progress)
     h = run.preset.harvest
     threshold_rows = run.threshold_rows(vm)
-    threshold_marks = run.inputs.dataset.marks(sorted({row.volume for row in threshold_rows}))
-    updates, exponent, table = steps.fuse(threshold_rows, threshold_marks, vm + candidates, probability,
+    updates, exponent, table = steps.fuse(threshold_rows, run.marks_of(threshold_rows), vm + candidates, probability,
                                           h.fusion_exponents, h.precision, h.fusion_choice, h.verify_iou)
     with run.ledger.transaction() as db:
         run.ledger.set_scores(db, r, updates)
@@ -274,7 +277,7 @@ def _classify(run: HarvestRun, r: int) -> None:
 def _mine(run: HarvestRun, r: int) -> None:
     ledger = run.ledger
     vm = run.threshold_rows(ledger.proposals(r, statuses=VM_STATUSES))
-    vm_marks = run.inputs.dataset.marks(sorted({row.volume for row in vm}))
+    vm_marks = run.marks_of(vm)
     marked = [(row.volume, row.tracklet) for row in ledger.proposals(r, statuses=(RECIST,))]
     earlier = [(row.volume, row.tracklet) for q in range(1, r) for row in ledger.proposals(q, statuses=("harvested",))]
     result = mine_round(vm, vm_marks, ledger.proposals(r, statuses=("candidate",)), marked, earlier,
