@@ -41,6 +41,7 @@ PRESETS = ("tiny", "demo", "bench", "paper")
 # The choices of the settings that take one of a few values; checked whenever a config is built
 ContextMode = Literal["exact", "shared"]
 NumSlices = Literal[3, 9]
+OutputStride = Literal[4, 2]
 Optimizer = Literal["sgd", "adamw"]
 LRSchedule = Literal["step", "cosine"]
 BackgroundVolumes = Literal["all", "fully_annotated"]
@@ -154,6 +155,9 @@ class MSCNConfig(_Checked):
     bn_size: int = 4
     neck_channels: int = 512
     head_channels: int = 64
+    # 4: CenterNet's heads at a quarter of the input; 2: one more top-down step, onto the stem's
+    # stride-2 map, for lesions only a few pixels wide (more head compute, finer centres and sizes)
+    output_stride: OutputStride = 4
     pretrained_path: str | None = None  # a local torchvision DenseNet-121 state dict (ImageNet)
 
 

@@ -168,6 +168,7 @@ def test_the_choice_settings_are_the_expected_ones():
         "lpc.variant": ("multiview", "axial", "3d"),
         "harvest.threshold": ("vm", "marks", "combined"),
         "harvest.fusion_choice": ("admitted", "ap"),
+        "lpg.output_stride": (4, 2),
     }
     assert choice_fields() == CHOICES
 

@@ -1,4 +1,4 @@
-"""Decode CenterNet outputs into 2D boxes: 3x3 max-pool peaks, top K, centre + offset +- size / 2."""
+"""Decode CenterNet outputs into 2D boxes: max-pool peaks, top K, centre + offset +- size / 2."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ def decode(hm_logits: torch.Tensor, wh: torch.Tensor, reg: torch.Tensor, k: int 
     Returns boxes (B, K, 4) as inclusive pixel ``x1, y1, x2, y2`` of the network input, and scores (B, K).
     """
     heat = clamped_sigmoid(hm_logits)
-    peaks = F.max_pool2d(heat, 3, stride=1, padding=1)
+    # CenterNet's 3x3 peaks at stride 4; 5x5 at stride 2, so that a peak suppresses its neighbours
+    # over about the same input extent (12 and 10 px)
+    radius = max(1, 4 // stride)
+    peaks = F.max_pool2d(heat, 2 * radius + 1, stride=1, padding=radius)
     heat = heat * (peaks == heat).float()
     b, _, h, w = heat.shape
     k = min(k, h * w)

@@ -9,7 +9,8 @@ CenterNet of the paper's Table III). The S slices are split into S/3 consecutive
 
 Fusion (a) concatenates the triplets' t2 maps and a 1x1 conv replaces the central triplet's map.
 A top-down neck (1x1 laterals on b3, b2, b1, nearest x2 upsampling, sums) gives one map per triplet
-at stride 4; fusion (b) concatenates them and a 1x1 conv gives the target's map, on which the
+at stride 4 (with ``output_stride: 2`` one more step onto a lateral of the stem's stride-2 map, before
+pool0); fusion (b) concatenates them and a 1x1 conv gives the target's map, on which the
 CenterNet heads (heatmap, size, offset) sit.
 
 Everything a triplet computes without fusion depends only on that triplet, so a volume scan can
@@ -38,15 +39,16 @@ HEATMAP_BIAS = -2.19  # CenterNet: sigmoid(-2.19) = 0.1, a prior that keeps the 
 
 class Triplet:
     """Per-triplet features that do not depend on the target slice: the transition-2 map (input of
-    fusion (a)) and the 1x1 laterals of dense blocks 1 and 2 (inputs of the top-down neck)."""
+    fusion (a)) and the 1x1 laterals of dense blocks 1 and 2 (inputs of the top-down neck), and of
+    the stem's stride-2 map when the output stride is 2 (else None)."""
 
-    __slots__ = ("t2", "lat1", "lat2")
+    __slots__ = ("t2", "lat1", "lat2", "lat0")
 
-    def __init__(self, t2, lat1, lat2):
-        self.t2, self.lat1, self.lat2 = t2, lat1, lat2
+    def __init__(self, t2, lat1, lat2, lat0=None):
+        self.t2, self.lat1, self.lat2, self.lat0 = t2, lat1, lat2, lat0
 
     def index(self, i) -> Triplet:
-        return Triplet(self.t2[i], self.lat1[i], self.lat2[i])
+        return Triplet(self.t2[i], self.lat1[i], self.lat2[i], None if self.lat0 is None else self.lat0[i])
 
 
 def _head(in_ch: int, mid: int, out_ch: int, bias: float | None = None) -> nn.Sequential:
@@ -57,12 +59,12 @@ def _head(in_ch: int, mid: int, out_ch: int, bias: float | None = None) -> nn.Se
 
 
 class MSCN(nn.Module):
-    """The LPG network. ``forward(x)`` returns (heatmap logits, size, offset), each (B, C, H/4, W/4)."""
-
-    stride = 4
+    """The LPG network. ``forward(x)`` returns (heatmap logits, size, offset), each (B, C, H/s, W/s)
+    with s = ``stride`` (the preset's ``output_stride``, 4 or 2)."""
 
     def __init__(self, cfg: MSCNConfig):
         super().__init__()
+        self.stride = cfg.output_stride
         if cfg.num_slices % 3 or cfg.num_slices < 3:
             raise ValueError(f"num_slices must be a multiple of 3, got {cfg.num_slices}")
         if len(cfg.block_config) != 3:
@@ -79,6 +81,8 @@ class MSCN(nn.Module):
         c1, c2, c3, ct2 = _channels(cfg)
         n = cfg.neck_channels
         self.lat1, self.lat2, self.lat3 = nn.Conv2d(c1, n, 1), nn.Conv2d(c2, n, 1), nn.Conv2d(c3, n, 1)
+        if self.stride == 2:
+            self.lat0 = nn.Conv2d(cfg.init_features, n, 1)
         if self.num_triplets > 1:
             self.fuse_a = nn.Conv2d(ct2 * self.num_triplets, ct2, 1)
             self.fuse_b = nn.Conv2d(n * self.num_triplets, n, 1)
@@ -90,18 +94,29 @@ class MSCN(nn.Module):
 
     # --- per-triplet (target-independent) parts --------------------------------------------------
     def triplet_features(self, x3: torch.Tensor) -> Triplet:
-        """x3: (N, 3, H, W) -> the triplet's maps before fusion (a) and its b1/b2 laterals."""
-        b1 = self.block1(self.stem(x3))
+        """x3: (N, 3, H, W) -> the triplet's maps before fusion (a) and its laterals."""
+        lat0 = None
+        if self.stride == 2:
+            s2 = x3
+            for layer in self.stem[:3]:  # conv0, norm0, relu0: the stride-2 map, before pool0
+                s2 = layer(s2)
+            lat0 = self.lat0(s2)
+            b1 = self.block1(self.stem[3](s2))
+        else:
+            b1 = self.block1(self.stem(x3))
         b2 = self.block2(self.trans1(b1))
-        return Triplet(self.trans2(b2), self.lat1(b1), self.lat2(b2))
+        return Triplet(self.trans2(b2), self.lat1(b1), self.lat2(b2), lat0)
 
     def _top_down(self, t: Triplet, b3: torch.Tensor) -> torch.Tensor:
         p = self.lat3(b3)
         p = t.lat2 + F.interpolate(p, size=t.lat2.shape[-2:], mode="nearest")
-        return t.lat1 + F.interpolate(p, size=t.lat1.shape[-2:], mode="nearest")
+        p = t.lat1 + F.interpolate(p, size=t.lat1.shape[-2:], mode="nearest")
+        if t.lat0 is not None:
+            p = t.lat0 + F.interpolate(p, size=t.lat0.shape[-2:], mode="nearest")
+        return p
 
     def side_neck(self, t: Triplet) -> torch.Tensor:
-        """Stride-4 neck map of a triplet used beside the target (not fused): (N, C, H/4, W/4)."""
+        """Neck map of a triplet used beside the target (not fused): (N, C, H/s, W/s)."""
         return self._top_down(t, self.block3(t.t2))
 
     # --- per-target parts ------------------------------------------------------------------------
@@ -119,7 +134,7 @@ class MSCN(nn.Module):
 
     def forward(self, x: torch.Tensor):
         """x: (B, S, H, W) with H, W multiples of 16. Returns heatmap logits (B, 1, h, w), size and
-        offset (B, 2, h, w), h = H / 4."""
+        offset (B, 2, h, w), h = H / stride."""
         b, s, h, w = x.shape
         k = self.num_triplets
         if s != 3 * k:

@@ -41,7 +41,8 @@ class SliceProposals:
 
 
 def _cat(triplets: list[Triplet]) -> Triplet:
-    return Triplet(*(torch.cat([getattr(t, f) for t in triplets]) for f in Triplet.__slots__))
+    return Triplet(*(None if getattr(triplets[0], f) is None else torch.cat([getattr(t, f) for t in triplets])
+                     for f in Triplet.__slots__))
 
 
 class Scanner:

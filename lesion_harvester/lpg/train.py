@@ -203,7 +203,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
 
         def make_sampler(generator, _hard=hard_background):
             return CropSampler(sources.training, prepared, preset.lpg.num_slices, preset.preprocess, cfg, generator,
-                               hard_background=_hard)
+                               stride=preset.lpg.output_stride, hard_background=_hard)
 
         batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size, cfg.loader_workers)
         bar = tqdm(batches, total=cfg.iters_per_epoch,

@@ -48,6 +48,26 @@ def test_shared_scan_equals_naive(interval, mode):
     assert np.abs(naive - shared).max() <= 1e-4
 
 
+@pytest.mark.parametrize("mode", ["exact", "shared"])
+def test_stride_2_heads_and_their_shared_scan(mode):
+    """output_stride 2: maps at half the input, from one more top-down step onto the stem's stride-2
+    map (a lateral the stride-4 model does not have); the shared scan still equals the naive one."""
+    cfg = MSCNConfig(**{**SMALL.__dict__, "output_stride": 2})
+    model = _model(cfg)
+    assert model.stride == 2 and hasattr(model, "lat0") and not hasattr(_model(), "lat0")
+    hm, wh, reg = model(torch.randn(2, 9, 64, 48))
+    assert hm.shape == (2, 1, 32, 24) and wh.shape == reg.shape == (2, 2, 32, 24)
+    scanner = Scanner(model, PreprocessConfig(context_mode=mode), ScanConfig(batch_slices=3))
+    pv = _volume(5.0)
+    naive = scanner.heatmaps(pv, shared=False)
+    assert naive.shape == (14, 24, 24)
+    assert np.abs(naive - scanner.heatmaps(pv, shared=True)).max() <= 1e-4
+    # the stem lateral reaches the heatmap: changing it changes the output
+    with torch.no_grad():
+        model.lat0.weight.mul_(3.0)
+    assert np.abs(scanner.heatmaps(pv, shared=False) - naive).max() > 1e-3
+
+
 def test_predict_returns_boxes_in_original_pixels():
     scanner = Scanner(_model(), PreprocessConfig(), ScanConfig(top_k=5))
     pv = PreparedVolume("v", _volume(2.0).image, (10, 20), 0.5, (2.0, 1.6, 1.6), (14, 96, 80))

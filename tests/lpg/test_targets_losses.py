@@ -100,17 +100,24 @@ def test_reg_l1_at_centres_only():
     assert float(reg_l1_loss(out, ind, mask, target)) == pytest.approx(1.0 / 2, rel=1e-3)
 
 
-def test_decode_inverts_the_targets():
-    box = np.array([[40.0, 24.0, 71.0, 47.0]])
-    t = build_targets(box, (32, 32), stride=4)
+@pytest.mark.parametrize("stride", [4, 2])
+def test_decode_inverts_the_targets(stride):
+    box = np.array([[40.0, 24.0, 71.0, 47.0], [9.0, 10.0, 13.0, 14.0]])  # and a 5 px lesion
+    n = 128 // stride
+    t = build_targets(box, (n, n), stride=stride)
     hm = torch.from_numpy(t["hm"])[None] * 20 - 10  # logits: a clear peak
-    wh = torch.zeros(1, 2, 32, 32)
-    reg = torch.zeros(1, 2, 32, 32)
-    iy, ix = divmod(int(t["ind"][0]), 32)
-    wh[0, :, iy, ix] = torch.from_numpy(t["wh"][0])
-    reg[0, :, iy, ix] = torch.from_numpy(t["reg"][0])
-    boxes, scores = decode(hm, wh, reg, k=3)
-    assert scores[0, 0] > 0.99
-    assert boxes[0, 0].numpy() == pytest.approx(box[0], abs=1e-4)
-    tiny = decode(hm, torch.zeros_like(wh), reg, k=1)[0][0, 0]
+    wh = torch.zeros(1, 2, n, n)
+    reg = torch.zeros(1, 2, n, n)
+    for j in range(2):
+        iy, ix = divmod(int(t["ind"][j]), n)
+        wh[0, :, iy, ix] = torch.from_numpy(t["wh"][j])
+        reg[0, :, iy, ix] = torch.from_numpy(t["reg"][j])
+    boxes, scores = decode(hm, wh, reg, k=3, stride=stride)
+    assert scores[0, 1] > 0.99
+    found = boxes[0, :2].numpy()
+    found = found[np.argsort(found[:, 0])]
+    assert found == pytest.approx(box[np.argsort(box[:, 0])], abs=1e-4)
+    # one peak per lesion: the Gaussian's shoulders (wider in cells at stride 2) are suppressed
+    assert scores[0, 2] < 0.5
+    tiny = decode(hm, torch.zeros_like(wh), reg, k=1, stride=stride)[0][0, 0]
     assert tiny[2] >= tiny[0] and tiny[3] >= tiny[1]  # never an inverted box
