@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from lesion_harvester.config import ScanConfig, StackConfig, fingerprint
+from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig, fingerprint
 from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import write_tracklets, write_tracklets_csv
@@ -40,6 +40,20 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
     if score_threshold is not None:
         stack = replace(stack, score_threshold=score_threshold)
     scan = scan or ScanConfig()
+    model, _, pre = load_model(checkpoint, device, payload)
+    # what a resumed scan must share with the one it continues (the batch size changes no result)
+    settings = [replace(scan, batch_slices=ScanConfig().batch_slices)]
+    return scan_to_file(data, Scanner(model, pre, scan, device), pre, stack, out, file_digest(checkpoint), settings,
+                        split, keys, cache_dir, progress)
+
+
+def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackConfig, out: str | Path,
+                 model_id: str, settings: list, split: str | None = None, keys: list[str] | None = None,
+                 cache_dir: str | Path | None = None, progress: bool = True) -> dict[str, list[Tracklet]]:
+    """Scan the selected volumes with ``scanner`` (anything with ``propose(prepared_volume, stack)``,
+    e.g. :class:`Scanner` or a peer detector's), resumably; returns and writes {volume key: tracklets}.
+    ``model_id`` (e.g. the checkpoint's digest) and ``settings`` name the scan, so that a rerun
+    resumes only its own."""
     out = Path(out)
     source = open_volumes(data, split=split)
     if keys is not None:
@@ -47,8 +61,6 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
         if unknown:
             raise DataError(data, f"{len(unknown)} volumes to scan are not in the dataset, e.g. {unknown[0]}")
         source.keys = list(keys)
-    model, _, pre = load_model(checkpoint, device, payload)
-    scanner = Scanner(model, pre, scan, device)
     if source.format == "deeplesion":
         cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), pre)
         total = sum(source.dataset.sub_volumes[k].num_slices for k in source.keys)
@@ -61,10 +73,8 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
             source.load(key).require_slices(2, "3D lesion proposals")
         return cache.get(source, key)
 
-    # what a resumed scan must share with the one it continues (the batch size changes no result)
-    partial = PartialResults(partial_dir(out), fingerprint(
-        file_digest(checkpoint), str(Path(data).resolve()), split, source.keys, stack,
-        replace(scan, batch_slices=ScanConfig().batch_slices)))
+    partial = PartialResults(partial_dir(out), fingerprint(model_id, str(Path(data).resolve()), split, source.keys,
+                                                           stack, *settings))
     done = partial.finished(source.keys)
     todo = [k for k in source.keys if k not in done]
     if done:

@@ -45,6 +45,30 @@ def _cat(triplets: list[Triplet]) -> Triplet:
                      for f in Triplet.__slots__))
 
 
+def network_volume(pv: PreparedVolume, pre: PreprocessConfig, device: torch.device | str = "cpu",
+                   multiple: int = 16) -> torch.Tensor:
+    """(Z, H', W') network input of a whole prepared volume: the preset's window, padded with air
+    (as outside the body crop) to a multiple of ``multiple`` pixels."""
+    image = rewindow(torch.from_numpy(np.asarray(pv.image, dtype=np.float32)), pre.window_hu, pre.pixel_mean)
+    h, w = image.shape[1:]
+    padded = pad_to_multiple(image, multiple)
+    if padded.shape[1:] != (h, w):
+        air = network_air(pre)
+        padded[:, h:, :] = air
+        padded[:, :, w:] = air
+    return padded.to(device)
+
+
+def slice_proposals(pv: PreparedVolume, boxes_xyxy_px: np.ndarray, scores: np.ndarray) -> SliceProposals:
+    """(K, 4) boxes in pixels of the prepared image -> a slice's proposals in original pixels,
+    clipped to the original image."""
+    height, width = pv.original_shape[1:]
+    original = pv.to_original(boxes_xyxy_px)
+    original[:, [0, 2]] = np.clip(original[:, [0, 2]], 0, width - 1)
+    original[:, [1, 3]] = np.clip(original[:, [1, 3]], 0, height - 1)
+    return SliceProposals(original, scores)
+
+
 class Scanner:
     """Runs an MSCN over prepared volumes. ``model`` must be in eval mode."""
 
@@ -53,15 +77,7 @@ class Scanner:
         self.autocast = self.device.type == "cuda" and scan.amp
 
     def _volume_tensor(self, pv: PreparedVolume) -> torch.Tensor:
-        image = rewindow(torch.from_numpy(np.asarray(pv.image, dtype=np.float32)), self.pre.window_hu,
-                         self.pre.pixel_mean)
-        h, w = image.shape[1:]
-        padded = pad_to_multiple(image, 16)
-        if padded.shape[1:] != (h, w):  # pad with air, as outside the body crop
-            air = network_air(self.pre)
-            padded[:, h:, :] = air
-            padded[:, :, w:] = air
-        return padded.to(self.device)
+        return network_volume(pv, self.pre, self.device)
 
     def _outputs(self, pv: PreparedVolume, targets: list[int], shared: bool) -> Iterator:
         """Yields (target indices, (hm logits, wh, reg)) batch by batch; with ``flip_test`` the
@@ -145,12 +161,8 @@ class Scanner:
             for chunk, (hm, wh, reg) in self._outputs(pv, targets, self.scan.shared):
                 boxes, scores = decode(hm, wh, reg, self.scan.top_k, self.model.stride)
                 boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
-                height, width = pv.original_shape[1:]
                 for i, z in enumerate(chunk):
-                    original = pv.to_original(boxes[i])
-                    original[:, [0, 2]] = np.clip(original[:, [0, 2]], 0, width - 1)
-                    original[:, [1, 3]] = np.clip(original[:, [1, 3]], 0, height - 1)
-                    result[z] = SliceProposals(original, scores[i])
+                    result[z] = slice_proposals(pv, boxes[i], scores[i])
         return result
 
     def propose(self, pv: PreparedVolume, stack: StackConfig) -> list[Tracklet]:
