@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from lesion_harvester.harvest.ledger import Ledger
+from lesion_harvester.io.annotations import write_tracklets
+from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.paths import RunLayout
+from lesion_harvester.structures import Tracklet
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -27,3 +35,33 @@ def tiny_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "tiny"
     write_synthetic_dataset(out, load_preset("tiny").synth, seed=123, progress=False)
     return out
+
+
+def _marked_volume(data):
+    """A harvest volume with a mark, and that mark."""
+    splits = json.loads((data / "splits.json").read_text())
+    marks = DeepLesionDataset(data).marks(splits["harvest"])
+    key = next(k for k in splits["harvest"] if marks[k])
+    return key, marks[key][0].slice_box()
+
+
+def label_run(tmp_path, data, with_outputs=True):
+    """A harvest run folder as a finished harvest leaves it, for the label sets of Table III: the
+    ledger's record of the data and V_M's file, harvested.pkl (a new lesion, and one that is a marked
+    lesion) and hard_negatives.pkl. Returns (its RunLayout, the volume of those lesions)."""
+    layout = RunLayout(tmp_path / "run")
+    ledger = Ledger(layout.ledger)
+    ledger.set_meta("data", str(data.resolve()))
+    ledger.set_meta("fully_annotated_file", "")
+    ledger.close()
+    key, mark = _marked_volume(data)
+    x1, y1, x2, y2 = mark.box_xyxy_px
+    z = mark.z_index
+    on_the_mark = Tracklet(np.array([z - 1, z, z + 1]), np.tile([x1 - 1, y1, x2 + 1, y2], (3, 1)).astype(float),
+                           np.array([0.5, 0.9, 0.6]))
+    elsewhere = Tracklet.single_slice(z, [5.0, 5.0, 15.0, 15.0], 0.8)
+    negative = Tracklet.single_slice(z, [30.0, 30.0, 40.0, 40.0], 0.7)
+    if with_outputs:
+        write_tracklets(layout.harvested, {key: [on_the_mark, elsewhere]})
+        write_tracklets(layout.hard_negatives, {key: [negative]})
+    return layout, key

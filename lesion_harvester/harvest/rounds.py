@@ -128,6 +128,8 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
         ledger.set_meta("holdout_volumes", json.dumps(list(inputs.holdout)))
         ledger.set_meta("elapsed_s", "0")
         ledger.set_volumes(list(inputs.fully_annotated), inputs.harvest, list(inputs.holdout))
+    if ledger.get_meta("fully_annotated_file") is None:  # the fingerprint matched: the same file as at the start
+        ledger.set_meta("fully_annotated_file", str(Path(fully_annotated).resolve()) if fully_annotated else "")
     dump_config(preset, layout.config)
     cache = PreparedCache(default_cache_dir(data), preset.preprocess)
     return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, held_out_marks, device, progress)

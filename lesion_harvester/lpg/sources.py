@@ -5,7 +5,11 @@
   to ``splits.json``'s ``fully_annotated`` on the synthetic layout, or ``--fully-annotated FILE``
   (e.g. the released Revised-Train744.pkl) on a real DeepLesion folder;
 - extra positives and hard negatives (tracklets, 3D boxes or 2D boxes): the slice of highest
-  objectness of each (the middle slice of a 3D box).
+  objectness of each (the middle slice of a 3D box). With ``drop_known_positives`` an extra
+  positive that is one of the known lesions (its 3D box spans a mark's or label's slice and covers
+  it at IoU >= 0.5) is left out, so that no lesion counts twice (a label set of Table III, or
+  completed_annotations.pkl, which holds the marks too). The harvest's fine-tuning keeps them: it
+  adds the slice of highest objectness of the proposals on known lesions on purpose (paper III-E).
 
 Training volumes are V_M and V_H, validation volumes as :mod:`lesion_harvester.io.partition`
 decides them (the same rule as the harvest's).
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.errors import DataError
+from lesion_harvester.geometry.boxes import iou_voc
 from lesion_harvester.io.annotations import read_any_boxes
 from lesion_harvester.io.loader import VolumeSource
 from lesion_harvester.io.partition import resolve_partition
@@ -39,15 +44,31 @@ class LPGSources:
     validation_source: str = ""  # where the validation volumes come from
 
 
-def _key_slice_records(path: str | Path, known: set[str], negative: bool) -> tuple[list[SliceRecord], dict]:
+DUPLICATE_IOU = 0.5  # an extra positive covering a known box this well is that lesion
+
+
+def _is_known(t, known_boxes: list[SliceBox]) -> bool:
+    """Whether tracklet ``t`` is one of ``known_boxes``: its z range holds the box's slice and its
+    3D box covers the 2D box at IoU >= DUPLICATE_IOU."""
+    b = t.box_3d()
+    return any(b.z_range[0] <= k.z_index <= b.z_range[1]
+               and iou_voc(np.asarray(k.box_xyxy_px), np.asarray(b.box_xyxy_px)[None])[0] >= DUPLICATE_IOU
+               for k in known_boxes)
+
+
+def _key_slice_records(path: str | Path, known: set[str], negative: bool,
+                       known_boxes: dict[str, list[SliceBox]] | None) -> tuple[list[SliceRecord], dict]:
     tracklets = read_any_boxes(path)
     records, extents = [], {}
-    skipped = 0
+    skipped = duplicates = 0
     for key, items in tracklets.items():
         if key not in known:
             skipped += len(items)
             continue
         for t in items:
+            if not negative and known_boxes is not None and _is_known(t, known_boxes.get(key, [])):
+                duplicates += 1
+                continue
             i = t.key_index if len(set(t.scores.tolist())) > 1 else len(t.z_indices) // 2
             box = t.boxes_xyxy_px[i][None]
             empty = np.zeros((0, 4))
@@ -56,12 +77,14 @@ def _key_slice_records(path: str | Path, known: set[str], negative: bool) -> tup
             extents.setdefault(key, []).append((int(t.z_indices.min()), int(t.z_indices.max()), t.box_3d().box_xyxy_px))
     if skipped:
         log.warning("%s: %d boxes in volumes outside the training set were ignored", path, skipped)
+    if duplicates:
+        log.info("%s: %d positives are marked or labelled lesions already and were left out", path, duplicates)
     return records, extents
 
 
 def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
                   extra_positives: str | Path | None = None, hard_negatives: str | Path | None = None,
-                  exclude_volumes: list[str] | None = None) -> LPGSources:
+                  exclude_volumes: list[str] | None = None, drop_known_positives: bool = False) -> LPGSources:
     """What the LPG trains and validates on; ``exclude_volumes`` are left out of training."""
     part = resolve_partition(root, fully_annotated, need_fully_annotated=False, purpose="training")
     excluded = set(exclude_volumes or [])
@@ -71,8 +94,10 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
     exclusions: dict[str, list] = {}
     marks = part.marks
     empty = np.zeros((0, 4))
+    known_boxes: dict[str, list[SliceBox]] = {}
     for key in train_keys:
         boxes = fa_truth[key] if key in fa_truth else [m.slice_box() for m in marks.get(key, [])]
+        known_boxes[key] = boxes
         dz, dy, _ = dataset.sub_volumes[key].spacing_zyx_mm
         for b in boxes:
             records.append(SliceRecord(key, b.z_index, np.array([b.box_xyxy_px]), empty))
@@ -82,7 +107,8 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
     known = set(train_keys)
     for path, negative in ((extra_positives, False), (hard_negatives, True)):
         if path:
-            extra, extents = _key_slice_records(path, known, negative)
+            extra, extents = _key_slice_records(path, known, negative,
+                                                known_boxes if drop_known_positives else None)
             records += extra
             if not negative:
                 for key, items in extents.items():

@@ -135,25 +135,29 @@ def _fingerprint(preset: Preset, data, extra) -> str:
 def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str = "auto",
               fully_annotated: str | None = None, extra_positives: str | None = None,
               hard_negatives: str | None = None, init: str | None = None, cache_dir: str | Path | None = None,
-              progress: bool = True, exclude_volumes: list[str] | None = None) -> dict:
+              progress: bool = True, exclude_volumes: list[str] | None = None,
+              drop_known_positives: bool = False) -> dict:
     """Train (or resume training) an LPG into ``out_dir``; returns the training summary. The log
     records of the training are appended to ``out_dir/train.log``. ``exclude_volumes``: training
-    volumes the LPG must not see (e.g. a harvest's calibration volumes)."""
+    volumes the LPG must not see (e.g. a harvest's calibration volumes); ``drop_known_positives``:
+    leave out the extra positives that are marked or labelled lesions already (:mod:`.sources`)."""
     device = resolve_device(device)  # before anything is written
     layout = TrainLayout(Path(out_dir))
     with log_to_file(layout.log):
         log.info("training the LPG on %s into %s (preset %s, device %s)", data, layout.root, preset.name, device)
         return _train(data, layout, preset, device, fully_annotated, extra_positives, hard_negatives, init,
-                      cache_dir, progress, sorted(exclude_volumes or []))
+                      cache_dir, progress, sorted(exclude_volumes or []), drop_known_positives)
 
 
 def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, fully_annotated: str | None,
            extra_positives: str | None, hard_negatives: str | None, init: str | None,
-           cache_dir: str | Path | None, progress: bool, exclude_volumes: list[str]) -> dict:
+           cache_dir: str | Path | None, progress: bool, exclude_volumes: list[str],
+           drop_known_positives: bool) -> dict:
     cfg = preset.lpg_train
     start_time = time.time()
     torch.manual_seed(cfg.seed)
-    sources = build_sources(data, fully_annotated, extra_positives, hard_negatives, exclude_volumes)
+    sources = build_sources(data, fully_annotated, extra_positives, hard_negatives, exclude_volumes,
+                            drop_known_positives)
     if any(sources.validation.values()):
         log.info("validation: %s", sources.validation_source)  # the harvest warns when they are held out
     else:
@@ -175,6 +179,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     use_amp = cfg.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     inputs = [fully_annotated, extra_positives, hard_negatives, init] + ([exclude_volumes] if exclude_volumes else [])
+    inputs += ["drop_known_positives"] if drop_known_positives and extra_positives else []  # older ones stay valid
     fingerprint = _fingerprint(preset, data, inputs)
     history: list[dict] = []
     start_epoch = 0
