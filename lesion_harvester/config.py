@@ -49,6 +49,7 @@ LPCVariant = Literal["multiview", "axial", "3d"]
 ThresholdRule = Literal["vm", "marks", "combined"]
 FusionChoice = Literal["admitted", "ap"]
 KeptEpoch = Literal["validation", "last"]
+ResNetDepth = Literal[10, 18, 34]
 
 
 class _Checked:
@@ -255,6 +256,26 @@ class LPCConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class RetinaNetConfig(_Checked):
+    """The peer detector of Table III (peers/retinanet.py): MONAI's RetinaNet on 3 adjacent slices
+    as channels, trained with the LPG's crops, augmentation and schedule (``lpg_train``). The
+    defaults follow MONAI's LUNA16 detection tutorial where it applies (ATSS matching, hard-negative
+    sampling, BCE and smooth-L1 losses)."""
+
+    resnet_depth: ResNetDepth = 18  # MONAI's ResNet trunk, up to layer 3 (strides 4, 8, 16)
+    fpn_channels: int = 64
+    # square anchors (px of the network input) at the stride-4 level, doubled at each coarser level
+    # (strides 8, 16 and the max-pooled 32), for lesions of a few to about 200 pixels
+    base_anchor_px: tuple[float, ...] = (6.0, 10.0, 16.0)
+    atss_candidates: int = 4  # ATSS matcher: candidate anchors per level and lesion
+    sampler_anchors_per_image: int = 64  # hard-negative sampler: anchors per image in the classification loss
+    sampler_positive_fraction: float = 0.3
+    score_threshold: float = 0.02  # 2D detections kept per slice above this
+    nms_iou: float = 0.22
+    detections_per_slice: int = 100
+
+
+@dataclass(frozen=True)
 class HarvestConfig(_Checked):
     """Harvest rounds (paper Sec. III-D, III-E)."""
 
@@ -309,6 +330,7 @@ class Preset:
     scan: ScanConfig = field(default_factory=ScanConfig)
     stack: StackConfig = field(default_factory=StackConfig)
     lpc: LPCConfig = field(default_factory=LPCConfig)
+    retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
 
 
@@ -351,6 +373,15 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lpc.batch_size": _at_least(1),
     "lpc.lr": _POSITIVE,
     "lpc.folds": _at_least(1),
+    "retinanet.fpn_channels": _at_least(1),
+    "retinanet.base_anchor_px": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
+                                 and all(_is_number(a) and a > 0 for a in v), "one or more sizes > 0 in pixels"),
+    "retinanet.atss_candidates": _at_least(1),
+    "retinanet.sampler_anchors_per_image": _at_least(1),
+    "retinanet.sampler_positive_fraction": (lambda v: _is_number(v) and 0 < v < 1, "a fraction in (0, 1)"),
+    "retinanet.score_threshold": (lambda v: _is_number(v) and 0 <= v < 1, "a score in [0, 1)"),
+    "retinanet.nms_iou": (lambda v: _is_number(v) and 0 < v <= 1, "an IoU in (0, 1]"),
+    "retinanet.detections_per_slice": _at_least(1),
     "harvest.precision": (lambda v: _is_number(v) and 0 < v <= 1, "a precision in (0, 1]"),
     "harvest.calibration_marks": (lambda v: _is_number(v) and 0 <= v <= 0.5, "a share of V_H in [0, 0.5]"),
     "harvest.fusion_exponents": (

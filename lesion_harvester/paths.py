@@ -5,8 +5,8 @@
 - an LPG training folder (:class:`TrainLayout`): ``best.pt``, ``last.pt``, ``train_log.json``,
   ``config.yaml``, ``train.log``;
 - a resumable scan's partial folder beside its output: ``OUT.partial/``;
-- a harvest run folder (:class:`RunLayout`): the ledger, one folder per round, the deliverables
-  and the report.
+- a harvest run folder (:class:`RunLayout`): the ledger, one folder per round, the deliverables,
+  the report and, once ``benchmarks/table3.py`` has run for it, Table III.
 """
 
 from __future__ import annotations
@@ -149,3 +149,17 @@ class RunLayout:
     @property
     def fig6(self) -> Path:
         return self.root / "fig6_harvested.png"
+
+    # --- Table III: detectors trained on the run's label sets (peers/table3.py) ------------------------------
+    @property
+    def table3_dir(self) -> Path:
+        """One folder per detector, label set and training seed: checkpoints, detections, results."""
+        return self.root / "table3"
+
+    @property
+    def table3_json(self) -> Path:
+        return self.root / "table3.json"
+
+    @property
+    def table3_md(self) -> Path:
+        return self.root / "table3.md"

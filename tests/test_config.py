@@ -169,6 +169,7 @@ def test_the_choice_settings_are_the_expected_ones():
         "harvest.threshold": ("vm", "marks", "combined"),
         "harvest.fusion_choice": ("admitted", "ap"),
         "lpg.output_stride": (4, 2),
+        "retinanet.resnet_depth": (10, 18, 34),
     }
     assert choice_fields() == CHOICES
 
@@ -418,7 +419,7 @@ def test_load_preset_applies_overrides_after_base(tmp_path):
 
 @pytest.mark.parametrize("override, expected", [
     ("lpg_trian.epochs=3", "--set lpg_trian.epochs=3: unknown section 'lpg_trian'; known sections: synth, "
-                           "preprocess, lpg, lpg_train, scan, stack, lpc, harvest"),
+                           "preprocess, lpg, lpg_train, scan, stack, lpc, retinanet, harvest"),
     ("lpg_train.epoch=3", "--set lpg_train.epoch=3: unknown key 'epoch' in lpg_train; known keys: crop_px, "),
     ("lpg_train.epochs", "--set lpg_train.epochs: expected section.key=value, e.g. "
                          "--set lpg_train.iters_per_epoch=600"),

@@ -152,7 +152,7 @@ class CropSampler:
         return pv, record.z_index, y0, x0, src, scale, record
 
     def sample(self) -> tuple[np.ndarray, dict]:
-        """One crop: input (S, C, C) float32 and its CenterNet targets."""
+        """One crop: input (S, C, C) float32 and its CenterNet targets (and the positive boxes)."""
         picked = None
         if not self.slice_list or self.rng.random() < self.crop.background_fraction:
             picked = self._background()
@@ -195,6 +195,7 @@ class CropSampler:
         targets = build_targets(positives, (out_h // self.stride, out_w // self.stride), self.stride,
                                 self.crop.max_objects, negatives)
         targets["complete"] = np.float32(pv.key in self.complete_keys)  # every lesion of the crop labelled
+        targets["boxes_xyxy_px"] = positives  # (N, 4) in pixels of the crop, for box-based detectors
         return image.numpy(), targets
 
     def _augment(self, image: torch.Tensor, boxes: tuple[np.ndarray, ...], out_h: int, out_w: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.figures import save_figure
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.report.plots import plot_pr
+from lesion_harvester.report.table3 import render_table3
 from lesion_harvester.structures import SliceBox, Tracklet, group_by_volume, marks_to_tracklets
 
 MARK_SCORE = 2.0  # above any fused score, so that the marks rank first
@@ -140,6 +141,8 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
         report["lpc_variants"] = {name: {"recall_at_precision": _rap(res), "ap": round(res.ap, 4)}
                                   for name, res in variants.items()}
     _montage(layout, dataset, ledger, holdout_keys, holdout_truth)
+    if layout.table3_json.is_file():  # benchmarks/table3.py has been run for this harvest
+        report["table3"] = json.loads(layout.table3_json.read_text())
     atomic_write_text(layout.report_json, json.dumps(report, indent=1))
     atomic_write_text(layout.report_md, render_markdown(report, froc_rows))
     ledger.close()
@@ -319,6 +322,8 @@ def render_markdown(report: dict, froc_rows) -> str:
         for name, v in report["lpc_variants"].items():
             vals = v["recall_at_precision"]
             lines.append(f"| {name} | " + " | ".join(f"{vals[k]:.3f}" for k in levels) + f" | {v['ap']:.3f} |")
+    if "table3" in report:
+        lines += render_table3(report["table3"])
     lines += ["", "## Figures", "", "![Fig. 5a](fig5a_pr.png)", "", "![Fig. 5b](fig5b_lpc_variants.png)", "",
               "![Fig. 6](fig6_harvested.png)", ""]
     return "\n".join(lines)

@@ -1,0 +1,114 @@
+"""The paper's Table III for a harvest: detectors trained on its label sets, scored on held-out volumes.
+
+Rows: the MSCN (9 slices) and the plain CenterNet (3 slices), each on R, R+P and R+P+N
+(:mod:`lesion_harvester.harvest.label_sets`), and MONAI's RetinaNet (:mod:`.retinanet`) on R and
+R+P (an anchor-based detector has no HNSL). Each row is trained once per training seed into
+``RUN/table3/<detector>_<labels>_seed<k>/``, scans the test split and is scored with the P3D
+evaluation against the complete labels (the synthetic ``ground_truth/complete.pkl``). A (row, seed)
+already scored is reused, so a killed table continues; training and scanning resume inside too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from lesion_harvester.config import Preset
+from lesion_harvester.errors import DataError
+from lesion_harvester.evaluation.api import evaluate_files
+from lesion_harvester.harvest.label_sets import LabelSet, label_set
+from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.io.splits import read_splits
+from lesion_harvester.lpg.propose import propose
+from lesion_harvester.lpg.train import train_lpg
+from lesion_harvester.paths import RunLayout, TrainLayout
+from lesion_harvester.peers.retinanet import propose_retinanet, train_retinanet
+from lesion_harvester.report.table3 import FP_RATES, render_table3
+
+log = logging.getLogger(__name__)
+
+ROWS = (("MSCN", "R"), ("MSCN", "R+P"), ("MSCN", "R+P+N"),
+        ("CenterNet", "R"), ("CenterNet", "R+P"), ("CenterNet", "R+P+N"),
+        ("RetinaNet", "R"), ("RetinaNet", "R+P"))
+SCORE_THRESHOLD = 0.05  # 2D detections kept for stacking, as in the LPG's accuracy figures
+
+
+def parse_rows(text: str | None) -> list[tuple[str, str]]:
+    """``"MSCN:R,RetinaNet:R+P"`` -> rows (None or "all": every row)."""
+    if not text or text == "all":
+        return list(ROWS)
+    rows = [tuple(item.strip().split(":", 1)) for item in text.split(",")]
+    unknown = [":".join(r) for r in rows if r not in ROWS]
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; known: {', '.join(d + ':' + s for d, s in ROWS)}")
+    return rows
+
+
+def _row_preset(preset: Preset, detector: str, seed: int) -> Preset:
+    lpg = dataclasses.replace(preset.lpg, num_slices=3) if detector == "CenterNet" else preset.lpg
+    return dataclasses.replace(preset, lpg=lpg, lpg_train=dataclasses.replace(preset.lpg_train, seed=seed))
+
+
+def _train_and_scan(detector: str, labels: LabelSet, preset: Preset, folder: Path, split: str, device: str,
+                    progress: bool) -> Path:
+    """Train one row into ``folder`` and scan ``split``; returns the detections file."""
+    detections = folder / f"{split}.pkl"
+    if detector == "RetinaNet":
+        train_retinanet(labels.data, folder, preset, device, labels.fully_annotated, labels.extra_positives,
+                        progress=progress)
+        propose_retinanet(labels.data, TrainLayout(folder).best, detections, split, device, progress=progress,
+                          score_threshold=SCORE_THRESHOLD)
+    else:
+        train_lpg(labels.data, folder, preset, device, labels.fully_annotated, labels.extra_positives,
+                  labels.hard_negatives, progress=progress, drop_known_positives=True)
+        propose(labels.data, TrainLayout(folder).best, detections, split, device=device, progress=progress,
+                score_threshold=SCORE_THRESHOLD)
+    return detections
+
+
+def _stat(values: list[float]) -> dict:
+    return {"mean": round(float(np.mean(values)), 4), "min": round(float(np.min(values)), 4),
+            "max": round(float(np.max(values)), 4)}
+
+
+def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list[tuple[str, str]] | None = None,
+               split: str = "detection_test", device: str = "cpu", progress: bool = True) -> dict:
+    """Train, scan and score every (row, seed) not yet scored; writes and returns the table
+    (``RUN/table3.json`` and ``RUN/table3.md``)."""
+    layout = RunLayout(Path(run_dir))
+    rows = list(ROWS) if rows is None else rows
+    sets = {name: label_set(layout.root, name) for name in dict.fromkeys(labels for _, labels in rows)}
+    data = next(iter(sets.values())).data
+    truth_path = data / "ground_truth" / "complete.pkl"
+    splits = read_splits(data) or {}
+    if not truth_path.is_file() or split not in splits:
+        raise DataError(data, f"Table III needs complete labels of a held-out split: ground_truth/complete.pkl "
+                              f"and a '{split}' split in splits.json (the synthetic layout)")
+    volumes = splits[split]
+    table = {"split": split, "volumes": len(volumes), "preset": preset.name, "seeds": seeds, "rows": []}
+    for detector, labels in rows:
+        per_seed = []
+        for seed in seeds:
+            folder = layout.table3_dir / f"{detector}_{labels}_seed{seed}"
+            scored = folder / "result.json"
+            if not scored.is_file():
+                log.info("Table III: %s on %s, training seed %d", detector, labels, seed)
+                detections = _train_and_scan(detector, sets[labels], _row_preset(preset, detector, seed), folder,
+                                             split, device, progress)
+                result = evaluate_files(truth_path, detections, volumes=volumes).to_json()
+                atomic_write_text(scored, json.dumps(result, indent=1))
+            per_seed.append(json.loads(scored.read_text()))
+        table["lesions"] = per_seed[0]["n_gt"]
+        table["rows"].append({
+            "detector": detector, "labels": labels, "seeds": seeds,
+            "froc": {r: _stat([s["froc"][r] for s in per_seed]) for r in FP_RATES},
+            "ap": _stat([s["ap"] for s in per_seed]),
+            "per_seed": [{"seed": seed, "ap": s["ap"], "froc": s["froc"]} for seed, s in zip(seeds, per_seed)],
+        })
+    atomic_write_text(layout.table3_json, json.dumps(table, indent=1))
+    atomic_write_text(layout.table3_md, "\n".join(["# Table III", *render_table3(table)[1:]]) + "\n")
+    return table

@@ -1,0 +1,46 @@
+"""Table III as markdown: detectors trained on the label sets of a harvest, beside the paper's.
+
+``results`` is what :func:`lesion_harvester.peers.table3.run_table3` returns (and writes to
+``RUN/table3.json``): one entry per row with the mean and the range over training seeds.
+"""
+
+from __future__ import annotations
+
+FP_RATES = ("0.125", "0.25", "0.5", "1", "2", "4", "8")
+
+# The paper's Table III (V_D^test, P3D): sensitivity (%) at FP_RATES per volume, AP (%); the paper's
+# two-stage peer is Faster R-CNN (the project's is MONAI's one-stage RetinaNet, also anchor-based)
+PAPER_TABLE3 = {
+    ("MSCN", "R"): ((11.92, 18.42, 27.54, 38.91, 50.15, 60.76, 69.82), 43.0),
+    ("MSCN", "R+P"): ((13.40, 19.16, 27.34, 37.54, 49.33, 60.52, 70.18), 43.6),
+    ("MSCN", "R+P+N"): ((19.86, 27.11, 36.21, 46.82, 56.89, 66.82, 74.73), 51.9),
+    ("CenterNet", "R"): ((12.91, 19.89, 26.19, 35.77, 45.32, 56.94, 67.83), 41.0),
+    ("CenterNet", "R+P"): ((14.38, 19.75, 28.04, 36.89, 46.82, 58.94, 68.70), 42.8),
+    ("CenterNet", "R+P+N"): ((19.26, 25.87, 34.54, 43.17, 53.34, 63.08, 71.68), 48.3),
+    ("Faster R-CNN", "R"): ((7.20, 13.21, 20.97, 31.27, 43.87, 54.92, 64.20), 34.2),
+    ("Faster R-CNN", "R+P"): ((10.35, 15.98, 25.02, 35.63, 47.15, 57.74, 66.77), 38.5),
+}
+
+
+def _cell(stat: dict) -> str:
+    if stat["min"] == stat["max"]:
+        return f"{stat['mean']:.3f}"
+    return f"{stat['mean']:.3f} ({stat['min']:.3f}-{stat['max']:.3f})"
+
+
+def render_table3(results: dict) -> list[str]:
+    """Markdown lines: this run's Table III (mean and range over seeds), then the paper's."""
+    header = "| detector | labels | seeds | " + " | ".join(f"{r} FP" for r in FP_RATES) + " | AP |"
+    rule = "|---" * (len(FP_RATES) + 4) + "|"
+    lines = ["", "## Table III: detectors trained on this harvest's label sets", "",
+             f"On `{results['split']}` ({results['volumes']} volumes, {results['lesions']} lesions), P3D: "
+             "sensitivity at FP per volume and AP, the mean over training seeds (range in brackets). R = the "
+             "marks and V_M's labels, P = the harvested lesions (harvested.pkl), N = the hard negatives "
+             "(hard_negatives.pkl, through the HNSL).", "", header, rule]
+    for row in results["rows"]:
+        cells = [_cell(row["froc"][r]) for r in FP_RATES] + [_cell(row["ap"])]
+        lines.append(f"| {row['detector']} | {row['labels']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    lines += ["", "The paper's Table III (V_D^test of DeepLesion, %):", "", header, rule]
+    for (detector, labels), (froc, ap) in PAPER_TABLE3.items():
+        lines.append(f"| {detector} | {labels} | - | " + " | ".join(f"{v:.1f}" for v in froc) + f" | {ap:.1f} |")
+    return lines

@@ -1,0 +1,91 @@
+"""The MONAI RetinaNet peer: box conversion, the same losses as MONAI's shipped detector, a tiny run."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lesion_harvester.config import RetinaNetConfig, load_preset
+from lesion_harvester.errors import DataError
+from lesion_harvester.io.annotations import read_tracklets
+from lesion_harvester.peers.retinanet import (
+    build_detector,
+    from_monai_boxes,
+    monai_targets,
+    propose_retinanet,
+    to_monai_boxes,
+    train_retinanet,
+)
+
+
+def test_boxes_survive_the_round_trip_to_monai_exactly():
+    rng = np.random.default_rng(0)
+    boxes = np.sort(rng.uniform(0, 500, (50, 2, 2)), axis=1).reshape(50, 4)
+    boxes = np.round(boxes * 4) / 4  # pixel and sub-pixel values, as decoded boxes have
+    monai = to_monai_boxes(boxes)
+    # x is the column; MONAI orders a (C, H, W) image's box coordinates as its axes, rows first, and
+    # a one-pixel box (x1 == x2) is one pixel wide in its continuous corners
+    assert to_monai_boxes(np.array([[3.0, 4.0, 3.0, 4.0]])).tolist() == [[4.0, 3.0, 5.0, 4.0]]
+    assert to_monai_boxes(np.array([[10.0, 20.0, 29.0, 25.0]])).tolist() == [[20.0, 10.0, 26.0, 30.0]]
+    assert np.array_equal(from_monai_boxes(monai), boxes.astype(np.float32).astype(np.float64))
+    assert from_monai_boxes(to_monai_boxes(np.zeros((0, 4)))).shape == (0, 4)
+
+
+def _batch():
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 64, 64)
+    targets = monai_targets([np.array([[10.0, 12.0, 29.0, 25.0], [40.0, 40.0, 45.0, 47.0]]), np.zeros((0, 4))])
+    return images, targets
+
+
+def test_the_same_losses_as_monais_shipped_detector(monkeypatch):
+    """Where torchvision imports, MONAI's RetinaNetDetector computes these losses itself; here its one
+    torchvision reference (isinstance against Matcher) is replaced by a class nothing is an instance of."""
+    from monai.apps.detection.networks import retinanet_detector
+
+    monkeypatch.setattr(retinanet_detector, "Matcher", type("NoMatcher", (), {}))
+    cfg = RetinaNetConfig()
+    ours = build_detector(cfg).train()
+    shipped = retinanet_detector.RetinaNetDetector(ours.network, ours.anchor_generator, spatial_dims=2)
+    shipped.set_atss_matcher(num_candidates=cfg.atss_candidates, center_in_gt=False)
+    shipped.set_hard_negative_sampler(batch_size_per_image=cfg.sampler_anchors_per_image,
+                                      positive_fraction=cfg.sampler_positive_fraction, pool_size=20, min_neg=16)
+    shipped.set_target_keys(box_key="boxes", label_key="labels")
+    shipped.train()
+    images, targets = _batch()
+    torch.manual_seed(1)  # the hard-negative sampler draws at random
+    got = ours(images, targets)
+    torch.manual_seed(1)
+    expected = shipped(images, targets)
+    assert set(got) == set(expected) == {ours.cls_key, ours.box_reg_key}
+    for key in got:
+        assert torch.equal(got[key], expected[key]), key
+    assert float(got[ours.box_reg_key].detach()) > 0  # the lesions were matched to anchors
+
+
+def test_detections_come_back_as_inclusive_boxes_inside_the_image():
+    detector = build_detector(RetinaNetConfig(score_threshold=0.0)).eval()  # untrained: scores near the 0.01 prior
+    with torch.no_grad():
+        found = detector(torch.randn(1, 3, 64, 96))[0]
+    boxes = from_monai_boxes(found["boxes"])
+    assert len(boxes) > 0 and boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= 95 and boxes[:, 3].max() <= 63
+
+
+def test_a_tiny_training_and_scan(tiny_dataset, tmp_path):
+    preset = load_preset("tiny")
+    preset = dataclasses.replace(preset, lpg_train=dataclasses.replace(preset.lpg_train, epochs=1,
+                                                                       iters_per_epoch=2, batch_size=2))
+    summary = train_retinanet(tiny_dataset, tmp_path / "rn", preset, device="cpu", progress=False)
+    assert summary["epochs"] == 1 and summary["history"][0]["loss"] > 0
+    # a rerun finds the finished run and trains nothing more
+    assert train_retinanet(tiny_dataset, tmp_path / "rn", preset, device="cpu", progress=False)["epochs"] == 1
+    out = tmp_path / "dt.pkl"
+    results = propose_retinanet(tiny_dataset, tmp_path / "rn" / "best.pt", out, split="detection_test",
+                                device="cpu", progress=False)
+    splits = json.loads((tiny_dataset / "splits.json").read_text())
+    assert set(results) == set(splits["detection_test"]) and set(read_tracklets(out)) == set(results)
+    torch.save({"format": "lesion-harvester-lpg/1"}, tmp_path / "lpg.pt")
+    with pytest.raises(DataError, match="not a Lesion Harvester RetinaNet checkpoint"):
+        propose_retinanet(tiny_dataset, tmp_path / "lpg.pt", tmp_path / "x.pkl", split="detection_test", device="cpu")
