@@ -40,7 +40,15 @@ from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork,
 from monai.networks.nets import resnet
 from tqdm import tqdm
 
-from lesion_harvester.config import PreprocessConfig, Preset, RetinaNetConfig, StackConfig, from_dict, to_dict
+from lesion_harvester.config import (
+    PreprocessConfig,
+    Preset,
+    RetinaNetConfig,
+    StackConfig,
+    fingerprint,
+    from_dict,
+    to_dict,
+)
 from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.geometry.preprocess import gather_slices
@@ -188,9 +196,9 @@ def train_retinanet(data: str | Path, out_dir: str | Path, preset: Preset, devic
         detector = build_detector(preset.retinanet).to(device)
         optimizer = make_optimizer(detector.network, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
-        inputs = [str(Path(data).resolve()), fully_annotated, extra_positives, to_dict(preset.retinanet),
-                  to_dict(cfg), to_dict(preset.preprocess)]
-        identity = json.dumps(inputs, sort_keys=True, default=str)
+        # what a resumed training must share with the one it continues
+        identity = fingerprint(preset.retinanet, cfg, preset.preprocess, str(Path(data).resolve()), fully_annotated,
+                               extra_positives)
         history, start_epoch = [], 0
         if layout.last.is_file():
             state = load_retinanet_checkpoint(layout.last)
