@@ -6,8 +6,8 @@
   (e.g. the released Revised-Train744.pkl) on a real DeepLesion folder;
 - extra positives and hard negatives (tracklets, 3D boxes or 2D boxes): the slice of highest
   objectness of each (the middle slice of a 3D box). With ``drop_known_positives`` an extra
-  positive that is one of the known lesions (its 3D box spans a mark's or label's slice and covers
-  it at IoU >= 0.5) is left out, so that no lesion counts twice (a label set of Table III, or
+  positive that is one of the known lesions (it covers a mark or label at P3D IoU >= 0.5, the
+  rule of the harvest's verification) is left out, so that no lesion counts twice (a label set of Table III, or
   completed_annotations.pkl, which holds the marks too). The harvest's fine-tuning keeps them: it
   adds the slice of highest objectness of the proposals on known lesions on purpose (paper III-E).
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.geometry.boxes import iou_voc
+from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
 from lesion_harvester.io.annotations import read_any_boxes
 from lesion_harvester.io.loader import VolumeSource
 from lesion_harvester.io.partition import resolve_partition
@@ -44,16 +44,14 @@ class LPGSources:
     validation_source: str = ""  # where the validation volumes come from
 
 
-DUPLICATE_IOU = 0.5  # an extra positive covering a known box this well is that lesion
+DUPLICATE_IOU = 0.5  # an extra positive covering a known box this well is that lesion (as in verification)
 
 
 def _is_known(t, known_boxes: list[SliceBox]) -> bool:
-    """Whether tracklet ``t`` is one of ``known_boxes``: its z range holds the box's slice and its
-    3D box covers the 2D box at IoU >= DUPLICATE_IOU."""
-    b = t.box_3d()
-    return any(b.z_range[0] <= k.z_index <= b.z_range[1]
-               and iou_voc(np.asarray(k.box_xyxy_px), np.asarray(b.box_xyxy_px)[None])[0] >= DUPLICATE_IOU
-               for k in known_boxes)
+    """Whether tracklet ``t`` is one of ``known_boxes``: it covers one at P3D IoU >= DUPLICATE_IOU,
+    the rule by which the harvest's verification finds the proposals on marked lesions."""
+    return bool(known_boxes) and bool((overlaps(t, VolumeTruth.from_slice_boxes(known_boxes), "p3d")
+                                       >= DUPLICATE_IOU).any())
 
 
 def _key_slice_records(path: str | Path, known: set[str], negative: bool,
