@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lesion_harvester.config import RetinaNetConfig, load_preset
-from lesion_harvester.errors import DataError
+from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.peers.retinanet import (
     build_detector,
@@ -89,3 +89,32 @@ def test_a_tiny_training_and_scan(tiny_dataset, tmp_path):
     torch.save({"format": "lesion-harvester-lpg/1"}, tmp_path / "lpg.pt")
     with pytest.raises(DataError, match="not a Lesion Harvester RetinaNet checkpoint"):
         propose_retinanet(tiny_dataset, tmp_path / "lpg.pt", tmp_path / "x.pkl", split="detection_test", device="cpu")
+
+
+def test_a_killed_training_resumes_to_the_same_weights(tiny_dataset, tmp_path, monkeypatch):
+    from lesion_harvester.peers import retinanet
+
+    preset = load_preset("tiny")
+    preset = dataclasses.replace(preset, lpg_train=dataclasses.replace(preset.lpg_train, epochs=2,
+                                                                       iters_per_epoch=2, batch_size=2))
+    train_retinanet(tiny_dataset, tmp_path / "whole", preset, device="cpu", progress=False)
+    real_loader = retinanet.epoch_loader
+
+    def killed_in_epoch_2(make_sampler, seed, epoch, *args):
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if the process died after epoch 1 was saved
+        return real_loader(make_sampler, seed, epoch, *args)
+
+    monkeypatch.setattr(retinanet, "epoch_loader", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train_retinanet(tiny_dataset, tmp_path / "resumed", preset, device="cpu", progress=False)
+    monkeypatch.setattr(retinanet, "epoch_loader", real_loader)
+    summary = train_retinanet(tiny_dataset, tmp_path / "resumed", preset, device="cpu", progress=False)
+    assert [h["epoch"] for h in summary["history"]] == [1, 2]
+    whole = torch.load(tmp_path / "whole" / "best.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(tmp_path / "resumed" / "best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    # another preset's run in the same folder is refused
+    other = dataclasses.replace(preset, retinanet=RetinaNetConfig(fpn_channels=32))
+    with pytest.raises(ConfigError, match="other settings"):
+        train_retinanet(tiny_dataset, tmp_path / "resumed", other, device="cpu", progress=False)
