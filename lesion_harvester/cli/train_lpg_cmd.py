@@ -7,7 +7,7 @@ from pathlib import Path
 
 from lesion_harvester.cli.common import add_device_option, add_preset_options, add_subcommand, preset_from_args
 from lesion_harvester.errors import ConfigError
-from lesion_harvester.harvest.label_sets import LABEL_SETS
+from lesion_harvester.harvest.label_sets import LABEL_SETS, label_set
 
 
 def add_parser(sub) -> None:
@@ -68,8 +68,6 @@ def _inputs(args) -> tuple[str, dict]:
         if args.data is None:
             raise ConfigError("give DATA (a DeepLesion-layout folder) or --from-harvest RUN --labels SET")
         return args.data, given
-    from lesion_harvester.harvest.label_sets import label_set
-
     used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
     if used:
         raise ConfigError(f"--from-harvest reads V_M's labels and the label set from the run; drop {', '.join(used)}")

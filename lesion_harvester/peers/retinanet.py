@@ -8,9 +8,10 @@ anchor-based one-stage detector that users already train is MONAI's RetinaNet
   layer 3) under MONAI's ``FeaturePyramidNetwork`` with a max-pooled extra level (strides 4, 8, 16
   and 32). MONAI's own ``resnet_fpn_feature_extractor`` builds the same through torchvision, whose
   wheels need the CUDA build of torch, so it cannot run beside a CPU-only torch.
-- :class:`Detector`, ``RetinaNetDetector`` with its anchor matching written for MONAI's ATSS matcher
-  alone: the shipped method first tests for torchvision's ``Matcher``, which cannot be imported on
-  such a machine. Losses, sampling and box selection are MONAI's (tested equal to the shipped class).
+- :class:`ATSSRetinaNetDetector`, ``RetinaNetDetector`` with its anchor matching written for MONAI's
+  ATSS matcher alone: the shipped method first tests for torchvision's ``Matcher``, which cannot be
+  imported on such a machine. Losses, sampling and box selection are MONAI's (tested equal to the
+  shipped class).
 - box conversion: the project's boxes are ``x1, y1, x2, y2`` in inclusive pixel indices, x the
   column (width x2 - x1 + 1). MONAI's boxes follow the axis order of the image tensor, (C, H, W)
   here, so its first coordinate is the *row*: ``(row_min, col_min, row_max, col_max)``, continuous,
@@ -118,7 +119,7 @@ def _out_channels(layer: nn.Sequential) -> int:
     return convs[-1].out_channels
 
 
-class Detector(RetinaNetDetector):
+class ATSSRetinaNetDetector(RetinaNetDetector):
     """``RetinaNetDetector`` whose anchor matching calls MONAI's ATSS matcher directly: the shipped
     method tests ``isinstance(matcher, torchvision Matcher)`` first, which fails where torchvision
     cannot be imported. Everything else (losses, hard-negative sampling, decoding) is MONAI's."""
@@ -135,14 +136,14 @@ class Detector(RetinaNetDetector):
         return matched
 
 
-def build_detector(cfg: RetinaNetConfig) -> Detector:
+def build_detector(cfg: RetinaNetConfig) -> ATSSRetinaNetDetector:
     """A RetinaNet for one class (lesion) with the settings of the preset's ``retinanet`` section."""
     levels = 4
     anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=tuple(2 ** i for i in range(levels)),
                                              base_anchor_shapes=tuple((a, a) for a in cfg.base_anchor_px))
     network = RetinaNet(spatial_dims=2, num_classes=1, num_anchors=len(cfg.base_anchor_px),
                         feature_extractor=ResNetFPN(cfg), size_divisible=SIZE_DIVISIBLE)
-    detector = Detector(network, anchors, spatial_dims=2)
+    detector = ATSSRetinaNetDetector(network, anchors, spatial_dims=2)
     detector.set_atss_matcher(num_candidates=cfg.atss_candidates, center_in_gt=False)
     detector.set_hard_negative_sampler(batch_size_per_image=cfg.sampler_anchors_per_image,
                                        positive_fraction=cfg.sampler_positive_fraction, pool_size=20, min_neg=16)
@@ -169,7 +170,7 @@ class _BoxBatches:
         return np.stack([s[0] for s in samples]), [s[1]["boxes_xyxy_px"] for s in samples]
 
 
-def _payload(detector: Detector, preset: Preset, **extra) -> dict:
+def _payload(detector: ATSSRetinaNetDetector, preset: Preset, **extra) -> dict:
     return {"format": FORMAT, "config": to_dict(preset.retinanet), "preprocess": to_dict(preset.preprocess),
             "stack": to_dict(preset.stack), "state_dict": detector.network.state_dict(), **extra}
 
@@ -262,7 +263,8 @@ class RetinaNetScanner:
     same interface as the LPG's :class:`~lesion_harvester.lpg.scan.Scanner` for
     :func:`~lesion_harvester.lpg.propose.scan_to_file`."""
 
-    def __init__(self, detector: Detector, pre: PreprocessConfig, batch_slices: int = 8, device: str = "cpu"):
+    def __init__(self, detector: ATSSRetinaNetDetector, pre: PreprocessConfig, batch_slices: int = 8,
+                 device: str = "cpu"):
         self.detector, self.pre, self.batch, self.device = detector.eval(), pre, batch_slices, torch.device(device)
 
     @torch.no_grad()
