@@ -7,9 +7,10 @@
 - extra positives and hard negatives (tracklets, 3D boxes or 2D boxes): the slice of highest
   objectness of each (the middle slice of a 3D box). With ``drop_known_positives`` an extra
   positive that is one of the known lesions (it covers a mark or label at P3D IoU >= 0.5, the
-  rule of the harvest's verification) is left out, so that no lesion counts twice (a label set of Table III, or
-  completed_annotations.pkl, which holds the marks too). The harvest's fine-tuning keeps them: it
-  adds the slice of highest objectness of the proposals on known lesions on purpose (paper III-E).
+  rule of the harvest's verification) is left out, so that no lesion counts twice (a label set
+  of Table III, or completed_annotations.pkl, which holds the marks too). The harvest's
+  fine-tuning keeps them: it adds the slice of highest objectness of the proposals on known
+  lesions on purpose (paper III-E).
 
 Training volumes are V_M and V_H, validation volumes as :mod:`lesion_harvester.io.partition`
 decides them (the same rule as the harvest's).
@@ -47,15 +48,11 @@ class LPGSources:
 DUPLICATE_IOU = 0.5  # an extra positive covering a known box this well is that lesion (as in verification)
 
 
-def _is_known(t, known_boxes: list[SliceBox]) -> bool:
-    """Whether tracklet ``t`` is one of ``known_boxes``: it covers one at P3D IoU >= DUPLICATE_IOU,
-    the rule by which the harvest's verification finds the proposals on marked lesions."""
-    return bool(known_boxes) and bool((overlaps(t, VolumeTruth.from_slice_boxes(known_boxes), "p3d")
-                                       >= DUPLICATE_IOU).any())
-
-
 def _key_slice_records(path: str | Path, known: set[str], negative: bool,
                        known_boxes: dict[str, list[SliceBox]] | None) -> tuple[list[SliceRecord], dict]:
+    """The key-slice records of a file of extra boxes; with ``known_boxes`` a positive that covers
+    one of its volume's known boxes at P3D IoU >= DUPLICATE_IOU (the rule by which the harvest's
+    verification finds the proposals on marked lesions) is left out."""
     tracklets = read_any_boxes(path)
     records, extents = [], {}
     skipped = duplicates = 0
@@ -63,8 +60,9 @@ def _key_slice_records(path: str | Path, known: set[str], negative: bool,
         if key not in known:
             skipped += len(items)
             continue
+        truth = None if negative or not (known_boxes or {}).get(key) else VolumeTruth.from_slice_boxes(known_boxes[key])
         for t in items:
-            if not negative and known_boxes is not None and _is_known(t, known_boxes.get(key, [])):
+            if truth is not None and (overlaps(t, truth, "p3d") >= DUPLICATE_IOU).any():
                 duplicates += 1
                 continue
             i = t.key_index if len(set(t.scores.tolist())) > 1 else len(t.z_indices) // 2
