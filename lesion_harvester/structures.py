@@ -11,6 +11,8 @@ Frames and conventions, stated once:
 - ``box_xyxy_px = (x1, y1, x2, y2)`` in pixels of the original axial slice (x = column,
   y = row), inclusive corners; the released evaluation counts a width as ``x2 - x1 + 1``.
 - A slice is addressed by ``z_index``, its 0-based offset inside the (sub-)volume.
+- Where a volume lies in its input file and in the patient: :class:`SourceGeometry` (the frames
+  are defined in :mod:`lesion_harvester.geometry.frames`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,79 @@ from typing import TypeVar
 import numpy as np
 
 from lesion_harvester.errors import DataError
+from lesion_harvester.geometry.frames import (
+    WorldFrame,
+    apply_affine,
+    default_geometry_matrices,
+    transform_box,
+    world_matrix,
+)
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class SourceGeometry:
+    """Where a volume's voxels lie: in the file it was read from, and in the patient.
+
+    Attributes:
+        input_shape_ijk: size of the input file's voxel grid (i, j, k).
+        array_to_input: (4, 4) array (x, y, z, 1) -> input (i, j, k, 1); a signed permutation with
+            offsets (the array is the input grid reoriented, never resampled).
+        input_to_ras: (4, 4) input (i, j, k, 1) -> world RAS mm.
+        native_frame: the world frame the input's format speaks (NIfTI "RAS", DICOM "LPS").
+        origin_known: False where only the voxel size is known (DeepLesion PNG, synthetic data):
+            world positions are then relative to the first voxel, and say so.
+    """
+
+    input_shape_ijk: tuple[int, int, int]
+    array_to_input: np.ndarray
+    input_to_ras: np.ndarray
+    native_frame: WorldFrame = "RAS"
+    origin_known: bool = True
+
+    @classmethod
+    def from_spacing(cls, shape_zyx: tuple[int, int, int],
+                     spacing_zyx_mm: tuple[float, float, float]) -> SourceGeometry:
+        """For data without an affine: input = array, the package's frame, origin unknown, LPS (DICOM's)."""
+        return cls((shape_zyx[2], shape_zyx[1], shape_zyx[0]), np.eye(4), default_geometry_matrices(spacing_zyx_mm),
+                   native_frame="LPS", origin_known=False)
+
+    def array_to_world(self, frame: WorldFrame) -> np.ndarray:
+        """(4, 4) array (x, y, z, 1) -> world mm in ``frame``."""
+        return world_matrix(frame) @ self.input_to_ras @ self.array_to_input
+
+    def world_to_array(self, frame: WorldFrame) -> np.ndarray:
+        """(4, 4) world mm in ``frame`` -> array (x, y, z, 1)."""
+        matrix = self.array_to_world(frame)
+        if not np.all(np.isfinite(matrix)):
+            raise ValueError("the slice interval is unknown: world positions along z cannot be inverted")
+        return np.linalg.inv(matrix)
+
+    def points_array_to_world(self, points_xyz: np.ndarray, frame: WorldFrame) -> np.ndarray:
+        """(N, 3) array points (x, y, z) -> (N, 3) world mm in ``frame``."""
+        return apply_affine(self.array_to_world(frame), points_xyz)
+
+    def points_world_to_array(self, points_mm: np.ndarray, frame: WorldFrame) -> np.ndarray:
+        """(N, 3) world mm in ``frame`` -> (N, 3) array points (x, y, z)."""
+        return apply_affine(self.world_to_array(frame), points_mm)
+
+    def points_array_to_input(self, points_xyz: np.ndarray) -> np.ndarray:
+        """(N, 3) array points (x, y, z) -> (N, 3) input voxel points (i, j, k); exact."""
+        return apply_affine(self.array_to_input, points_xyz)
+
+    def points_input_to_array(self, points_ijk: np.ndarray) -> np.ndarray:
+        """(N, 3) input voxel points (i, j, k) -> (N, 3) array points (x, y, z); exact."""
+        return apply_affine(np.round(np.linalg.inv(self.array_to_input)), points_ijk)
+
+    def box_array_to_input(self, box_xyz_min, box_xyz_max) -> tuple[np.ndarray, np.ndarray]:
+        """An inclusive voxel box of the array -> the same voxels' box (min, max corners) in the input grid."""
+        return transform_box(self.array_to_input, box_xyz_min, box_xyz_max)
+
+    def box_array_to_world(self, box_xyz_min, box_xyz_max, frame: WorldFrame) -> tuple[np.ndarray, np.ndarray]:
+        """An array box -> its world bounds in ``frame`` (the voxel centres at its corners; exact for
+        axis-aligned acquisitions, enclosing for oblique ones)."""
+        return transform_box(self.array_to_world(frame), box_xyz_min, box_xyz_max)
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +111,8 @@ class Volume:
             may be NaN when unknown (then the 2.5D context repeats the target slice).
         slice_numbers: DeepLesion PNG slice number of each z (1-based), where known.
         source: the file or folder it was read from, for messages.
+        geometry: where the voxels lie in the input file and the patient; volumes read without an
+            affine get :meth:`SourceGeometry.from_spacing` (origin unknown).
     """
 
     volume_id: str
@@ -46,6 +121,7 @@ class Volume:
     slice_numbers: tuple[int, ...] | None = None
     source: str = ""
     extra: dict = field(default_factory=dict)
+    geometry: SourceGeometry | None = None
 
     def __post_init__(self) -> None:
         where = self.source or self.volume_id
@@ -64,6 +140,13 @@ class Volume:
         object.__setattr__(self, "spacing_zyx_mm", (dz, dy, dx))
         if self.slice_numbers is not None and len(self.slice_numbers) != self.hu_zyx.shape[0]:
             raise DataError(where, f"{len(self.slice_numbers)} slice numbers for {self.hu_zyx.shape[0]} slices")
+        if self.geometry is None:
+            object.__setattr__(self, "geometry", SourceGeometry.from_spacing(self.shape, (dz, dy, dx)))
+        else:
+            size_xyz = np.abs(self.geometry.array_to_input[:3, :3]) @ np.array(self.shape[::-1])
+            if tuple(int(s) for s in size_xyz) != tuple(self.geometry.input_shape_ijk):
+                raise DataError(where, f"the geometry's input grid {self.geometry.input_shape_ijk} does not hold "
+                                       f"the array's {self.shape[::-1]} (x, y, z) voxels")
 
     @property
     def shape(self) -> tuple[int, int, int]:

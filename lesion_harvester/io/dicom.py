@@ -1,4 +1,5 @@
-"""DICOM CT series through pydicom: sorted by position, rescaled to HU, reoriented to (z, y, x).
+"""DICOM CT series through pydicom: sorted by position, rescaled to HU, reoriented to (z, y, x); the
+volume keeps the series' voxel -> patient (LPS) geometry.
 
 Compressed transfer syntaxes are decoded by pydicom's pixel handlers (Pillow and
 pylibjpeg-openjpeg cover JPEG and JPEG 2000; RLE is native). A syntax no installed decoder
@@ -7,8 +8,8 @@ handles is reported as a DataError naming the file and the syntax.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.hu import to_int16_hu
+from lesion_harvester.geometry.frames import RAS_TO_LPS
+from lesion_harvester.io.hu import volume_from_grid
 from lesion_harvester.structures import Volume
 
 log = logging.getLogger(__name__)
@@ -46,17 +48,6 @@ def _read_header(path: Path):
         raise DataError(path, f"not a readable DICOM file ({exc})") from None
 
 
-def _slice_geometry(ds, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row direction, column direction, position) in patient LPS mm."""
-    orientation = ds.get("ImageOrientationPatient")
-    position = ds.get("ImagePositionPatient")
-    if orientation is None or position is None:
-        return np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), np.array([0, 0, float(ds.get("InstanceNumber", 0) or 0)])
-    row_dir = np.array([float(v) for v in orientation[:3]])
-    col_dir = np.array([float(v) for v in orientation[3:]])
-    return row_dir, col_dir, np.array([float(v) for v in position])
-
-
 def _pixels_hu(ds, path: Path) -> np.ndarray:
     try:
         pixels = ds.pixel_array
@@ -75,65 +66,103 @@ def _pixels_hu(ds, path: Path) -> np.ndarray:
     return pixels.astype(np.float32) * slope + intercept
 
 
-def read_dicom_series(paths: list[Path], volume_id: str, source: str) -> Volume:
-    """Read one series (its files in any order) into a Volume."""
-    headers = [(_read_header(p), p) for p in paths]
-    row_dir, col_dir, _ = _slice_geometry(headers[0][0], headers[0][1])
-    normal = np.cross(row_dir, col_dir)
-    # Axial only: the row direction must run along patient x and the columns along patient y.
-    if abs(abs(row_dir[0]) - 1) > 0.1 or abs(abs(col_dir[1]) - 1) > 0.1:
-        raise DataError(
-            source,
-            f"unsupported DICOM: not an axial series (ImageOrientationPatient {list(row_dir) + list(col_dir)})",
-        )
-    # Sort superior -> inferior: DICOM patient z (LPS) grows toward the head.
-    depth = [float(np.dot(_slice_geometry(ds, p)[2], normal)) * np.sign(normal[2] or 1) for ds, p in headers]
-    order = np.argsort(-np.array(depth), kind="stable")
-    headers = [headers[i] for i in order]
-    depth_sorted = np.array([depth[i] for i in order])
-    first = headers[0][0]
+def _slice_frame(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(row direction, column direction, position) in patient LPS mm, or None if the file has none."""
+    orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+    if orientation is None or position is None or len(orientation) != 6 or len(position) != 3:
+        return None
+    values = np.array([float(v) for v in orientation])
+    return values[:3], values[3:], np.array([float(v) for v in position])
+
+
+def series_affine_lps(datasets: list, source: str) -> tuple[list[int], np.ndarray, bool]:
+    """Order the slices of one series and build its voxel -> LPS affine.
+
+    Input voxels are (i, j, k) = (column, row, slice), k in order of position along the slice
+    normal. Returns (order of ``datasets`` by k, (4, 4) affine, whether the positions were known).
+
+    Raises DataError for slices that disagree on orientation or pixel size, share a position, or
+    are unevenly spaced (a missing slice): the affine would place some of them wrongly.
+    """
+    first = datasets[0]
     spacing = first.get("PixelSpacing")
-    if spacing is None:
-        raise DataError(headers[0][1], "no PixelSpacing; cannot tell the pixel size")
-    sy, sx = (float(v) for v in spacing)
-    if len(headers) > 1:
-        steps = -np.diff(depth_sorted)
+    if spacing is None or len(spacing) != 2 or not all(float(v) > 0 for v in spacing):
+        raise DataError(source, f"no valid PixelSpacing ({spacing}); cannot tell the pixel size")
+    row_mm, col_mm = (float(v) for v in spacing)  # between rows, between columns
+    frames = [_slice_frame(ds) for ds in datasets]
+    if any(f is None for f in frames):
+        # no patient geometry: axial, ordered by InstanceNumber, origin unknown
+        order = sorted(range(len(datasets)), key=lambda n: int(datasets[n].get("InstanceNumber", 0) or 0))
+        dz = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+        return order, np.diag([col_mm, row_mm, -dz, 1.0]), False
+    row_dir, col_dir, _ = frames[0]
+    for ds, frame in zip(datasets, frames):
+        if not np.allclose(frame[0], row_dir, atol=1e-3) or not np.allclose(frame[1], col_dir, atol=1e-3):
+            raise DataError(source, "slices of one series have different ImageOrientationPatient")
+        if not np.allclose([float(v) for v in ds.get("PixelSpacing", spacing)], spacing, rtol=1e-4):
+            raise DataError(source, "slices of one series have different PixelSpacing")
+    normal = np.cross(row_dir, col_dir)
+    depth = np.array([float(np.dot(f[2], normal)) for f in frames])
+    order = [int(n) for n in np.argsort(depth, kind="stable")]
+    positions = np.array([frames[n][2] for n in order])
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * col_mm  # i (column index) runs along the row direction
+    affine[:3, 1] = col_dir * row_mm
+    affine[:3, 3] = positions[0]
+    if len(order) > 1:
+        steps = np.diff(depth[order])
         if np.any(steps <= 1e-4):
             raise DataError(source, "two slices share one position; is this more than one series?")
         dz = float(np.median(steps))
         if np.max(np.abs(steps - dz)) > 0.05 * dz + 1e-3:
-            log.warning(
-                "%s: uneven slice positions (steps %.3f..%.3f mm); using the median %.3f mm",
-                source,
-                steps.min(),
-                steps.max(),
-                dz,
-            )
+            raise DataError(source, f"uneven slice positions (steps {steps.min():.3f} to {steps.max():.3f} mm, "
+                                    f"median {dz:.3f}): missing slices or a mixed series",
+                            "export the complete series")
+        affine[:3, 2] = (positions[-1] - positions[0]) / (len(order) - 1)  # keeps a gantry tilt's shear
     else:
-        dz = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or math.nan)
+        dz = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+        affine[:3, 2] = normal * dz
+    return order, affine, True
+
+
+def read_dicom_series(paths: list[Path], volume_id: str, source: str) -> Volume:
+    """Read one series (its files in any order, each read once) into a Volume.
+
+    The volume keeps the series' geometry in LPS (DICOM's frame) and its slices' SOPInstanceUIDs
+    in k order (``volume.extra["dicom"]``).
+    """
+    datasets = []
+    for path in paths:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+            raise DataError(path, f"not a readable DICOM file ({exc})") from None
+    order, affine_lps, positioned = series_affine_lps(datasets, source)
     slices = []
-    for _header, path in headers:
-        full = pydicom.dcmread(path)
-        hu = _pixels_hu(full, path)
+    for n in order:
+        hu = _pixels_hu(datasets[n], paths[n])
         if slices and hu.shape != slices[0].shape:
-            raise DataError(path, f"slice is {hu.shape} but the series' first slice is {slices[0].shape}")
+            raise DataError(paths[n], f"slice is {hu.shape} but the series' first slice is {slices[0].shape}")
         slices.append(hu)
-    volume = np.stack(slices)
-    # Frame: x toward patient Left (+x in LPS), y toward Posterior (+y in LPS).
-    if row_dir[0] < 0:
-        volume = volume[:, :, ::-1]
-    if col_dir[1] < 0:
-        volume = volume[:, ::-1, :]
-    return Volume(
-        volume_id=volume_id,
-        hu_zyx=to_int16_hu(np.ascontiguousarray(volume), source),
-        spacing_zyx_mm=(dz, sy, sx),
-        source=source,
-    )
+    hu_ijk = np.transpose(np.stack(slices), (2, 1, 0))  # (k, row j, column i) -> (i, j, k)
+    volume = volume_from_grid(volume_id, hu_ijk, RAS_TO_LPS @ affine_lps, "LPS", source)
+    first = datasets[order[0]]
+    info = {"study_uid": str(first.get("StudyInstanceUID", "")), "series_uid": str(first.get("SeriesInstanceUID", "")),
+            "sop_instance_uids": [_sop_instance_uid(datasets[n]) for n in order]}
+    geometry = volume.geometry if positioned else dataclasses.replace(volume.geometry, origin_known=False)
+    return dataclasses.replace(volume, geometry=geometry, extra={**volume.extra, "dicom": info})
 
 
-def read_dicom(path: str | Path) -> list[Volume]:
-    """Read a DICOM file or a folder of DICOM files; one Volume per SeriesInstanceUID."""
+def _sop_instance_uid(ds) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID", "") if meta else ""))
+
+
+def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
+    """List the CT series under a DICOM file or folder, reading headers only: {volume id: files}.
+
+    Files of other modalities, or without pixel data, are skipped with a warning naming them.
+    """
     path = Path(path)
     if path.is_file():
         files = [path]
@@ -150,17 +179,17 @@ def read_dicom(path: str | Path) -> list[Volume]:
         if modality not in CT_LIKE_MODALITIES:
             log.warning("%s: skipping modality %s", file, modality)
             continue
-        if "PixelData" not in ds and "FloatPixelData" not in ds:
-            full = pydicom.dcmread(file)
-            if "PixelData" not in full:
-                log.warning("%s: no pixel data, skipped", file)
-                continue
+        if "Rows" not in ds or "Columns" not in ds:
+            log.warning("%s: no image (no Rows/Columns), skipped", file)
+            continue
         series[str(ds.get("SeriesInstanceUID", "unknown"))].append(file)
     if not series:
         raise DataError(path, "no CT image slices found")
-    volumes = []
-    for i, (_uid, paths) in enumerate(sorted(series.items())):
-        base = path.stem if path.is_file() else path.name
-        volume_id = base if len(series) == 1 else f"{base}_{i:02d}"
-        volumes.append(read_dicom_series(paths, volume_id, str(path)))
-    return volumes
+    base = path.stem if path.is_file() else path.name
+    ordered = [files for _uid, files in sorted(series.items())]
+    return {base if len(ordered) == 1 else f"{base}_{i:02d}": files for i, files in enumerate(ordered)}
+
+
+def read_dicom(path: str | Path) -> list[Volume]:
+    """Read a DICOM file or a folder of DICOM files; one Volume per SeriesInstanceUID."""
+    return [read_dicom_series(files, volume_id, str(path)) for volume_id, files in scan_dicom(path).items()]

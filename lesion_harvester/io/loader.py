@@ -75,7 +75,7 @@ def open_volumes(path: str | Path, split: str | None = None) -> VolumeSource:
 
         files = {nifti_id(p): p for p in sorted(list(path.glob("*.nii")) + list(path.glob("*.nii.gz")))}
         return VolumeSource("nifti", list(files), lambda key: read_nifti(files[key]))
-    from lesion_harvester.io.dicom import read_dicom
+    from lesion_harvester.io.dicom import read_dicom_series, scan_dicom
 
-    volumes = {v.volume_id: v for v in read_dicom(path)}
-    return VolumeSource("dicom", list(volumes), volumes.__getitem__)
+    series = scan_dicom(path)  # headers only; a series' pixels are read when it is loaded
+    return VolumeSource("dicom", list(series), lambda key: read_dicom_series(series[key], key, str(path)))

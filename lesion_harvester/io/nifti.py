@@ -1,4 +1,5 @@
-"""NIfTI volumes (.nii, .nii.gz) through nibabel, reoriented to the package's (z, y, x) frame."""
+"""NIfTI volumes (.nii, .nii.gz) through nibabel, reoriented to the package's (z, y, x) frame; the
+volume keeps the file's affine (world frame RAS) and the way back to its voxels."""
 
 from __future__ import annotations
 
@@ -9,12 +10,8 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.hu import to_int16_hu
+from lesion_harvester.io.hu import volume_from_grid
 from lesion_harvester.structures import Volume
-
-# Voxel axes (i, j, k) -> patient Left, Posterior, Inferior: x runs right->left, y anterior->posterior,
-# z superior->inferior, which after transposing to (k, j, i) is the package's (z, y, x) frame.
-TARGET_AXCODES = ("L", "P", "I")
 
 
 def nifti_id(path: Path) -> str:
@@ -45,20 +42,8 @@ def read_nifti(path: str | Path) -> Volume:
     zooms = image.header.get_zooms()[:3]
     if not all(np.isfinite(z) and z > 0 for z in list(raw_zooms) + list(zooms)):
         raise DataError(path, f"invalid voxel spacing {tuple(float(z) for z in raw_zooms)} mm in the header")
-    current = nib.orientations.io_orientation(image.affine)
-    target = nib.orientations.axcodes2ornt(TARGET_AXCODES)
-    transform = nib.orientations.ornt_transform(current, target)
     try:
         data = image.get_fdata(dtype=np.float32)  # applies scl_slope/scl_inter (NaN = identity)
     except Exception as exc:
         raise DataError(path, f"could not read the voxel data ({exc})") from None
-    data = nib.orientations.apply_orientation(data, transform)
-    # the reoriented spacing: axis i of the result came from input axis transform[i, 0]
-    spacing_xyz = [float(zooms[int(axis)]) for axis in transform[:, 0]]
-    hu_zyx = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
-    return Volume(
-        volume_id=nifti_id(path),
-        hu_zyx=to_int16_hu(hu_zyx, str(path)),
-        spacing_zyx_mm=(spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]),
-        source=str(path),
-    )
+    return volume_from_grid(nifti_id(path), data, image.affine, "RAS", str(path))
