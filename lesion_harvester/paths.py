@@ -6,11 +6,13 @@
   ``config.yaml``, ``train.log``;
 - a resumable scan's partial folder beside its output: ``OUT.partial/``;
 - a harvest run folder (:class:`RunLayout`): the ledger, one folder per round, the deliverables,
-  the report and, once ``benchmarks/table3.py`` has run for it, Table III.
+  the report and, once ``benchmarks/table3.py`` has run for it, Table III;
+- ``detect``'s output (:class:`DetectLayout`): one folder per scan.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,3 +165,35 @@ class RunLayout:
     @property
     def table3_md(self) -> Path:
         return self.root / "table3.md"
+
+
+UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class DetectLayout:
+    """``detect``'s output: one folder per scan, ``OUT/<volume id>/``, with its findings, label map and montage."""
+
+    root: Path
+
+    def scan_dir(self, volume_id: str) -> Path:
+        """The scan's folder: the volume id made a plain file name (anything but letters, digits, '.',
+        '_' and '-' becomes '_', no leading dot), so an id read from a file never escapes ``root``."""
+        name = UNSAFE_CHARACTERS.sub("_", volume_id)[:120].lstrip(".") or "scan"
+        return Path(self.root) / name
+
+    @staticmethod
+    def findings_json(scan_dir: Path) -> Path:
+        return scan_dir / "findings.json"
+
+    @staticmethod
+    def findings_csv(scan_dir: Path) -> Path:
+        return scan_dir / "findings.csv"
+
+    @staticmethod
+    def label_map(scan_dir: Path) -> Path:
+        return scan_dir / "labels.nii.gz"
+
+    @staticmethod
+    def montage(scan_dir: Path) -> Path:
+        return scan_dir / "montage.png"

@@ -286,6 +286,24 @@ class Tracklet:
         ]
 
 
+@dataclass(frozen=True, eq=False)
+class Findings:
+    """The lesions found in one volume, by descending score: finding ``i`` has id ``i + 1`` (its label
+    in a label map). Boxes are in the volume's array frame; ``volume.geometry`` places them in the
+    input file and in the world (:mod:`lesion_harvester.detect.findings`)."""
+
+    volume: Volume
+    tracklets: tuple[Tracklet, ...]
+    runtime_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        ordered = tuple(sorted(self.tracklets, key=lambda t: -t.score))
+        object.__setattr__(self, "tracklets", ordered)
+
+    def __len__(self) -> int:
+        return len(self.tracklets)
+
+
 SliceBoxes = dict[str, list[SliceBox]]
 Boxes3D = dict[str, list[Box3D]]
 Tracklets = dict[str, list[Tracklet]]

@@ -37,6 +37,21 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_dataset, tmp_path_factory) -> Path:
+    """An LPG trained for one epoch of the tiny preset: a real checkpoint, not a good detector."""
+    import dataclasses
+
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.lpg.train import train_lpg
+
+    preset = load_preset("tiny")
+    preset = dataclasses.replace(preset, lpg_train=dataclasses.replace(preset.lpg_train, epochs=1))
+    out = tmp_path_factory.mktemp("lpg")
+    train_lpg(tiny_dataset, out, preset, cache_dir=out / "cache", progress=False)
+    return out / "best.pt"
+
+
 def _marked_volume(data):
     """A harvest volume with a mark, and that mark."""
     splits = json.loads((data / "splits.json").read_text())

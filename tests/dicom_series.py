@@ -12,7 +12,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 def write_dicom_series(folder: Path, hu_ijk: np.ndarray, affine_lps: np.ndarray, skip: tuple[int, ...] = (),
                        shuffle_seed: int | None = 0) -> list[Path]:
-    """One file per slice k of ``hu_ijk`` (I columns, J rows, K slices), uncompressed, intercept -1024.
+    """One file per slice k of ``hu_ijk`` (I columns, J rows, K slices), uncompressed signed 16-bit HU.
 
     ``affine_lps`` maps (i, j, k, 1) to LPS mm; its first two columns must be orthogonal. Slices in
     ``skip`` are left out (a series with missing slices); files are named in a shuffled order so
@@ -39,12 +39,12 @@ def write_dicom_series(folder: Path, hu_ijk: np.ndarray, affine_lps: np.ndarray,
         ds.ImagePositionPatient = [float(v) for v in affine_lps[:3, :3] @ [0, 0, k] + affine_lps[:3, 3]]
         ds.PixelSpacing = [float(columns_mm[1]), float(columns_mm[0])]  # between rows, between columns
         ds.SliceThickness = float(columns_mm[2])
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        pixels = np.asarray(hu_ijk[:, :, k]).T + 1024  # (rows j, columns i)
+        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+        pixels = np.asarray(hu_ijk[:, :, k]).T  # (rows j, columns i), signed HU
         ds.Rows, ds.Columns = pixels.shape
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation, ds.SamplesPerPixel, ds.PhotometricInterpretation = 0, 1, "MONOCHROME2"
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
+        ds.PixelRepresentation, ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, 1, "MONOCHROME2"
+        ds.PixelData = pixels.astype(np.int16).tobytes()
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

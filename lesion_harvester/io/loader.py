@@ -79,3 +79,18 @@ def open_volumes(path: str | Path, split: str | None = None) -> VolumeSource:
 
     series = scan_dicom(path)  # headers only; a series' pixels are read when it is loaded
     return VolumeSource("dicom", list(series), lambda key: read_dicom_series(series[key], key, str(path)))
+
+
+def load_volume(path: str | Path, key: str | None = None) -> Volume:
+    """Read one volume: a NIfTI file, a DICOM file or series folder, or ``key`` of a DeepLesion folder or
+    of a DICOM folder holding several series. The volume keeps its source geometry
+    (``volume.geometry``: the input's voxels and world mm)."""
+    source = open_volumes(path)
+    if key is None:
+        if len(source.keys) != 1:
+            raise DataError(path, f"holds {len(source.keys)} volumes; name one with key=, e.g. {source.keys[0]!r}")
+        key = source.keys[0]
+    elif key not in source.keys:
+        raise DataError(path, f"no volume {key!r} here; it holds {', '.join(source.keys[:5])}"
+                              f"{' ...' if len(source.keys) > 5 else ''}")
+    return source.load(key)

@@ -3,6 +3,7 @@ volume keeps the file's affine (world frame RAS) and the way back to its voxels.
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -10,6 +11,7 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from lesion_harvester.errors import DataError
+from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.hu import volume_from_grid
 from lesion_harvester.structures import Volume
 
@@ -47,3 +49,15 @@ def read_nifti(path: str | Path) -> Volume:
     except Exception as exc:
         raise DataError(path, f"could not read the voxel data ({exc})") from None
     return volume_from_grid(nifti_id(path), data, image.affine, "RAS", str(path))
+
+
+def write_label_map(path: str | Path, labels_ijk: np.ndarray, affine_ras: np.ndarray) -> None:
+    """A uint16 label map on an input grid (I, J, K) with its voxel -> RAS affine, atomically."""
+    image = nib.Nifti1Image(np.asarray(labels_ijk, dtype=np.uint16), np.asarray(affine_ras, dtype=np.float64))
+    image.header.set_intent("label")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    name = Path(path).name
+    suffix = ".nii.gz" if name.endswith(".nii.gz") else ".nii"
+    with atomic_write(path) as handle:
+        handle.write(image.to_bytes() if suffix == ".nii" else gzip.compress(image.to_bytes(), mtime=0))

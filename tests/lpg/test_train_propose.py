@@ -99,13 +99,6 @@ def test_checkpoints_load_without_running_code(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("lpg")
-    train_lpg(tiny_dataset, out, _preset(epochs=1), cache_dir=out / "cache", progress=False)
-    return out / "best.pt"
-
-
 def test_propose_resumes_after_a_kill(tiny_dataset, tiny_checkpoint, tmp_path, monkeypatch):
     clean = propose(tiny_dataset, tiny_checkpoint, tmp_path / "clean.pkl", split="harvest", progress=False)
     real_scan = propose_module.scan_volumes

@@ -1,0 +1,134 @@
+"""``detect`` and the Python API: findings placed in the input's voxels and world mm, files users' tools open."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from lesion_harvester import Detector, findings_document, load_volume
+from lesion_harvester.cli.main import main
+from lesion_harvester.detect.findings import label_map_ijk
+from lesion_harvester.detect.run import write_scan
+from lesion_harvester.geometry.frames import RAS_TO_LPS
+from lesion_harvester.structures import Findings, Tracklet
+from tests.conftest import shared_path
+from tests.dicom_series import write_dicom_series
+
+SHAPE_IJK = (40, 36, 12)
+
+
+def _affine_ras() -> np.ndarray:
+    """Flipped i and k, 0.7 x 0.7 x 2.5 mm, an origin off zero."""
+    affine = np.diag([-0.7, 0.7, -2.5, 1.0])
+    affine[:3, 3] = [40.0, -12.5, 101.0]
+    return affine
+
+
+def _lesion_scan(tmp_path):
+    """A NIfTI file with a bright block at input voxels i 10-14, j 20-25, k 4-6."""
+    hu = np.full(SHAPE_IJK, -50, dtype=np.int16)
+    hu[10:15, 20:26, 4:7] = 120
+    nib.save(nib.Nifti1Image(hu, _affine_ras()), tmp_path / "scan.nii.gz")
+    return tmp_path / "scan.nii.gz", hu
+
+
+def _findings_on_the_block(volume) -> Findings:
+    """A finding whose per-slice boxes are exactly the block, found from the array (as a detector would)."""
+    z, y, x = np.nonzero(volume.hu_zyx == 120)
+    box = [x.min(), y.min(), x.max(), y.max()]
+    pairs = [(int(k), [*box, 0.9]) for k in sorted(set(z.tolist()))]
+    weak = Tracklet.single_slice(0, [0, 0, 3, 3], 0.4)
+    return Findings(volume, (weak, Tracklet.from_pairs(pairs)))
+
+
+def test_a_finding_leaves_in_input_voxels_and_world_mm(tmp_path):
+    path, hu = _lesion_scan(tmp_path)
+    volume = load_volume(path)
+    findings = _findings_on_the_block(volume)
+    assert [t.score for t in findings.tracklets] == [0.9, 0.4]  # by descending score
+    document = findings_document(findings)
+    assert document["world_frame"] == "RAS" and document["world_origin_known"]
+    best = document["findings"][0]
+    assert best["id"] == 1
+    assert best["box_input_voxels"] == {"ijk_min": [10, 20, 4], "ijk_max": [14, 25, 6]}
+    affine = nib.load(path).affine
+    centre_ijk = np.array([12.0, 22.5, 5.0])
+    assert best["centre_input_voxels"] == centre_ijk.tolist()
+    assert best["centre_world_mm"] == pytest.approx(affine[:3, :3] @ centre_ijk + affine[:3, 3], abs=1e-3)
+    assert best["long_axis_mm"] == pytest.approx(6 * 0.7) and best["short_axis_mm"] == pytest.approx(5 * 0.7)
+    lps = findings_document(findings, "LPS")["findings"][0]["centre_world_mm"]
+    assert lps == pytest.approx(np.array(best["centre_world_mm"]) * [-1, -1, 1], abs=1e-3)
+    # the label map lies on the input grid: label 1 exactly on the block
+    labels = label_map_ijk(findings)
+    assert labels.shape == SHAPE_IJK
+    assert np.array_equal(labels == 1, hu == 120)
+
+
+def test_written_scan_opens_on_the_input_grid(tmp_path):
+    path, hu = _lesion_scan(tmp_path)
+    findings = _findings_on_the_block(load_volume(path))
+    write_scan(findings, tmp_path / "out" / "scan")
+    labels = nib.load(tmp_path / "out" / "scan" / "labels.nii.gz")
+    assert labels.shape == hu.shape and np.allclose(labels.affine, nib.load(path).affine)
+    assert np.array_equal(np.asarray(labels.dataobj) == 1, hu == 120)
+    rows = (tmp_path / "out" / "scan" / "findings.csv").read_text().splitlines()
+    assert rows[0].startswith("id,score,centre_world_x_mm") and len(rows) == 3
+    assert (tmp_path / "out" / "scan" / "montage.png").stat().st_size > 1000
+    with pytest.raises(Exception, match="already exists"):
+        write_scan(findings, tmp_path / "out" / "scan")
+
+
+def test_the_same_ct_as_nifti_and_as_dicom_gives_findings_at_the_same_world_positions(tiny_checkpoint, tmp_path):
+    """example_ct_sm written as a DICOM series by the test: the detector's findings agree in world mm."""
+    nifti = shared_path("real_ct", "totalsegmentator", "example_ct_sm.nii.gz")
+    image = nib.load(nifti)
+    write_dicom_series(tmp_path / "series", np.asarray(image.dataobj).astype(np.int16), RAS_TO_LPS @ image.affine)
+    detector = Detector.from_checkpoint(tiny_checkpoint, device="cpu", min_score=0.0)
+    from_nifti, from_dicom = detector(load_volume(nifti)), detector(load_volume(tmp_path / "series"))
+    assert len(from_nifti) == len(from_dicom) > 0
+    a = findings_document(from_nifti, "LPS")["findings"]
+    b = findings_document(from_dicom, "LPS")["findings"]
+    assert from_dicom.volume.geometry.native_frame == "LPS"
+    for fa, fb in zip(a, b):
+        assert np.abs(np.subtract(fa["centre_world_mm"], fb["centre_world_mm"])).max() < 3.0  # one 3 mm voxel
+
+
+def test_detect_command_on_real_ct(tiny_checkpoint, tmp_path, capsys):
+    nifti = shared_path("real_ct", "totalsegmentator", "example_ct_sm.nii.gz")
+    dicom = shared_path("real_ct", "totalsegmentator", "example_ct_dicom")
+    out = tmp_path / "out"
+    args = ["detect", str(nifti), str(dicom), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+            "--score-threshold", "0.0", "--device", "cpu", "-q"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "example_ct_sm:" in printed and "example_ct_dicom:" in printed and "wrote 2 scans" in printed
+    for name, source in (("example_ct_sm", nifti), ("example_ct_dicom", None)):
+        folder = out / name
+        document = json.loads((folder / "findings.json").read_text())
+        labels = nib.load(folder / "labels.nii.gz")
+        if source is not None:  # the NIfTI's own grid and affine
+            original = nib.load(source)
+            assert labels.shape == original.shape and np.allclose(labels.affine, original.affine)
+        else:  # the DICOM grid: columns x rows x slices, LPS affine of the series
+            assert labels.shape == (512, 512, 20) and document["world_frame"] == "LPS"
+        assert int(np.asarray(labels.dataobj).max()) == len(document["findings"]) > 0
+        assert (folder / "montage.png").is_file()
+    # a rerun skips what is written
+    assert main(args) == 0
+    assert printed.count("findings in") == 2 and "already written" in capsys.readouterr().out
+
+
+def test_bad_inputs_end_in_one_line_and_leave_nothing(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), tmp_path / "flat.nii")
+    write_dicom_series(tmp_path / "gap", np.zeros((8, 8, 6), np.int16), np.diag([0.7, 0.7, 2.0, 1.0]), skip=(3,))
+    cases = {"empty": "no DICOM files", "flat.nii": "expected a 3D volume", "gap": "uneven slice positions"}
+    for name, problem in cases.items():
+        out = tmp_path / f"out_{name}"
+        assert main(["detect", str(tmp_path / name), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
+                     "-q"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and name in err and problem in err
+        assert not out.exists() or not any(out.iterdir())
