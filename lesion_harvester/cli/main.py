@@ -17,7 +17,7 @@ from lesion_harvester.errors import LesionHarvesterError
 
 SUBCOMMANDS = (
     "inspect", "synth", "evaluate", "marks", "train-lpg", "propose", "train-lpc", "classify", "harvest", "report",
-    "detect", "demo",
+    "detect", "info", "demo",
 )
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from lesion_harvester.config import LPCConfig, from_dict, to_dict
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.atomic import atomic_write
-from lesion_harvester.io.torch_files import load_weights_only
+from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
 from lesion_harvester.lpc.model import LesionProposalClassifier
 
 FORMAT = "lesion-harvester-lpc/1"
@@ -79,14 +79,13 @@ def predict_lpc(model: LesionProposalClassifier, patches: torch.Tensor, batch_si
 
 def save_lpc(path: str | Path, model: LesionProposalClassifier, cfg: LPCConfig, **extra) -> None:
     with atomic_write(path) as handle:
-        torch.save({"format": FORMAT, "config": to_dict(cfg), "state_dict": model.state_dict(), **extra}, handle)
+        torch.save({"format": FORMAT, "written_with": written_with(), "config": to_dict(cfg),
+                    "state_dict": model.state_dict(), **extra}, handle)
 
 
 def load_lpc(path: str | Path, device: str = "cpu") -> tuple[LesionProposalClassifier, LPCConfig, dict]:
-    payload = load_weights_only(path, "LPC checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DataError(path, f"not a Lesion Harvester LPC checkpoint (expected format {FORMAT})")
+    payload = check_format(load_weights_only(path, "LPC checkpoint"), path, FORMAT, "LPC checkpoint")
     cfg = from_dict(LPCConfig, {**payload["config"], "pretrained_path": None}, f"{path} config")
     model = LesionProposalClassifier(cfg)
-    model.load_state_dict(payload["state_dict"])
+    load_state(model, payload, path, "LPC checkpoint")
     return model.to(device).eval(), cfg, payload

@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 
 from lesion_harvester.config import MSCNConfig, PreprocessConfig, StackConfig, from_dict, to_dict
-from lesion_harvester.errors import DataError
 from lesion_harvester.io.atomic import atomic_write
-from lesion_harvester.io.torch_files import load_weights_only
+from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
 
 FORMAT = "lesion-harvester-lpg/1"
 
@@ -27,15 +26,14 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    payload = load_weights_only(path, "checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DataError(path, f"not a Lesion Harvester LPG checkpoint (expected format {FORMAT})")
-    return payload
+    return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "LPG checkpoint")
 
 
 def model_payload(model, model_cfg: MSCNConfig, pre: PreprocessConfig, stack: StackConfig, **extra) -> dict:
-    return {"format": FORMAT, "model_config": to_dict(model_cfg), "preprocess": to_dict(pre),
-            "stack": to_dict(stack), "state_dict": model.state_dict(), **extra}
+    """A checkpoint that describes itself: its format, the versions it is written with, the model,
+    preprocessing and stacking settings, the weights and ``extra`` (epoch, training data, ...)."""
+    return {"format": FORMAT, "written_with": written_with(), "model_config": to_dict(model_cfg),
+            "preprocess": to_dict(pre), "stack": to_dict(stack), "state_dict": model.state_dict(), **extra}
 
 
 def checkpoint_stack(path: str | Path, payload: dict | None = None) -> StackConfig:
@@ -54,5 +52,5 @@ def load_model(path: str | Path, device: str = "cpu", payload: dict | None = Non
     model_cfg = from_dict(MSCNConfig, {**payload["model_config"], "pretrained_path": None}, f"{path} model_config")
     pre = from_dict(PreprocessConfig, payload["preprocess"], f"{path} preprocess")
     model = MSCN(model_cfg)
-    model.load_state_dict(payload["state_dict"])
+    load_state(model, payload, path, "LPG checkpoint")
     return model.to(device).eval(), model_cfg, pre

@@ -25,6 +25,7 @@ from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.io.logs import log_to_file
+from lesion_harvester.io.partial import file_digest
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from lesion_harvester.lpg.data import CropSampler, HardBackground, TrainingData, epoch_loader
@@ -125,6 +126,14 @@ def kept_epoch(history: list[dict], keep: str) -> int | None:
     return max(scored, key=lambda e: (e["score"], -e["epoch"]))["epoch"]
 
 
+def describe_training_data(data: str | Path, inputs: list) -> dict:
+    """What a checkpoint records of its training data: the folder, the digest of its label table
+    (DL_info.csv, whose rows are the marks) and the extra inputs (V_M's labels, harvested lesions, ...)."""
+    table = Path(data) / "DL_info.csv"
+    return {"path": str(Path(data).resolve()), "dl_info_sha1": file_digest(table) if table.is_file() else None,
+            "inputs": [None if i is None else str(i) for i in inputs]}
+
+
 def _fingerprint(preset: Preset, data, extra) -> str:
     """What a resumed training must share with the run it continues: the settings that shape the
     LPG and its training (not those of the LPC or the harvest), the data and the extra inputs."""
@@ -181,6 +190,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     inputs = [fully_annotated, extra_positives, hard_negatives, init] + ([exclude_volumes] if exclude_volumes else [])
     inputs += ["drop_known_positives"] if drop_known_positives and extra_positives else []  # older ones stay valid
     fingerprint = _fingerprint(preset, data, inputs)
+    training_data = describe_training_data(data, inputs)
     history: list[dict] = []
     start_epoch = 0
     hard_background: HardBackground = []
@@ -243,7 +253,8 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         else:
             note = " (best.pt keeps the last epoch)" if cfg.keep_epoch == "last" else " (best)" if improved else ""
             log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"], note)
-        common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint}
+        common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint, "preset": preset.name,
+                  "training_data": training_data}
         if improved:
             save_checkpoint(layout.best, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
         save_checkpoint(layout.last, model_payload(

@@ -51,13 +51,13 @@ from lesion_harvester.config import (
     to_dict,
 )
 from lesion_harvester.device import resolve_device
-from lesion_harvester.errors import ConfigError, DataError
+from lesion_harvester.errors import ConfigError
 from lesion_harvester.geometry.preprocess import gather_slices
 from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.io.partial import file_digest
 from lesion_harvester.io.prepared_cache import PreparedCache
-from lesion_harvester.io.torch_files import load_weights_only
+from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
 from lesion_harvester.lpg.checkpoint import save_checkpoint
 from lesion_harvester.lpg.data import CropSampler, epoch_loader
 from lesion_harvester.lpg.propose import scan_to_file
@@ -171,7 +171,8 @@ class _BoxBatches:
 
 
 def _payload(detector: ATSSRetinaNetDetector, preset: Preset, **extra) -> dict:
-    return {"format": FORMAT, "config": to_dict(preset.retinanet), "preprocess": to_dict(preset.preprocess),
+    return {"format": FORMAT, "written_with": written_with(), "config": to_dict(preset.retinanet),
+            "preprocess": to_dict(preset.preprocess),
             "stack": to_dict(preset.stack), "state_dict": detector.network.state_dict(), **extra}
 
 
@@ -252,10 +253,7 @@ def train_retinanet(data: str | Path, out_dir: str | Path, preset: Preset, devic
 
 # --- scanning -------------------------------------------------------------------------------------------
 def load_retinanet_checkpoint(path: str | Path) -> dict:
-    payload = load_weights_only(path, "checkpoint")
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise DataError(path, f"not a Lesion Harvester RetinaNet checkpoint (expected format {FORMAT})")
-    return payload
+    return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "RetinaNet checkpoint")
 
 
 class RetinaNetScanner:
@@ -302,7 +300,7 @@ def propose_retinanet(data: str | Path, checkpoint: str | Path, out: str | Path,
     if score_threshold is not None:
         stack = dataclasses.replace(stack, score_threshold=score_threshold)
     detector = build_detector(cfg)
-    detector.network.load_state_dict(payload["state_dict"])
+    load_state(detector.network, payload, checkpoint, "RetinaNet checkpoint")
     scanner = RetinaNetScanner(detector.to(device), pre, batch_slices, device)
     return scan_to_file(data, scanner, pre, stack, out, file_digest(checkpoint), [], split, None, cache_dir,
                         progress)

@@ -52,6 +52,11 @@ def test_tiny_harvest_end_to_end(tiny_dataset, tmp_path, capsys):
     # rebuilding the report gives the same numbers
     assert main(["report", str(run)]) == 0
     assert json.loads((run / "report.json").read_text())["rounds"] == report["rounds"]
+    # the harvest's models work in the other commands
+    fold = run / "round_1" / "lpc" / "fold0.pt"
+    assert main(["classify", str(tiny_dataset), "--checkpoint", str(fold), "--proposals",
+                 str(run / "round_1" / "proposals.pkl"), "--out", str(tmp_path / "scored.pkl")]) == 0
+    assert main(["info", str(fold)]) == 0 and "lesion-harvester-lpc/1" in capsys.readouterr().out
 
 
 @pytest.mark.slow
