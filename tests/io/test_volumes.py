@@ -129,6 +129,40 @@ def test_unsupported_dicom_transfer_syntax(tmp_path):
     assert "a.dcm" in str(err.value) and "unsupported DICOM" in str(err.value)
 
 
+@pytest.mark.parametrize("syntax", ["JPEGLosslessSV1", "JPEGLSLossless", "RLELossless", "JPEG2000Lossless"])
+def test_compressed_dicom_series_read_as_the_uncompressed_one(tmp_path, syntax):
+    """JPEG Lossless (GDCM), JPEG-LS (pyjpegls), RLE (pydicom) and JPEG 2000 (openjpeg) decode exactly."""
+    import gdcm
+
+    from tests.dicom_series import write_dicom_series
+
+    hu = np.random.default_rng(0).integers(-1000, 1500, size=(64, 48, 3)).astype(np.int16)
+    paths = write_dicom_series(tmp_path / "raw", hu, np.diag([0.7, 0.7, 2.0, 1.0]))
+    (tmp_path / "packed").mkdir()
+    for path in paths:
+        out = tmp_path / "packed" / path.name
+        if syntax == "JPEGLosslessSV1":  # pydicom cannot encode it; GDCM can
+            reader = gdcm.ImageReader()
+            reader.SetFileName(str(path))
+            assert reader.Read()
+            change = gdcm.ImageChangeTransferSyntax()
+            change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGLosslessProcess14_1))
+            change.SetInput(reader.GetImage())
+            assert change.Change()
+            writer = gdcm.ImageWriter()
+            writer.SetFileName(str(out))
+            writer.SetFile(reader.GetFile())
+            writer.SetImage(change.GetOutput())
+            assert writer.Write()
+        else:
+            ds = pydicom.dcmread(path)
+            ds.compress(getattr(pydicom.uid, syntax))
+            ds.save_as(out, enforce_file_format=True)
+    assert pydicom.dcmread(out).file_meta.TransferSyntaxUID == getattr(pydicom.uid, syntax)
+    (packed,), (raw,) = read_dicom(tmp_path / "packed"), read_dicom(tmp_path / "raw")
+    assert np.array_equal(packed.hu_zyx, raw.hu_zyx)
+
+
 def test_no_dicom_in_folder(tmp_path):
     (tmp_path / "readme.txt").write_text("hello")
     with pytest.raises(DataError, match="no DICOM files"):
@@ -155,3 +189,29 @@ def test_single_slice_volume_is_read_but_refused_for_3d_work():
 def test_missing_path():
     with pytest.raises(DataError, match="not found"):
         open_volumes("/nonexistent/volume.nii.gz")
+
+
+def test_a_dicom_folder_reads_each_file_twice_at_most_and_series_lazily(tmp_path, monkeypatch):
+    """Headers once (to group series), the whole file once (when its series is loaded), and no
+    series' pixels before it is asked for."""
+    from collections import Counter
+
+    from lesion_harvester.io import dicom
+    from tests.dicom_series import write_dicom_series
+
+    for name in ("a", "b"):
+        write_dicom_series(tmp_path / "export" / name, np.zeros((8, 8, 4), np.int16), np.diag([0.7, 0.7, 2.0, 1.0]))
+    reads: Counter = Counter()
+    real = pydicom.dcmread
+
+    def counting(path, *args, **kwargs):
+        reads[(str(path), "header" if kwargs.get("stop_before_pixels") else "full")] += 1
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(dicom.pydicom, "dcmread", counting)
+    source = open_volumes(tmp_path / "export")
+    assert len(source.keys) == 2 and not any(kind == "full" for _, kind in reads)
+    volume = source.load(source.keys[0])
+    assert volume.shape == (4, 8, 8)
+    assert sum(1 for _, kind in reads if kind == "full") == 4  # one series read, the other not yet
+    assert max(reads.values()) == 1
