@@ -132,3 +132,36 @@ def test_bad_inputs_end_in_one_line_and_leave_nothing(tiny_checkpoint, tmp_path,
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and name in err and problem in err
         assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_package_top_is_the_api(tmp_path):
+    import subprocess
+    import sys
+
+    import lesion_harvester
+    from lesion_harvester.errors import DataError
+
+    assert {"load_volume", "Detector", "harvest", "evaluate", "findings_document"} <= set(dir(lesion_harvester))
+    # importing the package alone loads no torch (a notebook pays for what it uses)
+    code = "import sys, lesion_harvester; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    for name in ("a", "b"):
+        write_dicom_series(tmp_path / "export" / name, np.zeros((8, 8, 3), np.int16), np.diag([0.7, 0.7, 2.0, 1.0]))
+    with pytest.raises(DataError, match="holds 2 volumes; name one with key="):
+        load_volume(tmp_path / "export")
+    assert load_volume(tmp_path / "export", key="export_01").shape == (3, 8, 8)
+
+
+def test_evaluate_in_memory_equals_evaluate_on_files(tmp_path):
+    from lesion_harvester import evaluate
+    from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
+    from lesion_harvester.structures import SliceBox
+
+    truth = {"v1": [SliceBox(3, (10.0, 10.0, 20.0, 20.0))], "v2": [SliceBox(1, (5.0, 5.0, 9.0, 9.0))]}
+    detections = {"v1": [Tracklet.from_pairs([(3, [10, 10, 20, 20, 0.9]), (4, [11, 11, 21, 21, 0.8])])],
+                  "v2": [Tracklet.single_slice(2, [40, 40, 50, 50], 0.7)]}
+    write_slice_boxes(tmp_path / "gt.pkl", truth)
+    write_tracklets(tmp_path / "dets.pkl", detections)
+    in_memory, on_files = evaluate(truth, detections), evaluate(tmp_path / "gt.pkl", tmp_path / "dets.pkl")
+    assert in_memory.to_json() == on_files.to_json()
+    assert in_memory.to_json()["ap"] == pytest.approx(0.5)
