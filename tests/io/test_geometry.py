@@ -81,8 +81,15 @@ def test_box_round_trip_through_the_input_grid(tmp_path):
     assert w_lo == pytest.approx(corners.min(axis=0)) and w_hi == pytest.approx(corners.max(axis=0))
 
 
-def test_dicom_written_from_nifti_lands_at_the_same_world_positions(tmp_path):
-    affine_ras = _affine_ras()
+def _sheared_affine_ras() -> np.ndarray:
+    """Non-square pixels (0.6 x 0.8 mm) and slices stepping sideways as well as up (a gantry tilt)."""
+    affine = np.diag([0.6, 0.8, 2.0, 1.0])
+    affine[1, 2], affine[:3, 3] = 0.3, [5.0, 6.0, 7.0]
+    return affine
+
+
+@pytest.mark.parametrize("affine_ras", [_affine_ras(), _sheared_affine_ras()], ids=["flipped", "sheared"])
+def test_dicom_written_from_nifti_lands_at_the_same_world_positions(tmp_path, affine_ras):
     nib.save(nib.Nifti1Image(_grid(), affine_ras), tmp_path / "v.nii.gz")
     write_dicom_series(tmp_path / "series", _grid(), RAS_TO_LPS @ affine_ras)
     from_nifti = read_nifti(tmp_path / "v.nii.gz")
@@ -90,7 +97,8 @@ def test_dicom_written_from_nifti_lands_at_the_same_world_positions(tmp_path):
     assert from_dicom.geometry.native_frame == "LPS"
     assert np.array_equal(from_nifti.hu_zyx, from_dicom.hu_zyx)
     for frame in ("RAS", "LPS"):
-        assert from_dicom.geometry.array_to_world(frame) == pytest.approx(from_nifti.geometry.array_to_world(frame))
+        assert from_dicom.geometry.array_to_world(frame) == pytest.approx(from_nifti.geometry.array_to_world(frame),
+                                                                          abs=1e-5)
     assert len(from_dicom.extra["dicom"]["sop_instance_uids"]) == SHAPE_IJK[2]
 
 
