@@ -197,3 +197,7 @@ class DetectLayout:
     @staticmethod
     def montage(scan_dir: Path) -> Path:
         return scan_dir / "montage.png"
+
+    @staticmethod
+    def dicom_seg(scan_dir: Path) -> Path:
+        return scan_dir / "findings_seg.dcm"

@@ -21,7 +21,7 @@ def write_dicom_series(folder: Path, hu_ijk: np.ndarray, affine_lps: np.ndarray,
     folder.mkdir(parents=True, exist_ok=True)
     columns_mm = np.linalg.norm(affine_lps[:3, :3], axis=0)
     row_dir, col_dir = affine_lps[:3, 0] / columns_mm[0], affine_lps[:3, 1] / columns_mm[1]
-    series, study = generate_uid(), generate_uid()
+    series, study, frame_of_reference = generate_uid(), generate_uid(), generate_uid()
     ks = [k for k in range(hu_ijk.shape[2]) if k not in skip]
     names = np.random.default_rng(shuffle_seed).permutation(len(ks)) if shuffle_seed is not None else range(len(ks))
     paths = []
@@ -34,6 +34,10 @@ def write_dicom_series(folder: Path, hu_ijk: np.ndarray, affine_lps: np.ndarray,
         ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "CT", study, series
+        ds.FrameOfReferenceUID, ds.PatientID, ds.PatientName = frame_of_reference, "TEST0001", "Test^Patient"
+        ds.PatientBirthDate, ds.PatientSex, ds.StudyDate, ds.StudyTime = "19700101", "O", "20260101", "120000"
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName, ds.SeriesNumber = "1", "A1", "", 1
+        ds.Manufacturer, ds.ImageType = "test", ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.InstanceNumber = k + 1
         ds.ImageOrientationPatient = [float(v) for v in list(row_dir) + list(col_dir)]
         ds.ImagePositionPatient = [float(v) for v in affine_lps[:3, :3] @ [0, 0, k] + affine_lps[:3, 3]]

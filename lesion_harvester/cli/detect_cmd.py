@@ -14,8 +14,8 @@ def add_parser(sub) -> None:
         "the input's voxels and in world mm, RAS for NIfTI and LPS for DICOM, long and short side in mm,\n"
         "slice range, per-slice boxes), labels.nii.gz (one label per finding on the input's own grid and\n"
         "affine: opens over the scan in 3D Slicer or ITK-SNAP) and montage.png (the top findings at the\n"
-        "lung, soft-tissue and bone windows). A scan's folder appears only when complete; a rerun skips\n"
-        "the scans already written.",
+        "lung, soft-tissue and bone windows); with --dicom-seg, findings_seg.dcm for DICOM inputs. A scan's\n"
+        "folder appears only when complete; a rerun skips the scans already written.",
         ["lesion-harvester detect scan.nii.gz --checkpoint runs/harvest/round_3/lpg/best.pt --out findings/",
          "lesion-harvester detect dicom_export/ b.nii.gz --checkpoint best.pt --out findings/ --score-threshold 0.5"])
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI file, DICOM file or folder, DeepLesion folder")
@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (one sub-folder per scan)")
     p.add_argument("--score-threshold", type=float, default=None,
                    help="report findings scoring at least this (default 0.3)")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write findings_seg.dcm for DICOM inputs: a DICOM Segmentation (one segment per "
+                        "finding) referring to the source series, for PACS viewers")
     add_device_option(p)
     p.set_defaults(handler=run)
 
@@ -34,11 +37,12 @@ def run(args) -> int:
     min_score = DEFAULT_MIN_SCORE if args.score_threshold is None else args.score_threshold
     detector = Detector.from_checkpoint(args.checkpoint, device=args.device, min_score=min_score)
     written = 0
-    for result in detect_files(args.inputs, detector, args.out, progress=not args.quiet):
+    for result in detect_files(args.inputs, detector, args.out, progress=not args.quiet, dicom_seg=args.dicom_seg):
         if result.runtime_s is None:
             print(f"{result.volume_id} ({result.input}): {result.note}")
             continue
         written += 1
-        print(f"{result.volume_id}: {result.findings} findings in {result.runtime_s:.1f} s -> {result.folder}")
+        note = f" ({result.note})" if result.note else ""
+        print(f"{result.volume_id}: {result.findings} findings in {result.runtime_s:.1f} s -> {result.folder}{note}")
     print(f"wrote {written} scans to {args.out}")
     return 0

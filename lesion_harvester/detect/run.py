@@ -3,7 +3,8 @@
 For each volume of each input (a NIfTI file, a DICOM folder with one or many series, a DeepLesion
 folder): ``OUT/<volume id>/findings.json`` and ``findings.csv`` (boxes in the input's voxels and in
 world mm, frame named), ``labels.nii.gz`` (one label per finding, on the input's own grid and
-affine) and ``montage.png``. A scan's folder is built beside ``OUT`` and renamed when complete, so
+affine), ``montage.png`` and, if asked, ``findings_seg.dcm`` (a DICOM Segmentation referring to the
+source series). A scan's folder is built beside ``OUT`` and renamed when complete, so
 a killed run leaves no half-written scan, and a rerun skips the scans already written.
 """
 
@@ -16,9 +17,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lesion_harvester import __version__
 from lesion_harvester.detect.detector import Detector
 from lesion_harvester.detect.findings import CSV_COLUMNS, findings_document, findings_rows, label_map_ijk
 from lesion_harvester.io.atomic import atomic_directory
+from lesion_harvester.io.dicom import write_dicom_seg
 from lesion_harvester.io.figures import save_figure
 from lesion_harvester.io.findings import write_findings_csv, write_findings_json
 from lesion_harvester.io.loader import open_volumes
@@ -42,20 +45,33 @@ class ScanResult:
     note: str = ""
 
 
-def write_scan(findings: Findings, folder: Path) -> None:
-    """Write one scan's findings into ``folder`` (which must not exist yet), all or nothing."""
+def write_scan(findings: Findings, folder: Path, dicom_seg: bool = False) -> str:
+    """Write one scan's findings into ``folder`` (which must not exist yet), all or nothing; with
+    ``dicom_seg``, also a DICOM Segmentation of a DICOM input. Returns a note on what was left out."""
     document = findings_document(findings)
+    labels = label_map_ijk(findings)
+    note = ""
     with atomic_directory(folder) as tmp:
         write_findings_json(DetectLayout.findings_json(tmp), document)
         write_findings_csv(DetectLayout.findings_csv(tmp), CSV_COLUMNS, findings_rows(document))
-        write_label_map(DetectLayout.label_map(tmp), label_map_ijk(findings), findings.volume.geometry.input_to_ras)
+        write_label_map(DetectLayout.label_map(tmp), labels, findings.volume.geometry.input_to_ras)
         figure = findings_montage(findings)
         if figure is not None:
             save_figure(figure, DetectLayout.montage(tmp), dpi=90)
+        if dicom_seg:
+            source = findings.volume.extra.get("dicom")
+            if source is None:
+                note = "no DICOM Segmentation: the input is not a DICOM series"
+            elif not len(findings):
+                note = "no DICOM Segmentation: no findings"
+            else:
+                write_dicom_seg(DetectLayout.dicom_seg(tmp), labels, source["files"],
+                                [t.score for t in findings.tracklets], __version__)
+    return note
 
 
-def detect_files(inputs: list[str | Path], detector: Detector, out: str | Path,
-                 progress: bool = True) -> Iterator[ScanResult]:
+def detect_files(inputs: list[str | Path], detector: Detector, out: str | Path, progress: bool = True,
+                 dicom_seg: bool = False) -> Iterator[ScanResult]:
     """Scan every volume of ``inputs`` into ``out``; yields one :class:`ScanResult` per volume as it ends."""
     layout = DetectLayout(Path(out))
     sources = [(str(path), open_volumes(path)) for path in inputs]  # every input is checked before any scan
@@ -79,6 +95,6 @@ def detect_files(inputs: list[str | Path], detector: Detector, out: str | Path,
                                                                "or a single image; detection needs a volume)")
                     continue
                 findings = detector(volume)
-                write_scan(findings, folder)
+                note = write_scan(findings, folder, dicom_seg)
                 bar.update(1)
-                yield ScanResult(path, key, folder, len(findings), findings.runtime_s)
+                yield ScanResult(path, key, folder, len(findings), findings.runtime_s, note)

@@ -19,6 +19,7 @@ from pydicom.errors import InvalidDicomError
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.geometry.frames import RAS_TO_LPS
+from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.hu import volume_from_grid
 from lesion_harvester.structures import Volume
 
@@ -129,7 +130,7 @@ def read_dicom_series(paths: list[Path], volume_id: str, source: str) -> Volume:
     """Read one series (its files in any order, each read once) into a Volume.
 
     The volume keeps the series' geometry in LPS (DICOM's frame) and its slices' SOPInstanceUIDs
-    in k order (``volume.extra["dicom"]``).
+    and files in k order (``volume.extra["dicom"]``, for a DICOM Segmentation that refers to them).
     """
     datasets = []
     for path in paths:
@@ -148,7 +149,8 @@ def read_dicom_series(paths: list[Path], volume_id: str, source: str) -> Volume:
     volume = volume_from_grid(volume_id, hu_ijk, RAS_TO_LPS @ affine_lps, "LPS", source)
     first = datasets[order[0]]
     info = {"study_uid": str(first.get("StudyInstanceUID", "")), "series_uid": str(first.get("SeriesInstanceUID", "")),
-            "sop_instance_uids": [_sop_instance_uid(datasets[n]) for n in order]}
+            "sop_instance_uids": [_sop_instance_uid(datasets[n]) for n in order],
+            "files": [str(paths[n]) for n in order]}
     geometry = volume.geometry if positioned else dataclasses.replace(volume.geometry, origin_known=False)
     return dataclasses.replace(volume, geometry=geometry, extra={**volume.extra, "dicom": info})
 
@@ -193,3 +195,47 @@ def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
 def read_dicom(path: str | Path) -> list[Volume]:
     """Read a DICOM file or a folder of DICOM files; one Volume per SeriesInstanceUID."""
     return [read_dicom_series(files, volume_id, str(path)) for volume_id, files in scan_dicom(path).items()]
+
+
+def write_dicom_seg(path: str | Path, labels_ijk: np.ndarray, source_files: list[str], scores: list[float],
+                    software_version: str) -> None:
+    """A DICOM Segmentation (highdicom) of the series in ``source_files`` (k order), one segment per
+    label of ``labels_ijk`` (I, J, K) on the series' grid, written atomically.
+
+    Segment ``n`` is finding ``n``: a lesion found automatically, its score in the segment label.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    sources = [_read_header(Path(f)) for f in source_files]
+    for ds in sources:  # some exports keep the SOP identity only in the file meta
+        meta = getattr(ds, "file_meta", None) or {}
+        if not ds.get("SOPClassUID") and meta.get("MediaStorageSOPClassUID"):
+            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        if not ds.get("SOPInstanceUID") and meta.get("MediaStorageSOPInstanceUID"):
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    algorithm = hd.AlgorithmIdentificationSequence(name="Lesion Harvester LPG", version=software_version,
+                                                   family=codes.cid7162.ArtificialIntelligence)
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n, segment_label=f"finding {n} (score {score:.2f})",
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm)
+        for n, score in enumerate(scores, start=1)]
+    try:
+        seg = _segmentation(hd, sources, labels_ijk, descriptions, software_version)
+    except (AttributeError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(Path(source_files[0]).parent, f"cannot write a DICOM Segmentation for this series: "
+                                                      f"{type(exc).__name__}: {exc}") from None
+    with atomic_write(path) as handle:
+        seg.save_as(handle)
+
+
+def _segmentation(hd, sources, labels_ijk, descriptions, software_version):
+    return hd.seg.Segmentation(
+        source_images=sources, pixel_array=np.ascontiguousarray(np.transpose(labels_ijk, (2, 1, 0))),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=9001, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="Lesion Harvester", manufacturer_model_name="lesion-harvester detect",
+        software_versions=software_version, device_serial_number="none", series_description="lesion findings")

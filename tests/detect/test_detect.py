@@ -79,6 +79,31 @@ def test_written_scan_opens_on_the_input_grid(tmp_path):
         write_scan(findings, tmp_path / "out" / "scan")
 
 
+def test_a_dicom_segmentation_refers_to_the_series_and_lies_where_the_label_map_does(tmp_path):
+    import highdicom as hd
+
+    _, hu = _lesion_scan(tmp_path)
+    write_dicom_series(tmp_path / "series", hu, RAS_TO_LPS @ _affine_ras())
+    volume = load_volume(tmp_path / "series")
+    findings = _findings_on_the_block(volume)
+    assert write_scan(findings, tmp_path / "out", dicom_seg=True) == ""
+    seg = hd.seg.segread(tmp_path / "out" / "findings_seg.dcm")
+    assert seg.number_of_segments == 2
+    assert {uid for _, _, uid in seg.get_source_image_uids()} == set(volume.extra["dicom"]["sop_instance_uids"])
+    seg_volume = seg.get_volume(combine_segments=True)  # (slices, rows, columns) with an LPS affine
+    seg_world = {(int(v), *np.round(seg_volume.affine[:3, :3] @ p + seg_volume.affine[:3, 3], 3))
+                 for p, v in zip(np.argwhere(seg_volume.array > 0), seg_volume.array[seg_volume.array > 0])}
+    labels = label_map_ijk(findings)
+    lps = RAS_TO_LPS @ volume.geometry.input_to_ras
+    ours = {(int(labels[tuple(p)]), *np.round(lps[:3, :3] @ p + lps[:3, 3], 3)) for p in np.argwhere(labels > 0)}
+    assert seg_world == ours
+    # a NIfTI input has no series to refer to: the scan is written, without a SEG, and says so
+    (tmp_path / "nifti").mkdir()
+    path, _ = _lesion_scan(tmp_path / "nifti")
+    note = write_scan(_findings_on_the_block(load_volume(path)), tmp_path / "out2", dicom_seg=True)
+    assert "not a DICOM series" in note and not (tmp_path / "out2" / "findings_seg.dcm").exists()
+
+
 def test_the_same_ct_as_nifti_and_as_dicom_gives_findings_at_the_same_world_positions(tiny_checkpoint, tmp_path):
     """example_ct_sm written as a DICOM series by the test: the detector's findings agree in world mm."""
     nifti = shared_path("real_ct", "totalsegmentator", "example_ct_sm.nii.gz")
