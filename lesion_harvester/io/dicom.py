@@ -50,6 +50,9 @@ def _read_header(path: Path):
 
 
 def _pixels_hu(ds, path: Path) -> np.ndarray:
+    # pydicom logs each failing decoder's traceback; a failure here becomes one DataError instead
+    pydicom_log = logging.getLogger("pydicom")
+    level, pydicom_log.level = pydicom_log.level, logging.CRITICAL
     try:
         pixels = ds.pixel_array
     except Exception as exc:
@@ -57,9 +60,11 @@ def _pixels_hu(ds, path: Path) -> np.ndarray:
         name = getattr(syntax, "name", str(syntax))
         raise DataError(
             path,
-            f"unsupported DICOM: cannot decode pixel data with transfer syntax {name} ({exc})",
+            f"unsupported DICOM: cannot decode pixel data with transfer syntax {name} ({' '.join(str(exc).split())})",
             "decompress it first, e.g. with gdcmconv --raw, or install a decoder pydicom supports",
         ) from None
+    finally:
+        pydicom_log.setLevel(level)
     if pixels.ndim != 2:
         raise DataError(path, f"unsupported DICOM: expected one 2D grayscale frame, got shape {pixels.shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)

@@ -145,17 +145,37 @@ def test_detect_command_on_real_ct(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_bad_inputs_end_in_one_line_and_leave_nothing(tiny_checkpoint, tmp_path, capsys):
+    import pydicom
+    from pydicom.encaps import encapsulate
+
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images")
     nib.save(nib.Nifti1Image(np.zeros((8, 8), np.int16), np.eye(4)), tmp_path / "flat.nii")
-    write_dicom_series(tmp_path / "gap", np.zeros((8, 8, 6), np.int16), np.diag([0.7, 0.7, 2.0, 1.0]), skip=(3,))
-    cases = {"empty": "no DICOM files", "flat.nii": "expected a 3D volume", "gap": "uneven slice positions"}
+    singular = nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), None)
+    singular.header.set_sform(np.diag([0.7, 0.7, 0.0, 1.0]), code=1)
+    singular.header.set_qform(None, code=0)
+    nib.save(singular, tmp_path / "singular.nii")
+    grid = np.zeros((8, 8, 6), np.int16)
+    write_dicom_series(tmp_path / "gap", grid, np.diag([0.7, 0.7, 2.0, 1.0]), skip=(3,))
+    files = write_dicom_series(tmp_path / "spacing", grid, np.diag([0.7, 0.7, 2.0, 1.0]))
+    ds = pydicom.dcmread(files[2])
+    ds.PixelSpacing = [0.9, 0.9]
+    ds.save_as(files[2])
+    files = write_dicom_series(tmp_path / "codec", grid, np.diag([0.7, 0.7, 2.0, 1.0]))
+    ds = pydicom.dcmread(files[0])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGLSLossless
+    ds.PixelData = encapsulate([b"\xff" * 64])  # no decoder reads this stream
+    ds["PixelData"].VR = "OB"
+    ds.save_as(files[0], enforce_file_format=True)
+    cases = {"empty": "no DICOM files", "flat.nii": "expected a 3D volume", "gap": "uneven slice positions",
+             "singular.nii": "singular voxel-to-world affine", "spacing": "different PixelSpacing",
+             "codec": "cannot decode pixel data"}
     for name, problem in cases.items():
         out = tmp_path / f"out_{name}"
         assert main(["detect", str(tmp_path / name), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-                     "-q"]) == 2
+                     "-q"]) == 2, name
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and name in err and problem in err
+        assert len(err.splitlines()) == 1 and name in err and problem in err, err
         assert not out.exists() or not any(out.iterdir())
 
 
