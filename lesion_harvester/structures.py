@@ -166,13 +166,21 @@ class Volume:
             )
 
     def summary(self) -> dict:
-        """JSON-ready summary: id, shape (z, y, x), spacing_mm (z, y, x), HU range."""
+        """JSON-ready summary: id, shape (z, y, x), spacing_mm (z, y, x), HU range, and where the array
+        lies: the input grid (i, j, k) and the array -> world affine in the input's own frame."""
+        g = self.geometry
+        frame = g.native_frame
         return {
             "id": self.volume_id,
             "shape": list(self.shape),
             "spacing_mm": [None if math.isnan(s) else round(s, 6) for s in self.spacing_zyx_mm],
             "hu_min": float(self.hu_zyx.min()),
             "hu_max": float(self.hu_zyx.max()),
+            "input_shape_ijk": list(g.input_shape_ijk),
+            "world_frame": frame,
+            "world_origin_known": g.origin_known,
+            "array_xyz_to_world_mm": [[None if not math.isfinite(v) else round(float(v), 6) for v in row]
+                                      for row in g.array_to_world(frame)[:3]],
         }
 
 

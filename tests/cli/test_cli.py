@@ -15,7 +15,9 @@ def test_inspect_real_files(capsys):
         assert main(["inspect", str(path)]) == 0
         out = json.loads(capsys.readouterr().out)
         assert out["format"] == fmt and out["volumes"][0]["shape"] == shape
-        assert set(out["volumes"][0]) == {"id", "shape", "spacing_mm", "hu_min", "hu_max"}
+        assert set(out["volumes"][0]) == {"id", "shape", "spacing_mm", "hu_min", "hu_max", "input_shape_ijk",
+                                          "world_frame", "world_origin_known", "array_xyz_to_world_mm"}
+        assert out["volumes"][0]["world_frame"] == ("RAS" if fmt == "nifti" else "LPS")
 
 
 def test_inspect_synthetic_split(tiny_dataset, capsys):
