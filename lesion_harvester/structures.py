@@ -28,7 +28,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.geometry.frames import (
     WorldFrame,
     apply_affine,
-    default_geometry_matrices,
+    default_input_to_ras,
     transform_box,
     world_matrix,
 )
@@ -60,7 +60,7 @@ class SourceGeometry:
     def from_spacing(cls, shape_zyx: tuple[int, int, int],
                      spacing_zyx_mm: tuple[float, float, float]) -> SourceGeometry:
         """For data without an affine: input = array, the package's frame, origin unknown, LPS (DICOM's)."""
-        return cls((shape_zyx[2], shape_zyx[1], shape_zyx[0]), np.eye(4), default_geometry_matrices(spacing_zyx_mm),
+        return cls((shape_zyx[2], shape_zyx[1], shape_zyx[0]), np.eye(4), default_input_to_ras(spacing_zyx_mm),
                    native_frame="LPS", origin_known=False)
 
     def array_to_world(self, frame: WorldFrame) -> np.ndarray:

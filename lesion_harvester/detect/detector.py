@@ -17,8 +17,7 @@ from pathlib import Path
 
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig
 from lesion_harvester.device import resolve_device
-from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model
-from lesion_harvester.lpg.scan import Scanner
+from lesion_harvester.lpg.scan import Scanner, scanner_from_checkpoint
 from lesion_harvester.preprocessing import prepare_volume
 from lesion_harvester.structures import Findings, Volume
 
@@ -43,13 +42,10 @@ class Detector:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", min_score: float = DEFAULT_MIN_SCORE,
                         scan: ScanConfig | None = None) -> Detector:
         """Load an LPG checkpoint (``best.pt`` of ``train-lpg`` or of a harvest round)."""
-        device = resolve_device(device)
-        payload = load_checkpoint(path)
-        model, _, pre = load_model(path, device, payload)
-        stack = checkpoint_stack(path, payload)
+        scanner, pre, stack = scanner_from_checkpoint(path, resolve_device(device), scan)
         # 2D boxes down to t_G are linked, so that a lesion's weaker slices stay in its box
         stack = replace(stack, score_threshold=min(stack.score_threshold, min_score))
-        return cls(Scanner(model, pre, scan or ScanConfig(), device), pre, stack, min_score)
+        return cls(scanner, pre, stack, min_score)
 
     def __call__(self, volume: Volume) -> Findings:
         """The findings of one volume (at least 2 slices), by descending score."""

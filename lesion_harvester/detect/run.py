@@ -35,12 +35,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ScanResult:
-    """One scan's outcome: its folder, the number of findings, the seconds it took (None: skipped)."""
+    """One scan's outcome: its folder, the number of findings and the seconds it took (None when the
+    scan was skipped or written before)."""
 
     input: str
     volume_id: str
     folder: Path | None
-    findings: int
+    findings: int | None
     runtime_s: float | None
     note: str = ""
 
@@ -86,12 +87,12 @@ def detect_files(inputs: list[str | Path], detector: Detector, out: str | Path, 
                 used.add(folder)
                 if DetectLayout.findings_json(folder).is_file():
                     bar.update(1)
-                    yield ScanResult(path, key, folder, -1, None, "already written")
+                    yield ScanResult(path, key, folder, None, None, "already written")
                     continue
                 volume = source.load(key)
                 if volume.num_slices < 2:
                     bar.update(1)
-                    yield ScanResult(path, key, None, 0, None, f"skipped: {volume.num_slices} slice (a localizer "
+                    yield ScanResult(path, key, None, None, None, f"skipped: {volume.num_slices} slice (a localizer "
                                                                "or a single image; detection needs a volume)")
                     continue
                 findings = detector(volume)

@@ -72,7 +72,7 @@ def array_spacing_zyx(affine_ras: np.ndarray, array_to_input: np.ndarray) -> tup
     return dz, dy, dx
 
 
-def default_geometry_matrices(spacing_zyx_mm: tuple[float, float, float]) -> np.ndarray:
+def default_input_to_ras(spacing_zyx_mm: tuple[float, float, float]) -> np.ndarray:
     """Input (= array) (x, y, z, 1) -> RAS mm for data read without an affine (DeepLesion PNG, synthetic):
     the package's frame (x left, y posterior, z inferior) with its first voxel at the origin."""
     dz, dy, dx = spacing_zyx_mm

@@ -19,8 +19,7 @@ from lesion_harvester.io.annotations import write_tracklets, write_tracklets_csv
 from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.partial import PartialResults, file_digest
 from lesion_harvester.io.prepared_cache import PreparedCache
-from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model
-from lesion_harvester.lpg.scan import Scanner, scan_volumes
+from lesion_harvester.lpg.scan import scan_volumes, scanner_from_checkpoint
 from lesion_harvester.paths import default_cache_dir, partial_dir
 from lesion_harvester.structures import Tracklet
 
@@ -35,16 +34,15 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
     {volume key: tracklets}. ``stack`` defaults to the settings stored in the checkpoint;
     ``score_threshold`` replaces its t_G."""
     device = resolve_device(device)
-    payload = load_checkpoint(checkpoint)
-    stack = stack or checkpoint_stack(checkpoint, payload)
+    scan = scan or ScanConfig()
+    scanner, pre, stored_stack = scanner_from_checkpoint(checkpoint, device, scan)
+    stack = stack or stored_stack
     if score_threshold is not None:
         stack = replace(stack, score_threshold=score_threshold)
-    scan = scan or ScanConfig()
-    model, _, pre = load_model(checkpoint, device, payload)
     # what a resumed scan must share with the one it continues (the batch size changes no result)
     settings = [replace(scan, batch_slices=ScanConfig().batch_slices)]
-    return scan_to_file(data, Scanner(model, pre, scan, device), pre, stack, out, file_digest(checkpoint), settings,
-                        split, keys, cache_dir, progress)
+    return scan_to_file(data, scanner, pre, stack, out, file_digest(checkpoint), settings, split, keys, cache_dir,
+                        progress)
 
 
 def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackConfig, out: str | Path,

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig
 from lesion_harvester.geometry.preprocess import gather_slices, pad_to_multiple, rewindow
+from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model
 from lesion_harvester.lpg.decode import decode
 from lesion_harvester.lpg.losses import clamped_sigmoid
 from lesion_harvester.lpg.model import MSCN, Triplet
@@ -170,6 +172,14 @@ class Scanner:
         per_slice = self.predict(pv)
         ordered = [(per_slice[z].boxes_xyxy_px, per_slice[z].scores) for z in range(pv.num_slices)]
         return stack_proposals(ordered, stack)
+
+
+def scanner_from_checkpoint(path: str | Path, device: str, scan: ScanConfig | None = None
+                            ) -> tuple[Scanner, PreprocessConfig, StackConfig]:
+    """(a Scanner of the checkpoint's LPG, its preprocessing, the stacking settings stored with it)."""
+    payload = load_checkpoint(path)
+    model, _, pre = load_model(path, device, payload)
+    return Scanner(model, pre, scan or ScanConfig(), device), pre, checkpoint_stack(path, payload)
 
 
 def iterate_prepared(keys: list[str], prepare, progress_total: int | None = None,
