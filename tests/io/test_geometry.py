@@ -144,3 +144,23 @@ def test_a_geometry_must_hold_the_array():
     geometry = SourceGeometry((5, 5, 5), np.eye(4), np.eye(4))
     with pytest.raises(DataError, match="does not hold"):
         Volume("v", np.zeros((4, 5, 5), np.int16), (1.0, 1.0, 1.0), geometry=geometry)
+
+
+def test_a_deeplesion_sub_volume_has_its_spacing_and_no_origin(tiny_dataset):
+    from lesion_harvester.io.deeplesion import DeepLesionDataset
+
+    dataset = DeepLesionDataset(tiny_dataset)
+    key = dataset.keys()[0]
+    volume = dataset.load(key)
+    geometry = volume.geometry
+    assert not geometry.origin_known and geometry.native_frame == "LPS"
+    dz, dy, dx = dataset.sub_volumes[key].spacing_zyx_mm
+    corner = np.array([[volume.shape[2] - 1.0, volume.shape[1] - 1.0, volume.shape[0] - 1.0]])
+    far = geometry.points_array_to_world(corner, "LPS")[0]  # from the first voxel at the origin
+    assert far == pytest.approx([dx * corner[0, 0], dy * corner[0, 1], -dz * corner[0, 2]])
+    assert geometry.points_world_to_array(far[None], "LPS")[0] == pytest.approx(corner[0])
+    # and the findings of such a volume say that their world positions are relative
+    from lesion_harvester.detect.findings import findings_document
+    from lesion_harvester.structures import Findings
+
+    assert findings_document(Findings(volume, ()))["world_origin_known"] is False
