@@ -25,7 +25,9 @@ from lesion_harvester.structures import Volume
 
 log = logging.getLogger(__name__)
 
-CT_LIKE_MODALITIES = {"CT", "PT", "OT", ""}
+# CT, and images whose modality is "other" or missing (anonymised or converted exports); PET, MR,
+# segmentations, structured reports and the like are not CT
+CT_LIKE_MODALITIES = {"CT", "OT", ""}
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -165,10 +167,23 @@ def _sop_instance_uid(ds) -> str:
     return str(ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID", "") if meta else ""))
 
 
+def _skip_reason(ds) -> str | None:
+    """Why a file is not a slice of a CT volume, or None if it is one."""
+    modality = str(ds.get("Modality", ""))
+    if modality not in CT_LIKE_MODALITIES:
+        return f"modality {modality}, not CT"
+    if "Rows" not in ds or "Columns" not in ds:
+        return "no image (no Rows/Columns)"
+    if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
+        return "a localizer (ImageType LOCALIZER)"
+    return None
+
+
 def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
     """List the CT series under a DICOM file or folder, reading headers only: {volume id: files}.
 
-    Files of other modalities, or without pixel data, are skipped with a warning naming them.
+    Series that are not CT volumes (another modality, no image, a localizer) are skipped with one
+    warning per series that says why.
     """
     path = Path(path)
     if path.is_file():
@@ -180,18 +195,21 @@ def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
     else:
         raise DataError(path, "file or folder not found")
     series: dict[str, list[Path]] = defaultdict(list)
+    skipped: dict[tuple[str, str, str], list[Path]] = defaultdict(list)
     for file in files:
         ds = _read_header(file)
-        modality = str(ds.get("Modality", ""))
-        if modality not in CT_LIKE_MODALITIES:
-            log.warning("%s: skipping modality %s", file, modality)
-            continue
-        if "Rows" not in ds or "Columns" not in ds:
-            log.warning("%s: no image (no Rows/Columns), skipped", file)
-            continue
-        series[str(ds.get("SeriesInstanceUID", "unknown"))].append(file)
+        uid = str(ds.get("SeriesInstanceUID", "unknown"))
+        reason = _skip_reason(ds)
+        if reason is None:
+            series[uid].append(file)
+        else:
+            skipped[(uid, str(ds.get("SeriesDescription", "") or "no description"), reason)].append(file)
+    for (uid, description, reason), skipped_files in skipped.items():
+        log.warning("%s: skipped series %s ('%s', %d files, e.g. %s): %s", path, uid, description,
+                    len(skipped_files), skipped_files[0].name, reason)
     if not series:
-        raise DataError(path, "no CT image slices found")
+        raise DataError(path, "no CT image slices found" + (" (every series was skipped: see the warnings)"
+                                                            if skipped else ""))
     base = path.stem if path.is_file() else path.name
     ordered = [files for _uid, files in sorted(series.items())]
     return {base if len(ordered) == 1 else f"{base}_{i:02d}": files for i, files in enumerate(ordered)}

@@ -215,3 +215,24 @@ def test_a_dicom_folder_reads_each_file_twice_at_most_and_series_lazily(tmp_path
     assert volume.shape == (4, 8, 8)
     assert sum(1 for _, kind in reads if kind == "full") == 4  # one series read, the other not yet
     assert max(reads.values()) == 1
+
+
+def test_a_mixed_export_keeps_the_ct_series_and_says_which_were_skipped(tmp_path, caplog):
+    from tests.dicom_series import write_dicom_series
+
+    grid = np.zeros((8, 8, 3), np.int16)
+    write_dicom_series(tmp_path / "export" / "ct", grid, np.diag([0.7, 0.7, 2.0, 1.0]))
+    for name, change in (("pet", {"Modality": "PT"}), ("scout", {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]})):
+        for path in write_dicom_series(tmp_path / "export" / name, grid, np.diag([0.7, 0.7, 2.0, 1.0])):
+            ds = pydicom.dcmread(path)
+            for key, value in change.items():
+                setattr(ds, key, value)
+            ds.SeriesDescription = name
+            ds.save_as(path)
+    with caplog.at_level("WARNING"):
+        source = open_volumes(tmp_path / "export")
+    assert source.keys == ["export"]  # the one CT series
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 2
+    assert any("'pet', 3 files" in w and "modality PT, not CT" in w for w in warnings)
+    assert any("'scout', 3 files" in w and "a localizer" in w for w in warnings)
