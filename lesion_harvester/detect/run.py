@@ -10,7 +10,6 @@ a killed run leaves no half-written scan, and a rerun skips the scans already wr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,8 +28,6 @@ from lesion_harvester.io.nifti import write_label_map
 from lesion_harvester.paths import DetectLayout
 from lesion_harvester.report.findings_montage import findings_montage
 from lesion_harvester.structures import Findings
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -99,11 +99,7 @@ def transform_box(matrix: np.ndarray, box_min: np.ndarray, box_max: np.ndarray) 
 def to_input_grid(data_zyx: np.ndarray, array_to_input: np.ndarray) -> np.ndarray:
     """(Z, Y, X) data in the array frame -> the same voxels on the input grid (I, J, K); exact.
 
-    The inverse of :func:`reorient_ijk`, read off the signed permutation ``array_to_input``.
+    The inverse of :func:`reorient_ijk`: the same nibabel reorientation, read off ``array_to_input``.
     """
-    data_xyz = np.transpose(data_zyx, (2, 1, 0))
-    linear = np.round(array_to_input[:3, :3]).astype(int)
-    source_axis = [int(np.flatnonzero(linear[i])[0]) for i in range(3)]  # array axis feeding input axis i
-    data_ijk = np.transpose(data_xyz, source_axis)
-    flips = tuple(i for i in range(3) if linear[i, source_axis[i]] < 0)
-    return np.ascontiguousarray(np.flip(data_ijk, flips) if flips else data_ijk)
+    ornt = orientations.io_orientation(array_to_input)  # array axis -> input axis and direction
+    return np.ascontiguousarray(orientations.apply_orientation(np.transpose(data_zyx, (2, 1, 0)), ornt))

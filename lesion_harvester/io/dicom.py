@@ -54,7 +54,8 @@ def _read_header(path: Path):
 def _pixels_hu(ds, path: Path) -> np.ndarray:
     # pydicom logs each failing decoder's traceback; a failure here becomes one DataError instead
     pydicom_log = logging.getLogger("pydicom")
-    level, pydicom_log.level = pydicom_log.level, logging.CRITICAL
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.CRITICAL)
     try:
         pixels = ds.pixel_array
     except Exception as exc:
