@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                                 slice_intervals_mm=(args.interval_mm,), slice_interval_weights=(1.0,))
     detector = Detector.from_checkpoint(args.checkpoint, device=args.device, min_score=args.min_score)
     distances, per_axis, runtimes, lesions, found, findings_per_scan, slices = [], [], [], 0, 0, [], []
+    same_extent = []  # per hit: does the finding cover exactly the lesion's slices?
+    end_offsets = []  # per hit: the finding's first and last slice minus the lesion's (slices)
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(args.volumes):
             hu_zyx, record = generate_volume(index, args.seed, synth, "detection_test")
@@ -91,9 +93,12 @@ def main(argv: list[str] | None = None) -> int:
                 best = max(hits, key=lambda r: r["score"])
                 error = np.array(best["centre_world_mm"]) - truth_world
                 distances.append(float(np.linalg.norm(error)))
+                same_extent.append(tuple(best["z_range"]) == tuple(lesion.z_range))
+                end_offsets.append([best["z_range"][0] - lesion.z_range[0], best["z_range"][1] - lesion.z_range[1]])
                 per_axis.append(np.abs(error))
     d = np.array(distances)
     axis = np.array(per_axis) if per_axis else np.zeros((0, 3))
+    same = np.array(same_extent, dtype=bool)
     results = {
         "checkpoint": args.checkpoint, "preset": args.preset, "volumes": args.volumes, "seed": args.seed,
         "voxel_mm": [args.pixel_mm, args.pixel_mm, args.interval_mm], "min_score": args.min_score,
@@ -101,7 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         "world_error_mm": {"median": float(np.median(d)) if len(d) else None,
                            "p90": float(np.percentile(d, 90)) if len(d) else None,
                            "within_2mm": float(np.mean(d <= 2.0)) if len(d) else None,
-                           "median_abs_xyz": np.median(axis, axis=0).tolist() if len(axis) else None},
+                           "median_abs_xyz": np.median(axis, axis=0).tolist() if len(axis) else None,
+                           # the geometry's share of the error: hits whose slice range is the lesion's
+                           # have only the in-plane box error left; the others miss or add end slices
+                           "hits_with_the_lesions_slice_range": int(same.sum()),
+                           "max_when_slice_range_matches": float(d[same].max()) if same.any() else None,
+                           "median_when_slice_range_differs": float(np.median(d[~same])) if (~same).any() else None},
+        "slice_range_end_offsets": end_offsets,
         "seconds_per_scan": {"mean": float(np.mean(runtimes)), "max": float(np.max(runtimes))},
         "findings_per_scan": findings_per_scan,
         "slices_per_scan": slices,
