@@ -51,6 +51,17 @@ def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES_HELP}; default auto")
 
 
+def device_and_ranks(args: argparse.Namespace):
+    """(this process's device, its :class:`~lesion_harvester.distributed.Distributed`): alone, or one
+    rank of a torchrun launch (then ``--device cuda`` means the local rank's GPU)."""
+    from lesion_harvester.device import resolve_device
+    from lesion_harvester.distributed import join
+
+    device = resolve_device(args.device)
+    dist = join(device)
+    return dist.device(device), dist
+
+
 class _TqdmHandler(logging.Handler):
     """Log records on stderr through ``tqdm.write``, so that they do not break a progress bar."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lesion_harvester.cli.common import add_device_option, add_subcommand
+from lesion_harvester.cli.common import add_device_option, add_subcommand, device_and_ranks
 
 
 def add_parser(sub) -> None:
@@ -13,9 +13,12 @@ def add_parser(sub) -> None:
         "Scans every slice of every volume (a DeepLesion folder, NIfTI or DICOM) and stacks the 2D\n"
         "proposals into 3D tracklets with the stacking settings stored in the checkpoint. Boxes are in\n"
         "pixels of the original axial slices (the reoriented array's frame for NIfTI and DICOM). Killed\n"
-        "part-way, the same command continues with the volumes not yet scanned.",
+        "part-way, the same command continues with the volumes not yet scanned. Under torchrun the\n"
+        "volumes are shared out among the processes and the result is the one-process result.",
         ["lesion-harvester propose data/bench --checkpoint runs/lpg/best.pt --split detection_test --out dets.pkl",
-         "lesion-harvester propose scan.nii.gz --checkpoint runs/lpg/best.pt --out dets.pkl --score-threshold 0.3"])
+         "lesion-harvester propose scan.nii.gz --checkpoint runs/lpg/best.pt --out dets.pkl --score-threshold 0.3",
+         "torchrun --nproc-per-node 4 $(which lesion-harvester) propose data/deeplesion --checkpoint best.pt "
+         "--out dets.pkl --device cuda"])
     p.add_argument("data", help="DeepLesion folder, NIfTI file or folder, DICOM file or folder")
     p.add_argument("--checkpoint", required=True, help="LPG checkpoint (best.pt)")
     p.add_argument("--out", required=True, help="output tracklet pickle (a CSV is written next to it)")
@@ -38,8 +41,11 @@ def run(args) -> int:
 
     # the stacking settings travel with the checkpoint (presets differ in their link IoU)
     scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive, flip_test=args.flip_test)
-    results = propose(args.data, args.checkpoint, args.out, args.split, None, scan, args.device, args.cache_dir,
-                      progress=not args.quiet, score_threshold=args.score_threshold)
+    device, dist = device_and_ranks(args)
+    results = propose(args.data, args.checkpoint, args.out, args.split, None, scan, device, args.cache_dir,
+                      progress=not args.quiet, score_threshold=args.score_threshold, dist=dist)
+    if not dist.is_main:
+        return 0
     n = sum(len(t) for t in results.values())
     print(f"wrote {n} 3D proposals of {len(results)} volumes to {args.out} (and {Path(args.out).with_suffix('.csv')})")
     return 0

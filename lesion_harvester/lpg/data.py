@@ -76,7 +76,7 @@ class CropSampler:
     """
 
     def __init__(self, data: TrainingData, prepared: dict[str, PreparedVolume], num_slices: int,
-                 pre: PreprocessConfig, crop: LPGTrainConfig, rng: np.random.Generator, stride: int = 4,
+                 pre: PreprocessConfig, crop: LPGTrainConfig, rng: np.random.Generator | None = None, stride: int = 4,
                  hard_background: HardBackground | None = None):
         self.slices = data.slice_boxes()
         self.slice_list = list(self.slices.values())
@@ -95,7 +95,7 @@ class CropSampler:
         self.num_slices = num_slices
         self.pre = pre
         self.crop = crop
-        self.rng = rng
+        self.rng = rng if rng is not None else np.random.default_rng(0)  # batch_of() sets one per sample
         self.stride = stride
         self.positions = {k: v.context_positions(num_slices, pre) for k, v in prepared.items()}
         self.air = network_air(pre)
@@ -228,8 +228,16 @@ class CropSampler:
         return image.contiguous()
 
     def batch(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """n samples; whole slices of different sizes are padded (air, and zero targets) to the largest."""
-        samples = [self.sample() for _ in range(n)]
+        """n samples drawn one after another from the sampler's own generator."""
+        return self.batch_of([self.rng] * n)
+
+    def batch_of(self, rngs: list[np.random.Generator]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One sample per generator; whole slices of different sizes are padded (air, and zero
+        targets) to the largest."""
+        samples = []
+        for rng in rngs:
+            self.rng = rng
+            samples.append(self.sample())
         h = max(s[0].shape[1] for s in samples)
         w = max(s[0].shape[2] for s in samples)
         images, heatmaps, inds = [], [], []
@@ -247,32 +255,50 @@ class CropSampler:
         return torch.from_numpy(np.stack(images)), targets
 
 
-class EpochBatches(torch.utils.data.IterableDataset):
-    """Exactly ``count`` batches of one epoch, drawn with a generator seeded by (seed, epoch).
+def sample_rng(seed: int, epoch: int, batch_index: int, sample_index: int) -> np.random.Generator:
+    """The generator of one training sample: its content depends on where it stands in the epoch,
+    never on the process that draws it."""
+    return np.random.default_rng([seed, epoch, batch_index, sample_index])
 
-    Meant for a ``DataLoader`` worker process: sampling is Python-heavy, and in a thread it would
-    hold the interpreter lock that the training loop needs for every tensor operation. Seeding by
-    epoch makes each epoch's batches independent of where the run was resumed.
+
+class EpochBatches(torch.utils.data.IterableDataset):
+    """Exactly ``count`` batches of one epoch; sample j of batch i is drawn with
+    :func:`sample_rng` (seed, epoch, i, j).
+
+    So the batches are the same in this process, in any number of ``DataLoader`` workers (worker w
+    of W draws the batches i = w, w + W, ..., which the loader hands out in order), and after a
+    resume at any epoch. ``samples`` = (first, stop) restricts every batch to those samples: under
+    torchrun each rank draws its own share of the global batch, and the shares together are the
+    one-process batch.
     """
 
-    def __init__(self, make_sampler, seed: int, epoch: int, count: int, batch_size: int):
+    def __init__(self, make_sampler, seed: int, epoch: int, count: int, batch_size: int,
+                 samples: tuple[int, int] | None = None):
         super().__init__()
         self.make_sampler, self.seed, self.epoch = make_sampler, seed, epoch
-        self.count, self.batch_size = count, batch_size
+        self.count = count
+        self.samples = samples or (0, batch_size)
 
     def __iter__(self):
-        sampler = self.make_sampler(np.random.default_rng([self.seed, self.epoch]))
-        for _ in range(self.count):
-            yield sampler.batch(self.batch_size)
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        sampler = self.make_sampler()
+        first, stop = self.samples
+        for i in range(worker, self.count, workers):
+            yield sampler.batch_of([sample_rng(self.seed, self.epoch, i, j) for j in range(first, stop)])
 
 
-def epoch_loader(make_sampler, seed: int, epoch: int, count: int, batch_size: int, workers: int = 1):
-    """Batches of one epoch, prepared in ``workers`` background processes (0: in this process)."""
-    dataset = EpochBatches(make_sampler, seed, epoch, count, batch_size)
+def epoch_loader(make_sampler, seed: int, epoch: int, count: int, batch_size: int, workers: int = 1,
+                 samples: tuple[int, int] | None = None, pin_memory: bool = False):
+    """Batches of one epoch (:class:`EpochBatches`), prepared in ``workers`` background processes
+    (0: in this process). Sampling is Python-heavy; in a thread it would hold the interpreter lock
+    that the training loop needs for every tensor operation. ``pin_memory``: page-locked batches,
+    for faster copies to a GPU."""
+    dataset = EpochBatches(make_sampler, seed, epoch, count, batch_size, samples)
     if workers <= 0:
         return iter(dataset)
-    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=4,
-                                            multiprocessing_context="fork"))
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                            multiprocessing_context="fork", pin_memory=pin_memory))
 
 
 def _multiple(size: float, multiple: int) -> int:

@@ -4,6 +4,11 @@ While running, each finished volume's proposals are saved in ``OUT.partial/``; a
 same checkpoint and settings skips them, so a killed scan continues where it stopped. The final
 pickle (the authors' detection format) and its CSV are written atomically, then the partial
 folder is removed.
+
+Under torchrun the volumes still to scan are shared out among the ranks (:mod:`lesion_harvester.distributed`),
+each rank saving its finished volumes in the same partial folder; when all are done the main rank
+merges them into the outputs. Each volume's proposals depend on that volume alone, so the result is
+the one-process result; a rank that dies loses only the volumes it had not finished.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig, fingerprint
 from lesion_harvester.device import resolve_device
+from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import write_tracklets, write_tracklets_csv
 from lesion_harvester.io.loader import open_volumes
@@ -29,11 +35,13 @@ log = logging.getLogger(__name__)
 def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: str | None = None,
             stack: StackConfig | None = None, scan: ScanConfig | None = None, device: str = "auto",
             cache_dir: str | Path | None = None, progress: bool = True,
-            keys: list[str] | None = None, score_threshold: float | None = None) -> dict[str, list[Tracklet]]:
+            keys: list[str] | None = None, score_threshold: float | None = None,
+            dist: Distributed = ALONE) -> dict[str, list[Tracklet]]:
     """Scan every slice of the selected volumes (a split, or explicit ``keys``); returns and writes
     {volume key: tracklets}. ``stack`` defaults to the settings stored in the checkpoint;
-    ``score_threshold`` replaces its t_G."""
-    device = resolve_device(device)
+    ``score_threshold`` replaces its t_G. ``dist``: this process's rank under torchrun (every rank
+    returns the whole result)."""
+    device = dist.device(resolve_device(device))
     scan = scan or ScanConfig()
     scanner, pre, stored_stack = scanner_from_checkpoint(checkpoint, device, scan)
     stack = stack or stored_stack
@@ -42,16 +50,17 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
     # what a resumed scan must share with the one it continues (the batch size changes no result)
     settings = [replace(scan, batch_slices=ScanConfig().batch_slices)]
     return scan_to_file(data, scanner, pre, stack, out, file_digest(checkpoint), settings, split, keys, cache_dir,
-                        progress)
+                        progress, dist)
 
 
 def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackConfig, out: str | Path,
                  model_id: str, settings: list, split: str | None = None, keys: list[str] | None = None,
-                 cache_dir: str | Path | None = None, progress: bool = True) -> dict[str, list[Tracklet]]:
+                 cache_dir: str | Path | None = None, progress: bool = True,
+                 dist: Distributed = ALONE) -> dict[str, list[Tracklet]]:
     """Scan the selected volumes with ``scanner`` (anything with ``propose(prepared_volume, stack)``,
     e.g. :class:`Scanner` or a peer detector's), resumably; returns and writes {volume key: tracklets}.
     ``model_id`` (e.g. the checkpoint's digest) and ``settings`` name the scan, so that a rerun
-    resumes only its own."""
+    resumes only its own. ``dist``: this rank's share of the volumes (see the module)."""
     out = Path(out)
     source = open_volumes(data, split=split)
     if keys is not None:
@@ -71,17 +80,26 @@ def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackC
             source.load(key).require_slices(2, "3D lesion proposals")
         return cache.get(source, key)
 
-    partial = PartialResults(partial_dir(out), fingerprint(model_id, str(Path(data).resolve()), split, source.keys,
-                                                           stack, *settings))
+    identity = fingerprint(model_id, str(Path(data).resolve()), split, source.keys, stack, *settings)
+    if dist.is_main:  # clears the partial folder of another job before any rank writes in it
+        partial = PartialResults(partial_dir(out), identity)
+    dist.barrier()
+    if not dist.is_main:
+        partial = PartialResults(partial_dir(out), identity)
     done = partial.finished(source.keys)
-    todo = [k for k in source.keys if k not in done]
+    todo = dist.shard([k for k in source.keys if k not in done])
     if done:
         log.info("resuming: %d of %d volumes already scanned", len(done), len(source.keys))
-        if total is not None:
-            total = sum(source.dataset.sub_volumes[k].num_slices for k in todo)
-    done.update(scan_volumes(scanner, todo, prepare, stack, progress, total, on_volume=partial.save))
+    if total is not None and (done or dist.active):
+        total = sum(source.dataset.sub_volumes[k].num_slices for k in todo)
+    done.update(scan_volumes(scanner, todo, prepare, stack, progress and dist.is_main, total, on_volume=partial.save))
+    if dist.active:  # every rank's volumes, from the partial folder
+        dist.barrier()
+        done = partial.finished(source.keys)
     results = {key: done[key] for key in source.keys}
-    write_tracklets(out, results)
-    write_tracklets_csv(out.with_suffix(".csv"), results)
-    partial.remove()
+    if dist.is_main:
+        write_tracklets(out, results)
+        write_tracklets_csv(out.with_suffix(".csv"), results)
+        partial.remove()
+    dist.barrier()  # no rank returns before the outputs exist
     return results

@@ -216,8 +216,8 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
             log.info("epoch %d: %d hard background locations", epoch + 1, len(hard_background))
         model.train()
 
-        def make_sampler(generator, _hard=hard_background):
-            return CropSampler(sources.training, prepared, preset.lpg.num_slices, preset.preprocess, cfg, generator,
+        def make_sampler(_hard=hard_background):
+            return CropSampler(sources.training, prepared, preset.lpg.num_slices, preset.preprocess, cfg,
                                stride=preset.lpg.output_stride, hard_background=_hard)
 
         batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size, cfg.loader_workers)

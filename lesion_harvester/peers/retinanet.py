@@ -165,8 +165,11 @@ class _BoxBatches:
     def __init__(self, sampler: CropSampler):
         self.sampler = sampler
 
-    def batch(self, n: int):
-        samples = [self.sampler.sample() for _ in range(n)]
+    def batch_of(self, rngs: list[np.random.Generator]):
+        samples = []
+        for rng in rngs:
+            self.sampler.rng = rng
+            samples.append(self.sampler.sample())
         return np.stack([s[0] for s in samples]), [s[1]["boxes_xyxy_px"] for s in samples]
 
 
@@ -216,9 +219,8 @@ def train_retinanet(data: str | Path, out_dir: str | Path, preset: Preset, devic
         for epoch in range(start_epoch, cfg.epochs):
             detector.train()
 
-            def make_sampler(generator):
-                return _BoxBatches(CropSampler(sources.training, prepared, NUM_SLICES, preset.preprocess, cfg,
-                                               generator))
+            def make_sampler():
+                return _BoxBatches(CropSampler(sources.training, prepared, NUM_SLICES, preset.preprocess, cfg))
 
             batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size,
                                    cfg.loader_workers)

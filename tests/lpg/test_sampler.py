@@ -75,18 +75,26 @@ def test_background_crops_avoid_known_lesions():
     assert not data.excluded("v", 3, np.array([0.0, 40.0, 5.0, 45.0]))
 
 
-def test_worker_process_gives_the_same_batches():
-    def make(generator):
-        sampler = _sampler(rotate90=True, noise_hu=5.0)
-        sampler.rng = generator
-        return sampler
+def test_batches_do_not_depend_on_the_workers_or_the_ranks_that_draw_them():
+    def make():
+        return _sampler(rotate90=True, noise_hu=5.0, background_fraction=0.3)
 
-    in_process = list(epoch_loader(make, seed=3, epoch=1, count=3, batch_size=2, workers=0))
-    in_worker = list(epoch_loader(make, seed=3, epoch=1, count=3, batch_size=2, workers=1))
-    other_epoch = list(epoch_loader(make, seed=3, epoch=2, count=3, batch_size=2, workers=0))
-    assert len(in_worker) == 3
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(in_process, in_worker))
+    in_process = list(epoch_loader(make, seed=3, epoch=1, count=5, batch_size=4, workers=0))
+    one_worker = list(epoch_loader(make, seed=3, epoch=1, count=5, batch_size=4, workers=1))
+    two_workers = list(epoch_loader(make, seed=3, epoch=1, count=5, batch_size=4, workers=2))
+    other_epoch = list(epoch_loader(make, seed=3, epoch=2, count=5, batch_size=4, workers=0))
+    assert len(one_worker) == len(two_workers) == 5
+    for a, b, c in zip(in_process, one_worker, two_workers):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0])
+        assert np.array_equal(a[1]["hm"], c[1]["hm"]) and np.array_equal(a[1]["wh"], c[1]["wh"])
     assert not np.array_equal(in_process[0][0], other_epoch[0][0])
+    assert not np.array_equal(in_process[0][0], in_process[1][0])  # every batch is drawn anew
+    # two ranks, each drawing half of every batch: together the one-process batches
+    halves = [list(epoch_loader(make, seed=3, epoch=1, count=5, batch_size=4, workers=w, samples=share))
+              for w, share in ((0, (0, 2)), (1, (2, 4)))]
+    for whole, first, second in zip(in_process, *halves):
+        assert np.array_equal(whole[0], np.concatenate([first[0], second[0]]))
+        assert np.array_equal(whole[1]["ind"], np.concatenate([first[1]["ind"], second[1]["ind"]]))
 
 
 def test_object_crops_are_not_swamped_by_hard_negatives():

@@ -1,0 +1,61 @@
+"""torchrun with two CPU processes (gloo): sharded scans equal the one-process result, and resume."""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ENTRY = Path(__file__).with_name("torchrun_entry.py")
+
+
+def torchrun(*args: str, processes: int = 2, die_rank: int | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node N`` of the CLI, one thread per process (as torchrun
+    sets it), so that one process alone computes exactly what each of several does."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("TEST_DIE_RANK", None)
+    if die_rank is not None:
+        env["TEST_DIE_RANK"] = str(die_rank)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
+               str(ENTRY), *args]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _same_tracklets(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert len(a[key]) == len(b[key]), key
+        for x, y in zip(a[key], b[key]):
+            assert x == y  # the authors' format: (z, [x1, y1, x2, y2, score]) pairs
+
+
+def test_a_sharded_propose_equals_one_process_and_survives_a_dead_rank(tiny_dataset, tiny_checkpoint, tmp_path):
+    args = ["propose", str(tiny_dataset), "--checkpoint", str(tiny_checkpoint), "--split", "harvest",
+            "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "-q"]
+    alone = tmp_path / "alone.pkl"
+    assert torchrun(*args, "--out", str(alone), processes=1).returncode == 0
+    # a first launch whose rank 1 dies after its first volume: torchrun stops the other, nothing is written
+    out = tmp_path / "sharded.pkl"
+    died = torchrun(*args, "--out", str(out), die_rank=1)
+    assert died.returncode != 0
+    assert not out.exists()
+    saved = sorted(p.stem for p in (tmp_path / "sharded.pkl.partial").glob("*.pkl"))
+    assert 1 <= len(saved) < 4  # rank 1's first volume at least, never all four
+    # the same command again scans what is missing and merges every rank's volumes
+    rerun = torchrun(*args, "--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "wrote" in rerun.stdout and rerun.stdout.count("wrote") == 1  # only rank 0 reports
+    assert not (tmp_path / "sharded.pkl.partial").exists()
+    with open(alone, "rb") as a, open(out, "rb") as b:
+        _same_tracklets(pickle.load(a), pickle.load(b))
+    assert (tmp_path / "sharded.csv").read_text() == (tmp_path / "alone.csv").read_text()
+    assert np.any([len(v) for v in pickle.load(open(out, "rb")).values()])  # there is something to compare
+
+
+def test_commands_that_run_as_one_process_refuse_torchrun(tiny_dataset, tmp_path):
+    result = torchrun("marks", str(tiny_dataset), "--out", str(tmp_path / "marks.pkl"))
+    assert result.returncode != 0
+    assert "runs as one process" in result.stderr
+    assert not (tmp_path / "marks.pkl").exists()
