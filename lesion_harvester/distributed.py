@@ -66,6 +66,16 @@ class Distributed:
 
             dist.barrier()
 
+    def all_sum(self, tensor):
+        """``tensor`` summed over the ranks (a new tensor; ``tensor`` itself when alone)."""
+        if not self.active:
+            return tensor
+        import torch.distributed as dist
+
+        total = tensor.detach().clone()
+        dist.all_reduce(total)
+        return total
+
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value`` (picklable), in rank order, on every rank."""
         if not self.active:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lesion_harvester.cli.common import add_device_option, add_preset_options, add_subcommand, preset_from_args
+from lesion_harvester.cli.common import (
+    add_device_option,
+    add_preset_options,
+    add_subcommand,
+    device_and_ranks,
+    preset_from_args,
+)
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.harvest.label_sets import LABEL_SETS, label_set
 
@@ -20,12 +26,16 @@ def add_parser(sub) -> None:
         "--from-harvest RUN --labels R|R+P|R+P+N trains on a label set of the paper's Table III, read from a\n"
         "harvest run folder: R (the marks and V_M's labels, as round 1), R+P (and the harvested lesions,\n"
         "harvested.pkl) or R+P+N (and the hard negatives, hard_negatives.pkl, through the HNSL); DATA and\n"
-        "V_M's labels are then the harvest's own. Extra positives that are marked lesions already are left out.",
+        "V_M's labels are then the harvest's own. Extra positives that are marked lesions already are left out.\n\n"
+        "Under torchrun each process draws its share of every batch (DistributedDataParallel, batch norm\n"
+        "over the whole batch): N processes train what one does; the batch size must be a multiple of N.",
         ["lesion-harvester train-lpg data/bench --out runs/lpg --preset bench",
          "lesion-harvester train-lpg --from-harvest runs/harvest --labels R+P+N --out runs/lpg_rpn --preset bench",
          "lesion-harvester train-lpg --from-harvest runs/harvest --labels R --out runs/cn_r --set lpg.num_slices=3",
          "lesion-harvester train-lpg data/demo --out runs/quick --set lpg_train.epochs=2 --device cpu",
-         "lesion-harvester train-lpg DeepLesion/ --out runs/dl --preset paper --fully-annotated Revised-Train744.pkl"])
+         "lesion-harvester train-lpg DeepLesion/ --out runs/dl --preset paper --fully-annotated Revised-Train744.pkl",
+         "torchrun --nproc-per-node 4 $(which lesion-harvester) train-lpg DeepLesion/ --out runs/dl --preset paper "
+         "--device cuda"])
     p.add_argument("data", nargs="?", default=None,
                    help="DeepLesion-layout folder (synthetic or real); with --from-harvest, the harvest's")
     p.add_argument("--out", required=True, help="checkpoint folder: best.pt, last.pt, train_log.json, train.log")
@@ -48,8 +58,12 @@ def run(args) -> int:
     from lesion_harvester.paths import TrainLayout
 
     data, inputs = _inputs(args)
-    summary = train_lpg(data, args.out, preset_from_args(args), device=args.device, init=args.init,
-                        cache_dir=args.cache_dir, progress=not args.quiet, drop_known_positives=True, **inputs)
+    preset = preset_from_args(args)
+    device, dist = device_and_ranks(args)
+    summary = train_lpg(data, args.out, preset, device=device, init=args.init, cache_dir=args.cache_dir,
+                        progress=not args.quiet, drop_known_positives=True, dist=dist, **inputs)
+    if not dist.is_main:
+        return 0
     last = summary["history"][-1] if summary["history"] else {}
     print(json.dumps({"best_validation_score": summary["best_score"], "kept_epoch": summary["kept_epoch"],
                       "epochs": summary["epochs"],

@@ -8,6 +8,7 @@ after the last finished epoch and gives the same result as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ from tqdm import tqdm
 
 from lesion_harvester.config import LPGTrainConfig, Preset, dump_config, settings_fingerprint
 from lesion_harvester.device import resolve_device
+from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
@@ -29,7 +31,8 @@ from lesion_harvester.io.partial import file_digest
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.checkpoint import load_checkpoint, model_payload, save_checkpoint
 from lesion_harvester.lpg.data import CropSampler, HardBackground, TrainingData, epoch_loader
-from lesion_harvester.lpg.losses import centernet_loss
+from lesion_harvester.lpg.ddp import distributed_model
+from lesion_harvester.lpg.losses import centernet_loss, loss_counts
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import Scanner
 from lesion_harvester.lpg.sources import build_sources
@@ -68,9 +71,9 @@ def lr_factor(iteration: int, cfg: LPGTrainConfig) -> float:
     return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[str, list[SliceBox]]) -> dict:
-    """Per-slice FROC on the annotated slices of the validation volumes (as MULAN validates); the
-    score is the mean sensitivity at 0.5, 1, 2 and 4 FP per slice, None without annotated slices."""
+def _validation_detections(scanner: Scanner, prepared: dict[str, PreparedVolume],
+                           truth: dict[str, list[SliceBox]]) -> tuple[dict, dict]:
+    """Per annotated slice ("key#z"): its truth and the LPG's detections there."""
     per_slice_truth, detections = {}, {}
     for key, boxes in truth.items():
         zs = sorted({b.z_index for b in boxes})
@@ -83,6 +86,27 @@ def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[
             p = proposals[z]
             detections[name] = [Tracklet.single_slice(z, box, float(s)) for box, s in zip(p.boxes_xyxy_px, p.scores)
                                 if s > 0.01]
+    return per_slice_truth, detections
+
+
+def _in_order(keys: list[str], shares: list[dict]) -> dict:
+    """The ranks' dicts merged, ordered by ``keys`` (the one-process order)."""
+    merged = {k: v for share in shares for k, v in share.items()}
+    return {k: merged[k] for k in keys if k in merged}
+
+
+def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[str, list[SliceBox]],
+             dist: Distributed = ALONE) -> dict:
+    """Per-slice FROC on the annotated slices of the validation volumes (as MULAN validates); the
+    score is the mean sensitivity at 0.5, 1, 2 and 4 FP per slice, None without annotated slices.
+    Under torchrun each rank scans its share of the volumes and every rank gets the same result."""
+    mine = {k: truth[k] for k in dist.shard(list(truth))}
+    per_slice_truth, detections = _validation_detections(scanner, prepared, mine)
+    if dist.active:
+        names = [f"{key}#{z}" for key, boxes in truth.items() for z in sorted({b.z_index for b in boxes})]
+        shares = dist.gather((per_slice_truth, detections))
+        per_slice_truth = _in_order(names, [t for t, _ in shares])
+        detections = _in_order(names, [d for _, d in shares])
     if not per_slice_truth:
         return {"score": None, "froc_per_slice": {}, "ap": None}
     result = evaluate_detections(per_slice_truth, detections)
@@ -91,12 +115,15 @@ def validate(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[
 
 
 def mine_hard_background(scanner: Scanner, prepared: dict[str, PreparedVolume], truth: dict[str, list[SliceBox]],
-                         data: TrainingData, min_score: float, per_slice: int) -> HardBackground:
+                         data: TrainingData, min_score: float, per_slice: int,
+                         dist: Distributed = ALONE) -> HardBackground:
     """The model's false positives on fully annotated volumes: detections above ``min_score`` that
-    overlap no known lesion (on its slice or the slices it may extend to)."""
-    mined = []
-    for key in truth:
+    overlap no known lesion (on its slice or the slices it may extend to). Under torchrun each rank
+    scans its share of the volumes and every rank gets the whole list, in the one-process order."""
+    mined: dict[str, HardBackground] = {}
+    for key in dist.shard(list(truth)):
         proposals = scanner.predict(prepared[key])
+        mined[key] = []
         for z, p in proposals.items():
             kept = 0
             for box, score in zip(p.boxes_xyxy_px, p.scores):
@@ -104,9 +131,10 @@ def mine_hard_background(scanner: Scanner, prepared: dict[str, PreparedVolume], 
                     break
                 if data.excluded(key, z, box):
                     continue
-                mined.append((key, z, np.asarray(box, dtype=np.float64)))
+                mined[key].append((key, z, np.asarray(box, dtype=np.float64)))
                 kept += 1
-    return mined
+    by_key = _in_order(list(truth), dist.gather(mined))
+    return [location for locations in by_key.values() for location in locations]
 
 
 def best_score(history: list[dict]) -> float | None:
@@ -145,24 +173,31 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
               fully_annotated: str | None = None, extra_positives: str | None = None,
               hard_negatives: str | None = None, init: str | None = None, cache_dir: str | Path | None = None,
               progress: bool = True, exclude_volumes: list[str] | None = None,
-              drop_known_positives: bool = False) -> dict:
+              drop_known_positives: bool = False, dist: Distributed = ALONE) -> dict:
     """Train (or resume training) an LPG into ``out_dir``; returns the training summary. The log
     records of the training are appended to ``out_dir/train.log``. ``exclude_volumes``: training
     volumes the LPG must not see (e.g. a harvest's calibration volumes); ``drop_known_positives``:
-    leave out the extra positives that are marked or labelled lesions already (:mod:`.sources`)."""
-    device = resolve_device(device)  # before anything is written
+    leave out the extra positives that are marked or labelled lesions already (:mod:`.sources`).
+
+    ``dist``: this rank under torchrun. Each rank draws its share of every batch and DDP averages
+    the gradients (batch norm over the global batch), so N processes train what one process does;
+    validation and hard-background mining are shared out by volume; only the main rank writes."""
+    device = dist.device(resolve_device(device))  # before anything is written
     layout = TrainLayout(Path(out_dir))
-    with log_to_file(layout.log):
-        log.info("training the LPG on %s into %s (preset %s, device %s)", data, layout.root, preset.name, device)
+    with log_to_file(layout.log) if dist.is_main else contextlib.nullcontext():
+        log.info("training the LPG on %s into %s (preset %s, device %s%s)", data, layout.root, preset.name, device,
+                 f", {dist.world_size} processes" if dist.active else "")
         return _train(data, layout, preset, device, fully_annotated, extra_positives, hard_negatives, init,
-                      cache_dir, progress, sorted(exclude_volumes or []), drop_known_positives)
+                      cache_dir, progress, sorted(exclude_volumes or []), drop_known_positives, dist)
 
 
 def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, fully_annotated: str | None,
            extra_positives: str | None, hard_negatives: str | None, init: str | None,
            cache_dir: str | Path | None, progress: bool, exclude_volumes: list[str],
-           drop_known_positives: bool) -> dict:
+           drop_known_positives: bool, dist: Distributed) -> dict:
     cfg = preset.lpg_train
+    samples = dist.batch_share(cfg.batch_size)  # before any work: a batch the ranks cannot share is an error
+    progress = progress and dist.is_main
     start_time = time.time()
     torch.manual_seed(cfg.seed)
     sources = build_sources(data, fully_annotated, extra_positives, hard_negatives, exclude_volumes,
@@ -174,6 +209,10 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
                     "latest epoch", data)
     cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), preset.preprocess)
     keys = list(dict.fromkeys(sources.training.volume_keys + list(sources.validation)))
+    if dist.active and cache.dir is not None:  # each rank prepares its share into the cache first
+        for k in dist.shard(keys):
+            cache.get(sources.source, k)
+        dist.barrier()
     prepared = {k: cache.get(sources.source, k) for k in tqdm(keys, desc="preparing volumes", unit="vol",
                                                               disable=not progress)}
     model = MSCN(preset.lpg).to(device)
@@ -183,6 +222,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
             raise DataError(init, f"--init checkpoint does not fit the '{preset.name}' architecture ({exc})") from None
+    net = distributed_model(model, device) if dist.active else model  # what the training step runs
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     use_amp = cfg.amp and device.startswith("cuda")
@@ -206,13 +246,14 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         torch.set_rng_state(state["rng_torch"])
         log.info("resuming %s after epoch %d", layout.root, state["epoch"] + 1)
     scanner = Scanner(model, preset.preprocess, preset.scan, device)
-    dump_config(preset, layout.config)
+    if dist.is_main:
+        dump_config(preset, layout.config)
     fully_annotated = {k: v for k, v in sources.fully_annotated_truth.items() if k in prepared}
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.mine_hard_background and epoch > 0 and fully_annotated:
             model.eval()
             hard_background = mine_hard_background(
-                scanner, prepared, fully_annotated, sources.training, cfg.mine_min_score, cfg.mine_per_slice)
+                scanner, prepared, fully_annotated, sources.training, cfg.mine_min_score, cfg.mine_per_slice, dist)
             log.info("epoch %d: %d hard background locations", epoch + 1, len(hard_background))
         model.train()
 
@@ -220,30 +261,34 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
             return CropSampler(sources.training, prepared, preset.lpg.num_slices, preset.preprocess, cfg,
                                stride=preset.lpg.output_stride, hard_background=_hard)
 
-        batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size, cfg.loader_workers)
+        batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size, cfg.loader_workers,
+                               samples, pin_memory=device.startswith("cuda"))
         bar = tqdm(batches, total=cfg.iters_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it", disable=not progress, dynamic_ncols=True)
         running = None
         epoch_start = time.time()
         for x, targets in bar:
-            x = x.to(device)
-            targets = {k: v.to(device) for k, v in targets.items()}
+            x = x.to(device, non_blocking=True)
+            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                outputs = model(x)
-            loss, parts = centernet_loss(outputs, targets, soft_negative_above=cfg.soft_negative_above)
+                outputs = net(x)
+            # under DDP: normalised by the whole batch's objects, the ranks' losses sum to the one-process
+            # loss; DDP averages their gradients, hence the factor
+            counts = dist.all_sum(loss_counts(targets)) if dist.active else None
+            loss, parts = centernet_loss(outputs, targets, soft_negative_above=cfg.soft_negative_above, counts=counts)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss * dist.world_size).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            value = float(loss.detach())
+            value = float(dist.all_sum(loss.detach()))
             running = value if running is None else 0.95 * running + 0.05 * value
             bar.set_postfix(loss=f"{running:.3f}", hm=f"{parts['hm']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
         bar.close()
         model.eval()
-        val = validate(scanner, prepared, sources.validation)
+        val = validate(scanner, prepared, sources.validation, dist)
         entry = {"epoch": epoch + 1, "loss": running, "train_s": round(time.time() - epoch_start, 1),
                  "hard_background": len(hard_background), **val}
         history.append(entry)
@@ -255,15 +300,18 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
             log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"], note)
         common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint, "preset": preset.name,
                   "training_data": training_data}
-        if improved:
+        if improved and dist.is_main:
             save_checkpoint(layout.best, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
-        save_checkpoint(layout.last, model_payload(
-            model, preset.lpg, preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(), history=history, best_score=best_score(history),
-            rng_torch=torch.get_rng_state()))
+        if dist.is_main:
+            save_checkpoint(layout.last, model_payload(
+                model, preset.lpg, preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), history=history, best_score=best_score(history),
+                rng_torch=torch.get_rng_state()))
+        dist.barrier()  # an epoch ends when its checkpoint is on disk
     summary = {"best_score": best_score(history), "kept_epoch": kept_epoch(history, cfg.keep_epoch),
                "epochs": len(history), "history": history,
-               "elapsed_s": round(time.time() - start_time, 1), "device": device,
+               "elapsed_s": round(time.time() - start_time, 1), "device": device, "processes": dist.world_size,
                "training_slices": len(sources.training.records), "training_volumes": len(sources.training.volume_keys)}
-    atomic_write_text(layout.train_log, json.dumps(summary, indent=1))
+    if dist.is_main:
+        atomic_write_text(layout.train_log, json.dumps(summary, indent=1))
     return summary
