@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lesion_harvester.cli.common import add_device_option, add_subcommand
+from lesion_harvester.cli.common import add_device_option, add_subcommand, device_and_ranks
 
 
 def add_parser(sub) -> None:
@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
         "slice range, per-slice boxes), labels.nii.gz (one label per finding on the input's own grid and\n"
         "affine: opens over the scan in 3D Slicer or ITK-SNAP) and montage.png (the top findings at the\n"
         "lung, soft-tissue and bone windows); with --dicom-seg, findings_seg.dcm for DICOM inputs. A scan's\n"
-        "folder appears only when complete; a rerun skips the scans already written.",
+        "folder appears only when complete; a rerun skips the scans already written. Under torchrun the\n"
+        "scans are shared out among the processes.",
         ["lesion-harvester detect scan.nii.gz --checkpoint runs/harvest/round_3/lpg/best.pt --out findings/",
          "lesion-harvester detect dicom_export/ b.nii.gz --checkpoint best.pt --out findings/ --score-threshold 0.5"])
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI file, DICOM file or folder, DeepLesion folder")
@@ -35,14 +36,20 @@ def run(args) -> int:
     from lesion_harvester.detect.run import detect_files
 
     min_score = DEFAULT_MIN_SCORE if args.score_threshold is None else args.score_threshold
-    detector = Detector.from_checkpoint(args.checkpoint, device=args.device, min_score=min_score)
+    device, dist = device_and_ranks(args)
+    detector = Detector.from_checkpoint(args.checkpoint, device=device, min_score=min_score)
     written = 0
-    for result in detect_files(args.inputs, detector, args.out, progress=not args.quiet, dicom_seg=args.dicom_seg):
+    rank = f"[rank {dist.rank}] " if dist.active else ""
+    for result in detect_files(args.inputs, detector, args.out, progress=not args.quiet, dicom_seg=args.dicom_seg,
+                               dist=dist):
         if result.runtime_s is None:
-            print(f"{result.volume_id} ({result.input}): {result.note}")
+            print(f"{rank}{result.volume_id} ({result.input}): {result.note}")
             continue
         written += 1
         note = f" ({result.note})" if result.note else ""
-        print(f"{result.volume_id}: {result.findings} findings in {result.runtime_s:.1f} s -> {result.folder}{note}")
-    print(f"wrote {written} scans to {args.out}")
+        print(f"{rank}{result.volume_id}: {result.findings} findings in {result.runtime_s:.1f} s -> {result.folder}"
+              f"{note}")
+    written = sum(dist.gather(written))
+    if dist.is_main:
+        print(f"wrote {written} scans to {args.out}")
     return 0

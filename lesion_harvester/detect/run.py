@@ -5,7 +5,9 @@ folder): ``OUT/<volume id>/findings.json`` and ``findings.csv`` (boxes in the in
 world mm, frame named), ``labels.nii.gz`` (one label per finding, on the input's own grid and
 affine), ``montage.png`` and, if asked, ``findings_seg.dcm`` (a DICOM Segmentation referring to the
 source series). A scan's folder is built beside ``OUT`` and renamed when complete, so
-a killed run leaves no half-written scan, and a rerun skips the scans already written.
+a killed run leaves no half-written scan, and a rerun skips the scans already written. Under
+torchrun the scans are shared out among the ranks (every ``world_size``-th scan to each), each rank
+writing its own folders.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from tqdm import tqdm
 from lesion_harvester import __version__
 from lesion_harvester.detect.detector import Detector
 from lesion_harvester.detect.findings import CSV_COLUMNS, findings_document, findings_rows, label_map_ijk
+from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.io.atomic import atomic_directory
 from lesion_harvester.io.dicom import write_dicom_seg
 from lesion_harvester.io.figures import save_figure
@@ -69,19 +72,24 @@ def write_scan(findings: Findings, folder: Path, dicom_seg: bool = False) -> str
 
 
 def detect_files(inputs: list[str | Path], detector: Detector, out: str | Path, progress: bool = True,
-                 dicom_seg: bool = False) -> Iterator[ScanResult]:
-    """Scan every volume of ``inputs`` into ``out``; yields one :class:`ScanResult` per volume as it ends."""
+                 dicom_seg: bool = False, dist: Distributed = ALONE) -> Iterator[ScanResult]:
+    """Scan every volume of ``inputs`` (this rank's share of them) into ``out``; yields one
+    :class:`ScanResult` per volume as it ends."""
     layout = DetectLayout(Path(out))
     sources = [(str(path), open_volumes(path)) for path in inputs]  # every input is checked before any scan
-    total = sum(len(source.keys) for _, source in sources)
+    total = len(dist.shard(range(sum(len(source.keys) for _, source in sources))))
     used: set[Path] = set()
+    index = -1
     with tqdm(total=total, desc="detect", unit="scan", disable=not progress) as bar:
         for path, source in sources:
             for key in source.keys:
                 folder = layout.scan_dir(key)
-                while folder in used:  # two inputs with one volume id
+                while folder in used:  # two inputs with one volume id (every rank names all scans alike)
                     folder = folder.with_name(folder.name + "_")
                 used.add(folder)
+                index += 1
+                if index % dist.world_size != dist.rank:  # another rank's scan
+                    continue
                 if DetectLayout.findings_json(folder).is_file():
                     bar.update(1)
                     yield ScanResult(path, key, folder, None, None, "already written")

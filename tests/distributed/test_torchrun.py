@@ -94,3 +94,22 @@ def test_ddp_training_equals_one_process_on_the_whole_batch(tiny_dataset, tmp_pa
         assert a["hard_background"] == b["hard_background"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["score"] == pytest.approx(b["score"], abs=1e-6)
+
+
+def test_detect_shares_the_scans_among_the_ranks(tiny_dataset, tiny_checkpoint, tmp_path):
+    args = ["detect", str(tiny_dataset), "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "-q",
+            "--score-threshold", "0.1"]
+    assert torchrun(*args, "--out", str(tmp_path / "alone"), processes=1).returncode == 0
+    ranks = torchrun(*args, "--out", str(tmp_path / "ranks"))
+    assert ranks.returncode == 0, ranks.stderr[-3000:]
+    assert "[rank 0]" in ranks.stdout and "[rank 1]" in ranks.stdout  # both ranks scanned
+    alone = sorted(p.parent.name for p in (tmp_path / "alone").glob("*/findings.json"))
+    shared = sorted(p.parent.name for p in (tmp_path / "ranks").glob("*/findings.json"))
+    assert len(alone) > 2 and shared == alone
+    found = 0
+    for name in alone:
+        a = json.loads((tmp_path / "alone" / name / "findings.json").read_text())
+        b = json.loads((tmp_path / "ranks" / name / "findings.json").read_text())
+        assert a["findings"] == b["findings"]
+        found += len(a["findings"])
+    assert found  # there were findings to compare
