@@ -23,7 +23,7 @@ from pathlib import Path
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.deeplesion import DeepLesionDataset, read_dl_info, write_dl_info
 from lesion_harvester.io.splits import read_splits
-from lesion_harvester.paths import default_cache_dir
+from lesion_harvester.paths import cache_dir_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common
@@ -75,10 +75,10 @@ def add_marked_volumes(base: Path, extra: Path, out: Path, max_volumes: int | No
 
     # prepared volumes of either dataset stay valid under the new names (same preset fingerprints)
     for root, rename in ((base, False), (extra, True)):
-        if not default_cache_dir(root).is_dir():
+        if not cache_dir_for(root).is_dir():
             continue
-        for fingerprint in default_cache_dir(root).iterdir():
-            target = default_cache_dir(partial) / fingerprint.name
+        for fingerprint in cache_dir_for(root).iterdir():
+            target = cache_dir_for(partial) / fingerprint.name
             target.mkdir(parents=True, exist_ok=True)
             for f in fingerprint.iterdir():
                 if not f.name.startswith("."):  # skip temporary files of an interrupted write

@@ -18,7 +18,7 @@ from pathlib import Path
 from lesion_harvester.config import load_preset
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.sources import build_sources
-from lesion_harvester.paths import default_cache_dir
+from lesion_harvester.paths import cache_dir_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common
@@ -28,7 +28,7 @@ _WORKER: dict = {}  # per worker process: the dataset source and the cache, open
 
 def _open(data: str, preset_name: str) -> None:
     _WORKER["source"] = build_sources(data).source
-    _WORKER["cache"] = PreparedCache(default_cache_dir(data), load_preset(preset_name).preprocess)
+    _WORKER["cache"] = PreparedCache(cache_dir_for(data), load_preset(preset_name).preprocess)
 
 
 def _prepare(key: str) -> str:

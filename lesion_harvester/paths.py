@@ -1,7 +1,8 @@
 """Where things live on disk: the one module that names files and folders of runs and caches.
 
 - the prepared-volume cache: ``DATA/.lesion_harvester_cache/<preprocessing fingerprint>/`` by
-  default, so that training, scanning and harvesting one dataset share it;
+  default, so that training, scanning and harvesting one dataset share it, or
+  ``CACHE_DIR/<dataset name>-<path digest>/<preprocessing fingerprint>/`` with ``--cache-dir``;
 - an LPG training folder (:class:`TrainLayout`): ``best.pt``, ``last.pt``, ``train_log.json``,
   ``config.yaml``, ``train.log``;
 - a resumable scan's partial folder beside its output: ``OUT.partial/``;
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,22 @@ from pathlib import Path
 CACHE_FOLDER = ".lesion_harvester_cache"
 
 
-def default_cache_dir(data_root: str | Path) -> Path:
-    """Prepared volumes are cached next to the data, so that training, scanning and harvesting share them."""
-    return Path(data_root) / CACHE_FOLDER
+CACHE_ENV = "LESION_HARVESTER_CACHE_DIR"  # the default of every command's --cache-dir
+
+
+def cache_dir_for(data_root: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """Where the prepared volumes of ``data_root`` are cached, shared by training, scanning and harvesting.
+
+    By default next to the data (``DATA/.lesion_harvester_cache``). Under a chosen ``cache_dir``
+    (``--cache-dir`` or ``$LESION_HARVESTER_CACHE_DIR``, e.g. when DATA is read-only) each dataset gets
+    a folder named by its resolved path, because two datasets may hold different volumes of the same
+    name (synthetic datasets of two seeds do).
+    """
+    if cache_dir is None:
+        return Path(data_root) / CACHE_FOLDER
+    resolved = Path(data_root).resolve()
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
+    return Path(cache_dir) / f"{resolved.name}-{digest}"
 
 
 def partial_dir(out: str | Path) -> Path:

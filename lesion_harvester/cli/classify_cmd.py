@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lesion_harvester.cli.common import add_device_option, add_subcommand
+from lesion_harvester.cli.common import add_cache_option, add_device_option, add_subcommand
 
 
 def add_parser(sub) -> None:
@@ -17,12 +17,14 @@ def add_parser(sub) -> None:
     p.add_argument("--proposals", required=True, help="tracklet pickle of 3D proposals (from propose)")
     p.add_argument("--out", required=True, help="scored tracklets; a CSV with s_g, s_c and s is written beside")
     add_device_option(p)
+    add_cache_option(p)
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from lesion_harvester.lpc.api import classify_proposals
 
-    scored = classify_proposals(args.data, args.checkpoint, args.proposals, args.out, args.device)
+    scored = classify_proposals(args.data, args.checkpoint, args.proposals, args.out, args.device,
+                                args.cache_dir)
     print(f"scored {sum(len(v) for v in scored.values())} proposals; wrote {args.out}")
     return 0

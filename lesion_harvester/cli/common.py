@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from tqdm import tqdm
@@ -49,6 +50,15 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
 
 def add_device_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES_HELP}; default auto")
+
+
+def add_cache_option(p: argparse.ArgumentParser) -> None:
+    """``--cache-dir``, by default ``$LESION_HARVESTER_CACHE_DIR`` or next to the data."""
+    from lesion_harvester.paths import CACHE_ENV, CACHE_FOLDER
+
+    p.add_argument("--cache-dir", default=os.environ.get(CACHE_ENV) or None,
+                   help=f"keep prepared volumes here (one folder per dataset), e.g. when DATA is read-only; "
+                        f"default ${CACHE_ENV}, else DATA/{CACHE_FOLDER} for a DeepLesion folder")
 
 
 def device_and_ranks(args: argparse.Namespace):

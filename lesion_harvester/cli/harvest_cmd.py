@@ -6,7 +6,14 @@ import dataclasses
 import logging
 import shlex
 
-from lesion_harvester.cli.common import add_device_option, add_preset_options, add_subcommand, preset_from_args
+from lesion_harvester.cli.common import (
+    add_cache_option,
+    add_device_option,
+    add_preset_options,
+    add_subcommand,
+    device_and_ranks,
+    preset_from_args,
+)
 from lesion_harvester.config import Preset
 from lesion_harvester.errors import ConfigError
 
@@ -30,6 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--holdout", default=None,
                    help="complete labels of V_H^test for the report (e.g. Revised-Train100.pkl)")
     add_device_option(p)
+    add_cache_option(p)
     p.set_defaults(handler=run)
 
 
@@ -49,8 +57,11 @@ def run(args) -> int:
 
     preset = with_rounds(preset_from_args(args), args.rounds)
     logging.getLogger(__name__).info("command: %s", shlex.join(args.command_line))
-    layout = harvest(args.data, args.out, preset, args.fully_annotated, args.holdout, args.device,
-                     progress=not args.quiet)
+    device, dist = device_and_ranks(args)
+    layout = harvest(args.data, args.out, preset, args.fully_annotated, args.holdout, device,
+                     progress=not args.quiet, dist=dist, cache_dir=args.cache_dir)
+    if not dist.is_main:
+        return 0
     report = build_report(layout.root)
     print_table(report)
     print(f"\nharvested lesions: {layout.harvested}; report: {layout.report_md}")

@@ -25,7 +25,7 @@ SUBCOMMANDS = (
     "inspect", "synth", "evaluate", "marks", "train-lpg", "propose", "train-lpc", "classify", "harvest", "report",
     "detect", "info", "demo",
 )
-DISTRIBUTED = ("train-lpg", "propose", "detect")  # the commands that run under torchrun
+DISTRIBUTED = ("train-lpg", "propose", "detect", "harvest")  # the commands that run under torchrun
 
 
 def build_parser() -> argparse.ArgumentParser:

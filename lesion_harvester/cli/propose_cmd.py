@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lesion_harvester.cli.common import add_device_option, add_subcommand, device_and_ranks
+from lesion_harvester.cli.common import add_cache_option, add_device_option, add_subcommand, device_and_ranks
 
 
 def add_parser(sub) -> None:
@@ -30,8 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--naive", action="store_true", help="compute every slice's context from scratch (for checks)")
     p.add_argument("--flip-test", action="store_true",
                    help="average with the left-right mirrored slices (CenterNet's flip test; twice the compute)")
-    p.add_argument("--cache-dir", default=None, help="prepared-volume cache (default DATA/.lesion_harvester_cache "
-                                                     "for a DeepLesion folder, none otherwise)")
+    add_cache_option(p)
     p.set_defaults(handler=run)
 
 

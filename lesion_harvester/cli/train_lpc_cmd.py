@@ -6,7 +6,13 @@ import dataclasses
 import json
 import typing
 
-from lesion_harvester.cli.common import add_device_option, add_preset_options, add_subcommand, preset_from_args
+from lesion_harvester.cli.common import (
+    add_cache_option,
+    add_device_option,
+    add_preset_options,
+    add_subcommand,
+    preset_from_args,
+)
 from lesion_harvester.config import LPCVariant
 
 
@@ -24,6 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--variant", choices=typing.get_args(LPCVariant), default=None, help="default: the preset's")
     p.add_argument("--fully-annotated", default=None, help="complete labels of V_M (real DeepLesion layout)")
     add_device_option(p)
+    add_cache_option(p)
     p.set_defaults(handler=run)
 
 
@@ -34,7 +41,7 @@ def run(args) -> int:
     if args.variant:
         preset = dataclasses.replace(preset, lpc=dataclasses.replace(preset.lpc, variant=args.variant))
     counts = train_lpc_on_proposals(args.data, args.proposals, args.out, preset, args.fully_annotated, args.device,
-                                    progress=not args.quiet)
+                                    progress=not args.quiet, cache_dir=args.cache_dir)
     print(json.dumps(counts))
     print(f"wrote {args.out}")
     return 0

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lesion_harvester.cli.common import (
+    add_cache_option,
     add_device_option,
     add_preset_options,
     add_subcommand,
@@ -49,7 +50,7 @@ def add_parser(sub) -> None:
                    help="Table III label set of --from-harvest: R, R+P (harvested lesions), R+P+N (and hard negatives)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
     add_device_option(p)
-    p.add_argument("--cache-dir", default=None, help="prepared-volume cache (default DATA/.lesion_harvester_cache)")
+    add_cache_option(p)
     p.set_defaults(handler=run)
 
 

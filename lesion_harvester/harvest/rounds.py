@@ -15,10 +15,15 @@ mean of the fold models. With ``harvest.calibration_volumes`` some V_M volumes a
 training too, and the threshold is set on them alone. With ``harvest.calibration_marks`` some V_H
 volumes' RECIST marks train no LPG and no LPC: they tell how often the harvest finds a lesion, from
 which the precision above a threshold is estimated (``harvest.threshold``, harvest/precision.py).
+
+Under torchrun the LPG steps (training, scanning) run on every rank and share their work
+(:mod:`lesion_harvester.distributed`); the other steps, and every write to the ledger and the run
+folder, happen on the main rank while the others wait for it at a barrier.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,6 +34,7 @@ from pathlib import Path
 
 from lesion_harvester.config import Preset, dump_config, settings_fingerprint
 from lesion_harvester.device import resolve_device
+from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.harvest import steps
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
@@ -50,7 +56,7 @@ from lesion_harvester.lpc.api import LPCExamples, train_lpc_folds
 from lesion_harvester.lpc.train import load_lpc
 from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import train_lpg
-from lesion_harvester.paths import RunLayout, default_cache_dir
+from lesion_harvester.paths import RunLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.structures import RecistMark, group_by_volume
 
@@ -74,6 +80,7 @@ class HarvestRun:
     held_out_marks: list[str]  # V_H volumes whose marks no model trains on (harvest.calibration_marks)
     device: str = "cpu"
     progress: bool = True
+    dist: Distributed = ALONE  # this process's rank under torchrun
 
     @property
     def unseen(self) -> set[str]:
@@ -97,11 +104,13 @@ class HarvestRun:
 
 
 def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annotated: str | None = None,
-             holdout: str | None = None, device: str = "auto", progress: bool = True) -> HarvestRun:
+             holdout: str | None = None, device: str = "auto", progress: bool = True,
+             dist: Distributed = ALONE, cache_dir: str | Path | None = None) -> HarvestRun:
     """Open (or create) the run folder of a harvest of ``data``; a folder holding a harvest with
-    other settings or data is refused. Every check that can fail runs before anything is written."""
+    other settings or data is refused. Every check that can fail runs before anything is written.
+    Under torchrun the main rank creates the folder and the ledger before the others open them."""
     data, layout = Path(data), RunLayout(Path(run_dir))
-    device = resolve_device(device)
+    device = dist.device(resolve_device(device))
     inputs = resolve_partition(data, fully_annotated, holdout, need_holdout=True)
     if inputs.validation_held_out:
         log.warning("LPG validation: %s", inputs.validation_source)
@@ -109,6 +118,11 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
                                             preset.lpg_train.seed)
     held_out_marks = steps.calibration_mark_volumes(inputs.harvest, set(inputs.holdout) | set(inputs.validation),
                                                     preset.harvest.calibration_marks, preset.lpg_train.seed)
+    if not dist.is_main:  # the main rank has created and checked the folder (below)
+        dist.barrier()
+        cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
+        return HarvestRun(data, layout, preset, inputs, Ledger(layout.ledger), cache, calibration, held_out_marks,
+                          device, progress and dist.is_main, dist)
     layout.root.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(layout.ledger)
     # --rounds may grow between runs of one harvest; every other setting must match
@@ -119,7 +133,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     if stored is not None and stored != fingerprint:
         ledger.close()
         raise ConfigError(f"{layout.root}: this folder holds a harvest with other settings or data; "
-                          "use a new --out folder (or delete it to start over)")
+                          "use a new --out folder (or delete it to start over)")  # torchrun stops the others
     if stored is None:
         ledger.set_meta("fingerprint", fingerprint)
         ledger.set_meta("data", str(data.resolve()))
@@ -131,8 +145,9 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     if ledger.get_meta("fully_annotated_file") is None:  # the fingerprint matched: the same file as at the start
         ledger.set_meta("fully_annotated_file", str(Path(fully_annotated).resolve()) if fully_annotated else "")
     dump_config(preset, layout.config)
-    cache = PreparedCache(default_cache_dir(data), preset.preprocess)
-    return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, held_out_marks, device, progress)
+    cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
+    dist.barrier()
+    return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, held_out_marks, device, progress, dist)
 
 
 def run_harvest(run: HarvestRun, rounds: int) -> None:
@@ -149,14 +164,17 @@ def run_harvest(run: HarvestRun, rounds: int) -> None:
             run_round(run, r)
             info = ledger.step_info(r, "mine")
             if info["n_new"] < run.preset.harvest.min_new_lesions and r < rounds:
-                ledger.set_meta("stopped_after_round", str(r))
+                if run.dist.is_main:
+                    ledger.set_meta("stopped_after_round", str(r))
                 log.info("round %d added %d new lesions (< %d): stopping", r, info["n_new"],
                          run.preset.harvest.min_new_lesions)
                 break
-        write_outputs(run)
+        if run.dist.is_main:
+            write_outputs(run)
     finally:
-        total = float(ledger.get_meta("elapsed_s") or 0) + time.time() - started
-        ledger.set_meta("elapsed_s", f"{total:.1f}")
+        if run.dist.is_main:
+            total = float(ledger.get_meta("elapsed_s") or 0) + time.time() - started
+            ledger.set_meta("elapsed_s", f"{total:.1f}")
 
 
 def run_round(run: HarvestRun, r: int) -> None:
@@ -167,7 +185,9 @@ def run_round(run: HarvestRun, r: int) -> None:
     for name, step in todo:
         if run.ledger.step_info(r, name) is None:
             log.info("round %d: %s", r, name)
-            step(run, r)
+            if name in SHARED_STEPS or run.dist.is_main:
+                step(run, r)
+            run.dist.barrier()  # every rank sees the step's result in the ledger before the next
 
 
 # --- each step: inputs from the ledger, the step, its result into the ledger ------------------------------
@@ -201,25 +221,29 @@ def _lpg(run: HarvestRun, r: int) -> None:
     layout = run.layout
     extra = {}
     if r > 1:
-        positives, negatives = _pooled_examples(run, r - 1)
-        write_tracklets(layout.finetune_positives(r), group_by_volume(positives))
-        write_tracklets(layout.finetune_negatives(r), group_by_volume(negatives))
+        if run.dist.is_main:
+            positives, negatives = _pooled_examples(run, r - 1)
+            write_tracklets(layout.finetune_positives(r), group_by_volume(positives))
+            write_tracklets(layout.finetune_negatives(r), group_by_volume(negatives))
+        run.dist.barrier()
         extra = {"extra_positives": str(layout.finetune_positives(r)),
                  "hard_negatives": str(layout.finetune_negatives(r)), "init": str(layout.lpg(r - 1).best)}
     train_lpg(run.data, layout.lpg(r).root, steps.lpg_preset(run.preset, r), run.device,
               fully_annotated=lpg_fully_annotated_file(run), progress=run.progress,
-              exclude_volumes=run.held_out_marks, **extra)
-    with run.ledger.transaction() as db:
-        run.ledger.finish_step(db, r, "lpg", {"checkpoint": str(layout.lpg(r).best)})
+              exclude_volumes=run.held_out_marks, dist=run.dist, **extra)
+    if run.dist.is_main:
+        with run.ledger.transaction() as db:
+            run.ledger.finish_step(db, r, "lpg", {"checkpoint": str(layout.lpg(r).best)})
 
 
 def _scan(run: HarvestRun, r: int) -> None:
     keys = list(run.inputs.fully_annotated) + run.inputs.harvest
     results = propose(run.data, run.layout.lpg(r).best, run.layout.proposals(r), stack=run.preset.stack,
-                      scan=run.preset.scan, device=run.device, progress=run.progress, keys=keys)
-    with run.ledger.transaction() as db:
-        n = run.ledger.add_proposals(db, r, results)
-        run.ledger.finish_step(db, r, "scan", {"proposals": n})
+                      scan=run.preset.scan, device=run.device, progress=run.progress, keys=keys, dist=run.dist)
+    if run.dist.is_main:
+        with run.ledger.transaction() as db:
+            n = run.ledger.add_proposals(db, r, results)
+            run.ledger.finish_step(db, r, "scan", {"proposals": n})
 
 
 def _verify(run: HarvestRun, r: int) -> None:
@@ -318,6 +342,7 @@ def _lpc_variants(run: HarvestRun, r: int) -> None:
 ROUND_STEPS: dict[str, Callable[[HarvestRun, int], None]] = {
     "lpg": _lpg, "scan": _scan, "verify": _verify, "lpc": _lpc, "classify": _classify, "mine": _mine,
 }
+SHARED_STEPS = ("lpg", "scan")  # run by every rank under torchrun; the others by the main rank alone
 
 
 def write_outputs(run: HarvestRun) -> None:
@@ -336,12 +361,15 @@ def write_outputs(run: HarvestRun) -> None:
 
 
 def harvest(data: str | Path, run_dir: str | Path, preset: Preset, fully_annotated: str | None = None,
-            holdout: str | None = None, device: str = "auto", progress: bool = True) -> RunLayout:
+            holdout: str | None = None, device: str = "auto", progress: bool = True,
+            dist: Distributed = ALONE, cache_dir: str | Path | None = None) -> RunLayout:
     """Harvest ``data`` into ``run_dir`` for ``preset.harvest.rounds`` rounds (resumable); returns
-    the run folder's layout. The log records of the run are appended to ``run_dir/harvest.log``."""
-    run = open_run(data, run_dir, preset, fully_annotated, holdout, device, progress)
+    the run folder's layout. The log records of the run are appended to ``run_dir/harvest.log``.
+    ``dist``: this rank under torchrun (see the module); ``cache_dir``: where prepared volumes are
+    kept (:func:`lesion_harvester.paths.cache_dir_for`)."""
+    run = open_run(data, run_dir, preset, fully_annotated, holdout, device, progress, dist, cache_dir)
     try:
-        with log_to_file(run.layout.log):
+        with log_to_file(run.layout.log) if dist.is_main else contextlib.nullcontext():
             log.info("harvesting %s into %s (preset %s, %d rounds, device %s)", data, run.layout.root, preset.name,
                      preset.harvest.rounds, run.device)
             run_harvest(run, preset.harvest.rounds)

@@ -37,7 +37,7 @@ from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.api import LPCExamples, PreparedVolumes, proposal_patches, train_lpc_folds
 from lesion_harvester.lpc.model import LesionProposalClassifier
 from lesion_harvester.lpc.train import predict_lpc, train_lpc
-from lesion_harvester.paths import default_cache_dir
+from lesion_harvester.paths import cache_dir_for
 from lesion_harvester.structures import RecistMark, SliceBox, Tracklet, group_by_volume
 
 POSITIVE = (FA_LESION, RECIST, "harvested")  # statuses whose proposals fine-tune the LPG as lesions
@@ -218,9 +218,11 @@ def lpc_variant_scores(examples: LPCExamples, targets: list[ProposalRow], volume
 
 # --- steps 3-4 outside a harvest: ``train-lpc`` ------------------------------------------------------------------
 def train_lpc_on_proposals(data: str | Path, proposals: str | Path, out: str | Path, preset: Preset,
-                           fully_annotated: str | None = None, device: str = "auto", progress: bool = True) -> dict:
+                           fully_annotated: str | None = None, device: str = "auto", progress: bool = True,
+                           cache_dir: str | Path | None = None) -> dict:
     """Verify a proposal file against V_M's complete labels and V_H's marks, as a harvest round does,
-    and train one LPC on the result (written to ``out``). Returns the example counts."""
+    and train one LPC on the result (written to ``out``). Returns the example counts. ``cache_dir``:
+    see :func:`lesion_harvester.paths.cache_dir_for`."""
     device = resolve_device(device)
     part = resolve_partition(data, fully_annotated, purpose="training the LPC")
     tracklets = read_tracklets(proposals)
@@ -231,7 +233,7 @@ def train_lpc_on_proposals(data: str | Path, proposals: str | Path, out: str | P
     if not vm_rows and not marked:
         raise DataError(proposals, "no proposal in the fully annotated or harvest volumes of this dataset")
     examples = lpc_examples(vm_rows, marked, part.fully_annotated, part.marks, preset.lpc.min_positives)
-    cache = PreparedCache(default_cache_dir(data), preset.preprocess)
+    cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
     train_lpc_folds(examples, [[]], lambda key: cache.get(part.source, key), preset.lpc, preset.preprocess,
                     [Path(out)], device, seed=preset.lpc.seed, progress=progress)
     return examples.counts()

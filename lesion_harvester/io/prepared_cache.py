@@ -4,6 +4,9 @@ A volume is prepared (:func:`lesion_harvester.preprocessing.prepare_volume`) the
 asked for and read back memory-mapped afterwards. Both files are written atomically, the array
 first, so a reader that finds the ``.json`` finds a whole array beside it. The folder is named by
 the settings that shape a prepared volume, so a change of spacing never reads a stale one.
+Several processes may share one cache (ranks under torchrun, a harvest beside a training): two that
+prepare the same volume at once each write a whole file under a temporary name and rename it, so a
+reader sees one of two identical files, never a part of one.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ class PreparedCache:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                log.warning("cannot create cache folder %s (%s); preparing volumes in memory only", self.dir, exc)
+                log.warning("cannot create cache folder %s (%s); preparing volumes in memory only, again for every "
+                            "command (give --cache-dir or set LESION_HARVESTER_CACHE_DIR to keep them)", self.dir, exc)
                 self.dir = None
 
     def get(self, source: VolumeSource, key: str) -> PreparedVolume:

@@ -30,7 +30,7 @@ from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc, train_lpc
-from lesion_harvester.paths import default_cache_dir
+from lesion_harvester.paths import cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.structures import Tracklet, group_by_volume
 
@@ -103,9 +103,10 @@ def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: Prep
 
 
 def classify_proposals(data: str | Path, checkpoint: str | Path, proposals: str | Path, out: str | Path,
-                       device: str = "auto") -> dict[str, list[Tracklet]]:
+                       device: str = "auto", cache_dir: str | Path | None = None) -> dict[str, list[Tracklet]]:
     """Score every proposal of ``proposals`` with the LPC ``checkpoint``; write and return them with
-    fused scores (each 2D score times s_c, so a tracklet's objectness becomes s = s_g * s_c)."""
+    fused scores (each 2D score times s_c, so a tracklet's objectness becomes s = s_g * s_c).
+    ``cache_dir``: see :func:`lesion_harvester.paths.cache_dir_for`."""
     device = resolve_device(device)
     model, cfg, payload = load_lpc(checkpoint, device)
     if "preprocess" not in payload:
@@ -113,7 +114,8 @@ def classify_proposals(data: str | Path, checkpoint: str | Path, proposals: str 
     pre = from_dict(PreprocessConfig, payload["preprocess"], f"{checkpoint} preprocess")
     source = open_volumes(data)
     tracklets = read_tracklets(proposals)
-    cache = PreparedCache(default_cache_dir(data) if source.format == "deeplesion" else None, pre)
+    # DeepLesion folders are cached by default, single scans only where asked
+    cache = PreparedCache(cache_dir_for(data, cache_dir) if source.format == "deeplesion" or cache_dir else None, pre)
     scored: dict[str, list[Tracklet]] = {}
     rows = []
     for key, ts in tracklets.items():

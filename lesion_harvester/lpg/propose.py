@@ -26,7 +26,7 @@ from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.partial import PartialResults, file_digest
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.scan import scan_volumes, scanner_from_checkpoint
-from lesion_harvester.paths import default_cache_dir, partial_dir
+from lesion_harvester.paths import cache_dir_for, partial_dir
 from lesion_harvester.structures import Tracklet
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,10 @@ def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackC
             raise DataError(data, f"{len(unknown)} volumes to scan are not in the dataset, e.g. {unknown[0]}")
         source.keys = list(keys)
     if source.format == "deeplesion":
-        cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), pre)
+        cache = PreparedCache(cache_dir_for(data, cache_dir), pre)
         total = sum(source.dataset.sub_volumes[k].num_slices for k in source.keys)
     else:
-        cache = PreparedCache(cache_dir, pre)
+        cache = PreparedCache(None if cache_dir is None else cache_dir_for(data, cache_dir), pre)
         total = None
 
     def prepare(key: str):

@@ -36,7 +36,7 @@ from lesion_harvester.lpg.losses import centernet_loss, loss_counts
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import Scanner
 from lesion_harvester.lpg.sources import build_sources
-from lesion_harvester.paths import TrainLayout, default_cache_dir
+from lesion_harvester.paths import TrainLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.structures import SliceBox, Tracklet
 
@@ -207,7 +207,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     else:
         log.warning("%s: no validation volumes with lesions, so no epoch can be chosen: best.pt will be the "
                     "latest epoch", data)
-    cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), preset.preprocess)
+    cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
     keys = list(dict.fromkeys(sources.training.volume_keys + list(sources.validation)))
     if dist.active and cache.dir is not None:  # each rank prepares its share into the cache first
         for k in dist.shard(keys):

@@ -64,7 +64,7 @@ from lesion_harvester.lpg.propose import scan_to_file
 from lesion_harvester.lpg.scan import SliceProposals, network_volume, slice_proposals
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.lpg.train import lr_factor, make_optimizer
-from lesion_harvester.paths import TrainLayout, default_cache_dir
+from lesion_harvester.paths import TrainLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.stacking.stack import stack_proposals
 from lesion_harvester.structures import Tracklet
@@ -194,7 +194,7 @@ def train_retinanet(data: str | Path, out_dir: str | Path, preset: Preset, devic
         start_time = time.time()
         torch.manual_seed(cfg.seed)
         sources = build_sources(data, fully_annotated, extra_positives, None, drop_known_positives=True)
-        cache = PreparedCache(cache_dir if cache_dir is not None else default_cache_dir(data), preset.preprocess)
+        cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
         prepared = {k: cache.get(sources.source, k) for k in tqdm(sources.training.volume_keys,
                                                                   desc="preparing volumes", unit="vol",
                                                                   disable=not progress)}

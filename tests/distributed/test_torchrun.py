@@ -113,3 +113,29 @@ def test_detect_shares_the_scans_among_the_ranks(tiny_dataset, tiny_checkpoint, 
         assert a["findings"] == b["findings"]
         found += len(a["findings"])
     assert found  # there were findings to compare
+
+
+def test_a_harvest_under_two_ranks_finishes_and_resumes_after_a_rank_dies(tiny_dataset, tmp_path):
+    import sqlite3
+
+    run = tmp_path / "run"
+    args = ["harvest", str(tiny_dataset), "--out", str(run), "--preset", "tiny", "--rounds", "2", "--device", "cpu",
+            "-q"]
+    died = torchrun(*args, die_rank=1)  # rank 1 dies after saving its first volume of round 1's scan
+    assert died.returncode != 0
+    assert (run / "round_1" / "lpg" / "best.pt").is_file() and not (run / "harvested.pkl").exists()
+    rerun = torchrun(*args)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert rerun.stdout.count("harvested lesions:") == 1  # the main rank reports
+    for name in ("harvested.pkl", "hard_negatives.pkl", "completed_annotations.pkl", "report.md"):
+        assert (run / name).is_file(), name
+    db = sqlite3.connect(run / "ledger.sqlite")
+    try:
+        steps = db.execute("SELECT round, name FROM steps").fetchall()
+        per_round = dict(db.execute("SELECT round, COUNT(*) FROM proposals GROUP BY round").fetchall())
+    finally:
+        db.close()
+    expected = {(r, s) for r in (1, 2) for s in ("lpg", "scan", "verify", "lpc", "classify", "mine")}
+    assert set(steps) >= expected and len(steps) == len(set(steps))  # every step once
+    with open(run / "round_1" / "proposals.pkl", "rb") as handle:
+        assert per_round[1] == sum(len(v) for v in pickle.load(handle).values())  # nothing lost or doubled
