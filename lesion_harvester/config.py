@@ -211,6 +211,9 @@ class ScanConfig(_Checked):
     """Whole-volume scanning with the LPG."""
 
     batch_slices: int = 8
+    # processes preparing the next volumes (reading, resampling, caching) while the LPG scans;
+    # 0: one background thread
+    loader_workers: int = 0
     top_k: int = 100
     shared: bool = True  # compute each triplet once per volume
     amp: bool = True  # half precision on CUDA
@@ -367,6 +370,8 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lpg_train.iters_per_epoch": _at_least(1),
     "lpg_train.lr": _POSITIVE,
     "scan.batch_slices": _at_least(1),
+    "scan.loader_workers": _at_least(0),
+    "lpg_train.loader_workers": _at_least(0),
     "lpc.windows_hu": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(map(_is_window, v)),
                        "one or more [low, high] windows in HU with low < high"),
     "lpc.epochs": _at_least(1),

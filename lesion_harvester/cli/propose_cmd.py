@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
                    help="t_G: keep 2D proposals above it (default: the checkpoint preset's, 0.1)")
     add_device_option(p)
     p.add_argument("--batch-slices", type=int, default=8, help="target slices per forward pass (default 8)")
+    p.add_argument("--loader-workers", type=int, default=0,
+                   help="processes preparing the next volumes while the LPG scans (default 0: one thread)")
     p.add_argument("--naive", action="store_true", help="compute every slice's context from scratch (for checks)")
     p.add_argument("--flip-test", action="store_true",
                    help="average with the left-right mirrored slices (CenterNet's flip test; twice the compute)")
@@ -39,7 +41,8 @@ def run(args) -> int:
     from lesion_harvester.lpg.propose import propose
 
     # the stacking settings travel with the checkpoint (presets differ in their link IoU)
-    scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive, flip_test=args.flip_test)
+    scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive, flip_test=args.flip_test,
+                      loader_workers=args.loader_workers)
     device, dist = device_and_ranks(args)
     results = propose(args.data, args.checkpoint, args.out, args.split, None, scan, device, args.cache_dir,
                       progress=not args.quiet, score_threshold=args.score_threshold, dist=dist)

@@ -47,20 +47,21 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
     stack = stack or stored_stack
     if score_threshold is not None:
         stack = replace(stack, score_threshold=score_threshold)
-    # what a resumed scan must share with the one it continues (the batch size changes no result)
-    settings = [replace(scan, batch_slices=ScanConfig().batch_slices)]
+    # what a resumed scan must share with the one it continues (batch size and workers change no result)
+    settings = [replace(scan, batch_slices=ScanConfig().batch_slices, loader_workers=ScanConfig().loader_workers)]
     return scan_to_file(data, scanner, pre, stack, out, file_digest(checkpoint), settings, split, keys, cache_dir,
-                        progress, dist)
+                        progress, dist, scan.loader_workers)
 
 
 def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackConfig, out: str | Path,
                  model_id: str, settings: list, split: str | None = None, keys: list[str] | None = None,
                  cache_dir: str | Path | None = None, progress: bool = True,
-                 dist: Distributed = ALONE) -> dict[str, list[Tracklet]]:
+                 dist: Distributed = ALONE, workers: int = 0) -> dict[str, list[Tracklet]]:
     """Scan the selected volumes with ``scanner`` (anything with ``propose(prepared_volume, stack)``,
     e.g. :class:`Scanner` or a peer detector's), resumably; returns and writes {volume key: tracklets}.
     ``model_id`` (e.g. the checkpoint's digest) and ``settings`` name the scan, so that a rerun
-    resumes only its own. ``dist``: this rank's share of the volumes (see the module)."""
+    resumes only its own. ``dist``: this rank's share of the volumes (see the module); ``workers``:
+    processes preparing the volumes ahead of the scan."""
     out = Path(out)
     source = open_volumes(data, split=split)
     if keys is not None:
@@ -92,7 +93,8 @@ def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackC
         log.info("resuming: %d of %d volumes already scanned", len(done), len(source.keys))
     if total is not None and (done or dist.active):
         total = sum(source.dataset.sub_volumes[k].num_slices for k in todo)
-    done.update(scan_volumes(scanner, todo, prepare, stack, progress and dist.is_main, total, on_volume=partial.save))
+    done.update(scan_volumes(scanner, todo, prepare, stack, progress and dist.is_main, total, on_volume=partial.save,
+                             workers=workers))
     if dist.active:  # every rank's volumes, from the partial folder
         dist.barrier()
         done = partial.finished(source.keys)

@@ -182,11 +182,32 @@ def scanner_from_checkpoint(path: str | Path, device: str, scan: ScanConfig | No
     return Scanner(model, pre, scan or ScanConfig(), device), pre, checkpoint_stack(path, payload)
 
 
-def iterate_prepared(keys: list[str], prepare, progress_total: int | None = None,
-                     desc: str = "scanning") -> Iterator[tuple[str, PreparedVolume]]:
-    """Prepare volumes one ahead in a background thread (loading overlaps compute); at most two
-    volumes are in memory at a time, whatever the number of volumes."""
+class _Preparing(torch.utils.data.Dataset):
+    """Volume i of ``keys``, prepared in a loader worker."""
+
+    def __init__(self, keys: list[str], prepare):
+        self.keys, self.prepare = keys, prepare
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[str, PreparedVolume]:
+        pv = self.prepare(self.keys[i])
+        # a memory-mapped cache file goes back as a path-free array copy; the scan reads it whole anyway
+        return self.keys[i], PreparedVolume(pv.key, np.ascontiguousarray(pv.image), pv.crop_yx, pv.scale,
+                                            pv.spacing_zyx_mm, pv.original_shape)
+
+
+def iterate_prepared(keys: list[str], prepare, workers: int = 0) -> Iterator[tuple[str, PreparedVolume]]:
+    """Volumes prepared ahead of their use, in order: by one background thread (``workers`` 0; at
+    most two volumes in memory at a time), or by ``workers`` processes (reading, decoding and
+    resampling in parallel; at most 2 per worker in flight). Memory stays flat however many volumes."""
     if not keys:
+        return
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(_Preparing(keys, prepare), batch_size=None, num_workers=workers,
+                                             prefetch_factor=2, multiprocessing_context="fork")
+        yield from loader
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(prepare, keys[0])
@@ -198,14 +219,15 @@ def iterate_prepared(keys: list[str], prepare, progress_total: int | None = None
 
 
 def scan_volumes(scanner: Scanner, keys: list[str], prepare, stack: StackConfig, progress: bool = True,
-                 total_slices: int | None = None, on_volume=None) -> dict[str, list[Tracklet]]:
+                 total_slices: int | None = None, on_volume=None, workers: int = 0) -> dict[str, list[Tracklet]]:
     """3D proposals of many volumes, streamed, with a progress bar in slices per second.
 
-    ``on_volume(key, tracklets)`` is called after each volume (e.g. to save it for resuming).
+    ``on_volume(key, tracklets)`` is called after each volume (e.g. to save it for resuming);
+    ``workers``: processes preparing volumes (:func:`iterate_prepared`).
     """
     results: dict[str, list[Tracklet]] = {}
     bar = tqdm(total=total_slices, desc="scanning", unit="slice", disable=not progress, dynamic_ncols=True)
-    for key, pv in iterate_prepared(keys, prepare):
+    for key, pv in iterate_prepared(keys, prepare, workers):
         tracklets = scanner.propose(pv, stack)
         results[key] = tracklets
         if on_volume is not None:
