@@ -232,3 +232,18 @@ def test_false_positives_per_volume_counts_at_each_score():
     is_false = [False, True, True, True, True]
     assert tool.false_positives_per_volume(scores, is_false, 2, (0.3, 0.5, 0.7)) == [1.5, 0.5, 0.0]
     assert tool.false_positives_per_volume([], [], 0, (0.3,)) == [0.0]
+
+
+@pytest.mark.slow
+def test_bench_scale_runs_one_and_two_processes_and_samples_memory(tiny_checkpoint, tmp_path, capsys):
+    tool = _load("bench_scale")
+    out = tmp_path / "scale.json"
+    assert tool.main([str(tiny_checkpoint), "--preset", "tiny", "--volumes", "2", "--processes", "1,2",
+                      "--flat-volumes", "6", "--project-slices", "2", "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    assert set(results["end_to_end"]) == {"1", "2"}
+    assert all(r["slices_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in results["end_to_end"].values())
+    assert set(results["parts"]["seconds_per_slice"]) == {"prepare", "lpg", "stack", "write"}
+    assert results["memory_over_volumes"]["rss_mb_after"]["100%"] > 0
+    assert results["projection_paper_512"]["deeplesion_hours"] > 0
+    assert "end to end on" in capsys.readouterr().out
