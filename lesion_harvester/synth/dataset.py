@@ -152,8 +152,10 @@ def generate_volume(index: int, seed: int, cfg: SynthConfig, split: str) -> tupl
     placed: list[np.ndarray] = []
     lesions: list[SynthLesion] = []
     target = sample_lesion_count(rng, cfg.max_lesions)
-    attempts = 0
-    while len(lesions) < target and attempts < 6 * target + 20:
+    attempts, budget = 0, 6 * target + 20
+    # a volume with no lesion yet gets 200 more attempts (a small image may refuse a few key lesions
+    # in a row); every volume that placed one within the budget is drawn as before
+    while len(lesions) < target and (attempts < budget or (not lesions and attempts < budget + 200)):
         attempts += 1
         is_key = not lesions
         if is_key:

@@ -119,3 +119,13 @@ def test_refuses_to_overwrite_and_leaves_nothing_on_failure(tmp_path, monkeypatc
         write_synthetic_dataset(target, load_preset("tiny").synth, seed=1, progress=False)
     assert not target.exists()
     assert not any(p.name.startswith(".fresh") for p in tmp_path.iterdir())
+
+
+def test_a_small_image_that_refuses_its_first_key_lesions_still_gets_one():
+    """Tiny preset, seed 700, volume 986: the first 20 attempts at a key lesion all failed, which
+    ended a 1,000-volume generation with an error; further attempts place one."""
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.synth.dataset import generate_volume
+
+    _, record = generate_volume(986, 700, load_preset("tiny").synth, "harvest")
+    assert record.lesions and record.lesions[0].marked
