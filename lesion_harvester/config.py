@@ -47,6 +47,7 @@ LRSchedule = Literal["step", "cosine"]
 BackgroundVolumes = Literal["all", "fully_annotated"]
 LPCVariant = Literal["multiview", "axial", "3d"]
 ThresholdRule = Literal["vm", "marks", "combined"]
+AmpDtype = Literal["float16", "bfloat16"]
 FusionChoice = Literal["admitted", "ap"]
 KeptEpoch = Literal["validation", "last"]
 ResNetDepth = Literal[10, 18, 34]
@@ -202,6 +203,7 @@ class LPGTrainConfig(_Checked):
     # validation volumes chose epoch 2 of 6, whose AP on V_H^test is 0.256 against the last's 0.327
     keep_epoch: KeptEpoch = "validation"
     amp: bool = True  # mixed precision, CUDA only
+    amp_dtype: AmpDtype = "float16"  # bfloat16: no loss scaling needed (Ampere and later GPUs)
     loader_workers: int = 1  # processes preparing batches (0: in the training process)
     seed: int = 0
 
@@ -217,6 +219,9 @@ class ScanConfig(_Checked):
     top_k: int = 100
     shared: bool = True  # compute each triplet once per volume
     amp: bool = True  # half precision on CUDA
+    amp_dtype: AmpDtype = "float16"
+    channels_last: bool = False  # NHWC activations: faster convolutions on tensor-core GPUs
+    compile: bool = False  # torch.compile the network's parts (the first volumes pay the compile time)
     # CenterNet's flip test: average the heatmap and sizes with those of the mirrored slices
     # (twice the compute)
     flip_test: bool = False

@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-slices", type=int, default=8, help="target slices per forward pass (default 8)")
     p.add_argument("--loader-workers", type=int, default=0,
                    help="processes preparing the next volumes while the LPG scans (default 0: one thread)")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp16",
+                   help="on CUDA: half precision (fp16, the default, or bf16) or full fp32; the CPU runs fp32")
+    p.add_argument("--channels-last", action="store_true", help="NHWC activations (faster on tensor-core GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network first (pays off on large scans)")
     p.add_argument("--naive", action="store_true", help="compute every slice's context from scratch (for checks)")
     p.add_argument("--flip-test", action="store_true",
                    help="average with the left-right mirrored slices (CenterNet's flip test; twice the compute)")
@@ -42,7 +46,9 @@ def run(args) -> int:
 
     # the stacking settings travel with the checkpoint (presets differ in their link IoU)
     scan = ScanConfig(batch_slices=args.batch_slices, shared=not args.naive, flip_test=args.flip_test,
-                      loader_workers=args.loader_workers)
+                      loader_workers=args.loader_workers, amp=args.precision != "fp32",
+                      amp_dtype="bfloat16" if args.precision == "bf16" else "float16",
+                      channels_last=args.channels_last, compile=args.compile)
     device, dist = device_and_ranks(args)
     results = propose(args.data, args.checkpoint, args.out, args.split, None, scan, device, args.cache_dir,
                       progress=not args.quiet, score_threshold=args.score_threshold, dist=dist)

@@ -77,6 +77,11 @@ class Scanner:
     def __init__(self, model: MSCN, pre: PreprocessConfig, scan: ScanConfig, device: str = "cpu"):
         self.model, self.pre, self.scan, self.device = model, pre, scan, torch.device(device)
         self.autocast = self.device.type == "cuda" and scan.amp
+        self.amp_dtype = getattr(torch, scan.amp_dtype)
+        if scan.channels_last:
+            self.model = model.to(memory_format=torch.channels_last)
+        if scan.compile:
+            self.model = compiled_parts(model)
 
     def _volume_tensor(self, pv: PreparedVolume) -> torch.Tensor:
         return network_volume(pv, self.pre, self.device)
@@ -159,7 +164,7 @@ class Scanner:
         """Top-K 2D proposals of each target slice (default all), in original pixels."""
         targets = list(range(pv.num_slices)) if targets is None else targets
         result = {}
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.autocast):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
             for chunk, (hm, wh, reg) in self._outputs(pv, targets, self.scan.shared):
                 boxes, scores = decode(hm, wh, reg, self.scan.top_k, self.model.stride)
                 boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
@@ -172,6 +177,14 @@ class Scanner:
         per_slice = self.predict(pv)
         ordered = [(per_slice[z].boxes_xyxy_px, per_slice[z].scores) for z in range(pv.num_slices)]
         return stack_proposals(ordered, stack)
+
+
+def compiled_parts(model: MSCN) -> MSCN:
+    """``model`` with the entry points a scan calls compiled by ``torch.compile`` (dynamic shapes:
+    volumes differ in slice count and size)."""
+    for name in ("forward", "triplet_features", "side_neck", "target_heads"):
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
+    return model
 
 
 def scanner_from_checkpoint(path: str | Path, device: str, scan: ScanConfig | None = None

@@ -226,7 +226,8 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
     use_amp = cfg.amp and device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = getattr(torch, cfg.amp_dtype)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)  # bf16 needs none
     inputs = [fully_annotated, extra_positives, hard_negatives, init] + ([exclude_volumes] if exclude_volumes else [])
     inputs += ["drop_known_positives"] if drop_known_positives and extra_positives else []  # older ones stay valid
     fingerprint = _fingerprint(preset, data, inputs)
@@ -270,7 +271,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         for x, targets in bar:
             x = x.to(device, non_blocking=True)
             targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
                 outputs = net(x)
             # under DDP: normalised by the whole batch's objects, the ranks' losses sum to the one-process
             # loss; DDP averages their gradients, hence the factor

@@ -130,3 +130,16 @@ def test_flip_test_averages_with_the_mirrored_volume(shared):
     assert np.abs(plain.heatmaps(pv, shared) - expected).max() > 1e-3  # the mirrored pass changes something
     boxes = flipped.predict(pv)[0].boxes_xyxy_px
     assert boxes.shape[1] == 4 and (boxes[:, 2] >= boxes[:, 0]).all()
+
+
+def test_channels_last_scans_to_the_same_heatmaps_and_precisions_are_checked():
+    from lesion_harvester.errors import ConfigError
+
+    pv = _volume(2.0)
+    plain = Scanner(_model(), PreprocessConfig(), ScanConfig(batch_slices=4)).heatmaps(pv, shared=True)
+    nhwc = Scanner(_model(), PreprocessConfig(), ScanConfig(batch_slices=4, channels_last=True))
+    assert nhwc.model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(nhwc.heatmaps(pv, shared=True) - plain).max() <= 1e-4
+    assert Scanner(_model(), PreprocessConfig(), ScanConfig(amp_dtype="bfloat16")).amp_dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="amp_dtype"):
+        ScanConfig(amp_dtype="int8")
