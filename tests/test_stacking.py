@@ -75,3 +75,22 @@ def test_fusion_of_tracks_broken_by_a_missed_match():
     tracks = stack_proposals(seq)
     assert len(tracks) == 1 and tracks[0].z_indices.tolist() == [0, 1, 2]
     assert tracks[0].scores.tolist() == [0.5, 0.6, 0.7]
+
+
+def test_fusion_chains_and_keeps_unrelated_tracks_apart():
+    from lesion_harvester.stacking.stack import fuse_tracks
+    from lesion_harvester.structures import Tracklet
+
+    def track(z0, z1, box, score=0.5):
+        return Tracklet.from_pairs([(z, [*box, score]) for z in range(z0, z1 + 1)])
+
+    # a-b and b-c meet after the one-slice extension (a and c never do): all three fuse; d lies elsewhere,
+    # e meets c's range but not its box
+    a, b, c = track(0, 2, A), track(4, 5, A + 1), track(7, 9, A + 2, 0.9)
+    d, e = track(0, 9, B), track(8, 9, A + 60)
+    fused = fuse_tracks([c, e, a, d, b], StackConfig().fuse_iou)
+    assert len(fused) == 3
+    whole = next(t for t in fused if t.z_indices[0] == 0 and t.boxes_xyxy_px[0][0] == A[0])
+    assert whole.z_indices.tolist() == list(range(10))  # the one-slice gaps 3 and 6 interpolated
+    assert whole.score == 0.9
+    assert np.allclose(whole.boxes_xyxy_px[3], A + 0.5) and whole.scores[3] == 0.5

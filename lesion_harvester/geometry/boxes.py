@@ -26,16 +26,27 @@ def iou_voc(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-6)
 
 
+def _continuous_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of broadcastable box arrays (..., 4); width = x2 - x1."""
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / np.maximum(area_a + area_b - inter, 1e-9)
+
+
 def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Continuous IoU matrix (N, M) of boxes a (N, 4) and b (M, 4); width = x2 - x1."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    return _continuous_iou(a[:, None, :], b[None, :, :])
+
+
+def aligned_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Continuous IoU (N,) of box a[i] with box b[i], both (N, 4)."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    return _continuous_iou(a, np.asarray(b, dtype=np.float64).reshape(-1, 4))
 
 
 def iou3d_voc(box_a: np.ndarray, box_b: np.ndarray) -> float:

@@ -14,81 +14,66 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from lesion_harvester.config import StackConfig
-from lesion_harvester.geometry.boxes import pairwise_iou
-from lesion_harvester.stacking.kalman import KalmanBoxTracker
+from lesion_harvester.geometry.boxes import aligned_iou, pairwise_iou
+from lesion_harvester.stacking.kalman import KalmanBank
 from lesion_harvester.structures import Tracklet
 
 
-@dataclass
-class _Track:
-    tracker: KalmanBoxTracker
-    z: list[int]
-    boxes: list[np.ndarray]
-    scores: list[float]
-
-
 def link_tracks(per_slice: list[tuple[np.ndarray, np.ndarray]], cfg: StackConfig) -> list[Tracklet]:
-    """Steps 1-2: per_slice[z] = (boxes (n, 4), scores (n,)) -> contiguous tracklets."""
-    open_tracks: list[_Track] = []
-    done: list[_Track] = []
+    """Steps 1-2: per_slice[z] = (boxes (n, 4), scores (n,)) -> contiguous tracklets.
+
+    The open tracks' Kalman filters advance together (:class:`KalmanBank`); each slice records
+    which track its kept proposals joined, and the tracklets are cut from those records at the end,
+    in the order the tracks ended (the open ones last), so no step loops over boxes in Python.
+    """
+    bank = KalmanBank()
+    open_ids = np.zeros(0, dtype=np.int64)  # track id of each row of the bank
+    ended: list[np.ndarray] = []  # track ids in the order their tracks ended
+    records: list[tuple[np.ndarray, int, np.ndarray, np.ndarray]] = []  # (track ids, z, boxes, scores)
+    next_id = 0
     for z, (boxes, scores) in enumerate(per_slice):
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         keep = scores > cfg.score_threshold
         boxes, scores = boxes[keep], scores[keep]
-        matched_tracks, matched_dets = set(), set()
-        if open_tracks and len(boxes):
-            predicted = np.array([t.tracker.predict() for t in open_tracks])
-            iou = pairwise_iou(predicted, boxes)
+        matched = np.zeros(len(open_ids), dtype=bool)
+        track_of = np.full(len(boxes), -1, dtype=np.int64)
+        if len(open_ids) and len(boxes):
+            iou = pairwise_iou(bank.predict(), boxes)
             rows, cols = linear_sum_assignment(-iou)
-            for r, c in zip(rows, cols):
-                if iou[r, c] > cfg.link_iou:
-                    track = open_tracks[r]
-                    track.tracker.update(boxes[c])
-                    track.z.append(z)
-                    track.boxes.append(boxes[c])
-                    track.scores.append(float(scores[c]))
-                    matched_tracks.add(r)
-                    matched_dets.add(c)
-        still_open = []
-        for i, track in enumerate(open_tracks):
-            (still_open if i in matched_tracks else done).append(track)
-        for c in range(len(boxes)):
-            if c not in matched_dets:
-                still_open.append(_Track(KalmanBoxTracker(boxes[c]), [z], [boxes[c]], [float(scores[c])]))
-        open_tracks = still_open
-    done.extend(open_tracks)
-    return [Tracklet(np.array(t.z), np.array(t.boxes), np.array(t.scores)) for t in done]
-
-
-def _box_at(t: Tracklet, z: int) -> np.ndarray:
-    """The tracklet's box on slice z, or its nearest end box (its one-slice extension)."""
-    if z <= t.z_indices[0]:
-        return t.boxes_xyxy_px[0]
-    if z >= t.z_indices[-1]:
-        return t.boxes_xyxy_px[-1]
-    hit = np.flatnonzero(t.z_indices == z)
-    if len(hit):
-        return t.boxes_xyxy_px[hit[0]]
-    below = np.flatnonzero(t.z_indices < z)[-1]
-    return t.boxes_xyxy_px[below]
-
-
-def _connect(a: Tracklet, b: Tracklet, min_iou: float) -> bool:
-    lo = max(a.z_indices[0], b.z_indices[0]) - 1
-    hi = min(a.z_indices[-1], b.z_indices[-1]) + 1
-    if lo > hi:
-        return False
-    for z in range(int(lo), int(hi) + 1):
-        if pairwise_iou(_box_at(a, z)[None], _box_at(b, z)[None])[0, 0] < min_iou:
-            return False
-    return True
+            good = iou[rows, cols] > cfg.link_iou
+            rows, cols = rows[good], cols[good]
+            bank.update(rows, boxes[cols])
+            matched[rows] = True
+            track_of[cols] = open_ids[rows]
+        new = track_of < 0
+        track_of[new] = np.arange(next_id, next_id + int(new.sum()))
+        next_id += int(new.sum())
+        ended.append(open_ids[~matched])
+        bank.select(matched)  # matched tracks stay open in their order, new ones follow
+        bank.add(boxes[new])
+        open_ids = np.concatenate([open_ids[matched], track_of[new]])
+        records.append((track_of, z, boxes, scores))
+    ended.append(open_ids)
+    if next_id == 0:
+        return []
+    ids = np.concatenate([r[0] for r in records])
+    zs = np.concatenate([np.full(len(r[0]), r[1], dtype=np.int64) for r in records])
+    all_boxes = np.concatenate([r[2] for r in records])
+    all_scores = np.concatenate([r[3] for r in records])
+    order = np.argsort(ids, kind="stable")  # by track, slices ascending within each
+    starts = np.searchsorted(ids[order], np.arange(next_id + 1))
+    tracklets = []
+    for track in np.concatenate(ended):
+        part = order[starts[track]:starts[track + 1]]
+        tracklets.append(Tracklet(zs[part], all_boxes[part], all_scores[part]))
+    return tracklets
 
 
 def _merge(a: Tracklet, b: Tracklet) -> Tracklet:
@@ -107,42 +92,66 @@ def _merge(a: Tracklet, b: Tracklet) -> Tracklet:
     return Tracklet(np.array(zs), np.array([by_z[z][0] for z in zs]), np.array([by_z[z][1] for z in zs]))
 
 
+def _connected_pairs(tracks: list[Tracklet], min_iou: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs (i < j) of ``tracks`` (sorted by first slice) that meet after a one-slice extension:
+    on every slice from the later start - 1 to the earlier end + 1 their boxes overlap with IoU >=
+    ``min_iou`` (a track's box beyond its ends is its end box; inside a gap, the last box before it).
+
+    Candidates are tracks starting no later than 2 slices after another ends, with intersecting
+    in-plane extents; every test runs on arrays, so thousands of short tracks stay fast.
+    """
+    lengths = np.array([len(t.z_indices) for t in tracks])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    zs = np.concatenate([t.z_indices for t in tracks]).astype(np.int64)
+    boxes = np.concatenate([t.boxes_xyxy_px for t in tracks]).astype(np.float64)
+    z0, z1 = zs[offsets[:-1]], zs[offsets[1:] - 1]
+    extent = np.concatenate([np.minimum.reduceat(boxes[:, :2], offsets[:-1]),
+                             np.maximum.reduceat(boxes[:, 2:], offsets[:-1])], axis=1)
+    n = len(tracks)
+    hi = np.searchsorted(z0, z1 + 2, side="right")  # tracks starting no later than 2 slices after i ends
+    count = np.maximum(hi - np.arange(n) - 1, 0)
+    i = np.repeat(np.arange(n), count)
+    j = i + 1 + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+    a, b = extent[i], extent[j]
+    touching = (b[:, 0] <= a[:, 2]) & (b[:, 2] >= a[:, 0]) & (b[:, 1] <= a[:, 3]) & (b[:, 3] >= a[:, 1])
+    i, j = i[touching], j[touching]
+    lo = np.maximum(z0[i], z0[j]) - 1
+    top = np.minimum(z1[i], z1[j]) + 1
+    meet = lo <= top
+    i, j, lo, top = i[meet], j[meet], lo[meet], top[meet]
+    if not len(i):
+        return i, j
+    # one row per (pair, connecting slice)
+    slices = top - lo + 1
+    pair = np.repeat(np.arange(len(i)), slices)
+    z = lo[pair] + (np.arange(slices.sum()) - np.repeat(np.cumsum(slices) - slices, slices))
+    # each track's box at z: its last slice at or before z, clipped to its ends
+    stride = int(zs.max()) + 4  # keys track * stride + z: sorted, and z = -1 .. max + 1 stay inside a track's range
+    key = np.repeat(np.arange(n), lengths) * stride + zs
+
+    def box_at(track: np.ndarray) -> np.ndarray:
+        at = np.searchsorted(key, track * stride + z, side="right") - 1
+        return boxes[np.clip(at, offsets[track], offsets[track + 1] - 1)]
+
+    ok = aligned_iou(box_at(i[pair]), box_at(j[pair])) >= min_iou
+    connected = np.logical_and.reduceat(ok, np.cumsum(slices) - slices)
+    return i[connected], j[connected]
+
+
 def fuse_tracks(tracklets: list[Tracklet], min_iou: float) -> list[Tracklet]:
     """Step 3: fuse tracks that meet after a one-slice extension (connections chain: A-B and B-C fuse
-    all three).
-
-    Candidates are found in a window of start slices, and only tracks whose in-plane extents
-    intersect can connect, so a volume with thousands of short tracks stays fast.
-    """
+    all three). Groups come in the order of their first track (by first, then last slice), their
+    tracks in that order too."""
     tracks = sorted(tracklets, key=lambda t: (int(t.z_indices[0]), int(t.z_indices[-1])))
     n = len(tracks)
     if n < 2:
         return tracks
-    z0 = np.array([int(t.z_indices[0]) for t in tracks])
-    z1 = np.array([int(t.z_indices[-1]) for t in tracks])
-    extent = np.array([t.box_3d().box_xyxy_px for t in tracks])
-    parent = list(range(n))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i in range(n):
-        hi = int(np.searchsorted(z0, z1[i] + 2, side="right"))  # tracks starting no later than 2 slices after i ends
-        js = np.arange(i + 1, hi)
-        if len(js) == 0:
-            continue
-        e = extent[js]
-        touching = (e[:, 0] <= extent[i, 2]) & (e[:, 2] >= extent[i, 0]) & (e[:, 1] <= extent[i, 3]) & (
-            e[:, 3] >= extent[i, 1])
-        for j in js[touching]:
-            if root(i) != root(int(j)) and _connect(tracks[i], tracks[int(j)], min_iou):
-                parent[root(int(j))] = root(i)
+    i, j = _connected_pairs(tracks, min_iou)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
     groups: dict[int, list[Tracklet]] = {}
-    for i in range(n):
-        groups.setdefault(root(i), []).append(tracks[i])
+    for index, label in enumerate(component.tolist()):
+        groups.setdefault(label, []).append(tracks[index])
     fused = []
     for members in groups.values():
         merged = members[0]

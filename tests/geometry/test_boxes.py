@@ -30,3 +30,12 @@ def test_iou3d_slices_and_half_slices():
 def test_boxes_inside_image():
     inside = boxes_inside_image(np.array([[0, 0, 10, 10], [-3, 0, 10, 10], [0, 0, 520, 10]]), 512, 512, margin_px=5)
     assert inside.tolist() == [True, True, False]
+
+
+def test_aligned_iou_is_the_diagonal_of_the_pairwise_matrix():
+    from lesion_harvester.geometry.boxes import aligned_iou, pairwise_iou
+
+    rng = np.random.default_rng(0)
+    a = np.sort(rng.uniform(0, 50, (20, 2, 2)), axis=1).transpose(0, 2, 1).reshape(20, 4)[:, [0, 2, 1, 3]]
+    b = a + rng.normal(0, 3, a.shape)
+    assert np.array_equal(aligned_iou(a, b), np.diag(pairwise_iou(a, b)))
