@@ -51,7 +51,7 @@ DEEPLESION_SLICES = 900_000  # about 0.9 million slices in DeepLesion's sub-volu
 
 def _dataset(out: Path, preset: str, volumes: int, seed: int) -> Path:
     synth = dataclasses.replace(load_preset(preset).synth, fully_annotated=0, harvest=volumes, harvest_test=0,
-                                validation=0, detection_test=0)
+                                validation=0, detection_test=0, workers=2)
     write_synthetic_dataset(out, synth, seed=seed, progress=False)
     return out
 

@@ -52,6 +52,10 @@ class PartialResults:
         except (OSError, ValueError, AttributeError):  # missing, unreadable or not ours
             return None
 
+    def finished_keys(self, keys: list[str]) -> set[str]:
+        """The volumes among ``keys`` already finished (nothing is read)."""
+        return {key for key in keys if (self.folder / f"{key}.pkl").is_file()}
+
     def finished(self, keys: list[str]) -> dict[str, list[Tracklet]]:
         """The results of the volumes among ``keys`` already finished."""
         done = {}

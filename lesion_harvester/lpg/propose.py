@@ -87,17 +87,18 @@ def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackC
     dist.barrier()
     if not dist.is_main:
         partial = PartialResults(partial_dir(out), identity)
-    done = partial.finished(source.keys)
+    done = partial.finished_keys(source.keys)
     todo = dist.shard([k for k in source.keys if k not in done])
     if done:
         log.info("resuming: %d of %d volumes already scanned", len(done), len(source.keys))
     if total is not None and (done or dist.active):
         total = sum(source.dataset.sub_volumes[k].num_slices for k in todo)
-    done.update(scan_volumes(scanner, todo, prepare, stack, progress and dist.is_main, total, on_volume=partial.save,
-                             workers=workers))
-    if dist.active:  # every rank's volumes, from the partial folder
-        dist.barrier()
-        done = partial.finished(source.keys)
+    # results go to the partial folder only, so memory stays flat while scanning; every rank's
+    # volumes are read back from it at the end
+    scan_volumes(scanner, todo, prepare, stack, progress and dist.is_main, total, on_volume=partial.save,
+                 workers=workers, keep=False)
+    dist.barrier()
+    done = partial.finished(source.keys)
     results = {key: done[key] for key in source.keys}
     if dist.is_main:
         write_tracklets(out, results)

@@ -232,17 +232,21 @@ def iterate_prepared(keys: list[str], prepare, workers: int = 0) -> Iterator[tup
 
 
 def scan_volumes(scanner: Scanner, keys: list[str], prepare, stack: StackConfig, progress: bool = True,
-                 total_slices: int | None = None, on_volume=None, workers: int = 0) -> dict[str, list[Tracklet]]:
+                 total_slices: int | None = None, on_volume=None, workers: int = 0,
+                 keep: bool = True) -> dict[str, list[Tracklet]]:
     """3D proposals of many volumes, streamed, with a progress bar in slices per second.
 
     ``on_volume(key, tracklets)`` is called after each volume (e.g. to save it for resuming);
-    ``workers``: processes preparing volumes (:func:`iterate_prepared`).
+    ``workers``: processes preparing volumes (:func:`iterate_prepared`); ``keep=False``: return
+    nothing and hold no result in memory (``on_volume`` keeps them), so that memory stays flat
+    however many volumes are scanned.
     """
     results: dict[str, list[Tracklet]] = {}
     bar = tqdm(total=total_slices, desc="scanning", unit="slice", disable=not progress, dynamic_ncols=True)
     for key, pv in iterate_prepared(keys, prepare, workers):
         tracklets = scanner.propose(pv, stack)
-        results[key] = tracklets
+        if keep:
+            results[key] = tracklets
         if on_volume is not None:
             on_volume(key, tracklets)
         bar.update(pv.num_slices)

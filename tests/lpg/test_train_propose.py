@@ -137,7 +137,8 @@ def test_the_stacking_settings_travel_with_the_checkpoint(tiny_dataset, tiny_che
     # propose stacks with the checkpoint's settings; --score-threshold replaces only t_G
     seen = []
     monkeypatch.setattr(propose_module, "scan_volumes",
-                        lambda _scanner, todo, _prepare, stack, *a, **k: seen.append(stack) or {k: [] for k in todo})
+                        lambda _scanner, todo, _prepare, stack, *a, on_volume, **k:
+                        seen.append(stack) or [on_volume(key, []) for key in todo])
     assert main(["propose", str(tiny_dataset), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "d.pkl"),
                  "--split", "detection_test", "--score-threshold", "0.3"]) == 0
     assert seen == [dataclasses.replace(tiny, score_threshold=0.3)]
