@@ -170,6 +170,8 @@ def test_the_choice_settings_are_the_expected_ones():
         "harvest.fusion_choice": ("admitted", "ap"),
         "lpg.output_stride": (4, 2),
         "retinanet.resnet_depth": (10, 18, 34),
+        "lpg_train.amp_dtype": ("float16", "bfloat16"),
+        "scan.amp_dtype": ("float16", "bfloat16"),
     }
     assert choice_fields() == CHOICES
 
