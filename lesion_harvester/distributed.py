@@ -86,10 +86,6 @@ class Distributed:
         dist.all_gather_object(values, value)
         return values
 
-    def all_true(self, flag: bool) -> bool:
-        """Whether ``flag`` holds on every rank (e.g. that each one finished its share)."""
-        return all(self.gather(bool(flag)))
-
 
 ALONE = Distributed()  # a plain run: rank 0 of 1 (immutable, so a safe default argument)
 

@@ -111,6 +111,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     Under torchrun the main rank creates the folder and the ledger before the others open them."""
     data, layout = Path(data), RunLayout(Path(run_dir))
     device = dist.device(resolve_device(device))
+    dist.batch_share(preset.lpg_train.batch_size)  # every round's LPG splits its batches among the ranks
     inputs = resolve_partition(data, fully_annotated, holdout, need_holdout=True)
     if inputs.validation_held_out:
         log.warning("LPG validation: %s", inputs.validation_source)
@@ -122,7 +123,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
         dist.barrier()
         cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
         return HarvestRun(data, layout, preset, inputs, Ledger(layout.ledger), cache, calibration, held_out_marks,
-                          device, progress and dist.is_main, dist)
+                          device, False, dist)  # no progress bars but the main rank's
     layout.root.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(layout.ledger)
     # --rounds may grow between runs of one harvest; every other setting must match
