@@ -259,6 +259,7 @@ class LPCConfig(_Checked):
     # with fewer verified proposals than this (a weak early LPG), the known lesion boxes themselves
     # (marks and complete labels, as one-slice proposals) join the positives
     min_positives: int = 20
+    loader_workers: int = 0  # processes cutting the proposals' patches, one volume each (0: in this process)
     max_per_volume: int = 50  # at most this many proposals (by s_g) per volume are classified
     seed: int = 0
 
@@ -383,6 +384,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lpc.batch_size": _at_least(1),
     "lpc.lr": _POSITIVE,
     "lpc.folds": _at_least(1),
+    "lpc.loader_workers": _at_least(0),
     "retinanet.fpn_channels": _at_least(1),
     "retinanet.base_anchor_px": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                                  and all(_is_number(a) and a > 0 for a in v), "one or more sizes > 0 in pixels"),

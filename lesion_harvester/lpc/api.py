@@ -37,6 +37,21 @@ from lesion_harvester.structures import Tracklet, group_by_volume
 PreparedVolumes = Callable[[str], PreparedVolume]  # volume key -> its prepared volume (e.g. from a cache)
 
 
+class _VolumePatches(torch.utils.data.Dataset):
+    """Item v: (the item indices of volume v, their float16 patches), for a loader worker."""
+
+    def __init__(self, members: list[tuple[str, list[int]]], items: Sequence[tuple[str, Tracklet]],
+                 volumes: PreparedVolumes, cfg: LPCConfig):
+        self.members, self.items, self.volumes, self.cfg = members, items, volumes, cfg
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __getitem__(self, v: int) -> tuple[list[int], torch.Tensor]:
+        key, idx = self.members[v]
+        return idx, extract_patches(self.volumes(key), [self.items[i][1] for i in idx], self.cfg).half()
+
+
 def proposal_patches(items: Sequence[tuple[str, Tracklet]], volumes: PreparedVolumes, cfg: LPCConfig,
                      progress: bool = False) -> torch.Tensor:
     """The LPC input of each (volume key, tracklet), in the order given.
@@ -44,13 +59,18 @@ def proposal_patches(items: Sequence[tuple[str, Tracklet]], volumes: PreparedVol
     Returns float16 (N, V, C, P, P) for the 2D variants, (N, C, P, P, P) for ``3d``
     (:func:`~lesion_harvester.lpc.patches.extract_patches`); an empty tensor for no items.
     Stored in float16 to halve the memory of many patches; the models read them as float32.
+    With ``cfg.loader_workers`` > 0, that many processes read the volumes and cut their patches.
     """
     members = group_by_volume((key, i) for i, (key, _) in enumerate(items))
     parts: list[torch.Tensor | None] = [None] * len(items)
-    for key, idx in tqdm(members.items(), desc="LPC patches", unit="vol", disable=not progress, leave=False):
-        patches = extract_patches(volumes(key), [items[i][1] for i in idx], cfg)
+    per_volume = _VolumePatches(list(members.items()), items, volumes, cfg)
+    if cfg.loader_workers > 0 and len(per_volume) > 1:
+        per_volume = torch.utils.data.DataLoader(per_volume, batch_size=None, num_workers=cfg.loader_workers,
+                                                 multiprocessing_context="fork")
+    for idx, patches in tqdm(per_volume, total=len(members), desc="LPC patches", unit="vol", disable=not progress,
+                             leave=False):
         for j, i in enumerate(idx):
-            parts[i] = patches[j].half()
+            parts[i] = patches[j]
     if not items:
         return torch.zeros(0)
     return torch.stack(parts)  # type: ignore[arg-type]

@@ -36,9 +36,12 @@ def _at(x0: float, score: float = 0.8) -> Tracklet:
     return Tracklet(np.arange(4, 8), np.tile([x0, 20.0, x0 + 7, 27.0], (4, 1)), np.full(4, score))
 
 
-def test_proposal_patches_keep_the_order_given_across_volumes():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_proposal_patches_keep_the_order_given_across_volumes(workers):
+    import dataclasses
+
     items = [("b", _at(40)), ("a", _at(10)), ("b", _at(5)), ("a", _at(50))]  # volumes interleaved
-    patches = proposal_patches(items, VOLUMES.__getitem__, CFG)
+    patches = proposal_patches(items, VOLUMES.__getitem__, dataclasses.replace(CFG, loader_workers=workers))
     assert patches.dtype == torch.float16 and patches.shape == (4, 3, 1, 16, 16)
     for i, (key, t) in enumerate(items):  # each row is that item's own patch, as extract_patches makes it
         expected = extract_patches(VOLUMES[key], [t], CFG)[0].half()
