@@ -30,6 +30,7 @@ from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc, train_lpc
+from lesion_harvester.lpg.data import in_workers
 from lesion_harvester.paths import cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.structures import Tracklet, group_by_volume
@@ -65,8 +66,7 @@ def proposal_patches(items: Sequence[tuple[str, Tracklet]], volumes: PreparedVol
     parts: list[torch.Tensor | None] = [None] * len(items)
     per_volume = _VolumePatches(list(members.items()), items, volumes, cfg)
     if cfg.loader_workers > 0 and len(per_volume) > 1:
-        per_volume = torch.utils.data.DataLoader(per_volume, batch_size=None, num_workers=cfg.loader_workers,
-                                                 multiprocessing_context="fork")
+        per_volume = in_workers(per_volume, cfg.loader_workers)
     for idx, patches in tqdm(per_volume, total=len(members), desc="LPC patches", unit="vol", disable=not progress,
                              leave=False):
         for j, i in enumerate(idx):

@@ -288,6 +288,14 @@ class EpochBatches(torch.utils.data.IterableDataset):
             yield sampler.batch_of([sample_rng(self.seed, self.epoch, i, j) for j in range(first, stop)])
 
 
+def in_workers(dataset: torch.utils.data.Dataset, workers: int, prefetch_factor: int = 2,
+               pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The items of ``dataset``, in order, made by ``workers`` forked processes: forked, so that the
+    workers inherit the prepared volumes and the functions that read them instead of pickling them."""
+    return torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=prefetch_factor,
+                                       multiprocessing_context="fork", pin_memory=pin_memory)
+
+
 def epoch_loader(make_sampler, seed: int, epoch: int, count: int, batch_size: int, workers: int = 1,
                  samples: tuple[int, int] | None = None, pin_memory: bool = False):
     """Batches of one epoch (:class:`EpochBatches`), prepared in ``workers`` background processes
@@ -297,8 +305,7 @@ def epoch_loader(make_sampler, seed: int, epoch: int, count: int, batch_size: in
     dataset = EpochBatches(make_sampler, seed, epoch, count, batch_size, samples)
     if workers <= 0:
         return iter(dataset)
-    return iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=4,
-                                            multiprocessing_context="fork", pin_memory=pin_memory))
+    return iter(in_workers(dataset, workers, prefetch_factor=4, pin_memory=pin_memory))
 
 
 def _multiple(size: float, multiple: int) -> int:

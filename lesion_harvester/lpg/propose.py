@@ -95,8 +95,7 @@ def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackC
         total = sum(source.dataset.sub_volumes[k].num_slices for k in todo)
     # results go to the partial folder only, so memory stays flat while scanning; every rank's
     # volumes are read back from it at the end
-    scan_volumes(scanner, todo, prepare, stack, progress and dist.is_main, total, on_volume=partial.save,
-                 workers=workers, keep=False)
+    scan_volumes(scanner, todo, prepare, stack, partial.save, progress and dist.is_main, total, workers)
     dist.barrier()
     done = partial.finished(source.keys)
     results = {key: done[key] for key in source.keys}

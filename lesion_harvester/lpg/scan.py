@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig
 from lesion_harvester.geometry.preprocess import gather_slices, pad_to_multiple, rewindow
 from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model
+from lesion_harvester.lpg.data import in_workers
 from lesion_harvester.lpg.decode import decode
 from lesion_harvester.lpg.losses import clamped_sigmoid
 from lesion_harvester.lpg.model import MSCN, Triplet
@@ -218,9 +219,7 @@ def iterate_prepared(keys: list[str], prepare, workers: int = 0) -> Iterator[tup
     if not keys:
         return
     if workers > 0:
-        loader = torch.utils.data.DataLoader(_Preparing(keys, prepare), batch_size=None, num_workers=workers,
-                                             prefetch_factor=2, multiprocessing_context="fork")
-        yield from loader
+        yield from in_workers(_Preparing(keys, prepare), workers)
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
         future = pool.submit(prepare, keys[0])
@@ -231,25 +230,18 @@ def iterate_prepared(keys: list[str], prepare, workers: int = 0) -> Iterator[tup
             yield key, pv
 
 
-def scan_volumes(scanner: Scanner, keys: list[str], prepare, stack: StackConfig, progress: bool = True,
-                 total_slices: int | None = None, on_volume=None, workers: int = 0,
-                 keep: bool = True) -> dict[str, list[Tracklet]]:
+def scan_volumes(scanner: Scanner, keys: list[str], prepare, stack: StackConfig, on_volume,
+                 progress: bool = True, total_slices: int | None = None, workers: int = 0) -> None:
     """3D proposals of many volumes, streamed, with a progress bar in slices per second.
 
-    ``on_volume(key, tracklets)`` is called after each volume (e.g. to save it for resuming);
-    ``workers``: processes preparing volumes (:func:`iterate_prepared`); ``keep=False``: return
-    nothing and hold no result in memory (``on_volume`` keeps them), so that memory stays flat
-    however many volumes are scanned.
+    ``on_volume(key, tracklets)`` receives each volume's proposals (e.g. to save them); nothing is
+    held here, so memory stays flat however many volumes are scanned. ``workers``: processes
+    preparing volumes (:func:`iterate_prepared`).
     """
-    results: dict[str, list[Tracklet]] = {}
     bar = tqdm(total=total_slices, desc="scanning", unit="slice", disable=not progress, dynamic_ncols=True)
     for key, pv in iterate_prepared(keys, prepare, workers):
         tracklets = scanner.propose(pv, stack)
-        if keep:
-            results[key] = tracklets
-        if on_volume is not None:
-            on_volume(key, tracklets)
+        on_volume(key, tracklets)
         bar.update(pv.num_slices)
         bar.set_postfix(volume=key, proposals=len(tracklets))
     bar.close()
-    return results

@@ -103,12 +103,12 @@ def test_propose_resumes_after_a_kill(tiny_dataset, tiny_checkpoint, tmp_path, m
     clean = propose(tiny_dataset, tiny_checkpoint, tmp_path / "clean.pkl", split="harvest", progress=False)
     real_scan = propose_module.scan_volumes
 
-    def dies_after_first_volume(scanner, keys, prepare, stack, progress, total, on_volume, **kwargs):
+    def dies_after_first_volume(scanner, keys, prepare, stack, on_volume, *args):
         def save_then_die(key, tracklets):
             on_volume(key, tracklets)
             raise KeyboardInterrupt
 
-        return real_scan(scanner, keys, prepare, stack, progress, total, on_volume=save_then_die, **kwargs)
+        return real_scan(scanner, keys, prepare, stack, save_then_die, *args)
 
     monkeypatch.setattr(propose_module, "scan_volumes", dies_after_first_volume)
     with pytest.raises(KeyboardInterrupt):
@@ -137,7 +137,7 @@ def test_the_stacking_settings_travel_with_the_checkpoint(tiny_dataset, tiny_che
     # propose stacks with the checkpoint's settings; --score-threshold replaces only t_G
     seen = []
     monkeypatch.setattr(propose_module, "scan_volumes",
-                        lambda _scanner, todo, _prepare, stack, *a, on_volume, **k:
+                        lambda _scanner, todo, _prepare, stack, on_volume, *a:
                         seen.append(stack) or [on_volume(key, []) for key in todo])
     assert main(["propose", str(tiny_dataset), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "d.pkl"),
                  "--split", "detection_test", "--score-threshold", "0.3"]) == 0
