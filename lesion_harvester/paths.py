@@ -109,6 +109,10 @@ class RunLayout:
     def lpg(self, round_: int) -> TrainLayout:
         return TrainLayout(self.round_dir(round_) / "lpg")
 
+    def round_fully_annotated(self, round_: int) -> Path:
+        """V_M's labels with the volumes reviewers marked fully annotated, for round ``round_``'s LPG."""
+        return self.round_dir(round_) / "lpg_fully_annotated.pkl"
+
     def finetune_positives(self, round_: int) -> Path:
         return self.round_dir(round_) / "lpg_positives.pkl"
 

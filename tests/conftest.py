@@ -80,3 +80,24 @@ def label_run(tmp_path, data, with_outputs=True):
         write_tracklets(layout.harvested, {key: [on_the_mark, elsewhere]})
         write_tracklets(layout.hard_negatives, {key: [negative]})
     return layout, key
+
+
+def tiny_harvest_preset(rounds: int):
+    """The tiny preset for ``rounds`` harvest rounds, quicker (no Fig. 5b LPC variants)."""
+    import dataclasses
+
+    from lesion_harvester.config import load_preset
+
+    preset = load_preset("tiny")
+    return dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, rounds=rounds, lpc_variants=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_harvest_run(tiny_dataset, tmp_path_factory) -> Path:
+    """One round of a tiny harvest of ``tiny_dataset`` (read-only: copy it before writing verdicts);
+    continue a copy with ``tiny_harvest_preset(2)`` and the cache folder beside it."""
+    from lesion_harvester.harvest.rounds import harvest
+
+    out = tmp_path_factory.mktemp("harvest") / "run"
+    harvest(tiny_dataset, out, tiny_harvest_preset(1), device="cpu", progress=False, cache_dir=out.parent / "cache")
+    return out

@@ -11,6 +11,11 @@ Proposal statuses: ``fa_lesion`` (P_M^R), ``fa_negative`` (P_M^-), ``recist`` (P
 ``candidate`` (not yet mined), ``harvested`` (P_H^+), ``hard_negative`` (P_H^-), ``rejected``,
 ``marked_piece`` (a V_H proposal that missed its mark's slice but overlaps a P_H^R proposal: a piece of
 a marked lesion, neither new nor negative).
+
+``verdicts`` is the reviewers' audit trail (``lesion-harvester review``): one row per verdict, only
+ever appended. A target (a proposal ``ROUND:INDEX``, a lesion a reviewer drew, or a whole volume)
+has as its state its latest verdict; each row names the verdict it replaced and a copy of the state
+it replaced (the proposal's status when it had none), so the history reads without joins.
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ CREATE TABLE IF NOT EXISTS proposals (
     status TEXT NOT NULL DEFAULT 'candidate',
     PRIMARY KEY (round, volume, idx)
 );
+CREATE TABLE IF NOT EXISTS verdicts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, volume TEXT NOT NULL REFERENCES volumes(key),
+    kind TEXT NOT NULL CHECK (kind IN ('proposal', 'drawn', 'volume')), ref TEXT NOT NULL,
+    action TEXT NOT NULL, z_index INTEGER, box TEXT, recist TEXT,
+    reviewer TEXT NOT NULL, at TEXT NOT NULL, replaces INTEGER REFERENCES verdicts(id), replaced TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS verdicts_target ON verdicts (volume, kind, ref);
 """
 STATUSES = ("fa_lesion", "fa_negative", "recist", "candidate", "harvested", "hard_negative", "rejected",
             "marked_piece")
@@ -59,6 +71,27 @@ class ProposalRow:
     lpc: float | None
     score: float | None
     status: str
+
+
+class VerdictConflict(Exception):
+    """A verdict was given on a state that another verdict has replaced since (``current``: that one)."""
+
+    def __init__(self, current: dict | None):
+        super().__init__("the target has changed since it was read")
+        self.current = current
+
+
+VERDICT_COLUMNS = "id, volume, kind, ref, action, z_index, box, recist, reviewer, at, replaces, replaced"
+
+
+def _verdict(row: tuple) -> dict:
+    keys = [c.strip() for c in VERDICT_COLUMNS.split(",")]
+    v = dict(zip(keys, row))
+    box = v.pop("box")
+    v["box_xyxy_px"] = None if box is None else json.loads(box)
+    v["recist"] = None if v["recist"] is None else json.loads(v["recist"])
+    v["replaced"] = json.loads(v["replaced"])
+    return v
 
 
 def tracklet_to_json(t: Tracklet) -> str:
@@ -167,3 +200,64 @@ class Ledger:
     def count(self, round_: int, status: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM proposals WHERE round = ? AND status = ?",
                                (round_, status)).fetchone()[0]
+
+    # --- reviewers' verdicts (append-only) --------------------------------------------------------------
+    def add_verdict(self, volume: str, kind: str, ref: str, action: str, reviewer: str, base: int,
+                    z_index: int | None = None, box_xyxy_px: list[float] | None = None,
+                    recist: dict | None = None) -> dict:
+        """Append a verdict on the target (volume, kind, ref) if its current verdict is still ``base``
+        (0: none); else raise :class:`VerdictConflict`. A new drawn lesion (kind "drawn", ref "") is
+        named ``d<id>``. The check and the write are one transaction, so concurrent reviewers are
+        serialized and none is lost unseen. Returns the stored verdict."""
+        with self.transaction() as db:
+            new_lesion = kind == "drawn" and not ref
+            current = None if new_lesion else self._current_verdict(db, volume, kind, ref)
+            if (current["id"] if current else 0) != base:
+                raise VerdictConflict(current)
+            if current is not None:
+                replaced = {k: current[k] for k in ("id", "action", "z_index", "box_xyxy_px", "recist", "reviewer")}
+            elif kind == "proposal":
+                round_, idx = (int(v) for v in ref.split(":"))
+                row = db.execute("SELECT status FROM proposals WHERE round = ? AND volume = ? AND idx = ?",
+                                 (round_, volume, idx)).fetchone()
+                replaced = {"status": None if row is None else row[0]}
+            else:
+                replaced = {}
+            at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            cursor = db.execute(
+                f"INSERT INTO verdicts ({VERDICT_COLUMNS.removeprefix('id, ')}) VALUES ({', '.join('?' * 11)})",
+                (volume, kind, ref, action, z_index, None if box_xyxy_px is None else json.dumps(box_xyxy_px),
+                 None if recist is None else json.dumps(recist), reviewer, at, current["id"] if current else None,
+                 json.dumps(replaced)))
+            new_id = cursor.lastrowid
+            if new_lesion:
+                db.execute("UPDATE verdicts SET ref = ? WHERE id = ?", (f"d{new_id}", new_id))
+            return _verdict(db.execute(f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE id = ?", (new_id,)).fetchone())
+
+    @staticmethod
+    def _current_verdict(db: sqlite3.Connection, volume: str, kind: str, ref: str) -> dict | None:
+        row = db.execute(f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE volume = ? AND kind = ? AND ref = ? "
+                         "ORDER BY id DESC LIMIT 1", (volume, kind, ref)).fetchone()
+        return None if row is None else _verdict(row)
+
+    def verdicts(self, volume: str | None = None, up_to: int | None = None) -> list[dict]:
+        """The audit trail, oldest first: every verdict (of ``volume``; with ids <= ``up_to``)."""
+        query, args = f"SELECT {VERDICT_COLUMNS} FROM verdicts WHERE 1", []
+        if volume is not None:
+            query += " AND volume = ?"
+            args.append(volume)
+        if up_to is not None:
+            query += " AND id <= ?"
+            args.append(up_to)
+        return [_verdict(r) for r in self.db.execute(query + " ORDER BY id", args)]
+
+    def current_verdicts(self, volume: str | None = None, up_to: int | None = None) -> dict[tuple[str, str, str], dict]:
+        """The state of every reviewed target: its latest verdict, by (volume, kind, ref)."""
+        return {(v["volume"], v["kind"], v["ref"]): v for v in self.verdicts(volume, up_to)}
+
+    def last_verdict_id(self) -> int:
+        return self.db.execute("SELECT COALESCE(MAX(id), 0) FROM verdicts").fetchone()[0]
+
+    def set_roles(self, db: sqlite3.Connection, keys: list[str], role: str) -> None:
+        """Change the role of volumes (reviewed volumes join V_M), inside the caller's transaction."""
+        db.executemany("UPDATE volumes SET role = ? WHERE key = ?", [(role, k) for k in keys])

@@ -16,6 +16,10 @@ training too, and the threshold is set on them alone. With ``harvest.calibration
 volumes' RECIST marks train no LPG and no LPC: they tell how often the harvest finds a lesion, from
 which the precision above a threshold is estimated (``harvest.threshold``, harvest/precision.py).
 
+Each round first fixes the reviewers' verdicts it uses (``lesion-harvester review``;
+:mod:`lesion_harvester.harvest.reviews`): volumes marked fully annotated join V_M for this round on,
+accepted and drawn lesions join the fine-tuning positives, rejected proposals its hard negatives.
+
 Under torchrun the LPG steps (training, scanning) run on every rank and share their work
 (:mod:`lesion_harvester.distributed`); the other steps, and every write to the ledger and the run
 folder, happen on the main rank while the others wait for it at a barrier.
@@ -29,7 +33,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lesion_harvester.config import Preset, dump_config, settings_fingerprint
@@ -40,12 +44,14 @@ from lesion_harvester.harvest import steps
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
 from lesion_harvester.harvest.mine import hard_negatives_of, mine_round
 from lesion_harvester.harvest.outputs import (
+    HarvestedLesion,
     completed_annotations,
     harvested_lesions,
     write_harvest_outputs,
     write_round_outputs,
 )
 from lesion_harvester.harvest.precision import MarksEvidence, mark_rates, marks_evidence
+from lesion_harvester.harvest.reviews import ReviewedLabels, reviews_in_ledger, with_reviews
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, verify_proposals
 from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
 from lesion_harvester.io.atomic import atomic_write_text
@@ -81,6 +87,8 @@ class HarvestRun:
     device: str = "cpu"
     progress: bool = True
     dist: Distributed = ALONE  # this process's rank under torchrun
+    given: Partition | None = None  # the partition before reviews (``inputs`` is it with the round's reviews)
+    reviewed: ReviewedLabels = field(default_factory=ReviewedLabels)  # the verdicts the current round uses
 
     @property
     def unseen(self) -> set[str]:
@@ -101,6 +109,10 @@ class HarvestRun:
 
     def folds(self) -> list[list[str]]:
         return steps.lpc_folds(list(self.inputs.fully_annotated), self.preset.lpc.folds)
+
+    def reviewed_up_to(self, up_to: int) -> ReviewedLabels:
+        """The verdicts with ids <= ``up_to`` read into labels (:mod:`lesion_harvester.harvest.reviews`)."""
+        return reviews_in_ledger(self.ledger, self.given.dataset.marks, up_to)
 
 
 def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annotated: str | None = None,
@@ -123,7 +135,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
         dist.barrier()
         cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
         return HarvestRun(data, layout, preset, inputs, Ledger(layout.ledger), cache, calibration, held_out_marks,
-                          device, False, dist)  # no progress bars but the main rank's
+                          device, False, dist, inputs)  # no progress bars but the main rank's
     layout.root.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(layout.ledger)
     # --rounds may grow between runs of one harvest; every other setting must match
@@ -148,7 +160,8 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     dump_config(preset, layout.config)
     cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
     dist.barrier()
-    return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, held_out_marks, device, progress, dist)
+    return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, held_out_marks, device, progress, dist,
+                      inputs)
 
 
 def run_harvest(run: HarvestRun, rounds: int) -> None:
@@ -180,6 +193,7 @@ def run_harvest(run: HarvestRun, rounds: int) -> None:
 
 def run_round(run: HarvestRun, r: int) -> None:
     """The steps of round ``r`` not yet finished, in order (round 1 also trains the Fig. 5b variants)."""
+    use_reviews(run, r)
     todo = list(ROUND_STEPS.items())
     if r == 1 and run.preset.harvest.lpc_variants:
         todo.append(("lpc_variants", _lpc_variants))
@@ -191,13 +205,37 @@ def run_round(run: HarvestRun, r: int) -> None:
             run.dist.barrier()  # every rank sees the step's result in the ledger before the next
 
 
+def use_reviews(run: HarvestRun, r: int) -> None:
+    """Fix the verdicts round ``r`` uses (the main rank records the last one's id as the round's
+    ``reviews`` step, before the round's first step) and apply them: ``run.inputs`` gains the volumes
+    reviewed as fully annotated, ``run.reviewed`` holds the verified positives and negatives. A round
+    begun before this step existed uses no verdicts."""
+    ledger = run.ledger
+    if run.dist.is_main and ledger.step_info(r, "reviews") is None and ledger.step_info(r, "lpg") is None:
+        up_to = ledger.last_verdict_id()
+        reviewed = run.reviewed_up_to(up_to)
+        joining = [k for k in reviewed.fully_annotated if k in set(run.given.harvest)]
+        with ledger.transaction() as db:
+            ledger.set_roles(db, joining, "fully_annotated")
+            ledger.finish_step(db, r, "reviews", {"up_to": up_to, **reviewed.counts(), "joined_v_m": joining})
+        if up_to:
+            log.info("round %d: reviewers' verdicts up to #%d: %d volumes join V_M, %d verified lesions, "
+                     "%d rejected proposals", r, up_to, len(joining), len(reviewed.positives), len(reviewed.negatives))
+    run.dist.barrier()
+    info = ledger.step_info(r, "reviews")
+    run.reviewed = run.reviewed_up_to(0 if info is None else info["up_to"])
+    run.inputs = with_reviews(run.given, run.reviewed)
+
+
 # --- each step: inputs from the ledger, the step, its result into the ledger ------------------------------
-def lpg_fully_annotated_file(run: HarvestRun) -> str | None:
+def lpg_fully_annotated_file(run: HarvestRun, r: int) -> str | None:
     """The V_M labels the LPG trains on: all of them, or (with calibration volumes) a file in the
-    run folder without the calibration volumes, which the LPG then treats as harvest volumes."""
-    if not run.calibration:
+    run folder without the calibration volumes, which the LPG then treats as harvest volumes; with
+    volumes reviewed as fully annotated, the round's own file of V_M with them."""
+    reviewed = run.inputs.fully_annotated != run.given.fully_annotated
+    if not run.calibration and not reviewed:
         return run.inputs.fully_annotated_file
-    path = run.layout.lpg_fully_annotated
+    path = run.layout.round_fully_annotated(r) if reviewed else run.layout.lpg_fully_annotated
     if not path.is_file():
         held = set(run.calibration)
         write_slice_boxes(path, {k: v for k, v in run.inputs.fully_annotated.items() if k not in held})
@@ -205,17 +243,23 @@ def lpg_fully_annotated_file(run: HarvestRun) -> str | None:
 
 
 def _pooled_examples(run: HarvestRun, up_to_round: int):
-    """Positives and hard negatives of rounds 1..up_to_round, for fine-tuning (:func:`steps.pool_examples`)."""
-    ledger, rounds = run.ledger, []
+    """Positives and hard negatives of rounds 1..up_to_round, for fine-tuning (:func:`steps.pool_examples`);
+    the reviewers' verified lesions and rejected proposals first, and none of their verdicts contradicted."""
+    ledger, reviewed = run.ledger, run.reviewed
+    rounds = [(reviewed.positives, reviewed.negatives)]
     for q in range(up_to_round, 0, -1):
-        positives = [(row.volume, row.tracklet) for row in ledger.proposals(q, statuses=steps.POSITIVE)]
+        positives = [(row.volume, row.tracklet) for row in ledger.proposals(q, statuses=steps.POSITIVE)
+                     if (q, row.volume, row.idx) not in reviewed.rejected]
         rounds.append((positives, _hard_negatives(run, q)))
     return steps.pool_examples(rounds, run.unseen)
 
 
 def _hard_negatives(run: HarvestRun, r: int):
-    return hard_negatives_of(run.ledger.proposals(r, statuses=("hard_negative",)),
-                             run.ledger.proposals(r, statuses=(FA_NEGATIVE,)), run.preset.harvest)
+    """Round ``r``'s hard negatives, less the proposals a reviewer accepted."""
+    accepted = run.reviewed.accepted
+    rows = {s: [row for row in run.ledger.proposals(r, statuses=(s,)) if (r, row.volume, row.idx) not in accepted]
+            for s in ("hard_negative", FA_NEGATIVE)}
+    return hard_negatives_of(rows["hard_negative"], rows[FA_NEGATIVE], run.preset.harvest)
 
 
 def _lpg(run: HarvestRun, r: int) -> None:
@@ -230,7 +274,7 @@ def _lpg(run: HarvestRun, r: int) -> None:
         extra = {"extra_positives": str(layout.finetune_positives(r)),
                  "hard_negatives": str(layout.finetune_negatives(r)), "init": str(layout.lpg(r - 1).best)}
     train_lpg(run.data, layout.lpg(r).root, steps.lpg_preset(run.preset, r), run.device,
-              fully_annotated=lpg_fully_annotated_file(run), progress=run.progress,
+              fully_annotated=lpg_fully_annotated_file(run, r), progress=run.progress,
               exclude_volumes=run.held_out_marks, dist=run.dist, **extra)
     if run.dist.is_main:
         with run.ledger.transaction() as db:
@@ -352,12 +396,17 @@ def write_outputs(run: HarvestRun) -> None:
     rounds = ledger.finished_rounds("mine")
     if not rounds:
         return
-    lesions = harvested_lesions({r: ledger.proposals(r, statuses=("harvested",)) for r in rounds})
+    rejected = run.reviewed.rejected  # harvested lesions a reviewer rejected are no deliverable
+    lesions = harvested_lesions({r: [row for row in ledger.proposals(r, statuses=("harvested",))
+                                     if (r, row.volume, row.idx) not in rejected] for r in rounds})
     _, negatives = _pooled_examples(run, max(rounds))  # what the next round's HNSL would use
     known = group_by_volume((row.volume, row.tracklet)
                             for row in ledger.proposals(max(rounds), statuses=(RECIST, FA_LESION)))
+    # the lesions reviewers verified in V_H join the completed annotations (V_M's are in its labels)
+    verified = [HarvestedLesion(key, t, 0, 1.0, 1.0) for key, t in run.reviewed.positives
+                if key not in run.inputs.fully_annotated]
     completed = completed_annotations(run.inputs.fully_annotated, run.inputs.harvest, run.inputs.marks, known,
-                                      lesions)
+                                      lesions + verified)
     write_harvest_outputs(run.layout, lesions, negatives, completed)
 
 

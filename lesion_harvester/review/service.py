@@ -1,0 +1,315 @@
+"""The reviewer's back end, without HTTP: what the app shows and every check on what it writes.
+
+:class:`ReviewService` opens a harvest run folder (its ledger and its dataset) and answers the
+requests of :mod:`lesion_harvester.review.app` (documented in docs/review-api.md): the work list,
+a volume's marks, proposals and verdicts, windowed slices as PNG, and verdicts appended to the
+ledger after validation. Volume keys from a request are looked up among the run's volumes, never
+joined into a path; slices are read through the dataset's own loader.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lesion_harvester.errors import DataError
+from lesion_harvester.harvest.ledger import Ledger, ProposalRow
+from lesion_harvester.harvest.reviews import ACTIONS, parse_proposal_ref
+from lesion_harvester.io.partition import Partition, resolve_partition
+from lesion_harvester.paths import RunLayout
+from lesion_harvester.structures import Volume
+
+WINDOWS_HU = {"soft tissue": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}  # level, width
+KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_REVIEWER_CHARS = 64
+
+
+class ReviewError(Exception):
+    """A request the service refuses: ``status`` is the HTTP status (400 invalid, 404 unknown)."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class _LRU:
+    """A small thread-safe least-recently-used cache."""
+
+    def __init__(self, size: int):
+        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, key, make):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = make()  # outside the lock: two threads may both make it, which is harmless
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+def window_to_uint8(hu: np.ndarray, level: float, width: float) -> np.ndarray:
+    """(H, W) HU -> (H, W) uint8, [level - width/2, level + width/2] mapped onto 0..255."""
+    low = level - width / 2.0
+    scaled = (hu.astype(np.float32) - low) * (255.0 / width)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def png_bytes(image_u8: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image_u8, mode="L").save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def sample_order(key: str) -> str:
+    """A fixed pseudo-random order of volumes (by a hash of the key), so that the first ones of the
+    work list are a fair sample of V_H for V_M."""
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
+class ReviewService:
+    """A harvest run folder opened for review.
+
+    Args:
+        run_dir: the harvest's ``--out`` folder (with ledger.sqlite).
+        data_dir: the dataset; default: the one the harvest recorded.
+    """
+
+    def __init__(self, run_dir: str | Path, data_dir: str | Path | None = None):
+        self.layout = RunLayout(Path(run_dir))
+        if not self.layout.ledger.is_file():
+            raise DataError(self.layout.root, "no harvest here (no ledger.sqlite): give a harvest's --out folder")
+        self._local = threading.local()
+        meta = self.ledger.get_meta
+        data = data_dir if data_dir is not None else meta("data")
+        if not data:
+            raise DataError(self.layout.ledger, "records no dataset: give --data DATA")
+        self.data = Path(data)
+        # the holdout is read from the ledger (its file may hold labels of every volume, as complete.pkl does)
+        self.partition: Partition = resolve_partition(self.data, meta("fully_annotated_file") or None,
+                                                      need_fully_annotated=False, purpose="reviewing")
+        self.keys = set(self.roles)
+        self.holdout = set(self.ledger.volumes(holdout=True))
+        self.closed_volumes = self.holdout | set(self.partition.validation)
+        self._volumes = _LRU(4)
+        self._slices = _LRU(1024)
+
+    # --- the ledger: one connection per thread (sqlite3 connections are not shared between threads) ---
+    @property
+    def ledger(self) -> Ledger:
+        if getattr(self._local, "ledger", None) is None:
+            self._local.ledger = Ledger(self.layout.ledger)
+        return self._local.ledger
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """Each volume's role now (a harvest round moves reviewed volumes into V_M)."""
+        return dict(self.ledger.db.execute("SELECT key, role FROM volumes").fetchall())
+
+    @property
+    def round(self) -> int | None:
+        """The round whose proposals are reviewed: the last that has them."""
+        rounds = [r for (r,) in self.ledger.db.execute("SELECT round FROM steps WHERE name = 'scan' ORDER BY round")]
+        return rounds[-1] if rounds else None
+
+    def session(self) -> dict:
+        r = self.round
+        mined = None if r is None else self.ledger.step_info(r, "mine")
+        return {"run": str(self.layout.root.resolve()), "data": str(self.data.resolve()), "round": r,
+                "threshold": None if mined is None else mined.get("threshold"),
+                "windows": {name: list(w) for name, w in WINDOWS_HU.items()}}
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def check_key(self, key: str) -> str:
+        if not KEY_PATTERN.match(key):
+            raise ReviewError(400, f"not a volume key: {key[:80]!r}")
+        if key not in self.keys:
+            raise ReviewError(404, f"no volume {key!r} in this harvest")
+        return key
+
+    def volume(self, key: str) -> Volume:
+        key = self.check_key(key)
+        return self._volumes.get(key, lambda: self.partition.source.load(key))
+
+    def slice_png(self, key: str, z_index: int, level: float = 40.0, width: float = 400.0) -> bytes:
+        volume = self.volume(key)
+        if not 0 <= z_index < volume.num_slices:
+            raise ReviewError(400, f"{key} has slices 0..{volume.num_slices - 1}, not {z_index}")
+        if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+            raise ReviewError(400, "the window needs a finite level and a positive width")
+        return self._slices.get((key, z_index, level, width),
+                                lambda: png_bytes(window_to_uint8(volume.hu_zyx[z_index], level, width)))
+
+    def _proposal_json(self, row: ProposalRow, verdict: dict | None) -> dict:
+        t = row.tracklet
+        return {"kind": "proposal", "ref": f"{row.round}:{row.idx}", "status": row.status,
+                "s_g": round(row.objectness, 4), "s_c": None if row.lpc is None else round(row.lpc, 4),
+                "s": None if row.score is None else round(row.score, 4), "key_z": t.key_z,
+                "box_xyxy_px": [round(float(v), 1) for v in t.boxes_xyxy_px[t.key_index]],
+                "slices": [{"z_index": int(z), "box_xyxy_px": [round(float(v), 1) for v in box]}
+                           for z, box in zip(t.z_indices, t.boxes_xyxy_px)],
+                "verdict": verdict}
+
+    def volume_info(self, key: str) -> dict:
+        volume = self.volume(key)
+        ledger, r = self.ledger, self.round
+        current = ledger.current_verdicts(volume=key)
+        rows = [] if r is None else ledger.proposals(r, volumes=[key])
+        marks = self.partition.dataset.marks([key])[key]
+        dz = volume.spacing_zyx_mm[0]
+        return {
+            "key": key, "shape_zyx": list(volume.shape), "spacing_zyx_mm": [float(v) for v in volume.spacing_zyx_mm],
+            "z_mm": [None if math.isnan(dz) else round(z * dz, 3) for z in range(volume.num_slices)],
+            "holdout": key in self.holdout, "role": self.roles[key], "closed": key in self.closed_volumes,
+            "marks": [{"z_index": m.z_index, "box_xyxy_px": list(m.box_xyxy_px), "long_axis_px": list(m.long_axis_px),
+                       "short_axis_px": list(m.short_axis_px)} for m in marks],
+            "proposals": [self._proposal_json(row, current.get((key, "proposal", f"{row.round}:{row.idx}")))
+                          for row in rows],
+            "drawn": [{"kind": "drawn", "ref": ref, "verdict": v} for (_, kind, ref), v in current.items()
+                      if kind == "drawn"],
+            "fully_annotated": {"kind": "volume", "ref": "", "verdict": current.get((key, "volume", ""))},
+        }
+
+    def worklist(self, order: str = "score") -> dict:
+        if order not in ("score", "threshold"):
+            raise ReviewError(400, f"order is 'score' or 'threshold', not {order!r}")
+        ledger, r = self.ledger, self.round
+        current, roles = ledger.current_verdicts(), self.roles
+        counts: dict[str, list[int]] = {}
+        if r is not None:
+            for volume, n in ledger.db.execute("SELECT volume, COUNT(*) FROM proposals WHERE round = ? GROUP BY volume",
+                                               (r,)):
+                counts[volume] = n
+        marks = self.partition.dataset.marks()
+        subs = self.partition.dataset.sub_volumes
+        volumes = []
+        for key in sorted((k for k, role in roles.items() if role == "harvest" or (k, "volume", "") in current),
+                          key=sample_order):
+            if key in self.closed_volumes:
+                continue
+            done = current.get((key, "volume", ""))
+            done = done if done is not None and done["action"] == "fully_annotated" else None
+            volumes.append({"key": key, "slices": len(subs[key].slice_numbers), "marks": len(marks.get(key, [])),
+                            "proposals": counts.get(key, 0), "fully_annotated": done is not None,
+                            "reviewed_by": None if done is None else done["reviewer"]})
+        lesions = [] if r is None else [
+            self._proposal_json(row, current.get((row.volume, "proposal", f"{row.round}:{row.idx}")))
+            | {"volume": row.volume}
+            for row in ledger.proposals(r, statuses=("harvested",))]
+        for lesion in lesions:
+            del lesion["slices"]
+        threshold = self.session()["threshold"]
+        if order == "threshold" and threshold is not None:
+            lesions.sort(key=lambda d: abs((d["s"] or 0.0) - threshold))
+        else:
+            lesions.sort(key=lambda d: -(d["s"] if d["s"] is not None else d["s_g"]))
+        return {"volumes": volumes, "lesions": lesions, "progress": self.progress()}
+
+    def progress(self) -> dict:
+        out: dict[str, dict[str, int]] = {}
+        for v in self.ledger.verdicts():
+            mine = out.setdefault(v["reviewer"], {a: 0 for kind in ACTIONS.values() for a in kind} | {"total": 0})
+            mine[v["action"]] += 1
+            mine["total"] += 1
+        return out
+
+    def trail(self, key: str) -> list[dict]:
+        return self.ledger.verdicts(volume=self.check_key(key))
+
+    # --- writing ---------------------------------------------------------------------------------------
+    def submit(self, body: dict) -> dict:
+        """Validate one verdict (docs/review-api.md) and append it; raises ReviewError (400, 404) or
+        the ledger's VerdictConflict (409)."""
+        key = self.check_key(str(body.get("volume", "")))
+        kind, ref, action = body.get("kind"), str(body.get("ref") or ""), body.get("action")
+        if kind not in ACTIONS:
+            raise ReviewError(400, f"kind is one of {', '.join(ACTIONS)}, not {kind!r}")
+        if action not in ACTIONS[kind]:
+            raise ReviewError(400, f"a {kind} verdict is one of {', '.join(ACTIONS[kind])}, not {action!r}")
+        reviewer = str(body.get("reviewer") or "").strip()
+        if not reviewer or len(reviewer) > MAX_REVIEWER_CHARS or not reviewer.isprintable():
+            raise ReviewError(400, f"a reviewer name of 1 to {MAX_REVIEWER_CHARS} printable characters is needed")
+        if key in self.closed_volumes:
+            raise ReviewError(400, f"{key} is a {'holdout' if key in self.holdout else 'validation'} volume: "
+                                   "its labels measure the harvest, so it is not reviewed here")
+        base = body.get("base", 0)
+        if not isinstance(base, int) or isinstance(base, bool) or base < 0:
+            raise ReviewError(400, "base is the id of the verdict last seen on the target (0 for none)")
+        volume = self.volume(key)
+        self._check_ref(key, kind, ref, action)
+        z_index, box, recist = None, None, None
+        if action == "adjust" or action == "draw":
+            z_index = body.get("z_index")
+            if not isinstance(z_index, int) or isinstance(z_index, bool) or not 0 <= z_index < volume.num_slices:
+                raise ReviewError(400, f"z_index: a slice of {key}, 0..{volume.num_slices - 1}")
+            shape = volume.hu_zyx.shape[1:]
+            if action == "draw" and body.get("recist") is not None:
+                recist = {axis: _segment(body["recist"], axis, shape) for axis in ("long_axis_px", "short_axis_px")}
+                xs = recist["long_axis_px"][0::2] + recist["short_axis_px"][0::2]
+                ys = recist["long_axis_px"][1::2] + recist["short_axis_px"][1::2]
+                box = [min(xs), min(ys), max(xs), max(ys)]
+            else:
+                box = _box(body.get("box_xyxy_px"), shape)
+        return self.ledger.add_verdict(key, kind, ref, action, reviewer, base, z_index, box, recist)
+
+    def _check_ref(self, key: str, kind: str, ref: str, action: str) -> None:
+        if kind == "proposal":
+            try:
+                round_, idx = parse_proposal_ref(ref)
+            except ValueError as exc:
+                raise ReviewError(400, str(exc)) from None
+            found = self.ledger.db.execute("SELECT 1 FROM proposals WHERE round = ? AND volume = ? AND idx = ?",
+                                           (round_, key, idx)).fetchone()
+            if found is None:
+                raise ReviewError(400, f"{key} has no proposal {ref}")
+        elif kind == "drawn":
+            if ref and self.ledger.current_verdicts(volume=key).get((key, "drawn", ref)) is None:
+                raise ReviewError(400, f"{key} has no drawn lesion {ref!r}")
+            if not ref and action != "draw":
+                raise ReviewError(400, "a new lesion is drawn first (action draw)")
+        elif ref:
+            raise ReviewError(400, "a volume verdict has ref ''")
+
+
+def _numbers(values, count: int, what: str) -> list[float]:
+    if not isinstance(values, list) or len(values) != count:
+        raise ReviewError(400, f"{what}: {count} numbers")
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ReviewError(400, f"{what}: {count} numbers") from None
+    if not all(math.isfinite(v) for v in out):
+        raise ReviewError(400, f"{what}: finite numbers")
+    return [round(v, 1) for v in out]
+
+
+def _inside(xs: list[float], ys: list[float], shape_yx: tuple[int, int], what: str) -> None:
+    if min(xs) < 0 or min(ys) < 0 or max(xs) > shape_yx[1] - 1 or max(ys) > shape_yx[0] - 1:
+        raise ReviewError(400, f"{what} lies outside the {shape_yx[1]} x {shape_yx[0]} slice")
+
+
+def _box(values, shape_yx: tuple[int, int]) -> list[float]:
+    box = _numbers(values, 4, "box_xyxy_px")
+    if box[0] > box[2] or box[1] > box[3]:
+        raise ReviewError(400, "box_xyxy_px: x1 <= x2 and y1 <= y2")
+    _inside(box[0::2], box[1::2], shape_yx, "box_xyxy_px")
+    return box
+
+
+def _segment(recist, axis: str, shape_yx: tuple[int, int]) -> list[float]:
+    if not isinstance(recist, dict):
+        raise ReviewError(400, "recist: {long_axis_px: [x1, y1, x2, y2], short_axis_px: [...]}")
+    segment = _numbers(recist.get(axis), 4, f"recist.{axis}")
+    _inside(segment[0::2], segment[1::2], shape_yx, f"recist.{axis}")
+    return segment
