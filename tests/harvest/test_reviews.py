@@ -10,7 +10,7 @@ import numpy as np
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.reviews import reviewed_labels
 from lesion_harvester.harvest.rounds import harvest
-from lesion_harvester.io.annotations import read_slice_boxes, read_tracklets
+from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.paths import RunLayout
@@ -47,10 +47,6 @@ def test_reviewed_labels_from_verdicts():
     assert len(out.positives) == 3 and all(v == "A" for v, _ in out.positives)
 
 
-def _first(ledger: Ledger, volume: str):
-    return ledger.proposals(1, volumes=[volume])[0]
-
-
 def test_next_round_uses_the_verdicts_and_export(tiny_harvest_run, tiny_dataset, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_harvest_run, run)
@@ -59,8 +55,12 @@ def test_next_round_uses_the_verdicts_and_export(tiny_harvest_run, tiny_dataset,
     holdout = set(ledger.volumes(holdout=True))
     open_keys = [k for k in given.harvest if k not in holdout and ledger.proposals(1, volumes=[k])]
     reviewed, other = open_keys[0], open_keys[1]
-    rejected = _first(ledger, other)
+    rejected, kept = ledger.proposals(1, volumes=[other])[:2]
+    with ledger.transaction() as db:  # as if round 1 had harvested both
+        ledger.set_statuses(db, 1, [(other, rejected.idx, "harvested"), (other, kept.idx, "harvested")])
     ledger.add_verdict(other, "proposal", f"1:{rejected.idx}", "reject", "alice", 0)
+    accepted = ledger.proposals(1, volumes=[other])[2]
+    ledger.add_verdict(other, "proposal", f"1:{accepted.idx}", "accept", "alice", 0)
     drawn = ledger.add_verdict(reviewed, "drawn", "", "draw", "alice", 0, z_index=1, box_xyxy_px=[5.0, 6.0, 15.0, 18.0])
     ledger.add_verdict(reviewed, "volume", "", "fully_annotated", "bob", 0)
     last = ledger.last_verdict_id()
@@ -85,6 +85,14 @@ def test_next_round_uses_the_verdicts_and_export(tiny_harvest_run, tiny_dataset,
                and np.array_equal(t.z_indices, rejected.tracklet.z_indices) for t in negatives)
     positives = read_tracklets(layout.finetune_positives(2)).get(reviewed, [])
     assert any(t.z_indices.tolist() == [1] and t.boxes_xyxy_px[0].tolist() == [5, 6, 15, 18] for t in positives)
+
+    # deliverables: the rejected lesion leaves harvested.pkl, the accepted one joins the completed annotations
+    harvested = read_tracklets(layout.harvested).get(other, [])
+    assert not any(np.array_equal(t.boxes_xyxy_px, rejected.tracklet.boxes_xyxy_px) for t in harvested)
+    assert any(np.array_equal(t.boxes_xyxy_px, kept.tracklet.boxes_xyxy_px) for t in harvested)
+    box = accepted.tracklet.box_3d()
+    assert any(np.allclose(b.box_xyxy_px, box.box_xyxy_px) and b.z_range == box.z_range
+               for b in read_boxes_3d(layout.completed_annotations)[other])
 
     from lesion_harvester.review.export import export_reviewed
 
