@@ -19,6 +19,7 @@ import torch
 
 from lesion_harvester.config import PreprocessConfig
 from lesion_harvester.geometry.preprocess import (
+    AIR_HU,
     blend_positions,
     body_crop_box,
     boxes_to_original,
@@ -94,7 +95,9 @@ def prepare_volume(volume: Volume, cfg: PreprocessConfig) -> PreparedVolume:
     scale = inplane_scale(volume.spacing_zyx_mm[1:], cfg.spacing_mm, region.shape[1:], cfg.max_size_px)
     slices = []
     for start in range(0, region.shape[0], 16):  # in chunks, to bound the float32 copy
-        chunk = normalize_hu(torch.from_numpy(region[start:start + 16].astype(np.float32)))
+        # slices missing from a DICOM series read with gaps allowed are NaN: the network sees air there
+        hu = np.nan_to_num(region[start:start + 16].astype(np.float32), nan=AIR_HU)
+        chunk = normalize_hu(torch.from_numpy(hu))
         slices.append(resample_inplane(chunk, scale).half())
     image = torch.cat(slices).numpy()
     return PreparedVolume(volume.volume_id, image, (y0, x0), scale, volume.spacing_zyx_mm, volume.shape)

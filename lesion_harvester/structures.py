@@ -174,8 +174,9 @@ class Volume:
             "id": self.volume_id,
             "shape": list(self.shape),
             "spacing_mm": [None if math.isnan(s) else round(s, 6) for s in self.spacing_zyx_mm],
-            "hu_min": float(self.hu_zyx.min()),
-            "hu_max": float(self.hu_zyx.max()),
+            "hu_min": float(np.nanmin(self.hu_zyx)),  # NaN: slices missing from a DICOM series
+            "hu_max": float(np.nanmax(self.hu_zyx)),
+            "missing_slices": int(np.isnan(self.hu_zyx).all(axis=(1, 2)).sum()) if self.hu_zyx.dtype.kind == "f" else 0,
             "input_shape_ijk": list(g.input_shape_ijk),
             "world_frame": frame,
             "world_origin_known": g.origin_known,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 WINDOW_HU = (-1024.0, 3071.0)
+AIR_HU = -1000.0  # what a missing slice (NaN) is read as
 PIXEL_MEAN = 50.0
 BODY_THRESHOLD_HU = 32000 - 32768  # MULAN thresholds the raw PNG at 32000
 

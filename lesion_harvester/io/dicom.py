@@ -8,19 +8,23 @@ handles is reported as a DataError naming the file and the syntax.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from collections import defaultdict
+import os
+import warnings
+from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from lesion_harvester.errors import DataError
+from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.geometry.frames import RAS_TO_LPS
 from lesion_harvester.io.atomic import atomic_write
-from lesion_harvester.io.hu import volume_from_grid
+from lesion_harvester.io.hu import check_voxel_count, volume_from_grid
 from lesion_harvester.structures import Volume
 
 log = logging.getLogger(__name__)
@@ -28,6 +32,9 @@ log = logging.getLogger(__name__)
 # CT, and images whose modality is "other" or missing (anonymised or converted exports); PET, MR,
 # segmentations, structured reports and the like are not CT
 CT_LIKE_MODALITIES = {"CT", "OT", ""}
+DICOM_GAPS_ENV = "LESION_HARVESTER_DICOM_GAPS"  # "nan": read a series with missing slices, NaN at their positions
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -44,20 +51,86 @@ def list_dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and _is_dicom_file(p))
 
 
-def _read_header(path: Path):
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise DataError(path, f"not a readable DICOM file ({exc})") from None
+def gaps_allowed() -> bool:
+    """Whether ``$LESION_HARVESTER_DICOM_GAPS`` asks for missing slices as NaN (``nan``) rather than an
+    error (unset, empty or ``error``)."""
+    raw = os.environ.get(DICOM_GAPS_ENV, "").strip().lower()
+    if raw in ("", "error"):
+        return False
+    if raw == "nan":
+        return True
+    raise ConfigError(f"{DICOM_GAPS_ENV}={raw!r}: expected 'nan' (read a series with missing slices, NaN at "
+                      "their positions) or 'error' (the default)")
 
 
-def _pixels_hu(ds, path: Path) -> np.ndarray:
-    # pydicom logs each failing decoder's traceback; a failure here becomes one DataError instead
+@contextlib.contextmanager
+def _quiet_pydicom() -> Iterator[list[warnings.WarningMessage]]:
+    """pydicom logs each failing decoder's traceback and warns about damaged files; a problem here
+    becomes one DataError instead. Yields the warnings caught."""
     pydicom_log = logging.getLogger("pydicom")
     level = pydicom_log.level
     pydicom_log.setLevel(logging.CRITICAL)
     try:
-        pixels = ds.pixel_array
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        pydicom_log.setLevel(level)
+
+
+def _parsed_end(ds) -> int | None:
+    """Byte offset where the last element pydicom read ends (the dataset's, else the file meta's),
+    or None where that is unknown (an element of undefined length, or one already decoded)."""
+    for elements in (ds, getattr(ds, "file_meta", None)):
+        if elements is None or not len(elements):
+            continue
+        last = elements.get_item(max(elements.keys()))  # the raw element: its offset and declared length
+        tell, length = getattr(last, "value_tell", None), getattr(last, "length", None)
+        if tell is None or length is None or length == UNDEFINED_LENGTH:
+            return None
+        return int(tell) + int(length)
+    return None
+
+
+def _dcmread(path: Path, header_only: bool):
+    """pydicom's dataset of ``path`` (without the pixel data if ``header_only``), refusing a file that
+    ends inside an element. pydicom reads such a file without a word: a value cut short, or its
+    last elements missing."""
+    try:
+        with _quiet_pydicom() as caught, open(path, "rb") as handle:
+            ds = pydicom.dcmread(handle, stop_before_pixels=header_only)
+            size = os.fstat(handle.fileno()).st_size
+            end = _parsed_end(ds)
+            next_tag = b""
+            if end is not None and end < size:
+                handle.seek(end)
+                next_tag = handle.read(2)
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
+        raise DataError(path, f"not a readable DICOM file ({' '.join(str(exc).split())})") from None
+    # pydicom's warning where an element of undefined length (encapsulated pixel data) is cut short
+    if any("End of file reached" in str(w.message) for w in caught):
+        raise DataError(path, f"truncated DICOM file ({size:,} bytes): it ends inside its pixel data")
+    if end is not None and end > size:
+        raise DataError(path, f"truncated DICOM file ({size:,} bytes): its last element runs to byte {end:,}")
+    # a header-only read stops at the pixel data (group 7FE0, either byte order); a whole read at the end
+    stopped_at_pixels = header_only and next_tag in (b"\xe0\x7f", b"\x7f\xe0")
+    if end is not None and end < size and not stopped_at_pixels:
+        raise DataError(path, f"truncated DICOM file ({size:,} bytes): it ends inside the element at byte {end:,}")
+    return ds
+
+
+def _read_header(path: Path):
+    return _dcmread(path, header_only=True)
+
+
+def _pixels_hu(ds, path: Path) -> np.ndarray:
+    """The slice's (rows, columns) float32 HU, or a DataError naming the file and what is wrong."""
+    if not any(tag in ds for tag in PIXEL_DATA_KEYWORDS):
+        raise DataError(path, "no pixel data: a DICOM file without an image (or one cut short before it)")
+    _check_pixel_length(ds, path)
+    try:
+        with _quiet_pydicom():
+            pixels = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", str(syntax))
@@ -66,13 +139,29 @@ def _pixels_hu(ds, path: Path) -> np.ndarray:
             f"unsupported DICOM: cannot decode pixel data with transfer syntax {name} ({' '.join(str(exc).split())})",
             "decompress it first, e.g. with gdcmconv --raw, or install a decoder pydicom supports",
         ) from None
-    finally:
-        pydicom_log.setLevel(level)
     if pixels.ndim != 2:
         raise DataError(path, f"unsupported DICOM: expected one 2D grayscale frame, got shape {pixels.shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     return pixels.astype(np.float32) * slope + intercept
+
+
+def _check_pixel_length(ds, path: Path) -> None:
+    """Uncompressed pixel data must hold Rows x Columns x samples of BitsAllocated (a shorter one
+    is a truncated file whose pixel element declared less than the image needs)."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None or syntax.is_compressed or "PixelData" not in ds:
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        needed = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * frames
+                  * int(ds.BitsAllocated) + 7) // 8
+    except (AttributeError, TypeError, ValueError):
+        return  # pydicom's decoder names what is missing
+    have = len(ds.PixelData)
+    if have < needed:
+        raise DataError(path, f"truncated pixel data: {have:,} bytes where {ds.Rows} x {ds.Columns} pixels of "
+                              f"{ds.BitsAllocated} bits need {needed:,}")
 
 
 def _slice_frame(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -84,32 +173,53 @@ def _slice_frame(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     return values[:3], values[3:], np.array([float(v) for v in position])
 
 
-def series_affine_lps(datasets: list, source: str) -> tuple[list[int], np.ndarray, bool]:
-    """Order the slices of one series and build its voxel -> LPS affine.
+@dataclasses.dataclass
+class SeriesLayout:
+    """Where the slices of one series go on its voxel grid.
+
+    order: indices of the datasets by position along the slice normal; slice_k: the grid index k
+    of each of them (consecutive, except where slices are missing); num_k: the grid's K;
+    affine_lps: (4, 4) voxel (i, j, k, 1) -> LPS mm; positioned: whether the files gave positions.
+    """
+
+    order: list[int]
+    slice_k: list[int]
+    num_k: int
+    affine_lps: np.ndarray
+    positioned: bool
+
+    @property
+    def missing_k(self) -> list[int]:
+        present = set(self.slice_k)
+        return [k for k in range(self.num_k) if k not in present]
+
+
+def series_affine_lps(datasets: list, source: str, paths: list[Path] | None = None,
+                      allow_gaps: bool = False) -> SeriesLayout:
+    """Order the slices of one series and build its voxel grid and voxel -> LPS affine.
 
     Input voxels are (i, j, k) = (column, row, slice), k in order of position along the slice
-    normal. Returns (order of ``datasets`` by k, (4, 4) affine, whether the positions were known).
-
-    Raises DataError for slices that disagree on orientation or pixel size, share a position, or
-    are unevenly spaced (a missing slice): the affine would place some of them wrongly.
+    normal, one k per median slice interval. Raises DataError for slices that disagree on
+    orientation or pixel size (naming the odd file), share a position, or are unevenly spaced, and
+    for missing slices unless ``allow_gaps`` (then their k are left empty, to be filled with NaN).
     """
+    paths = paths if paths is not None else [Path(source)] * len(datasets)
     first = datasets[0]
     spacing = first.get("PixelSpacing")
     if spacing is None or len(spacing) != 2 or not all(float(v) > 0 for v in spacing):
-        raise DataError(source, f"no valid PixelSpacing ({spacing}); cannot tell the pixel size")
+        raise DataError(paths[0], f"no valid PixelSpacing ({spacing}); cannot tell the pixel size")
     row_mm, col_mm = (float(v) for v in spacing)  # between rows, between columns
+    for ds, path in zip(datasets, paths):
+        if not np.allclose([float(v) for v in ds.get("PixelSpacing", spacing)], spacing, rtol=1e-4):
+            raise DataError(path, f"different PixelSpacing ({[float(v) for v in ds.PixelSpacing]} mm) from the "
+                                  f"series' first slice ({[float(v) for v in spacing]} mm)")
     frames = [_slice_frame(ds) for ds in datasets]
-    if any(f is None for f in frames):
+    if all(f is None for f in frames):
         # no patient geometry: axial, ordered by InstanceNumber, origin unknown
         order = sorted(range(len(datasets)), key=lambda n: int(datasets[n].get("InstanceNumber", 0) or 0))
         dz = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
-        return order, np.diag([col_mm, row_mm, -dz, 1.0]), False
-    row_dir, col_dir, _ = frames[0]
-    for ds, frame in zip(datasets, frames):
-        if not np.allclose(frame[0], row_dir, atol=1e-3) or not np.allclose(frame[1], col_dir, atol=1e-3):
-            raise DataError(source, "slices of one series have different ImageOrientationPatient")
-        if not np.allclose([float(v) for v in ds.get("PixelSpacing", spacing)], spacing, rtol=1e-4):
-            raise DataError(source, "slices of one series have different PixelSpacing")
+        return SeriesLayout(order, list(range(len(order))), len(order), np.diag([col_mm, row_mm, -dz, 1.0]), False)
+    row_dir, col_dir = _series_orientation(frames, paths)
     normal = np.cross(row_dir, col_dir)
     depth = np.array([float(np.dot(f[2], normal)) for f in frames])
     order = [int(n) for n in np.argsort(depth, kind="stable")]
@@ -118,48 +228,106 @@ def series_affine_lps(datasets: list, source: str) -> tuple[list[int], np.ndarra
     affine[:3, 0] = row_dir * col_mm  # i (column index) runs along the row direction
     affine[:3, 1] = col_dir * row_mm
     affine[:3, 3] = positions[0]
-    if len(order) > 1:
-        steps = np.diff(depth[order])
-        if np.any(steps <= 1e-4):
-            raise DataError(source, "two slices share one position; is this more than one series?")
-        dz = float(np.median(steps))
-        if np.max(np.abs(steps - dz)) > 0.05 * dz + 1e-3:
-            raise DataError(source, f"uneven slice positions (steps {steps.min():.3f} to {steps.max():.3f} mm, "
-                                    f"median {dz:.3f}): missing slices or a mixed series",
-                            "export the complete series")
-        affine[:3, 2] = (positions[-1] - positions[0]) / (len(order) - 1)  # keeps a gantry tilt's shear
-    else:
+    if len(order) == 1:
         dz = float(first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
         affine[:3, 2] = normal * dz
-    return order, affine, True
+        return SeriesLayout(order, [0], 1, affine, True)
+    uid = str(first.get("SeriesInstanceUID", "unknown"))
+    slice_k = _slice_indices(depth[order], source, uid, allow_gaps)
+    affine[:3, 2] = (positions[-1] - positions[0]) / slice_k[-1]  # keeps a gantry tilt's shear
+    return SeriesLayout(order, slice_k, slice_k[-1] + 1, affine, True)
 
 
-def read_dicom_series(paths: list[Path], volume_id: str, source: str) -> Volume:
+def _series_orientation(frames: list, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """The (row, column) direction cosines every slice shares; a DataError names a slice without
+    them, with invalid ones, or with another orientation than most of the series."""
+    for frame, path in zip(frames, paths):
+        if frame is None:
+            raise DataError(path, "no ImagePositionPatient/ImageOrientationPatient, which the series' other "
+                                  "slices have: cannot place this slice")
+        row, col = frame[0], frame[1]
+        if abs(np.linalg.norm(row) - 1) > 1e-2 or abs(np.linalg.norm(col) - 1) > 1e-2 or abs(row @ col) > 1e-2:
+            raise DataError(path, f"invalid ImageOrientationPatient {np.round(np.r_[row, col], 6).tolist()}: the row "
+                                  "and column directions must be orthogonal unit vectors")
+    votes = Counter(tuple(np.round(np.r_[f[0], f[1]], 3)) for f in frames)
+    reference = np.array(votes.most_common(1)[0][0])
+    odd = [n for n, f in enumerate(frames) if not np.allclose(np.r_[f[0], f[1]], reference, atol=1e-3)]
+    if odd:
+        values = np.round(np.r_[frames[odd[0]][0], frames[odd[0]][1]], 6).tolist()
+        raise DataError(paths[odd[0]], f"ImageOrientationPatient {values} differs from the {reference.tolist()} "
+                                       f"of {len(frames) - len(odd)} of the series' {len(frames)} slices: a slice "
+                                       "of another series?")
+    return reference[:3], reference[3:]
+
+
+def _slice_indices(depth: np.ndarray, source: str, uid: str, allow_gaps: bool) -> list[int]:
+    """Grid index k of each slice from its position along the normal (mm, ascending).
+
+    The slice interval is the median step; a step of n intervals (n >= 2, within 5%) is n - 1
+    missing slices, refused unless ``allow_gaps``; any other step cannot lie on one grid.
+    """
+    steps = np.diff(depth)
+    if np.any(steps <= 1e-4):
+        n = int(np.argmax(steps <= 1e-4))
+        raise DataError(source, f"two slices of series {uid} share the position {depth[n]:.3f} mm along the "
+                                "slice normal; is this more than one series?")
+    dz = float(np.median(steps))
+    multiples = np.maximum(np.rint(steps / dz), 1)
+    uneven = np.abs(steps - multiples * dz) > 0.05 * dz * multiples + 1e-3
+    if np.any(uneven):
+        raise DataError(source, f"uneven slice positions along the normal of series {uid}: "
+                                f"{_intervals(depth, np.nonzero(uneven)[0])} where the median interval is "
+                                f"{dz:.3f} mm (a mixed series?)", "export the complete series")
+    gaps = np.nonzero(multiples > 1)[0]
+    if gaps.size and not allow_gaps:
+        missing = int(np.sum(multiples[gaps] - 1))
+        raise DataError(source, f"uneven slice positions along the normal of series {uid}: missing slices "
+                                f"({missing} at the median interval of {dz:.3f} mm) {_intervals(depth, gaps)}",
+                        f"export the complete series, or set {DICOM_GAPS_ENV}=nan to read it with NaN slices at "
+                        "the missing positions")
+    if gaps.size:
+        log.warning("%s: series %s has %d missing slice(s) (%s); NaN in the volume (%s=nan)", source, uid,
+                    int(np.sum(multiples[gaps] - 1)), _intervals(depth, gaps), DICOM_GAPS_ENV)
+    return [0, *(int(k) for k in np.cumsum(multiples))]
+
+
+def _intervals(depth: np.ndarray, steps: np.ndarray, shown: int = 3) -> str:
+    """'between 4.000 and 8.000 mm, ...': the intervals after slices ``steps`` (indices into ``depth``)."""
+    text = ", ".join(f"between {depth[n]:.3f} and {depth[n + 1]:.3f} mm" for n in steps[:shown])
+    return text + (f" and {len(steps) - shown} more" if len(steps) > shown else "")
+
+
+def read_dicom_series(paths: list[Path], volume_id: str, source: str, allow_gaps: bool | None = None) -> Volume:
     """Read one series (its files in any order, each read once) into a Volume.
 
-    The volume keeps the series' geometry in LPS (DICOM's frame) and its slices' SOPInstanceUIDs
-    and files in k order (``volume.extra["dicom"]``, for a DICOM Segmentation that refers to them).
+    A series with missing slices is a DataError unless ``allow_gaps`` (default: ``$LESION_HARVESTER_DICOM_GAPS``
+    is ``nan``); then the volume is float32 with NaN slices at the missing positions, so that every slice
+    keeps its true z. The volume keeps the series' geometry in LPS (DICOM's frame) and its slices'
+    SOPInstanceUIDs and files in k order (``volume.extra["dicom"]``, None at a missing slice, for a
+    DICOM Segmentation that refers to them).
     """
-    datasets = []
-    for path in paths:
-        try:
-            datasets.append(pydicom.dcmread(path))
-        except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-            raise DataError(path, f"not a readable DICOM file ({exc})") from None
-    order, affine_lps, positioned = series_affine_lps(datasets, source)
-    slices = []
-    for n in order:
+    allow_gaps = gaps_allowed() if allow_gaps is None else allow_gaps
+    datasets = [_dcmread(path, header_only=False) for path in paths]
+    layout = series_affine_lps(datasets, source, paths, allow_gaps)
+    first = datasets[layout.order[0]]
+    rows, columns = int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0)
+    check_voxel_count(source, (columns, rows, layout.num_k), f"series {first.get('SeriesInstanceUID', '')}")
+    hu_kji = np.full((layout.num_k, rows, columns), np.nan, dtype=np.float32)
+    for n, k in zip(layout.order, layout.slice_k):
         hu = _pixels_hu(datasets[n], paths[n])
-        if slices and hu.shape != slices[0].shape:
-            raise DataError(paths[n], f"slice is {hu.shape} but the series' first slice is {slices[0].shape}")
-        slices.append(hu)
-    hu_ijk = np.transpose(np.stack(slices), (2, 1, 0))  # (k, row j, column i) -> (i, j, k)
-    volume = volume_from_grid(volume_id, hu_ijk, RAS_TO_LPS @ affine_lps, "LPS", source)
-    first = datasets[order[0]]
+        if hu.shape != (rows, columns):
+            raise DataError(paths[n], f"slice is {hu.shape} but the series' first slice is {(rows, columns)}")
+        hu_kji[k] = hu
+    hu_ijk = np.transpose(hu_kji, (2, 1, 0))  # (k, row j, column i) -> (i, j, k)
+    volume = volume_from_grid(volume_id, hu_ijk, RAS_TO_LPS @ layout.affine_lps, "LPS", source,
+                              allow_nan=bool(layout.missing_k))
+    by_k: dict[int, int] = dict(zip(layout.slice_k, layout.order))
     info = {"study_uid": str(first.get("StudyInstanceUID", "")), "series_uid": str(first.get("SeriesInstanceUID", "")),
-            "sop_instance_uids": [_sop_instance_uid(datasets[n]) for n in order],
-            "files": [str(paths[n]) for n in order]}
-    geometry = volume.geometry if positioned else dataclasses.replace(volume.geometry, origin_known=False)
+            "sop_instance_uids": [_sop_instance_uid(datasets[by_k[k]]) if k in by_k else None
+                                  for k in range(layout.num_k)],
+            "files": [str(paths[by_k[k]]) if k in by_k else None for k in range(layout.num_k)],
+            "missing_k": layout.missing_k}
+    geometry = volume.geometry if layout.positioned else dataclasses.replace(volume.geometry, origin_known=False)
     return dataclasses.replace(volume, geometry=geometry, extra={**volume.extra, "dicom": info})
 
 
@@ -216,22 +384,28 @@ def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
     return {base if len(ordered) == 1 else f"{base}_{i:02d}": files for i, files in enumerate(ordered)}
 
 
-def read_dicom(path: str | Path) -> list[Volume]:
-    """Read a DICOM file or a folder of DICOM files; one Volume per SeriesInstanceUID."""
-    return [read_dicom_series(files, volume_id, str(path)) for volume_id, files in scan_dicom(path).items()]
+def read_dicom(path: str | Path, allow_gaps: bool | None = None) -> list[Volume]:
+    """Read a DICOM file or a folder of DICOM files; one Volume per SeriesInstanceUID (``allow_gaps``:
+    see :func:`read_dicom_series`)."""
+    return [read_dicom_series(files, volume_id, str(path), allow_gaps)
+            for volume_id, files in scan_dicom(path).items()]
 
 
-def write_dicom_seg(path: str | Path, labels_ijk: np.ndarray, source_files: list[str], scores: list[float],
+def write_dicom_seg(path: str | Path, labels_ijk: np.ndarray, source_files: list[str | None], scores: list[float],
                     software_version: str) -> None:
     """A DICOM Segmentation (highdicom) of the series in ``source_files`` (k order), one segment per
     label of ``labels_ijk`` (I, J, K) on the series' grid, written atomically.
 
-    Segment ``n`` is finding ``n``: a lesion found automatically, its score in the segment label.
+    Segment ``n`` is finding ``n``: a lesion found automatically, its score in the segment label. A
+    missing slice (None in ``source_files``, NaN in the volume) has no instance to refer to: its
+    labels are left out.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    sources = [_read_header(Path(f)) for f in source_files]
+    present = [k for k, f in enumerate(source_files) if f is not None]
+    labels_ijk = labels_ijk[:, :, present]
+    sources = [_read_header(Path(source_files[k])) for k in present]  # type: ignore[arg-type]
     for ds in sources:  # some exports keep the SOP identity only in the file meta
         meta = getattr(ds, "file_meta", None) or {}
         if not ds.get("SOPClassUID") and meta.get("MediaStorageSOPClassUID"):

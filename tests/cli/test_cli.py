@@ -16,7 +16,9 @@ def test_inspect_real_files(capsys):
         out = json.loads(capsys.readouterr().out)
         assert out["format"] == fmt and out["volumes"][0]["shape"] == shape
         assert set(out["volumes"][0]) == {"id", "shape", "spacing_mm", "hu_min", "hu_max", "input_shape_ijk",
-                                          "world_frame", "world_origin_known", "array_xyz_to_world_mm"}
+                                          "world_frame", "world_origin_known", "array_xyz_to_world_mm",
+                                          "missing_slices"}
+        assert out["volumes"][0]["missing_slices"] == 0
         assert out["volumes"][0]["world_frame"] == ("RAS" if fmt == "nifti" else "LPS")
 
 
