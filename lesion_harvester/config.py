@@ -1,9 +1,11 @@
 """Configuration: YAML presets read into frozen dataclasses, one section per pipeline stage.
 
 A preset is ``tiny`` (tests), ``demo`` (the quick CPU path), ``bench`` (the CPU accuracy claims)
-or ``paper`` (the paper's GPU configuration), or the path of a YAML file. A YAML preset may start
-from another (``base: bench``, or a path relative to the file) and change only some settings;
-single settings can also be changed on the command line (``--set lpg_train.iters_per_epoch=600``,
+or ``paper`` (the paper's GPU configuration), or the path of a YAML file. A YAML preset starts from
+another (``base: bench``, or a path relative to the file) and changes only some settings, or gives
+every setting (as the ``config.yaml`` of a run does): a file without a base that leaves a setting
+out, or an empty file, is an error, since it would silently mean the paper's full-size settings.
+Single settings can also be changed on the command line (``--set lpg_train.iters_per_epoch=600``,
 :func:`apply_overrides`).
 
 Every setting is checked when the configuration is built, however it is built (YAML, keyword
@@ -37,6 +39,9 @@ from lesion_harvester.geometry.preprocess import PIXEL_MEAN as STORED_PIXEL_MEAN
 from lesion_harvester.geometry.preprocess import WINDOW_HU as STORED_WINDOW_HU
 
 PRESETS = ("tiny", "demo", "bench", "paper")
+# The largest LPG a configuration may describe: 14x the paper's 7.1 million parameters, 400 MB of
+# float32 weights (more is a typo or a hostile checkpoint, not a model this pipeline trains)
+MAX_MSCN_PARAMETERS = 100_000_000
 
 # The choices of the settings that take one of a few values; checked whenever a config is built
 ContextMode = Literal["exact", "shared"]
@@ -100,6 +105,18 @@ class SynthConfig(_Checked):
     workers: int = 2
     png_compress_level: int = 1
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        weights = self.slice_interval_weights
+        if len(weights) != len(self.slice_intervals_mm) or sum(weights) <= 0:
+            raise InvalidSetting("synth", "slice_interval_weights", "expected one weight per slice interval "
+                                 f"({len(self.slice_intervals_mm)}), not all 0, got {_show(weights)}")
+        if self.harvest_test > self.harvest:
+            raise InvalidSetting("synth", "harvest_test", f"expected at most synth.harvest ({self.harvest}) volumes "
+                                 f"(V_H^test is a part of V_H), got {self.harvest_test}")
+        if self.total_volumes < 1:
+            raise InvalidSetting("synth", "harvest", "the split counts add up to no volume at all")
+
     @property
     def total_volumes(self) -> int:
         return self.fully_annotated + self.harvest + self.validation + self.detection_test
@@ -161,6 +178,53 @@ class MSCNConfig(_Checked):
     # stride-2 map, for lesions only a few pixels wide (more head compute, finer centres and sizes)
     output_stride: OutputStride = 4
     pretrained_path: str | None = None  # a local torchvision DenseNet-121 state dict (ImageNet)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # each size is bounded, but their product is what fills memory (init_features: 200000 asked
+        # for 640 GB): the whole model is bounded before anything is built
+        if self.parameter_count() > MAX_MSCN_PARAMETERS:
+            raise InvalidSetting("lpg", "", f"these sizes describe an LPG of {self.parameter_count():,} "
+                                 f"parameters, more than the {MAX_MSCN_PARAMETERS:,} allowed (the paper's has "
+                                 f"{MSCNConfig.paper_parameters():,})")
+
+    def parameter_count(self) -> int:
+        """Parameters of the MSCN these settings describe (:mod:`lesion_harvester.lpg.model`; the same as a
+        built model's count, tested), so that a size can be refused before a model is built."""
+        if not (len(self.block_config) == 3 and all(isinstance(v, int) and v > 0 for v in (
+                self.init_features, self.growth_rate, self.bn_size, self.neck_channels, self.head_channels,
+                *self.block_config))):
+            return 0  # the ranges of check_settings report such settings
+        g, inner = self.growth_rate, self.bn_size * self.growth_rate
+        n, h, k = self.neck_channels, self.head_channels, self.num_slices // 3
+
+        def dense_block(c: int, layers: int) -> tuple[int, int]:  # (parameters, channels out)
+            total = 0
+            for _ in range(layers):  # norm, 1x1 conv to bn_size * growth, norm, 3x3 conv to growth
+                total += 2 * c + c * inner + 2 * inner + 9 * inner * g
+                c += g
+            return total, c
+
+        def transition(c: int) -> tuple[int, int]:  # norm, 1x1 conv halving the channels
+            return 2 * c + c * (c // 2), c // 2
+
+        total = 3 * 49 * self.init_features + 2 * self.init_features  # conv0 (7x7, no bias), norm0
+        p1, c1 = dense_block(self.init_features, self.block_config[0])
+        pt1, c = transition(c1)
+        p2, c2 = dense_block(c, self.block_config[1])
+        pt2, ct2 = transition(c2)
+        p3, c3 = dense_block(ct2, self.block_config[2])
+        total += p1 + pt1 + p2 + pt2 + p3
+        total += sum((c_in + 1) * n for c_in in (c1, c2, c3))  # the neck's 1x1 laterals
+        if self.output_stride == 2:
+            total += (self.init_features + 1) * n
+        if k > 1:  # fusions (a) and (b)
+            total += (ct2 * k + 1) * ct2 + (n * k + 1) * n
+        return total + sum((9 * n + 1) * h + (h + 1) * out for out in (1, 2, 2))  # heatmap, size, offset heads
+
+    @staticmethod
+    def paper_parameters() -> int:
+        return MSCNConfig().parameter_count()
 
 
 @dataclass(frozen=True)
@@ -362,30 +426,122 @@ def _at_least(n: int) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: _is_int(v) and v >= n), f"an integer >= {n}"
 
 
+def _int_between(low: int, high: int, what: str = "an integer") -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and low <= v <= high), f"{what} in [{low}, {high}]"
+
+
+def _number_between(low: float, high: float, what: str = "a number", open_low: bool = False,
+                    open_high: bool = False) -> tuple[Callable[[Any], bool], str]:
+    def test(v) -> bool:
+        return (_is_number(v) and (v > low if open_low else v >= low) and (v < high if open_high else v <= high))
+
+    return test, f"{what} in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+
+
+def _ordered_pair(minimum: float, strict: bool = False) -> Callable[[Any], bool]:
+    """A range to draw from: [low, high] with low <= high and low >= ``minimum`` (> with ``strict``)."""
+    def test(v) -> bool:
+        return (isinstance(v, (tuple, list)) and len(v) == 2 and all(map(_is_number, v))
+                and (v[0] > minimum if strict else v[0] >= minimum) and v[0] <= v[1])
+
+    return test
+
+
+def _all(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """One or more items, each passing ``test``."""
+    return lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(map(test, v))
+
+
 _POSITIVE = (lambda v: _is_number(v) and v > 0), "a number > 0"
+_NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0), "a number >= 0"
+_SCORE = _number_between(0, 1, "a score")
+_IOU = _number_between(0, 1, "an IoU")
+_SHARE = _number_between(0, 1, "a share")
+_WORKERS = _at_least(0)
+_SEED = _at_least(0)  # numpy refuses negative seeds
+# Sizes of a network, each bounded so that no setting can ask for terabytes before a model is built
+# (MSCNConfig also bounds the whole LPG's parameter count, as sizes multiply)
+_CHANNELS = _int_between(1, 4096, "a channel count")
 
 # Ranges of numeric settings, by "section.key": (test, what is expected). Checked together with the
-# type hints (choices, finite floats, tuple lengths) whenever a section is built.
+# type hints (choices, finite floats, tuple lengths) whenever a section is built. Every numeric
+# setting has one: sizes and counts positive, rates finite and positive, fractions in [0, 1],
+# ranges and windows ordered.
 _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "synth.image_size_px": _int_between(16, 4096, "a size in pixels"),
+    "synth.pixel_mm": (_ordered_pair(0, strict=True), "[low, high] pixel sizes in mm with 0 < low <= high"),
+    "synth.slice_intervals_mm": (_all(lambda v: _is_number(v) and v > 0), "one or more slice intervals > 0 in mm"),
+    "synth.slice_interval_weights": (_all(lambda v: _is_number(v) and v >= 0), "one or more weights >= 0"),
+    "synth.half_extent_mm": (_ordered_pair(0, strict=True), "[low, high] in mm with 0 < low <= high"),
+    "synth.max_lesions": _at_least(1),
+    "synth.noise_hu": (_ordered_pair(0), "[low, high] in HU with 0 <= low <= high"),
+    "synth.fully_annotated": _at_least(0),
+    "synth.harvest": _at_least(0),
+    "synth.harvest_test": _at_least(0),
+    "synth.validation": _at_least(0),
+    "synth.detection_test": _at_least(0),
+    "synth.workers": _at_least(1),
+    "synth.png_compress_level": _int_between(0, 9, "a zlib level"),
     "preprocess.spacing_mm": _POSITIVE,
+    "preprocess.max_size_px": _int_between(16, 8192, "a size in pixels"),
+    "preprocess.context_mm": _POSITIVE,
     "preprocess.window_hu": (_is_window, "[low, high] in HU with low < high"),
+    "lpg.init_features": _CHANNELS,
+    "lpg.growth_rate": _int_between(1, 512, "a channel count"),
+    "lpg.block_config": (lambda v: isinstance(v, (tuple, list)) and len(v) == 3
+                         and all(_is_int(n) and 1 <= n <= 128 for n in v),
+                         "3 dense blocks of 1 to 128 layers (the backbone ends after block 3)"),
+    "lpg.bn_size": _int_between(1, 16),
+    "lpg.neck_channels": _CHANNELS,
+    "lpg.head_channels": _CHANNELS,
+    # the network's input must be a multiple of its coarsest stride, 16
+    "lpg_train.crop_px": ((lambda v: _is_int(v) and v >= 0 and v % 16 == 0 and v <= 4096),
+                          "0 (whole slices) or a multiple of 16 up to 4096 pixels"),
+    "lpg_train.background_fraction": _SHARE,
+    "lpg_train.scale_jitter": (_ordered_pair(0, strict=True), "[low, high] scale factors with 0 < low <= high"),
+    "lpg_train.intensity_jitter": _number_between(0, 1, "a fraction", open_high=True),
+    "lpg_train.noise_hu": _NON_NEGATIVE,
+    "lpg_train.max_objects": _at_least(1),
     "lpg_train.soft_negative_above": (lambda v: v is None or (_is_number(v) and 0 < v < 1),
                                       "a score between 0 and 1 (both excluded) or null"),
+    "lpg_train.mined_fraction": _SHARE,
+    "lpg_train.mine_min_score": _SCORE,
+    "lpg_train.mine_per_slice": _at_least(1),
     "lpg_train.batch_size": _at_least(1),
     "lpg_train.epochs": _at_least(1),
     "lpg_train.iters_per_epoch": _at_least(1),
     "lpg_train.lr": _POSITIVE,
+    "lpg_train.momentum": _number_between(0, 1, open_high=True),
+    "lpg_train.weight_decay": _NON_NEGATIVE,
+    "lpg_train.lr_steps": (lambda v: isinstance(v, (tuple, list)) and all(_is_int(n) and n >= 1 for n in v)
+                           and list(v) == sorted(set(v)), "ascending epochs >= 1 (or an empty list)"),
+    "lpg_train.warmup_iters": _at_least(0),
+    "lpg_train.grad_clip": _POSITIVE,
+    "lpg_train.loader_workers": _WORKERS,
+    "lpg_train.seed": _SEED,
     "scan.batch_slices": _at_least(1),
-    "scan.loader_workers": _at_least(0),
-    "lpg_train.loader_workers": _at_least(0),
+    "scan.loader_workers": _WORKERS,
+    "scan.top_k": _at_least(1),
+    "stack.score_threshold": _SCORE,
+    "stack.link_iou": _IOU,
+    "stack.fuse_iou": _IOU,
+    "lpc.patch_px": _int_between(8, 1024, "a size in pixels"),
+    "lpc.pad_px": _NON_NEGATIVE,
+    "lpc.close_up_pad_px": _NON_NEGATIVE,
     "lpc.windows_hu": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(map(_is_window, v)),
                        "one or more [low, high] windows in HU with low < high"),
+    "lpc.widen_factor": _number_between(0, 16, "a width factor", open_low=True),
     "lpc.epochs": _at_least(1),
     "lpc.batch_size": _at_least(1),
     "lpc.lr": _POSITIVE,
+    "lpc.weight_decay": _NON_NEGATIVE,
     "lpc.folds": _at_least(1),
-    "lpc.loader_workers": _at_least(0),
-    "retinanet.fpn_channels": _at_least(1),
+    "lpc.min_objectness": _SCORE,
+    "lpc.min_positives": _at_least(0),
+    "lpc.loader_workers": _WORKERS,
+    "lpc.max_per_volume": _at_least(1),
+    "lpc.seed": _SEED,
+    "retinanet.fpn_channels": _CHANNELS,
     "retinanet.base_anchor_px": (lambda v: isinstance(v, (tuple, list)) and len(v) > 0
                                  and all(_is_number(a) and a > 0 for a in v), "one or more sizes > 0 in pixels"),
     "retinanet.atss_candidates": _at_least(1),
@@ -394,7 +550,13 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retinanet.score_threshold": (lambda v: _is_number(v) and 0 <= v < 1, "a score in [0, 1)"),
     "retinanet.nms_iou": (lambda v: _is_number(v) and 0 < v <= 1, "an IoU in (0, 1]"),
     "retinanet.detections_per_slice": _at_least(1),
+    "harvest.min_new_lesions": _at_least(0),
     "harvest.precision": (lambda v: _is_number(v) and 0 < v <= 1, "a precision in (0, 1]"),
+    "harvest.verify_iou": _number_between(0, 1, "an IoU", open_low=True),
+    "harvest.hard_min_objectness": _SCORE,
+    "harvest.hard_top_per_volume": _at_least(0),
+    "harvest.calibration_volumes": _at_least(0),
+    "harvest.variant_epochs": _at_least(0),
     "harvest.calibration_marks": (lambda v: _is_number(v) and 0 <= v <= 0.5, "a share of V_H in [0, 0.5]"),
     "harvest.fusion_exponents": (
         lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_number(w) and w >= 0 for w in v),
@@ -581,7 +743,7 @@ def from_dict(cls, data: dict | None, where: str = "config", key: str = ""):
     except InvalidSetting as exc:
         problem = (exc.key, exc.problem)
     if problem is not None:
-        raise ConfigError(f"{where}: {_join(key, problem[0])}: {problem[1]}") from None
+        raise ConfigError(f"{_at(where, _join(key, problem[0]))}: {problem[1]}") from None
     return obj
 
 
@@ -610,8 +772,11 @@ def _read_layer(ref: str, folder: Path | None, referrer: str | None) -> tuple[st
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: invalid YAML ({_one_line(exc)})") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        if ref in PRESETS:
+            data = {}
+        else:  # it would silently mean the paper's full-size settings
+            raise ConfigError(f"{where}: empty preset; {_START_FROM}")
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of sections ({', '.join(_section_classes())}), "
                           f"got a {type(data).__name__}")
@@ -630,6 +795,25 @@ def _merge(base: dict, own: dict) -> dict:
     return out
 
 
+_START_FROM = (f"start it with the preset it changes (base: {' | '.join(PRESETS)}; paper's settings are the "
+               "defaults) and give only the settings to change, or give every setting (as a run's config.yaml does)")
+
+
+def _check_complete(data: dict, where: str, ref: str) -> None:
+    """A YAML preset without a base must give every setting: a missing section or key would silently
+    take the paper's full-size default (8 epochs of 2,000 iterations at 512 px). Built-in presets
+    start from the defaults on purpose."""
+    if ref in PRESETS:
+        return
+    missing = []
+    for section, cls in _section_classes().items():
+        given = data.get(section) or {}
+        missing += [f"{section}.{f.name}" for f in dataclasses.fields(cls) if f.name not in given]
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise ConfigError(f"{where}: names no base and leaves {shown} unset; {_START_FROM}")
+
+
 def _read_preset(name_or_path: str) -> tuple[dict, str]:
     """The settings of a preset with its ``base:`` chain merged in, and where it is (for errors)."""
     identities: list[str] = []
@@ -645,7 +829,6 @@ def _read_preset(name_or_path: str) -> tuple[dict, str]:
         wheres.append(where)
         base = data.pop("base", None)
         data.setdefault("name", Path(ref).stem)  # the result's name is the first file's
-        from_dict(Preset, data, where)  # each file's own settings, so that an error names its file
         layers.append(data)
         if base is None:
             break
@@ -654,8 +837,12 @@ def _read_preset(name_or_path: str) -> tuple[dict, str]:
                               f"file, got {_show(base)}")
         ref, folder, referrer = base.strip(), home, where
     merged: dict = {}
-    for layer in reversed(layers):
+    for layer, where in zip(reversed(layers), reversed(wheres)):
         merged = _merge(merged, layer)
+        # checked as merged so far, from the base up, so that an error names the file that brings it in;
+        # settings that must agree (synth.harvest_test <= synth.harvest) are judged with their base's values
+        from_dict(Preset, merged, where)
+    _check_complete(layers[-1], wheres[-1], ref)
     return merged, wheres[0]
 
 
@@ -665,7 +852,8 @@ def load_preset(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Pres
 
     A YAML file may start from another preset: ``base: bench`` (a built-in name) or ``base: ../x.yaml``
     (a path, relative to the file's folder); its own sections then change the base's settings key by
-    key (lists replace), a base may have a base, and the result is named after the file itself.
+    key (lists replace), a base may have a base, and the result is named after the file itself. A
+    file without a base gives every setting.
     """
     data, where = _read_preset(str(name_or_path))
     return apply_overrides(from_dict(Preset, data, where), overrides)

@@ -27,7 +27,11 @@ class DataError(LesionHarvesterError, ValueError):
         text = problem if path is None else f"{path}: {problem}"
         if fix:
             text = f"{text} ({fix})"
-        super().__init__(text)
+        # one line, whatever a file's content brought into the message (a CSV cell may hold a newline)
+        super().__init__(text.replace("\r", "\\r").replace("\n", "\\n"))
+
+    def __reduce__(self):  # so that one raised in a worker process reaches the parent whole
+        return (type(self), (self.path, self.problem, self.fix))
 
 
 class UnsafePickleError(DataError):

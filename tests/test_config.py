@@ -293,7 +293,7 @@ def test_a_setting_out_of_range_fails_at_load_naming_the_key(tmp_path, setting, 
                                             ("harvest.rounds", 1), ("preprocess.window_hu", [-1, 1])])
 def test_values_at_the_edge_of_a_range_pass(tmp_path, setting, value):
     section, key = setting.split(".")
-    preset = load_preset(_write(tmp_path / "p.yaml", {section: {key: value}}))
+    preset = load_preset(_write(tmp_path / "p.yaml", {"base": "tiny", section: {key: value}}))
     assert to_dict(getattr(preset, section))[key] == value
 
 
@@ -444,7 +444,8 @@ def test_bad_overrides_are_one_line_errors(override, expected):
 
 def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
     # PyYAML reads 1e-4 as text; a float setting takes it as the number it means, in a file and in --set
-    preset = load_preset(_write(tmp_path / "p.yaml", "lpg_train:\n  lr: 1e-4\nharvest:\n  fusion_exponents: [1e0]\n"))
+    text = "base: tiny\nlpg_train:\n  lr: 1e-4\nharvest:\n  fusion_exponents: [1e0]\n"
+    preset = load_preset(_write(tmp_path / "p.yaml", text))
     assert preset.lpg_train.lr == 1e-4 and preset.harvest.fusion_exponents == (1.0,)
     assert apply_overrides(preset, ["lpc.lr=5E-5"]).lpc.lr == 5e-5
     with pytest.raises(ConfigError, match="lpg_train.epochs: expected an integer, got '1e1'"):

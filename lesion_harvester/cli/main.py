@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"{', '.join(DISTRIBUTED)} share their work (the others would write the same files)")
         return int(args.handler(args) or 0)
     except LesionHarvesterError as exc:
-        print(f"lesion-harvester {args.command}: error: {exc}", file=sys.stderr)
+        one_line = str(exc).replace("\n", "\\n")
+        print(f"lesion-harvester {args.command}: error: {one_line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"lesion-harvester {args.command}: interrupted", file=sys.stderr)

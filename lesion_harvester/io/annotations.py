@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import pickle
 from pathlib import Path
+
+import numpy as np
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.atomic import atomic_write
@@ -63,9 +66,13 @@ def read_slice_boxes(path: str | Path) -> SliceBoxes:
         if not isinstance(per_slice, dict):
             raise DataError(path, f"{key}: expected {{z: [boxes]}}, got {type(per_slice).__name__}")
         boxes = []
-        for z, rows in sorted(per_slice.items(), key=lambda item: float(item[0])):
+        slices = sorted(((_z_index(z, path, key), rows) for z, rows in per_slice.items()), key=lambda item: item[0])
+        for z, rows in slices:
+            if not isinstance(rows, (list, tuple, np.ndarray)):
+                raise DataError(path, f"{key} slice {z}: expected a list of boxes [[x1, y1, x2, y2, z, z], ...], "
+                                      f"got {_preview(rows)}")
             for row in rows:
-                boxes.append(SliceBox(_z_index(z, path, key), _box4(row, path, f"{key} slice {z}")))
+                boxes.append(SliceBox(z, _box4(row, path, f"{key} slice {z}")))
         result[key] = boxes
     return result
 
@@ -89,17 +96,18 @@ def read_boxes_3d(path: str | Path) -> Boxes3D:
     result: Boxes3D = {}
     for raw_key, rows in data.items():
         key = _key(raw_key, path)
-        if not isinstance(rows, (list, tuple)):
-            raise DataError(path, f"{key}: expected a list of [x1, y1, x2, y2, z0, z1]")
+        if not isinstance(rows, (list, tuple, np.ndarray)):
+            raise DataError(path, f"{key}: expected a list of [x1, y1, x2, y2, z0, z1], got {_preview(rows)}")
+        if len(rows) and all(_is_number(v) for v in rows):
+            raise DataError(path, f"{key}: expected a list of 3D boxes [[x1, y1, x2, y2, z0, z1], ...], got a flat "
+                                  f"list of {len(rows)} numbers ({_preview(rows)})")
         boxes = []
         for row in rows:
-            row = list(row)
-            if len(row) != 6:
-                raise DataError(path, f"{key}: expected 6 numbers per 3D box, got {row!r}")
-            z0, z1 = (round(float(v) * 2) / 2 for v in row[4:6])
-            if z1 < z0:
-                raise DataError(path, f"{key}: 3D box with z1 < z0 ({row!r})")
-            boxes.append(Box3D(_box4(row, path, key), (z0, z1)))
+            numbers = _numbers(row, 6, path, f"{key}: 3D box [x1, y1, x2, y2, z0, z1]")
+            z0, z1 = (round(v * 2) / 2 for v in numbers[4:6])
+            if z1 < z0:  # (a z0 below 0 is allowed: the released 3D-Box.pkl has boxes reaching before slice 0)
+                raise DataError(path, f"{key}: 3D box with z1 < z0 ({_preview(row)})")
+            boxes.append(Box3D(_box4(numbers, path, key), (z0, z1)))
         result[key] = boxes
     return result
 
@@ -123,21 +131,23 @@ def read_tracklets(path: str | Path) -> Tracklets:
         key = _key(raw_key, path)
         if not isinstance(tracklets, (list, tuple)):
             raise DataError(path, f"{key}: expected a list of tracklets")
-        parsed = []
-        for i, pairs in enumerate(tracklets):
-            try:
-                for z, row in pairs:
-                    _box4(row, path, f"{key} tracklet {i}")
-                    if len(row) < 5 or not math.isfinite(float(row[4])):
-                        raise DataError(path, f"{key} tracklet {i}: expected [x1, y1, x2, y2, score]")
-                    _z_index(z, path, key)
-                parsed.append(Tracklet.from_pairs(pairs))
-            except DataError:
-                raise
-            except (TypeError, ValueError):
-                raise DataError(path, f"{key} tracklet {i}: expected [(z, [x1, y1, x2, y2, score]), ...]") from None
-        result[key] = parsed
+        result[key] = [_tracklet(pairs, path, f"{key} tracklet {i}") for i, pairs in enumerate(tracklets)]
     return result
+
+
+def _tracklet(pairs, path: Path, where: str) -> Tracklet:
+    """One tracklet ``[(z, [x1, y1, x2, y2, score]), ...]`` (at least one pair), checked."""
+    expected = "expected a non-empty list of (z, [x1, y1, x2, y2, score]) pairs"
+    if not isinstance(pairs, (list, tuple)) or len(pairs) == 0:
+        raise DataError(path, f"{where}: {expected}, got {_preview(pairs)}")
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            raise DataError(path, f"{where}: {expected}, got the item {_preview(pair)}")
+        z, row = pair
+        _z_index(z, path, where)
+        _numbers(row, 5, path, f"{where}: [x1, y1, x2, y2, score]", at_least=True)
+        _box4(row, path, where)
+    return Tracklet.from_pairs(pairs)
 
 
 def write_tracklets(path: str | Path, data: Tracklets) -> None:
@@ -151,21 +161,64 @@ def read_any_boxes(path: str | Path) -> Tracklets:
     """
     path = Path(path)
     data = _expect_dict(safe_load_pickle(path), path, "annotations")
-    first = next((v for v in data.values() if len(v) > 0), None)
-    if first is None:
+    kind = _format_of(data, path)
+    if kind == "empty":
         return {_key(k, path): [] for k in data}
-    if isinstance(first, dict):
+    if kind == "2d":
         return {
             key: [Tracklet.single_slice(b.z_index, b.box_xyxy_px, 1.0) for b in boxes]
             for key, boxes in read_slice_boxes(path).items()
         }
-    # a tracklet is a list of (z, row) pairs; a 3D box is a flat list of 6 numbers
-    if isinstance(list(first)[0][0], (list, tuple)):
+    if kind == "tracklets":
         return read_tracklets(path)
     result: Tracklets = {}
     for key, boxes in read_boxes_3d(path).items():
         result[key] = [t for t in map(Tracklet.from_box_3d, boxes) if t is not None]
     return result
+
+
+def _format_of(data: dict, path: Path) -> str:
+    """Which of the three formats ``data`` is in, from its first non-empty volume: "2d", "3d",
+    "tracklets", or "empty" (no volume holds anything). Each reader then checks every volume."""
+    for raw_key, value in data.items():
+        if isinstance(value, dict):
+            return "2d"
+        if not isinstance(value, (list, tuple, np.ndarray)):
+            raise DataError(path, f"{raw_key}: expected {{z: [boxes]}}, a list of 3D boxes or a list of tracklets, "
+                                  f"got {_preview(value)}")
+        if len(value) == 0:
+            continue
+        first = value[0]
+        if _is_number(first):
+            raise DataError(path, f"{raw_key}: expected a list of 3D boxes [[x1, y1, x2, y2, z0, z1], ...] or of "
+                                  f"tracklets [[(z, [x1, y1, x2, y2, score]), ...], ...], got a flat list of numbers "
+                                  f"({_preview(value)})")
+        # a tracklet is a list of (z, row) pairs (an empty one is reported as such); a 3D box is 6 numbers
+        if not isinstance(first, (list, tuple, np.ndarray)) or len(first) == 0 or not _is_number(first[0]):
+            return "tracklets"
+        return "3d"
+    return "empty"
+
+
+def outside_volume(t: Tracklet, num_slices: int, size_px: tuple[int, int], margin_px: float | None) -> str | None:
+    """Why tracklet ``t`` does not lie in a volume of ``num_slices`` slices of ``size_px`` = (width, height)
+    pixels, or None. ``margin_px``: how far a box may reach beyond its slice (DeepLesion's boxes reach
+    5 px, their padding); None: a box needs only to overlap its slice."""
+    z = t.z_indices
+    bad = (z < 0) | (z >= num_slices)
+    if bad.any():
+        return f"slice {int(z[bad][0])} is outside the volume's {num_slices} slices (0-{num_slices - 1})"
+    width, height = size_px
+    x1, y1, x2, y2 = t.boxes_xyxy_px.T
+    if margin_px is None:
+        bad = (x2 < 0) | (y2 < 0) | (x1 > width - 1) | (y1 > height - 1)
+    else:
+        bad = (x1 < -margin_px) | (y1 < -margin_px) | (x2 > width - 1 + margin_px) | (y2 > height - 1 + margin_px)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        box = "[" + ", ".join(f"{v:g}" for v in t.boxes_xyxy_px[i]) + "]"
+        return f"box {box} on slice {int(z[i])} lies outside the volume's {width} x {height} px slices"
+    return None
 
 
 def write_slice_boxes_csv(path: str | Path, data: SliceBoxes) -> None:
@@ -232,11 +285,34 @@ def _key(raw_key, path: Path) -> str:
         raise DataError(path, str(exc)) from None
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _preview(value) -> str:
+    """A short picture of an unexpected value, for messages."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _numbers(values, count: int, path: Path, what: str, at_least: bool = False) -> list[float]:
+    """``values`` as ``count`` (or, with ``at_least``, at least ``count``) finite floats, or a DataError."""
+    if not isinstance(values, (list, tuple, np.ndarray)) or not all(_is_number(v) for v in values):
+        raise DataError(path, f"{what}: expected {count} numbers, got {_preview(values)}")
+    if len(values) < count or (len(values) > count and not at_least):
+        raise DataError(path, f"{what}: expected {count} numbers, got {len(values)}: {_preview(values)}")
+    floats = [float(v) for v in values]
+    if not all(math.isfinite(v) for v in floats):
+        raise DataError(path, f"{what}: expected finite numbers, got {_preview(values)}")
+    return floats
+
+
 def _z_index(z, path: Path, key: str) -> int:
-    try:
-        value = float(z)
-    except (TypeError, ValueError):
-        raise DataError(path, f"{key}: slice index {z!r} is not a number") from None
+    # a slice index is a number: the authors' files use ints; "3" is text, not a slice
+    if not _is_number(z):
+        raise DataError(path, f"{key}: slice index {z!r} is not a number ({type(z).__name__}); slice indices are "
+                              "0-based integers")
+    value = float(z)
     if not value.is_integer() or value < 0:
         raise DataError(path, f"{key}: slice index {z!r} must be a non-negative integer")
     return int(value)

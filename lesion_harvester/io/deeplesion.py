@@ -343,6 +343,16 @@ def group_sub_volumes(rows: list[DLInfoRow], images_dir: Path, source: Path) -> 
     return sub_volumes
 
 
+VolumeSize = tuple[int, tuple[int, int]]  # (number of slices, (width, height) in pixels)
+
+
+def sub_volume_sizes(dl_info: str | Path) -> dict[str, VolumeSize]:
+    """The size of every sub-volume a DL_info.csv describes, without reading any image."""
+    dl_info = Path(dl_info)
+    sub_volumes = group_sub_volumes(read_dl_info(dl_info), dl_info.parent / "Images_png", dl_info)
+    return {key: (sv.num_slices, sv.image_size_px) for key, sv in sub_volumes.items()}
+
+
 class DeepLesionDataset:
     """A DeepLesion-layout folder: ``ROOT/Images_png/`` and ``ROOT/DL_info.csv``.
 
@@ -362,6 +372,9 @@ class DeepLesionDataset:
             )
         self.dl_info_path = Path(dl_info) if dl_info is not None else self.root / "DL_info.csv"
         self.rows = read_dl_info(self.dl_info_path)
+        if not self.rows:  # every command would do nothing and say it succeeded
+            raise DataError(self.dl_info_path, "no volumes: the file has its header but no rows (one row per "
+                                               "lesion, and a sub-volume is known by its rows)")
         self.drop_noisy = drop_noisy
         self.sub_volumes = group_sub_volumes(self.rows, self.images_dir, self.dl_info_path)
 

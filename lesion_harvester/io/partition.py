@@ -26,7 +26,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.loader import VolumeSource, open_volumes
-from lesion_harvester.io.splits import read_splits
+from lesion_harvester.io.splits import check_split_keys, read_splits
 from lesion_harvester.structures import RecistMark, SliceBox
 
 HELD_OUT_VALIDATION_FRACTION = 0.1  # of V_H, when the dataset names no validation volumes
@@ -73,7 +73,11 @@ def resolve_partition(data: str | Path, fully_annotated: str | Path | None = Non
     dataset = source.dataset
     splits = read_splits(data)
     synthetic = splits is not None and "harvest" in splits
-    complete = read_slice_boxes(data / "ground_truth" / "complete.pkl") if synthetic else {}
+    complete = {}
+    if synthetic:
+        check_split_keys(data / "splits.json", splits, dataset)
+        complete = read_slice_boxes(data / "ground_truth" / "complete.pkl")
+        _check_labelled(complete, splits, data / "ground_truth" / "complete.pkl")
 
     if fully_annotated is not None:
         fa = read_slice_boxes(fully_annotated)
@@ -129,6 +133,14 @@ def held_out_validation(keys: list[str], fraction: float = HELD_OUT_VALIDATION_F
         return []
     n = min(max_volumes, max(1, round(fraction * len(keys))))
     return sorted(sorted(keys, key=lambda k: hashlib.sha1(k.encode()).hexdigest())[:n])
+
+
+def _check_labelled(complete: dict, splits: dict[str, list[str]], path: Path) -> None:
+    """The complete labels of the synthetic layout cover every volume whose labels are used."""
+    for split in ("fully_annotated", "validation", "harvest_test"):
+        missing = [k for k in splits.get(split, []) if k not in complete]
+        if missing:
+            raise DataError(path, f"no labels for {len(missing)} volumes of splits.json's '{split}', e.g. {missing[0]}")
 
 
 def _check_known(boxes: dict, dataset: DeepLesionDataset, path: str | Path, data: Path) -> None:

@@ -26,6 +26,15 @@ def read_splits(root: str | Path) -> dict[str, list[str]] | None:
     return data
 
 
+def check_split_keys(path: Path, splits: dict[str, list[str]], dataset) -> None:
+    """DataError naming ``path`` (splits.json) if a split names a volume that DL_info.csv lacks."""
+    for name, keys in splits.items():
+        unknown = [k for k in keys if k not in dataset.sub_volumes]
+        if unknown:
+            raise DataError(path, f"split '{name}' names {len(unknown)} volumes not in {dataset.dl_info_path}, "
+                                  f"e.g. {unknown[0]}")
+
+
 def resolve_split(root: Path, dataset, split: str | None) -> list[str]:
     """Keys of ``split`` in a DeepLesion-layout dataset (all keys when split is None)."""
     if split is None:

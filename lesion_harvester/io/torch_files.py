@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
+import re
 from pathlib import Path
 
 import torch
@@ -29,11 +30,15 @@ def written_with() -> dict:
             "python": platform.python_version()}
 
 
-def check_format(payload, path: str | Path, expected: str, what: str) -> dict:
-    """``payload`` if it is a dict of format ``expected`` (``name/N``); otherwise a DataError that says
-    which format and version the file has, so that an older or newer checkpoint is recognised as such."""
+def check_format(payload, path: str | Path, expected: str, what: str, required: tuple[str, ...] = ()) -> dict:
+    """``payload`` if it is a dict of format ``expected`` (``name/N``) holding the ``required`` keys;
+    otherwise a DataError that says which format and version the file has (so that an older or newer
+    checkpoint is recognised as such) or which entry it lacks."""
     found = payload.get("format") if isinstance(payload, dict) else None
     if found == expected:
+        missing = [key for key in required if key not in payload]
+        if missing:
+            raise DataError(path, f"damaged {what}: no {', '.join(repr(k) for k in missing)} entry")
         return payload
     name = expected.split("/")[0]
     if isinstance(found, str) and found.split("/")[0] == name:
@@ -47,12 +52,21 @@ def load_state(module: torch.nn.Module, payload: dict, path: str | Path, what: s
     """``module.load_state_dict(payload["state_dict"])``, or a DataError naming the file and its versions."""
     try:
         module.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
         versions = payload.get("written_with") or {}
-        first = str(exc).strip().splitlines()[0][:200]
+        first = _first_problem(exc)
         raise DataError(path, f"the {what}'s weights do not fit the model its settings describe (written by "
                               f"lesion-harvester {versions.get('lesion_harvester', '?')}, torch "
                               f"{versions.get('torch', '?')}; {first})") from None
+
+
+def _first_problem(exc: Exception) -> str:
+    """The first specific line of a ``load_state_dict`` error (torch's first line only says that there
+    are errors), shortened."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    specific = [line for line in lines if not line.startswith("Error(s) in loading")]
+    text = (specific or lines or [type(exc).__name__])[0]
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def checkpoint_summary(path: str | Path) -> dict:
@@ -70,7 +84,8 @@ def checkpoint_summary(path: str | Path) -> dict:
 def load_weights_only(path: str | Path, what: str = "checkpoint"):
     """The contents of a ``.pt`` file (tensors, numbers, strings, lists, dicts), on the CPU.
 
-    A missing or unreadable file is a :class:`DataError` naming the file and ``what`` it should be.
+    A missing, empty, truncated or foreign file, or one that holds other objects (which could run
+    code as they load), is a :class:`DataError` naming the file and ``what`` it should be.
     """
     path = Path(path)
     if not path.is_file():
@@ -78,4 +93,28 @@ def load_weights_only(path: str | Path, what: str = "checkpoint"):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(path, f"not a loadable {what} ({type(exc).__name__}: {exc})") from None
+        raise DataError(path, _load_problem(exc, path, what)) from None
+
+
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
+def _load_problem(exc: Exception, path: Path, what: str) -> str:
+    """Why ``torch.load`` failed, in the user's terms. Torch's own text for a refused object advises
+    loading the file unrestricted, which would run whatever code it carries: it is never passed on."""
+    text = str(exc)
+    size = path.stat().st_size
+    if size == 0:
+        return f"not a loadable {what}: empty file"
+    with open(path, "rb") as handle:
+        is_zip = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    # a whole archive whose pickle asks for something else than plain data (not bytes that are no pickle)
+    refused = found or (is_zip and "Weights only load failed" in text and "Unsupported operand" not in text)
+    if refused:
+        held = f"'{found.group(1)}'" if found else "objects other than tensors, numbers, strings, lists and dicts"
+        return (f"not a loadable {what}: refused, the file holds {held}, which a {what} must not hold (loading "
+                "such objects could run code)")
+    if is_zip:
+        return f"not a loadable {what}: truncated or damaged (torch cannot read this zip archive of {size:,} bytes)"
+    return f"not a loadable {what}: torch cannot read these {size:,} bytes (truncated, or not a PyTorch file)"

@@ -84,7 +84,8 @@ def save_lpc(path: str | Path, model: LesionProposalClassifier, cfg: LPCConfig, 
 
 
 def load_lpc(path: str | Path, device: str = "cpu") -> tuple[LesionProposalClassifier, LPCConfig, dict]:
-    payload = check_format(load_weights_only(path, "LPC checkpoint"), path, FORMAT, "LPC checkpoint")
+    payload = check_format(load_weights_only(path, "LPC checkpoint"), path, FORMAT, "LPC checkpoint",
+                           ("config", "state_dict"))
     cfg = from_dict(LPCConfig, {**payload["config"], "pretrained_path": None}, f"{path} config")
     model = LesionProposalClassifier(cfg)
     load_state(model, payload, path, "LPC checkpoint")

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from lesion_harvester.config import MSCNConfig, PreprocessConfig, StackConfig, from_dict, to_dict
+from lesion_harvester.errors import DataError
 from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
 
@@ -25,8 +26,9 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         torch.save(payload, handle)
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "LPG checkpoint")
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("state_dict",)) -> dict:
+    """An LPG checkpoint's payload, refused in one line unless it holds the ``required`` entries."""
+    return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "LPG checkpoint", required)
 
 
 def model_payload(model, model_cfg: MSCNConfig, pre: PreprocessConfig, stack: StackConfig, **extra) -> dict:
@@ -46,11 +48,24 @@ def checkpoint_stack(path: str | Path, payload: dict | None = None) -> StackConf
 def load_model(path: str | Path, device: str = "cpu", payload: dict | None = None):
     """(MSCN in eval mode, its MSCNConfig, its PreprocessConfig) from a checkpoint; ``payload``: the
     checkpoint already loaded from ``path``."""
-    from lesion_harvester.lpg.model import MSCN
+    from lesion_harvester.lpg.model import MSCN, check_weights_fit
 
     payload = payload if payload is not None else load_checkpoint(path)
-    model_cfg = from_dict(MSCNConfig, {**payload["model_config"], "pretrained_path": None}, f"{path} model_config")
-    pre = from_dict(PreprocessConfig, payload["preprocess"], f"{path} preprocess")
+    # the settings are checked (sizes bounded) and compared with the weights before anything is
+    # built: a model_config of init_features 200000 would otherwise ask for 640 GB
+    model_cfg = from_dict(MSCNConfig, {**_settings(payload, "model_config", path), "pretrained_path": None},
+                          f"{path} model_config")
+    pre = from_dict(PreprocessConfig, _settings(payload, "preprocess", path), f"{path} preprocess")
+    check_weights_fit(model_cfg, payload.get("state_dict"), path)
     model = MSCN(model_cfg)
     load_state(model, payload, path, "LPG checkpoint")
     return model.to(device).eval(), model_cfg, pre
+
+
+def _settings(payload: dict, key: str, path: str | Path) -> dict:
+    """The settings section ``key`` of a checkpoint, or a DataError naming the file."""
+    section = payload.get(key)
+    if not isinstance(section, dict):
+        raise DataError(path, f"LPG checkpoint without its '{key}' settings (found {type(section).__name__})",
+                        "it was not written by lesion-harvester train-lpg")
+    return section

@@ -21,6 +21,7 @@ compute it once and reuse it for every target slice that uses the triplet
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -143,6 +144,31 @@ class MSCN(nn.Module):
         per = [feats.index(slice(i, None, k)) for i in range(k)]  # triplet i of every sample
         sides = [None if i == k // 2 or k == 1 else self.side_neck(per[i]) for i in range(k)]
         return self.target_heads([t.t2 for t in per], per[k // 2], sides)
+
+
+def check_weights_fit(cfg: MSCNConfig, state_dict, path: str | Path) -> None:
+    """A DataError naming ``path`` unless ``state_dict`` holds exactly the tensors (names and shapes) of the
+    MSCN that ``cfg`` describes. The model is laid out on the meta device (no memory), so a checkpoint
+    whose settings disagree with its weights is refused before a model is built."""
+    if not isinstance(state_dict, dict):
+        raise DataError(path, "LPG checkpoint without weights (no state_dict)")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in MSCN(replace(cfg, pretrained_path=None)).state_dict().items()}
+    problem = None
+    extra = [name for name in state_dict if name not in expected]
+    for name, shape in expected.items():
+        tensor = state_dict.get(name)
+        if not isinstance(tensor, torch.Tensor):
+            problem = f"it lacks {name} {list(shape)}"
+        elif tuple(tensor.shape) != shape:
+            problem = f"{name} is {list(tensor.shape)} in the file, {list(shape)} in the model"
+        if problem:
+            break
+    if problem is None and extra:
+        problem = f"{len(extra)} weights such as {extra[0]} are not in the model"
+    if problem is not None:
+        raise DataError(path, f"the LPG checkpoint's weights do not fit the model its settings (model_config) "
+                              f"describe: {problem}")
 
 
 def _channels(cfg: MSCNConfig) -> tuple[int, int, int, int]:

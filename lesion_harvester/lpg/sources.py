@@ -27,11 +27,12 @@ import numpy as np
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
-from lesion_harvester.io.annotations import read_any_boxes
+from lesion_harvester.io.annotations import outside_volume, read_any_boxes
+from lesion_harvester.io.deeplesion import BOX_PADDING_PX, DeepLesionDataset
 from lesion_harvester.io.loader import VolumeSource
 from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.lpg.data import SliceRecord, TrainingData
-from lesion_harvester.structures import SliceBox
+from lesion_harvester.structures import SliceBox, Tracklet
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,29 @@ class LPGSources:
 DUPLICATE_IOU = 0.5  # an extra positive covering a known box this well is that lesion (as in verification)
 
 
+def check_inside(path: str | Path, key: str, tracklets: list[Tracklet], dataset: DeepLesionDataset,
+                 what: str) -> None:
+    """A DataError naming the file, the volume and the box unless every box lies on a slice of its
+    volume, inside its image (give or take DeepLesion's 5 px padding). Training cuts crops and builds
+    targets around each box: one at 1e6 px once asked for 187 GiB after the first epoch."""
+    sv = dataset.sub_volumes[key]
+    for i, t in enumerate(tracklets):
+        problem = outside_volume(t, sv.num_slices, sv.image_size_px, margin_px=BOX_PADDING_PX)
+        if problem is not None:
+            raise DataError(path, f"{key}: {what} {i}: {problem}", "boxes are in pixels of the volume's slices, "
+                                  "slices 0-based offsets in the sub-volume")
+
+
 def _key_slice_records(path: str | Path, known: set[str], negative: bool,
-                       known_boxes: dict[str, list[SliceBox]] | None) -> tuple[list[SliceRecord], dict]:
-    """The key-slice records of a file of extra boxes; with ``known_boxes`` a positive that covers
-    one of its volume's known boxes at P3D IoU >= DUPLICATE_IOU (the rule by which the harvest's
-    verification finds the proposals on marked lesions) is left out."""
+                       known_boxes: dict[str, list[SliceBox]] | None,
+                       dataset: DeepLesionDataset) -> tuple[list[SliceRecord], dict]:
+    """The key-slice records of a file of extra boxes, each checked against its volume; with
+    ``known_boxes`` a positive that covers one of its volume's known boxes at P3D IoU >= DUPLICATE_IOU
+    (the rule by which the harvest's verification finds the proposals on marked lesions) is left out."""
     tracklets = read_any_boxes(path)
+    for key, items in tracklets.items():
+        if key in known:
+            check_inside(path, key, items, dataset, "hard negative" if negative else "positive")
     records, extents = [], {}
     skipped = duplicates = 0
     for key, items in tracklets.items():
@@ -91,7 +109,11 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
     marks = part.marks
     empty = np.zeros((0, 4))
     known_boxes: dict[str, list[SliceBox]] = {}
+    labels_file = part.fully_annotated_file or Path(root) / "ground_truth" / "complete.pkl"
     for key in train_keys:
+        if key in fa_truth:
+            check_inside(labels_file, key, [Tracklet.single_slice(b.z_index, b.box_xyxy_px, 1.0)
+                                            for b in fa_truth[key]], dataset, "lesion")
         boxes = fa_truth[key] if key in fa_truth else [m.slice_box() for m in marks.get(key, [])]
         known_boxes[key] = boxes
         dz, dy, _ = dataset.sub_volumes[key].spacing_zyx_mm
@@ -104,7 +126,7 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
     for path, negative in ((extra_positives, False), (hard_negatives, True)):
         if path:
             extra, extents = _key_slice_records(path, known, negative,
-                                                known_boxes if drop_known_positives else None)
+                                                known_boxes if drop_known_positives else None, dataset)
             records += extra
             if not negative:
                 for key, items in extents.items():

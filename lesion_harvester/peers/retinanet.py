@@ -255,7 +255,8 @@ def train_retinanet(data: str | Path, out_dir: str | Path, preset: Preset, devic
 
 # --- scanning -------------------------------------------------------------------------------------------
 def load_retinanet_checkpoint(path: str | Path) -> dict:
-    return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "RetinaNet checkpoint")
+    return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "RetinaNet checkpoint",
+                        ("config", "preprocess", "stack", "state_dict"))
 
 
 class RetinaNetScanner:
