@@ -6,6 +6,9 @@
 - an LPG training folder (:class:`TrainLayout`): ``best.pt``, ``last.pt``, ``train_log.json``,
   ``config.yaml``, ``train.log``;
 - a resumable scan's partial folder beside its output: ``OUT.partial/``;
+- the lock of an output (:mod:`lesion_harvester.io.locks`): ``.lock`` inside a run or training folder,
+  ``.NAME.lock`` beside a file output (``.dets.pkl.lock``), removed when that command ends (a killed one's is
+  taken over by the next);
 - a harvest run folder (:class:`RunLayout`): the ledger, one folder per round, the deliverables,
   the report and, once ``benchmarks/table3.py`` has run for it, Table III;
 - ``detect``'s output (:class:`DetectLayout`): one folder per scan.
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CACHE_FOLDER = ".lesion_harvester_cache"
+LOCK_FILE = ".lock"  # in a run or training folder: held by the command that writes it
 
 
 CACHE_ENV = "LESION_HARVESTER_CACHE_DIR"  # the default of every command's --cache-dir
@@ -43,6 +47,12 @@ def partial_dir(out: str | Path) -> Path:
     """The folder in which a resumable command keeps finished pieces of ``out`` until it is written."""
     out = Path(out)
     return out.parent / f"{out.name}.partial"
+
+
+def output_lock(out: str | Path) -> Path:
+    """The lock file of a file output ``out`` (e.g. ``propose --out``): ``.NAME.lock`` beside it."""
+    out = Path(out)
+    return out.parent / f".{out.name}.lock"
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,11 @@ class TrainLayout:
     def log(self) -> Path:
         return self.root / "train.log"
 
+    @property
+    def lock(self) -> Path:
+        """Held while a training writes this folder (:mod:`lesion_harvester.io.locks`)."""
+        return self.root / LOCK_FILE
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -96,6 +111,11 @@ class RunLayout:
     @property
     def log(self) -> Path:
         return self.root / "harvest.log"
+
+    @property
+    def lock(self) -> Path:
+        """Held while a harvest writes this run folder (:mod:`lesion_harvester.io.locks`)."""
+        return self.root / LOCK_FILE
 
     @property
     def lpg_fully_annotated(self) -> Path:

@@ -82,6 +82,13 @@ class _TqdmHandler(logging.Handler):
             self.handleError(record)
 
 
+def _not_the_file_logs_stop_record(record: logging.LogRecord) -> bool:
+    """False for the record a run's log file gets when the run stops on an error
+    (:func:`lesion_harvester.io.logs.log_to_file`): on the terminal, main() prints that error itself,
+    as one line, so the record would say it twice."""
+    return not (record.name == "lesion_harvester.io.logs" and record.levelno >= logging.ERROR)
+
+
 class _ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -98,5 +105,6 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     handler = _TqdmHandler()
     handler.setFormatter(_ConsoleFormatter("%(message)s"))
     handler.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    handler.addFilter(_not_the_file_logs_stop_record)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shlex
+import sqlite3
+from pathlib import Path
 
 from lesion_harvester.cli.common import (
     add_cache_option,
@@ -15,7 +17,8 @@ from lesion_harvester.cli.common import (
     preset_from_args,
 )
 from lesion_harvester.config import Preset
-from lesion_harvester.errors import ConfigError
+from lesion_harvester.errors import ConfigError, DataError
+from lesion_harvester.paths import RunLayout
 
 
 def add_parser(sub) -> None:
@@ -25,7 +28,8 @@ def add_parser(sub) -> None:
         "proposals against V_M and the marks, train the LPC, mine harvested lesions and hard negatives.\n"
         "RUN holds the ledger, one folder per round, harvested.pkl, hard_negatives.pkl,\n"
         "completed_annotations.pkl, harvested.csv, the report and harvest.log. Kill it at any moment and\n"
-        "run the same command again: it continues after the last finished step.",
+        "run the same command again: it continues after the last finished step. While it runs, RUN is\n"
+        "locked (RUN/.lock): a second harvest of RUN refuses at once and names this one's pid and host.",
         ["lesion-harvester harvest data/bench --out runs/harvest --preset bench --rounds 3",
          "lesion-harvester harvest DeepLesion/ --out runs/dl --preset paper --device cuda "
          "--fully-annotated Revised-Train744.pkl --holdout Revised-Train100.pkl"])
@@ -50,6 +54,18 @@ def with_rounds(preset: Preset, rounds: int | None) -> Preset:
     return dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, rounds=rounds))
 
 
+# what sqlite says when the disk, not the program, stops a write to the ledger
+LEDGER_WRITE_FAILURES = ("disk is full", "readonly database", "disk i/o error", "unable to open database file")
+
+
+def ledger_error(ledger: Path, exc: sqlite3.OperationalError) -> Exception:
+    """A failed write to the ledger as a user error naming it (a full disk, a read-only file system),
+    or ``exc`` itself (a bug, which keeps its traceback)."""
+    if any(text in str(exc).lower() for text in LEDGER_WRITE_FAILURES):
+        return DataError(ledger, f"cannot write: {exc}")
+    return exc
+
+
 def run(args) -> int:
     from lesion_harvester.cli.report_cmd import print_table
     from lesion_harvester.harvest.rounds import harvest
@@ -58,8 +74,11 @@ def run(args) -> int:
     preset = with_rounds(preset_from_args(args), args.rounds)
     logging.getLogger(__name__).info("command: %s", shlex.join(args.command_line))
     device, dist = device_and_ranks(args)
-    layout = harvest(args.data, args.out, preset, args.fully_annotated, args.holdout, device,
-                     progress=not args.quiet, dist=dist, cache_dir=args.cache_dir)
+    try:
+        layout = harvest(args.data, args.out, preset, args.fully_annotated, args.holdout, device,
+                         progress=not args.quiet, dist=dist, cache_dir=args.cache_dir)
+    except sqlite3.OperationalError as exc:
+        raise ledger_error(RunLayout(args.out).ledger, exc) from None
     if not dist.is_main:
         return 0
     report = build_report(layout.root)

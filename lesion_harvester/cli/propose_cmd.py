@@ -13,8 +13,10 @@ def add_parser(sub) -> None:
         "Scans every slice of every volume (a DeepLesion folder, NIfTI or DICOM) and stacks the 2D\n"
         "proposals into 3D tracklets with the stacking settings stored in the checkpoint. Boxes are in\n"
         "pixels of the original axial slices (the reoriented array's frame for NIfTI and DICOM). Killed\n"
-        "part-way, the same command continues with the volumes not yet scanned. Under torchrun the\n"
-        "volumes are shared out among the processes and the result is the one-process result.",
+        "part-way, the same command continues with the volumes not yet scanned. The pickle and its CSV\n"
+        "are replaced together; while the scan runs, a second one into the same --out refuses at once\n"
+        "(lock file .NAME.lock beside it). Under torchrun the volumes are shared out among the processes\n"
+        "and the result is the one-process result.",
         ["lesion-harvester propose data/bench --checkpoint runs/lpg/best.pt --split detection_test --out dets.pkl",
          "lesion-harvester propose scan.nii.gz --checkpoint runs/lpg/best.pt --out dets.pkl --score-threshold 0.3",
          "torchrun --nproc-per-node 4 $(which lesion-harvester) propose data/deeplesion --checkpoint best.pt "

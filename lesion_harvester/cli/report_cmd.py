@@ -30,9 +30,13 @@ def print_table(report: dict) -> None:
             vals = entry["lpg"]["recall_at_precision"]
             print(f"{'R + P_H,' + str(r) + ' (LPG only)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in LEVELS))
         vals = entry["lpg_lpc"]["recall_at_precision"]
-        print(f"{'R + P_H,' + str(r) + '^+ (LPG+LPC)':<36}" + "".join(f"{vals[k]:>8.3f}" for k in LEVELS)
-              + f"   harvested {entry['n_harvested']}, new {entry['n_new']}, "
-              f"score s_g*s_c^{entry.get('fusion_exponent', 1.0):g}")
+        no_lpc = entry.get("no_lpc_because")
+        label = f"R + P_H,{r}^+ ({'LPG, no LPC' if no_lpc else 'LPG+LPC'})"
+        score = "s_g (no LPC)" if no_lpc else f"s_g*s_c^{entry.get('fusion_exponent', 1.0):g}"
+        print(f"{label:<36}" + "".join(f"{vals[k]:>8.3f}" for k in LEVELS)
+              + f"   harvested {entry['n_harvested']}, new {entry['n_new']}, score {score}")
+        if no_lpc:
+            print(f"  round {r} had no LPC: {no_lpc}")
         if entry.get("nothing_harvested_because"):
             print(f"  round {r} harvested nothing: {entry['nothing_harvested_because']}")
     if "harvested_labels" in report:

@@ -15,7 +15,9 @@ def add_parser(sub) -> None:
         sub, "synth", "generate a synthetic CT benchmark with complete ground truth",
         "Writes Images_png/ and DL_info.csv (only the RECIST-marked lesions, as in DeepLesion), the complete\n"
         "ground truth (ground_truth/complete.pkl, boxes_3d.pkl, lesions.csv), splits.json, stats.json and\n"
-        "montage.png. The same preset and seed give the same dataset.",
+        "montage.png. The same preset and seed give the same dataset. OUT is built in a hidden folder\n"
+        "beside it (.OUT.XXXX.partial) and renamed when complete; one left by a killed run is removed by\n"
+        "the next run into the same OUT.",
         ["lesion-harvester synth data/bench --preset bench --seed 0",
          "lesion-harvester synth data/small --preset demo --volumes 20 --seed 3"])
     p.add_argument("out", help="output folder (must not exist or be empty)")

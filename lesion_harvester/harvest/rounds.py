@@ -54,7 +54,8 @@ from lesion_harvester.harvest.precision import MarksEvidence, mark_rates, marks_
 from lesion_harvester.harvest.reviews import ReviewedLabels, reviews_in_ledger, with_reviews
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, verify_proposals
 from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
-from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.io.atomic import atomic_write_text, ensure_folder
+from lesion_harvester.io.locks import OutputLock
 from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.io.partition import Partition, resolve_partition
 from lesion_harvester.io.prepared_cache import PreparedCache
@@ -89,6 +90,13 @@ class HarvestRun:
     dist: Distributed = ALONE  # this process's rank under torchrun
     given: Partition | None = None  # the partition before reviews (``inputs`` is it with the round's reviews)
     reviewed: ReviewedLabels = field(default_factory=ReviewedLabels)  # the verdicts the current round uses
+    lock: OutputLock | None = None  # the run folder's lock, held by the main rank until the run is closed
+
+    def close(self) -> None:
+        """Close the ledger and release the run folder."""
+        self.ledger.close()
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def unseen(self) -> set[str]:
@@ -117,10 +125,12 @@ class HarvestRun:
 
 def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annotated: str | None = None,
              holdout: str | None = None, device: str = "auto", progress: bool = True,
-             dist: Distributed = ALONE, cache_dir: str | Path | None = None) -> HarvestRun:
+             dist: Distributed = ALONE, cache_dir: str | Path | None = None, lock: bool = False) -> HarvestRun:
     """Open (or create) the run folder of a harvest of ``data``; a folder holding a harvest with
     other settings or data is refused. Every check that can fail runs before anything is written.
-    Under torchrun the main rank creates the folder and the ledger before the others open them."""
+    Under torchrun the main rank creates the folder and the ledger before the others open them.
+    ``lock``: hold the run folder's lock (:mod:`lesion_harvester.io.locks`) until :meth:`HarvestRun.close`,
+    as :func:`harvest` does; a folder locked by another process is refused (its holder named)."""
     data, layout = Path(data), RunLayout(Path(run_dir))
     device = dist.device(resolve_device(device))
     dist.batch_share(preset.lpg_train.batch_size)  # every round's LPG splits its batches among the ranks
@@ -136,7 +146,24 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
         cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
         return HarvestRun(data, layout, preset, inputs, Ledger(layout.ledger), cache, calibration, held_out_marks,
                           device, False, dist, inputs)  # no progress bars but the main rank's
-    layout.root.mkdir(parents=True, exist_ok=True)
+    # a second harvest of this folder refuses here, after the checks and before anything is written
+    # (taking the lock makes the folder)
+    held = OutputLock(layout.lock, layout.root).acquire() if lock else None
+    try:
+        return _open_ledger(data, layout, preset, inputs, calibration, held_out_marks, fully_annotated, holdout,
+                            device, progress, dist, cache_dir, held)
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+
+
+def _open_ledger(data: Path, layout: RunLayout, preset: Preset, inputs: Partition, calibration: list[str],
+                 held_out_marks: list[str], fully_annotated: str | None, holdout: str | None, device: str,
+                 progress: bool, dist: Distributed, cache_dir: str | Path | None,
+                 lock: OutputLock | None) -> HarvestRun:
+    """The main rank's part of :func:`open_run`: the ledger, created or checked."""
+    ensure_folder(layout.root)
     ledger = Ledger(layout.ledger)
     # --rounds may grow between runs of one harvest; every other setting must match
     fingerprint = settings_fingerprint(
@@ -161,7 +188,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
     dist.barrier()
     return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, held_out_marks, device, progress, dist,
-                      inputs)
+                      inputs, lock=lock)
 
 
 def run_harvest(run: HarvestRun, rounds: int) -> None:
@@ -318,6 +345,15 @@ def round_lpc_examples(run: HarvestRun, r: int) -> LPCExamples:
 def _lpc(run: HarvestRun, r: int) -> None:
     examples = round_lpc_examples(run, r)
     folds = run.folds()
+    shortfall = steps.lpc_shortfall(examples, folds)
+    if shortfall is not None:
+        # a small V_M (or a weak early LPG) can leave a fold without negatives; the round goes on with the
+        # LPG's ranking rather than stopping the harvest, and the ledger (hence the report) says so
+        log.warning("round %d: %s; this round ranks its proposals by the LPG alone (s = s_g, as if s_c = 1)",
+                    r, shortfall)
+        with run.ledger.transaction() as db:
+            run.ledger.finish_step(db, r, "lpc", {**examples.counts(), "folds": 0, "skipped": shortfall})
+        return
     train_lpc_folds(examples, folds, run.volume, run.preset.lpc, run.preset.preprocess,
                     [run.layout.lpc_fold(r, f) for f in range(len(folds))], run.device,
                     seed=run.preset.lpc.seed + 100 * r, skip_existing=True, progress=run.progress,
@@ -326,23 +362,33 @@ def _lpc(run: HarvestRun, r: int) -> None:
         run.ledger.finish_step(db, r, "lpc", {**examples.counts(), "folds": len(folds)})
 
 
+def lpc_skipped(run: HarvestRun, r: int) -> str | None:
+    """Why round ``r`` has no LPC (:func:`steps.lpc_shortfall`), or None when it has one."""
+    return (run.ledger.step_info(r, "lpc") or {}).get("skipped")
+
+
 def _classify(run: HarvestRun, r: int) -> None:
-    folds = run.folds()
-    models = [load_lpc(run.layout.lpc_fold(r, f), run.device)[0] for f in range(len(folds))]
     vm = run.ledger.proposals(r, statuses=VM_STATUSES)
     # the V_H candidates, and the proposals on held-out marks (which no fold trained on), for the estimate
     candidates = run.ledger.proposals(r, statuses=("candidate",))
     candidates += run.ledger.proposals(r, volumes=run.held_out_marks, statuses=(RECIST,)) if run.held_out_marks else []
-    probability = steps.lpc_probabilities(models, folds, vm, candidates, run.volume, run.preset.lpc, run.device,
-                                          run.progress)
     h = run.preset.harvest
+    without_lpc = lpc_skipped(run, r) is not None
+    if without_lpc:
+        probability, exponents = steps.lpg_alone(vm + candidates), (1.0,)
+    else:
+        folds = run.folds()
+        models = [load_lpc(run.layout.lpc_fold(r, f), run.device)[0] for f in range(len(folds))]
+        probability = steps.lpc_probabilities(models, folds, vm, candidates, run.volume, run.preset.lpc, run.device,
+                                              run.progress)
+        exponents = h.fusion_exponents
     threshold_rows = run.threshold_rows(vm)
     updates, exponent, table = steps.fuse(threshold_rows, run.marks_of(threshold_rows), vm + candidates, probability,
-                                          h.fusion_exponents, h.precision, h.fusion_choice, h.verify_iou)
+                                          exponents, h.precision, h.fusion_choice, h.verify_iou)
     with run.ledger.transaction() as db:
         run.ledger.set_scores(db, r, updates)
-        run.ledger.finish_step(db, r, "classify", {"classified": len(probability), "fusion_exponent": exponent,
-                                                   "fusion_choices": table})
+        run.ledger.finish_step(db, r, "classify", {"classified": 0 if without_lpc else len(probability),
+                                                   "fusion_exponent": exponent, "fusion_choices": table})
 
 
 def _mine(run: HarvestRun, r: int) -> None:
@@ -372,7 +418,12 @@ def _marks_evidence(run: HarvestRun, r: int) -> MarksEvidence | None:
 
 def _lpc_variants(run: HarvestRun, r: int) -> None:
     """Round 1 only: train the axial 2D and the 3D LPC on the same examples (the paper's Fig. 5b) and
-    score the holdout candidates with them."""
+    score the holdout candidates with them (not in a round without an LPC: its examples cannot train one)."""
+    skipped = lpc_skipped(run, r)
+    if skipped:
+        with run.ledger.transaction() as db:
+            run.ledger.finish_step(db, r, "lpc_variants", {"skipped": skipped})
+        return
     targets = steps.classifiable(run.ledger.proposals(r, volumes=list(run.inputs.holdout), statuses=(
         "candidate", "harvested", "hard_negative", "rejected")), run.preset.lpc)
     scores = steps.lpc_variant_scores(round_lpc_examples(run, r), targets, run.volume, run.preset.lpc,
@@ -417,13 +468,14 @@ def harvest(data: str | Path, run_dir: str | Path, preset: Preset, fully_annotat
     the run folder's layout. The log records of the run are appended to ``run_dir/harvest.log``.
     ``dist``: this rank under torchrun (see the module); ``cache_dir``: where prepared volumes are
     kept (:func:`lesion_harvester.paths.cache_dir_for`)."""
-    run = open_run(data, run_dir, preset, fully_annotated, holdout, device, progress, dist, cache_dir)
+    run = open_run(data, run_dir, preset, fully_annotated, holdout, device, progress, dist, cache_dir,
+                   lock=dist.is_main)  # rank 0 holds the lock for every rank of a torchrun launch
     try:
         with log_to_file(run.layout.log) if dist.is_main else contextlib.nullcontext():
             log.info("harvesting %s into %s (preset %s, %d rounds, device %s)", data, run.layout.root, preset.name,
                      preset.harvest.rounds, run.device)
             run_harvest(run, preset.harvest.rounds)
     finally:
-        run.ledger.close()
+        run.close()
     return run.layout
 

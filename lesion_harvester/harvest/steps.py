@@ -123,6 +123,28 @@ def lpc_examples(vm_rows: list[tuple[str, Tracklet, str]], marked: list[tuple[st
     return LPCExamples([(key, t) for key, t, _ in vm_rows], labels, positives)
 
 
+def lpc_shortfall(examples: LPCExamples, folds: list[list[str]]) -> str | None:
+    """Why the LPC cannot be trained on ``examples`` in ``folds`` (as
+    :func:`~lesion_harvester.lpc.api.train_lpc_folds` would), or None: each fold trains on the V_M
+    proposals outside it and every positive, and needs positives and negatives both. On a V_M of one or
+    two volumes a fold may have no V_M proposal outside it, hence no negative (while V_H's marks still
+    give positives), or every V_M proposal may be a lesion."""
+    for f, fold in enumerate(folds):
+        held = set(fold) if len(folds) > 1 else set()
+        labels = [int(label) for (key, _), label in zip(examples.vm_items, examples.vm_labels) if key not in held]
+        positives = sum(labels) + len(examples.positives)
+        negatives = len(labels) - sum(labels)
+        if positives == 0 or negatives == 0:
+            which = f" to train fold {f + 1} of {len(folds)} on" if len(folds) > 1 else ""
+            return f"cannot train the LPC: {positives} positive and {negatives} negative proposals{which}"
+    return None
+
+
+def lpg_alone(rows: list[ProposalRow]) -> dict[tuple[str, int], float]:
+    """s_c = 1 for every row: the fused score of a round without an LPC is the LPG's objectness, s = s_g."""
+    return {(row.volume, row.idx): 1.0 for row in rows}
+
+
 def lpc_folds(fully_annotated: list[str], folds: int) -> list[list[str]]:
     """V_M split into ``folds`` groups of volumes (sorted keys, dealt round-robin)."""
     k = max(1, folds)

@@ -15,7 +15,7 @@ import pickle
 import shutil
 from pathlib import Path
 
-from lesion_harvester.io.atomic import atomic_write_bytes, atomic_write_text
+from lesion_harvester.io.atomic import atomic_write_bytes, atomic_write_text, ensure_folder
 from lesion_harvester.io.safe_pickle import safe_load_pickle
 from lesion_harvester.structures import Tracklet
 
@@ -42,7 +42,7 @@ class PartialResults:
         if self.folder.is_dir() and self._stored(meta) != fingerprint:
             log.warning("%s holds a job with other settings; starting over", self.folder)
             shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.folder)  # a file in the way, or an unwritable place, is a one-line error
         atomic_write_text(meta, json.dumps({"fingerprint": fingerprint}))
 
     @staticmethod

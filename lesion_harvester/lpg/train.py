@@ -2,8 +2,9 @@
 
 Outputs in CKPT_DIR: ``best.pt`` (the epoch with the best mean sensitivity at 0.5/1/2/4 FPs per
 validation slice, MULAN's rule), ``last.pt`` (everything needed to resume), ``train_log.json`` and
-``config.yaml``. Every file is written atomically. Rerunning the same command after a kill resumes
-after the last finished epoch and gives the same result as an uninterrupted run.
+``config.yaml``. Every file is written atomically. The folder is locked (``CKPT_DIR/.lock``) while a
+training writes it, so a second training into it refuses at once. Rerunning the same command after
+a kill resumes after the last finished epoch and gives the same result as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from tqdm import tqdm
 from lesion_harvester.config import LPGTrainConfig, Preset, dump_config, settings_fingerprint
 from lesion_harvester.device import resolve_device
 from lesion_harvester.distributed import ALONE, Distributed
-from lesion_harvester.errors import ConfigError, DataError
+from lesion_harvester.errors import ConfigError
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.io.locks import locked_output
 from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.io.partial import file_digest
 from lesion_harvester.io.prepared_cache import PreparedCache
@@ -33,7 +35,7 @@ from lesion_harvester.lpg.checkpoint import load_checkpoint, model_payload, save
 from lesion_harvester.lpg.data import CropSampler, HardBackground, TrainingData, epoch_loader
 from lesion_harvester.lpg.ddp import distributed_model
 from lesion_harvester.lpg.losses import centernet_loss, loss_counts
-from lesion_harvester.lpg.model import MSCN
+from lesion_harvester.lpg.model import MSCN, check_weights_fit
 from lesion_harvester.lpg.scan import Scanner
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.paths import TrainLayout, cache_dir_for
@@ -169,6 +171,10 @@ def _fingerprint(preset: Preset, data, extra) -> str:
                                 str(Path(data).resolve()), extra)
 
 
+# what last.pt must hold to resume a training
+RESUME_ENTRIES = ("state_dict", "optimizer", "scheduler", "history", "epoch", "rng_torch", "fingerprint")
+
+
 def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str = "auto",
               fully_annotated: str | None = None, extra_positives: str | None = None,
               hard_negatives: str | None = None, init: str | None = None, cache_dir: str | Path | None = None,
@@ -184,7 +190,10 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
     validation and hard-background mining are shared out by volume; only the main rank writes."""
     device = dist.device(resolve_device(device))  # before anything is written
     layout = TrainLayout(Path(out_dir))
-    with log_to_file(layout.log) if dist.is_main else contextlib.nullcontext():
+    # the folder is made (or found writable) and locked before any work; under torchrun rank 0 holds
+    # the lock for every rank (they train one model into one folder)
+    with (locked_output(layout.lock, layout.root, take=dist.is_main),
+          log_to_file(layout.log) if dist.is_main else contextlib.nullcontext()):
         log.info("training the LPG on %s into %s (preset %s, device %s%s)", data, layout.root, preset.name, device,
                  f", {dist.world_size} processes" if dist.active else "")
         return _train(data, layout, preset, device, fully_annotated, extra_positives, hard_negatives, init,
@@ -218,10 +227,8 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     model = MSCN(preset.lpg).to(device)
     if init:
         payload = load_checkpoint(init)
-        try:
-            model.load_state_dict(payload["state_dict"])
-        except RuntimeError as exc:
-            raise DataError(init, f"--init checkpoint does not fit the '{preset.name}' architecture ({exc})") from None
+        check_weights_fit(preset.lpg, payload.get("state_dict"), init)  # one line naming the first odd tensor
+        model.load_state_dict(payload["state_dict"])
     net = distributed_model(model, device) if dist.active else model  # what the training step runs
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
@@ -236,7 +243,7 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     start_epoch = 0
     hard_background: HardBackground = []
     if layout.last.is_file():
-        state = load_checkpoint(layout.last)
+        state = load_checkpoint(layout.last, RESUME_ENTRIES)
         if state.get("fingerprint") != fingerprint:
             raise ConfigError(f"{layout.last}: this folder holds a run with other settings or data; "
                               "use a new --out folder (or delete it to start over)")

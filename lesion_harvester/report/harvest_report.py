@@ -89,7 +89,10 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
         if r == rounds[0]:
             curves[f"R + P_H,{r} (LPG, s_g)"] = lpg
         exponent = (ledger.step_info(r, "classify") or {}).get("fusion_exponent", 1.0)
-        curves[f"R + P_H,{r}^+ (LPG+LPC, s_g*s_c^{exponent:g})"] = lpg_lpc
+        # a round whose examples could not train the LPC ranked by the LPG alone (harvest/rounds.py)
+        no_lpc = (ledger.step_info(r, "lpc") or {}).get("skipped")
+        scored_by = "LPG alone, no LPC" if no_lpc else f"LPG+LPC, s_g*s_c^{exponent:g}"
+        curves[f"R + P_H,{r}^+ ({scored_by})"] = lpg_lpc
         # the true precision of this round's harvested lesions, where the holdout's complete labels tell
         harvested = [row for row in rows if row.status == "harvested"]
         real = [bool(match_known([row.tracklet], holdout_truth[row.volume])[0]) for row in harvested]
@@ -106,6 +109,8 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
             "vm_support": {k: info.get(k) for k in ("vm_new_lesions_above", "vm_false_positives_above",
                                                      "precision_lower_bound")},
             "fusion_exponent": exponent,  # w of s = s_g * s_c**w (1: the paper's product, and older runs)
+            # why the round had no LPC (its proposals ranked by s = s_g), or None
+            "no_lpc_because": no_lpc,
             # when a round harvests nothing: why, and what the user can change (older runs: None)
             "nothing_harvested_because": info.get("nothing_harvested_because"),
             # the precision of the harvested lesions: estimated by each rule the run could use (older
@@ -282,7 +287,9 @@ def render_markdown(report: dict, froc_rows) -> str:
             vals = entry["lpg"]["recall_at_precision"]
             lines.append(f"| R + P_H,{r} (LPG only) | " + " | ".join(f"{vals[k]:.3f}" for k in levels) + " |")
         vals = entry["lpg_lpc"]["recall_at_precision"]
-        lines.append(f"| R + P_H,{r}^+ (LPG+LPC, round {r}) | " + " | ".join(f"{vals[k]:.3f}" for k in levels) + " |")
+        scored_by = "LPG alone: no LPC" if entry.get("no_lpc_because") else "LPG+LPC"
+        lines.append(f"| R + P_H,{r}^+ ({scored_by}, round {r}) | " + " | ".join(f"{vals[k]:.3f}" for k in levels)
+                     + " |")
     lines += ["", "## Rounds", "",
               "| round | lesion score s_g * s_c^w: w | threshold (95% precision on V_M) | "
               "V_M above it: new lesions / false positives (precision >=, 95% confidence) | harvested P_H^+ | "
@@ -296,11 +303,14 @@ def render_markdown(report: dict, froc_rows) -> str:
         else:
             evidence = (f"{support['vm_new_lesions_above']} / {support['vm_false_positives_above']} "
                         f"(>= {support['precision_lower_bound']:.2f})")
-        lines.append(f"| {entry['round']} | {entry.get('fusion_exponent', 1.0):g} | {t} | {evidence} | "
+        w = "no LPC (s = s_g)" if entry.get("no_lpc_because") else f"{entry.get('fusion_exponent', 1.0):g}"
+        lines.append(f"| {entry['round']} | {w} | {t} | {evidence} | "
                      f"{entry['n_harvested']} | {entry['n_new']} | {entry['n_hard_negatives']} |")
     lines += ["", "The threshold is measured on V_M's proposals that do not cover one of V_M's original RECIST "
                   "marks (in V_H only such proposals can be harvested). With few V_M lesions above it the 95% is "
                   "an estimate; the confidence bound says how far V_M supports it."]
+    lines += [f"\n**Round {e['round']} had no LPC:** {e['no_lpc_because']}; its proposals were ranked by the LPG "
+              "alone (s = s_g, as if s_c = 1)." for e in report["rounds"] if e.get("no_lpc_because")]
     lines += [f"\n**Round {e['round']} harvested nothing:** {e['nothing_harvested_because']}" for e in report["rounds"]
               if e.get("nothing_harvested_because")]
     lines += _precision_table(report)

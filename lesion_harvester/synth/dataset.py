@@ -12,8 +12,10 @@ Output folder::
     OUT/stats.json, OUT/montage.png, OUT/synth_config.yaml
 
 Each volume is generated from its own seed ``(seed, index)``, so the result does not depend on
-the number of worker processes. The folder is built under a temporary name and renamed at the
-end: an interrupted run leaves nothing half-written.
+the number of worker processes. The folder is built under a temporary name (``.OUT.XXXX.partial``
+beside OUT) and renamed at the end: an interrupted run leaves nothing half-written, and the hidden
+folder a killed run leaves is removed by the next run into the same OUT
+(:func:`lesion_harvester.io.atomic.atomic_directory`).
 """
 
 from __future__ import annotations

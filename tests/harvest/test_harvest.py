@@ -146,7 +146,7 @@ def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshol
     assert open_run(tiny_dataset, tmp_path / "run", preset, progress=False).calibration == run.calibration
     (held,) = run.calibration
     (other,) = set(v_m) - {held}
-    assert set(read_slice_boxes(lpg_fully_annotated_file(run))) == {other}  # the LPG's V_M
+    assert set(read_slice_boxes(lpg_fully_annotated_file(run, 1))) == {other}  # the LPG's V_M
 
     def row(key, i, x, score, status):  # single-slice boxes in a corner, far from every mark
         t = Tracklet(np.array([0]), np.array([[x, 0.0, x + 3.0, 3.0]]), np.array([score]))
