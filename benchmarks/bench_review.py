@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     common.report(results, args.json,
                   f"slice endpoint, {shape[0]} x {shape[1]} px, {len(latencies)} requests over HTTP: median "
                   f"{results['median_ms']:.1f} ms, 95th percentile {results['p95_ms']:.1f} ms; the first slice of a "
-                  f"volume (reading its {results['slices_per_volume'][0]} PNGs) {results['first_of_volume_ms'][0]:.0f} ms")
+                  f"volume (reading its {results['slices_per_volume'][0]} PNGs) "
+                  f"{results['first_of_volume_ms'][0]:.0f} ms")
     return 0
 
 
