@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +157,15 @@ def test_extra_boxes_outside_their_volume_are_refused_before_training(tmp_path, 
     data = make_dataset(tmp_path / "data")
     extra = tmp_path / "extra.pkl"
     write_tracklets(extra, {H: [tracklet]})
-    with pytest.raises(DataError) as err:
-        build_sources(data, **{option.strip("-").replace("-", "_"): extra})
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as err:
+            build_sources(data, **{option.strip("-").replace("-", "_"): extra})
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
     assert str(err.value).startswith(f"{extra}: {expected}"), str(err.value)
+    assert peak_mb < 200  # a box of 1e6 px once made training allocate 187 GiB
     out = tmp_path / "lpg"
     assert cli_error(capsys, ["train-lpg", data, "--out", out, "--preset", "tiny", option, extra,
                                     "--device", "cpu", "-q"]) == f"lesion-harvester train-lpg: error: {err.value}"
