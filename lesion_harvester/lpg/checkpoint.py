@@ -26,7 +26,7 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
         torch.save(payload, handle)
 
 
-def load_checkpoint(path: str | Path, required: tuple[str, ...] = ("state_dict",)) -> dict:
+def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     """An LPG checkpoint's payload, refused in one line unless it holds the ``required`` entries."""
     return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "LPG checkpoint", required)
 
