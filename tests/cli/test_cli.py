@@ -140,3 +140,15 @@ def test_bad_settings_end_in_one_line_before_any_work(tmp_path, capsys):
     assert main(["propose", str(tmp_path), "--checkpoint", "x.pt", "--out", "d.pkl", "--device", "tpu"]) == 2
     assert "--device tpu: unknown device" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_reader_that_goes_away_is_not_a_traceback():
+    """`lesion-harvester ... | head`: the closed pipe ends the command quietly (exit 141, as the shell's SIGPIPE)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom lesion_harvester.cli import info_cmd, main\n"
+            "def closed(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+            "info_cmd.run = closed\nsys.exit(main.main(['info', 'x.pt']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 141 and "Traceback" not in done.stderr, done.stderr
