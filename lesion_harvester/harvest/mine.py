@@ -123,7 +123,8 @@ class MineResult:
 
 def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]], candidates: list[ProposalRow],
                marked: list[tuple[str, Tracklet]], earlier_harvested: list[tuple[str, Tracklet]],
-               cfg: HarvestConfig, marks: MarksEvidence | None = None) -> MineResult:
+               cfg: HarvestConfig, marks: MarksEvidence | None = None,
+               reviewer_rejected: list[tuple[str, Tracklet]] | None = None) -> MineResult:
     """The mining step of one round.
 
     Args:
@@ -137,6 +138,9 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
         marks: the proposals of the calibration volumes of V_H (``harvest.calibration_marks``); with
             them the precision above the threshold is also estimated from the marks, and
             ``harvest.threshold`` may rest on that estimate (:mod:`lesion_harvester.harvest.precision`).
+        reviewer_rejected: proposals reviewers rejected (``lesion-harvester review``); a candidate that is
+            the same lesion (as :func:`~lesion_harvester.harvest.verify.dedupe` defines it) is a hard
+            negative whatever its score, so that a rejection is not undone by the next round's scan.
     """
     vm_score = np.array([row.score or 0.0 for row in vm_rows])
     vm_lesion = np.array([row.status == "fa_lesion" for row in vm_rows], dtype=bool)
@@ -152,6 +156,10 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
     known = duplicates_of([(row.volume, row.tracklet) for row in candidates], marked)
     pieces = [(row.volume, row.idx, "marked_piece") for row, k in zip(candidates, known) if k]
     candidates = [row for row, k in zip(candidates, known) if not k]
+    refused = (duplicates_of([(row.volume, row.tracklet) for row in candidates], reviewer_rejected)
+               if reviewer_rejected and candidates else np.zeros(len(candidates), dtype=bool))
+    pieces += [(row.volume, row.idx, "hard_negative") for row, r in zip(candidates, refused) if r]
+    candidates = [row for row, r in zip(candidates, refused) if not r]
     harvested, hard = mine([row.volume for row in candidates], np.array([row.objectness for row in candidates]),
                            np.array([row.score or 0.0 for row in candidates]), threshold,
                            cfg.hard_min_objectness, cfg.hard_top_per_volume)
@@ -170,7 +178,8 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
         reason = why_nothing(vm_score[new_in_vm], vm_lesion[new_in_vm], len(vm_rows),
                              np.array([row.score or 0.0 for row in candidates]), threshold, cfg.precision)
     info = {"threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
-            "n_hard_negatives": int(hard.sum()), "n_new": int(n_new), "n_marked_pieces": len(pieces),
+            "n_hard_negatives": int(hard.sum() + refused.sum()), "n_new": int(n_new),
+            "n_marked_pieces": len(pieces) - int(refused.sum()), "n_rejected_by_reviewers": int(refused.sum()),
             # the V_M evidence behind the threshold: new lesions and false positives above it
             "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
             "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4),

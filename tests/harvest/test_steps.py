@@ -157,6 +157,16 @@ def test_mining_sorts_candidates_and_counts_new_lesions():
     assert result.info["n_marked_pieces"] == 1
 
 
+def test_a_lesion_reviewers_rejected_is_not_harvested_again():
+    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=0)
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9), _row("vm", 1, _t(50, 0.2), "fa_negative", 1.0, 0.2)]
+    candidates = [_row("vh", 0, _t(0, 0.9), score=0.95), _row("vh", 1, _t(100, 0.9), score=0.95)]
+    result = mine_round(vm, {}, candidates, [], [], cfg, reviewer_rejected=[("vh", _t(1, 0.95))])
+    assert sorted(result.updates) == [("vh", 0, "hard_negative"), ("vh", 1, "harvested")]
+    assert result.info["n_rejected_by_reviewers"] == 1 and result.info["n_harvested"] == 1
+    assert result.info["n_marked_pieces"] == 0 and result.info["n_hard_negatives"] == 1
+
+
 def test_outputs_keep_each_lesion_once_with_fused_scores(tmp_path):
     r1 = _row("vh", 0, _t(0, 0.8), "harvested", lpc=0.5)
     r2 = _row("vh", 3, _t(0, 0.9), "harvested", lpc=0.9)  # the same lesion, found again in round 2
