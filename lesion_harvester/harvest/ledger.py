@@ -142,6 +142,10 @@ class Ledger:
                            [(k, "fully_annotated", 0) for k in fully_annotated]
                            + [(k, "harvest", int(k in held)) for k in harvest])
 
+    def roles(self) -> dict[str, str]:
+        """Every volume's role now (fully_annotated or harvest)."""
+        return dict(self.db.execute("SELECT key, role FROM volumes ORDER BY rowid").fetchall())
+
     def volumes(self, role: str | None = None, holdout: bool | None = None) -> list[str]:
         query, args = "SELECT key FROM volumes WHERE 1", []
         if role is not None:
@@ -185,6 +189,15 @@ class Ledger:
             wanted = set(volumes)
             rows = [r for r in rows if r.volume in wanted]
         return rows
+
+    def has_proposal(self, round_: int, volume: str, idx: int) -> bool:
+        return self.db.execute("SELECT 1 FROM proposals WHERE round = ? AND volume = ? AND idx = ?",
+                               (round_, volume, idx)).fetchone() is not None
+
+    def proposal_counts(self, round_: int) -> dict[str, int]:
+        """The number of proposals of each volume in round ``round_``."""
+        return dict(self.db.execute("SELECT volume, COUNT(*) FROM proposals WHERE round = ? GROUP BY volume",
+                                    (round_,)).fetchall())
 
     def set_statuses(self, db: sqlite3.Connection, round_: int, updates: list[tuple[str, int, str]]) -> None:
         bad = {s for _, _, s in updates} - set(STATUSES)

@@ -115,12 +115,12 @@ class ReviewService:
     @property
     def roles(self) -> dict[str, str]:
         """Each volume's role now (a harvest round moves reviewed volumes into V_M)."""
-        return dict(self.ledger.db.execute("SELECT key, role FROM volumes").fetchall())
+        return self.ledger.roles()
 
     @property
     def round(self) -> int | None:
         """The round whose proposals are reviewed: the last that has them."""
-        rounds = [r for (r,) in self.ledger.db.execute("SELECT round FROM steps WHERE name = 'scan' ORDER BY round")]
+        rounds = self.ledger.finished_rounds("scan")
         return rounds[-1] if rounds else None
 
     def session(self) -> dict:
@@ -186,11 +186,7 @@ class ReviewService:
             raise ReviewError(400, f"order is 'score' or 'threshold', not {order!r}")
         ledger, r = self.ledger, self.round
         current, roles = ledger.current_verdicts(), self.roles
-        counts: dict[str, list[int]] = {}
-        if r is not None:
-            for volume, n in ledger.db.execute("SELECT volume, COUNT(*) FROM proposals WHERE round = ? GROUP BY volume",
-                                               (r,)):
-                counts[volume] = n
+        counts = {} if r is None else ledger.proposal_counts(r)
         marks = self.partition.dataset.marks()
         subs = self.partition.dataset.sub_volumes
         volumes = []
@@ -269,9 +265,7 @@ class ReviewService:
                 round_, idx = parse_proposal_ref(ref)
             except ValueError as exc:
                 raise ReviewError(400, str(exc)) from None
-            found = self.ledger.db.execute("SELECT 1 FROM proposals WHERE round = ? AND volume = ? AND idx = ?",
-                                           (round_, key, idx)).fetchone()
-            if found is None:
+            if not self.ledger.has_proposal(round_, key, idx):
                 raise ReviewError(400, f"{key} has no proposal {ref}")
         elif kind == "drawn":
             if ref and self.ledger.current_verdicts(volume=key).get((key, "drawn", ref)) is None:
