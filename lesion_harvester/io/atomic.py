@@ -101,12 +101,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     (e.g. a full disk) becomes a :class:`DataError` naming ``path``.
     """
     path = Path(path)
-    _refuse_file_in_the_way(path)
-    ensure_folder(path.parent)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise write_error(path, exc) from None
+    fd, tmp_name = _temporary_beside(path, ".tmp")
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -167,13 +162,18 @@ def atomic_files(paths: Sequence[str | Path]) -> Iterator[list[Path]]:
                 tmp.unlink()
 
 
-def _reserve_temporary(target: Path) -> Path:
+def _temporary_beside(target: Path, suffix: str) -> tuple[int, str]:
+    """An open temporary file in ``target``'s folder (made if needed), named after it: (fd, path)."""
     _refuse_file_in_the_way(target)
     ensure_folder(target.parent)
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".new", dir=target.parent)
+        return tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     except OSError as exc:
         raise write_error(target, exc) from None
+
+
+def _reserve_temporary(target: Path) -> Path:
+    fd, name = _temporary_beside(target, ".new")
     os.close(fd)
     return Path(name)
 

@@ -171,11 +171,18 @@ class _RowParser:
             value = int(float(raw))
             if float(raw) != value:
                 raise ValueError
-        except ValueError:
+        except (ValueError, OverflowError):  # "inf" overflows int()
             raise self.fail(column, f"expected an integer, got '{raw}'") from None
         if allowed is not None and value not in allowed:
             raise self.fail(column, f"expected one of {sorted(allowed)}, got {value}")
         return value
+
+    def integers(self, column: str, count: int) -> tuple[int, ...]:
+        """``count`` comma-separated whole numbers (a slice range, an image size)."""
+        values = self.numbers(column, count)
+        if not all(v.is_integer() and abs(v) < 2**31 for v in values):
+            raise self.fail(column, f"expected {count} integers, got '{self.text(column)}'")
+        return tuple(int(v) for v in values)
 
     def numbers(self, column: str, count: int, allow_nan: bool = False) -> tuple[float, ...]:
         raw = self.text(column)
@@ -199,7 +206,7 @@ def parse_dl_info_record(path: Path, line_number: int, record: dict[str, str]) -
     expected_name = f"{patient:06d}_{study:02d}_{series:02d}_{key_slice:03d}.png"
     if file_name != expected_name:
         raise p.fail("File_name", f"'{file_name}' disagrees with the index columns ('{expected_name}')")
-    first, last = (int(v) for v in p.numbers("Slice_range", 2))
+    first, last = p.integers("Slice_range", 2)
     if not (1 <= first <= key_slice <= last):
         raise p.fail("Slice_range", f"key slice {key_slice} is not inside the range {first}-{last}")
     spacing = p.numbers("Spacing_mm_px_", 3, allow_nan=True)
@@ -208,7 +215,7 @@ def parse_dl_info_record(path: Path, line_number: int, record: dict[str, str]) -
             raise p.fail("Spacing_mm_px_", f"invalid {name} {value} mm; it must be a positive number")
     if not (math.isnan(spacing[2]) or spacing[2] > 0):
         raise p.fail("Spacing_mm_px_", f"invalid slice interval {spacing[2]} mm; must be positive or NaN")
-    width, height = (int(v) for v in p.numbers("Image_size", 2))
+    width, height = p.integers("Image_size", 2)
     if width <= 0 or height <= 0:
         raise p.fail("Image_size", f"invalid image size {width} x {height}")
     box = p.numbers("Bounding_boxes", 4)

@@ -21,8 +21,8 @@ from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
 from lesion_harvester.io.deeplesion import DL_INFO_COLUMNS
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.structures import SliceBox, Tracklet
+from tests.hostile.common import cli_error
 from tests.hostile.test_checkpoints import write_checkpoint
-from tests.hostile.test_configs import cli_error
 
 SIZE = 64  # px, every slice of the hand-made datasets
 # (patient, first PNG slice, last PNG slice, DL_info split): sub-volumes 000001_01_01_039-061 (23 slices), ...

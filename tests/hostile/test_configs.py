@@ -13,20 +13,9 @@ import pytest
 import yaml
 
 from lesion_harvester import config
-from lesion_harvester.cli.main import main
 from lesion_harvester.config import PRESETS, MSCNConfig, Preset, apply_overrides, load_preset
 from lesion_harvester.errors import ConfigError
-
-
-def cli_error(capsys, argv: list[str]) -> str:
-    """Run the CLI, expecting a user error: exit code 2 and exactly one line on stderr (no traceback);
-    returns that line."""
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    assert lines[0].startswith(f"lesion-harvester {argv[0]}: error: "), lines[0]
-    return lines[0]
+from tests.hostile.common import cli_error
 
 
 def _train_with(capsys, tmp_path: Path, preset: str | Path, *more: str) -> str:

@@ -24,18 +24,9 @@ from lesion_harvester.cli.main import main
 from lesion_harvester.distributed import Distributed
 from lesion_harvester.io.locks import OutputLock, OutputLocked, locked_output
 from lesion_harvester.paths import RunLayout, TrainLayout, output_lock
+from tests.hostile.common import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def one_line_error(capsys, *expected: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for text in expected:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
 
 
 def _no_work(*_args, **_kwargs):

@@ -27,20 +27,9 @@ from lesion_harvester.cli.main import main
 from lesion_harvester.errors import DataError
 from lesion_harvester.io import atomic
 from lesion_harvester.io.annotations import read_tracklets
+from tests.hostile.common import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def one_line_error(capsys, *expected: str) -> str:
-    """The command's stderr (run with -q: no progress bars, no info lines): one line with every
-    ``expected`` text, no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    for text in expected:
-        assert text in lines[0], (text, lines[0])
-    return lines[0]
 
 
 @pytest.fixture
