@@ -237,11 +237,12 @@ def use_reviews(run: HarvestRun, r: int) -> None:
     ``reviews`` step, before the round's first step) and apply them: ``run.inputs`` gains the volumes
     reviewed as fully annotated, ``run.reviewed`` holds the verified positives and negatives. A round
     begun before this step existed uses no verdicts."""
-    ledger = run.ledger
+    ledger, reviewed = run.ledger, None
     if run.dist.is_main and ledger.step_info(r, "reviews") is None and ledger.step_info(r, "lpg") is None:
         up_to = ledger.last_verdict_id()
         reviewed = run.reviewed_up_to(up_to)
-        joining = [k for k in reviewed.fully_annotated if k in set(run.given.harvest)]
+        harvest = set(run.given.harvest)
+        joining = [k for k in reviewed.fully_annotated if k in harvest]
         with ledger.transaction() as db:
             ledger.set_roles(db, joining, "fully_annotated")
             ledger.finish_step(db, r, "reviews", {"up_to": up_to, **reviewed.counts(), "joined_v_m": joining})
@@ -249,8 +250,10 @@ def use_reviews(run: HarvestRun, r: int) -> None:
             log.info("round %d: reviewers' verdicts up to #%d: %d volumes join V_M, %d verified lesions, "
                      "%d rejected proposals", r, up_to, len(joining), len(reviewed.positives), len(reviewed.negatives))
     run.dist.barrier()
-    info = ledger.step_info(r, "reviews")
-    run.reviewed = run.reviewed_up_to(0 if info is None else info["up_to"])
+    if reviewed is None:  # read what the round recorded (another rank, or a resumed round)
+        info = ledger.step_info(r, "reviews")
+        reviewed = run.reviewed_up_to(0 if info is None else info["up_to"])
+    run.reviewed = reviewed
     run.inputs = with_reviews(run.given, run.reviewed)
 
 
