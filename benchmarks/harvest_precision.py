@@ -9,7 +9,10 @@ precision, and how many of the harvested P_H^+ of all of V_H are lesions (P3D Io
 the complete labels), beside what the harvest estimated of that precision (each rule it could use,
 harvest/precision.py); and the false positives per volume among the new proposals above a few
 scores, on V_M (its complete labels) and on V_H (the complete labels the harvest never saw): where
-V_M has markedly fewer, a threshold set on V_M is too low for V_H. The run folder is only read.
+V_M has markedly fewer, a threshold set on V_M is too low for V_H. Last, how many of the hard
+negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled ``hard_negatives.pkl``
+that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. The run
+folder is only read.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from lesion_harvester.evaluation.matching import overlaps
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.precision import precision_lower_bound
 from lesion_harvester.harvest.verify import covers_marks
+from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.paths import RunLayout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common
@@ -41,6 +46,16 @@ def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volum
 
 
 @common.guarded
+def lesion_shares(items: dict[str, list], is_lesion, groups: dict[str, set[str]]) -> dict[str, dict]:
+    """Per group of volumes: how many of ``items`` ({volume: [Tracklet]}) there are and the share
+    ``is_lesion(volume, tracklet)`` holds for (None where the group has none)."""
+    shares = {}
+    for name, volumes in groups.items():
+        hits = [is_lesion(v, t) for v, tracklets in items.items() if v in volumes for t in tracklets]
+        shares[name] = {"n": len(hits), "lesions": round(float(np.mean(hits)), 4) if hits else None}
+    return shares
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
     parser.add_argument("data")
@@ -54,9 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     v_h = ledger.volumes("harvest")
     marks = DeepLesionDataset(args.data).marks(v_m)
 
+    def covers_lesion(volume: str, tracklet) -> bool:
+        t = truth.get(volume)
+        return t is not None and len(t) > 0 and bool((overlaps(tracklet, t, "p3d") >= 0.5).any())
+
     def is_lesion(row) -> bool:
-        t = truth.get(row.volume)
-        return t is not None and len(t) > 0 and bool((overlaps(row.tracklet, t, "p3d") >= 0.5).any())
+        return covers_lesion(row.volume, row.tracklet)
+
+    layout, groups = RunLayout(Path(args.run)), {"v_h": set(v_h), "v_m": set(v_m)}
+
+    def hard_negative_shares(path: Path) -> dict | None:
+        return lesion_shares(read_tracklets(path), covers_lesion, groups) if path.is_file() else None
 
     rounds = []
     for r in ledger.finished_rounds("mine"):
@@ -88,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                        "harvested_precision": round(float(np.mean(real)), 4) if real else None,
                        # what the harvest estimated of that precision, by each rule it could use
                        "threshold_rule": info.get("threshold_rule", "vm"), "estimates": info.get("estimates", {}),
-                       "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh}})
+                       "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh},
+                       "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r))})
+    pooled = hard_negative_shares(layout.hard_negatives)
     ledger.close()
     lines = []
     for e in rounds:
@@ -103,8 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         fp = e["false_positives_per_volume"]
         lines.append(f"  new false positives per volume at s >= {', '.join(map(str, fp['scores']))}: "
                      f"V_M {' '.join(f'{v:.2f}' for v in fp['v_m'])}; V_H {' '.join(f'{v:.2f}' for v in fp['v_h'])}")
-    common.report({"run": args.run, "rounds": rounds}, args.json, *lines)
+        if e["hard_negatives"]:
+            lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")
+    if pooled:
+        lines.append(f"hard_negatives.pkl (Table III's N), lesions among them: {_shares(pooled)}")
+    common.report({"run": args.run, "rounds": rounds, "hard_negatives": pooled}, args.json, *lines)
     return 0
+
+
+def _shares(shares: dict[str, dict]) -> str:
+    return "; ".join(f"{name.upper()} " + ("none" if s["lesions"] is None else f"{s['lesions']:.3f} of {s['n']}")
+                     for name, s in shares.items())
 
 
 if __name__ == "__main__":

@@ -234,6 +234,20 @@ def test_false_positives_per_volume_counts_at_each_score():
     assert tool.false_positives_per_volume([], [], 0, (0.3,)) == [0.0]
 
 
+def test_lesion_shares_splits_hard_negatives_by_volume_group():
+    tool = _load("harvest_precision")
+    t = Tracklet.single_slice(3, [10, 10, 20, 20], 0.5)
+    far = Tracklet.single_slice(3, [60, 60, 70, 70], 0.5)
+    truth = {"a": [t], "b": [t]}
+
+    def is_lesion(volume, tracklet):
+        return any(tracklet is g for g in truth.get(volume, []))
+
+    items = {"a": [t, far, far], "b": [far], "c": [t]}  # c belongs to neither group: not counted
+    shares = tool.lesion_shares(items, is_lesion, {"v_h": {"a", "b"}, "v_m": {"m"}})
+    assert shares == {"v_h": {"n": 4, "lesions": 0.25}, "v_m": {"n": 0, "lesions": None}}
+
+
 @pytest.mark.slow
 def test_bench_scale_runs_one_and_two_processes_and_samples_memory(tiny_checkpoint, tmp_path, capsys):
     tool = _load("bench_scale")
