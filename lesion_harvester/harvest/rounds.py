@@ -91,6 +91,16 @@ class HarvestRun:
     given: Partition | None = None  # the partition before reviews (``inputs`` is it with the round's reviews)
     reviewed: ReviewedLabels = field(default_factory=ReviewedLabels)  # the verdicts the current round uses
     lock: OutputLock | None = None  # the run folder's lock, held by the main rank until the run is closed
+    counted_until: float | None = None  # time.time() up to which the ledger's elapsed_s counts this process
+
+    def count_time(self) -> None:
+        """Add this process's time since it was last counted to the ledger's ``elapsed_s`` (main rank).
+        Called after every step, so a killed harvest loses only its unfinished step's time."""
+        now = time.time()
+        if self.dist.is_main and self.counted_until is not None:
+            total = float(self.ledger.get_meta("elapsed_s") or 0) + now - self.counted_until
+            self.ledger.set_meta("elapsed_s", f"{total:.1f}")
+        self.counted_until = now
 
     def close(self) -> None:
         """Close the ledger and release the run folder."""
@@ -194,7 +204,7 @@ def _open_ledger(data: Path, layout: RunLayout, preset: Preset, inputs: Partitio
 def run_harvest(run: HarvestRun, rounds: int) -> None:
     """Run (or continue) rounds 1..``rounds``, stopping early when a round adds too few new lesions,
     then write the deliverables."""
-    started = time.time()
+    run.counted_until = time.time()
     ledger = run.ledger
     try:
         for r in range(1, rounds + 1):
@@ -211,11 +221,10 @@ def run_harvest(run: HarvestRun, rounds: int) -> None:
                          run.preset.harvest.min_new_lesions)
                 break
         if run.dist.is_main:
+            run.count_time()  # before the report, which shows it
             write_outputs(run)
     finally:
-        if run.dist.is_main:
-            total = float(ledger.get_meta("elapsed_s") or 0) + time.time() - started
-            ledger.set_meta("elapsed_s", f"{total:.1f}")
+        run.count_time()
 
 
 def run_round(run: HarvestRun, r: int) -> None:
@@ -229,6 +238,7 @@ def run_round(run: HarvestRun, r: int) -> None:
             log.info("round %d: %s", r, name)
             if name in SHARED_STEPS or run.dist.is_main:
                 step(run, r)
+            run.count_time()
             run.dist.barrier()  # every rank sees the step's result in the ledger before the next
 
 

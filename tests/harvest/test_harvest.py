@@ -25,6 +25,14 @@ def _ledger_rows(run):
         db.close()
 
 
+def _elapsed(run) -> float:
+    db = sqlite3.connect(run / "ledger.sqlite")
+    try:
+        return float(db.execute("SELECT value FROM meta WHERE key = 'elapsed_s'").fetchone()[0])
+    finally:
+        db.close()
+
+
 @pytest.mark.slow
 def test_tiny_harvest_end_to_end(tiny_dataset, tmp_path, capsys):
     run = tmp_path / "run"
@@ -77,7 +85,12 @@ def test_harvest_resumes_after_a_kill(tiny_dataset, tmp_path):
     proc.wait()
     steps_before, _ = _ledger_rows(killed)
     assert (1, "mine") not in steps_before  # killed mid-round
+    elapsed_before = _elapsed(killed)
+    assert elapsed_before > 0  # the steps finished before the kill are counted
     subprocess.run(command + ["--out", str(killed)], check=True, capture_output=True)
+    report = json.loads((killed / "report.json").read_text())
+    # both runs; the report is written before the time its own writing takes is counted
+    assert elapsed_before < report["elapsed_s"] <= _elapsed(killed)
     steps_clean, rows_clean = _ledger_rows(clean)
     steps_after, rows_after = _ledger_rows(killed)
     assert steps_after == steps_clean  # every step exactly once
