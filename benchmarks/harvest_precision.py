@@ -24,7 +24,7 @@ import numpy as np
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
-from lesion_harvester.evaluation.matching import overlaps
+from lesion_harvester.evaluation.matching import covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.precision import precision_lower_bound
 from lesion_harvester.harvest.verify import covers_marks
@@ -70,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     marks = DeepLesionDataset(args.data).marks(v_m)
 
     def covers_lesion(volume: str, tracklet) -> bool:
-        t = truth.get(volume)
-        return t is not None and len(t) > 0 and bool((overlaps(tracklet, t, "p3d") >= 0.5).any())
+        return covers_a_lesion(tracklet, truth.get(volume))
 
     def is_lesion(row) -> bool:
         return covers_lesion(row.volume, row.tracklet)

@@ -198,6 +198,16 @@ class RunLayout:
         return self.root / "table3"
 
     @property
+    def table3_clean_positives(self) -> Path:
+        """harvested.pkl without its harvested false positives (a diagnostic on synthetic data)."""
+        return self.table3_dir / "clean_harvested.pkl"
+
+    @property
+    def table3_clean_negatives(self) -> Path:
+        """hard_negatives.pkl without the hard negatives that are lesions (a diagnostic on synthetic data)."""
+        return self.table3_dir / "clean_hard_negatives.pkl"
+
+    @property
     def table3_json(self) -> Path:
         return self.root / "table3.json"
 

@@ -45,6 +45,11 @@ class VolumeTruth:
         return len(self.boxes)
 
 
+def covers_a_lesion(tracklet: Tracklet, truth: VolumeTruth | None, metric: str = "p3d", iou: float = 0.5) -> bool:
+    """Whether ``tracklet`` overlaps one of its volume's ground-truth lesions by ``iou`` or more."""
+    return truth is not None and len(truth) > 0 and bool((overlaps(tracklet, truth, metric) >= iou).any())
+
+
 def overlaps(tracklet: Tracklet, truth: VolumeTruth, metric: str) -> np.ndarray:
     """(G,) overlap of one tracklet with each ground-truth item of its volume under ``metric``."""
     g = len(truth)

@@ -6,6 +6,11 @@ R+P (an anchor-based detector has no HNSL). Each row is trained once per trainin
 ``RUN/table3/<detector>_<labels>_seed<k>/``, scans the test split and is scored with the P3D
 evaluation against the complete labels (the synthetic ``ground_truth/complete.pkl``). A (row, seed)
 already scored is reused, so a killed table continues; training and scanning resume inside too.
+
+Rows on request only (``--rows``), a diagnostic that needs complete labels: ``R+Pclean`` and
+``R+Pclean+Nclean``, the same label sets with the harvest's mistakes taken out by the ground truth
+(harvested lesions that are not lesions, hard negatives that are). Against R+P and R+P+N they
+measure how much a harvest's wrong labels cost the detector.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import numpy as np
 
 from lesion_harvester.config import Preset
 from lesion_harvester.errors import DataError
-from lesion_harvester.evaluation.api import evaluate_files
+from lesion_harvester.evaluation.api import evaluate_files, load_truth
+from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.harvest.label_sets import LabelSet, label_set
+from lesion_harvester.io.annotations import read_tracklets, write_tracklets
 from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.lpg.propose import propose
@@ -34,18 +41,39 @@ log = logging.getLogger(__name__)
 ROWS = (("MSCN", "R"), ("MSCN", "R+P"), ("MSCN", "R+P+N"),
         ("CenterNet", "R"), ("CenterNet", "R+P"), ("CenterNet", "R+P+N"),
         ("RetinaNet", "R"), ("RetinaNet", "R+P"))
+CLEANED = {"R+Pclean": "R+P", "R+Pclean+Nclean": "R+P+N"}  # diagnostic label set -> the set it cleans
+CLEANED_ROWS = (("MSCN", "R+Pclean"), ("MSCN", "R+Pclean+Nclean"),
+                ("CenterNet", "R+Pclean"), ("CenterNet", "R+Pclean+Nclean"), ("RetinaNet", "R+Pclean"))
 SCORE_THRESHOLD = 0.05  # 2D detections kept for stacking, as in the LPG's accuracy figures
 
 
 def parse_rows(text: str | None) -> list[tuple[str, str]]:
-    """``"MSCN:R,RetinaNet:R+P"`` -> rows (None or "all": every row)."""
+    """``"MSCN:R,RetinaNet:R+P"`` -> rows (None or "all": every row of the paper's table)."""
     if not text or text == "all":
         return list(ROWS)
     rows = [tuple(item.strip().split(":", 1)) for item in text.split(",")]
-    unknown = [":".join(r) for r in rows if r not in ROWS]
+    unknown = [":".join(r) for r in rows if r not in ROWS + CLEANED_ROWS]
     if unknown:
-        raise ValueError(f"unknown rows {unknown}; known: {', '.join(d + ':' + s for d, s in ROWS)}")
+        known = ", ".join(d + ":" + s for d, s in ROWS + CLEANED_ROWS)
+        raise ValueError(f"unknown rows {unknown}; known: {known}")
     return rows
+
+
+def cleaned_label_set(base: LabelSet, truth: dict[str, VolumeTruth], layout: RunLayout) -> LabelSet:
+    """``base`` (R+P or R+P+N) without the harvest's mistakes: harvested lesions that are no lesion and
+    hard negatives that are one (P3D IoU >= 0.5 against ``truth``, the complete labels) are left out."""
+    def keep(path: str | None, lesions: bool, out: Path) -> str | None:
+        if path is None:
+            return None
+        kept = {key: [t for t in tracklets if covers_a_lesion(t, truth.get(key)) == lesions]
+                for key, tracklets in read_tracklets(path).items()}
+        write_tracklets(out, {key: tracklets for key, tracklets in kept.items() if tracklets})
+        return str(out)
+
+    name = next(clean for clean, of in CLEANED.items() if of == base.name)
+    return dataclasses.replace(base, name=name,
+                               extra_positives=keep(base.extra_positives, True, layout.table3_clean_positives),
+                               hard_negatives=keep(base.hard_negatives, False, layout.table3_clean_negatives))
 
 
 def _row_preset(preset: Preset, detector: str, seed: int) -> Preset:
@@ -81,7 +109,8 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
     (``RUN/table3.json`` and ``RUN/table3.md``)."""
     layout = RunLayout(Path(run_dir))
     rows = list(ROWS) if rows is None else rows
-    sets = {name: label_set(layout.root, name) for name in dict.fromkeys(labels for _, labels in rows)}
+    names = list(dict.fromkeys(labels for _, labels in rows))
+    sets = {name: label_set(layout.root, CLEANED.get(name, name)) for name in names}
     data = next(iter(sets.values())).data
     truth_path = data / "ground_truth" / "complete.pkl"
     splits = read_splits(data) or {}
@@ -89,6 +118,10 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
         raise DataError(data, f"Table III needs complete labels of a held-out split: ground_truth/complete.pkl "
                               f"and a '{split}' split in splits.json (the synthetic layout)")
     volumes = splits[split]
+    if any(name in CLEANED for name in names):
+        layout.table3_dir.mkdir(parents=True, exist_ok=True)
+        truth = load_truth(truth_path, "p3d")
+        sets.update({name: cleaned_label_set(sets[name], truth, layout) for name in names if name in CLEANED})
     table = {"split": split, "volumes": len(volumes), "preset": preset.name, "seeds": seeds, "rows": []}
     for detector, labels in rows:
         per_seed = []

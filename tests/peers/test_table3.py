@@ -7,8 +7,12 @@ from pathlib import Path
 import pytest
 
 from lesion_harvester.config import load_preset
-from lesion_harvester.peers.table3 import ROWS, parse_rows, run_table3
+from lesion_harvester.evaluation.matching import VolumeTruth
+from lesion_harvester.harvest.label_sets import label_set
+from lesion_harvester.io.annotations import read_tracklets
+from lesion_harvester.peers.table3 import ROWS, cleaned_label_set, parse_rows, run_table3
 from lesion_harvester.report.table3 import render_table3
+from lesion_harvester.structures import SliceBox
 from tests.conftest import label_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -23,6 +27,36 @@ def test_rows_parse():
     assert parse_rows("MSCN:R+P+N, RetinaNet:R") == [("MSCN", "R+P+N"), ("RetinaNet", "R")]
     with pytest.raises(ValueError, match="unknown rows"):
         parse_rows("RetinaNet:R+P+N")  # an anchor-based detector has no HNSL
+    assert parse_rows("MSCN:R+Pclean+Nclean,RetinaNet:R+Pclean") == [("MSCN", "R+Pclean+Nclean"),
+                                                                    ("RetinaNet", "R+Pclean")]
+    with pytest.raises(ValueError, match="unknown rows"):
+        parse_rows("RetinaNet:R+Pclean+Nclean")
+
+
+def test_cleaned_label_sets_leave_out_the_harvests_mistakes(tiny_dataset, tmp_path):
+    layout, key = label_run(tmp_path, tiny_dataset)
+    on_the_mark, elsewhere = read_tracklets(layout.harvested)[key]
+    (negative,) = read_tracklets(layout.hard_negatives)[key]
+
+    def truth_of(*lesions):  # complete labels: each lesion on the key slice of a tracklet
+        return {key: VolumeTruth.from_slice_boxes([SliceBox(t.key_z, tuple(t.boxes_xyxy_px[t.key_index]))
+                                                   for t in lesions])}
+
+    def kept(path):
+        return [t.boxes_xyxy_px.tolist() for t in read_tracklets(path).get(key, [])]
+
+    # the harvested lesion on the mark is a lesion, the one elsewhere is not; the hard negative is a lesion
+    clean = cleaned_label_set(label_set(layout.root, "R+P+N"), truth_of(on_the_mark, negative), layout)
+    assert clean.name == "R+Pclean+Nclean" and clean.data == tiny_dataset.resolve()
+    assert kept(clean.extra_positives) == [on_the_mark.boxes_xyxy_px.tolist()]
+    assert kept(clean.hard_negatives) == []
+    # now the hard negative is no lesion: kept; R+P has no negatives to clean
+    clean = cleaned_label_set(label_set(layout.root, "R+P+N"), truth_of(elsewhere), layout)
+    assert kept(clean.extra_positives) == [elsewhere.boxes_xyxy_px.tolist()]
+    assert kept(clean.hard_negatives) == [negative.boxes_xyxy_px.tolist()]
+    clean = cleaned_label_set(label_set(layout.root, "R+P"), truth_of(elsewhere), layout)
+    assert clean.name == "R+Pclean" and clean.hard_negatives is None
+    assert read_tracklets(layout.harvested)[key][1].boxes_xyxy_px.tolist() == elsewhere.boxes_xyxy_px.tolist()
 
 
 @pytest.mark.slow
@@ -42,6 +76,11 @@ def test_a_tiny_table3_end_to_end(tiny_dataset, tmp_path, capsys):
     assert len(list(layout.table3_dir.glob("*_seed0/result.json"))) == len(ROWS)
     assert "num_slices: 3" in (layout.table3_dir / "CenterNet_R_seed0" / "config.yaml").read_text()
     assert "| RetinaNet | R+P | 1 |" in layout.table3_md.read_text()
+    # a cleaned row on request, beside the others
+    cleaned = run_table3(layout.root, load_preset("tiny", SMALL), [0], [("MSCN", "R+Pclean+Nclean")], progress=False)
+    assert [r["labels"] for r in cleaned["rows"]] == ["R+Pclean+Nclean"]
+    assert (layout.table3_dir / "MSCN_R+Pclean+Nclean_seed0" / "result.json").is_file()
+    assert layout.table3_clean_positives.is_file() and layout.table3_clean_negatives.is_file()
     # a rerun trains and scans nothing: every row is read back
     stamps = {p: p.stat().st_mtime_ns for p in layout.table3_dir.glob("*/result.json")}
     again = run_table3(layout.root, load_preset("tiny", SMALL), [0], progress=False)
