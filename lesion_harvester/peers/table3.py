@@ -98,6 +98,11 @@ def _train_and_scan(detector: str, labels: LabelSet, preset: Preset, folder: Pat
     return detections
 
 
+def _scored(layout: RunLayout, detector: str, labels: str, seed: int) -> Path:
+    """The result of one (row, training seed); its folder holds the row's checkpoints and detections."""
+    return layout.table3_dir / f"{detector}_{labels}_seed{seed}" / "result.json"
+
+
 def _stat(values: list[float]) -> dict:
     return {"mean": round(float(np.mean(values)), 4), "min": round(float(np.min(values)), 4),
             "max": round(float(np.max(values)), 4)}
@@ -105,8 +110,9 @@ def _stat(values: list[float]) -> dict:
 
 def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list[tuple[str, str]] | None = None,
                split: str = "detection_test", device: str = "cpu", progress: bool = True) -> dict:
-    """Train, scan and score every (row, seed) not yet scored; writes and returns the table
-    (``RUN/table3.json`` and ``RUN/table3.md``)."""
+    """Train, scan and score every (row, seed) of ``rows`` not yet scored; writes and returns the table
+    (``RUN/table3.json`` and ``RUN/table3.md``) of every row scored for ``seeds``, in the paper's order
+    and the cleaned rows after it."""
     layout = RunLayout(Path(run_dir))
     rows = list(ROWS) if rows is None else rows
     names = list(dict.fromkeys(labels for _, labels in rows))
@@ -122,19 +128,22 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
         layout.table3_dir.mkdir(parents=True, exist_ok=True)
         truth = load_truth(truth_path, "p3d")
         sets.update({name: cleaned_label_set(sets[name], truth, layout) for name in names if name in CLEANED})
-    table = {"split": split, "volumes": len(volumes), "preset": preset.name, "seeds": seeds, "rows": []}
     for detector, labels in rows:
-        per_seed = []
         for seed in seeds:
-            folder = layout.table3_dir / f"{detector}_{labels}_seed{seed}"
-            scored = folder / "result.json"
+            scored = _scored(layout, detector, labels, seed)
             if not scored.is_file():
                 log.info("Table III: %s on %s, training seed %d", detector, labels, seed)
-                detections = _train_and_scan(detector, sets[labels], _row_preset(preset, detector, seed), folder,
-                                             split, device, progress)
+                detections = _train_and_scan(detector, sets[labels], _row_preset(preset, detector, seed),
+                                             scored.parent, split, device, progress)
                 result = evaluate_files(truth_path, detections, volumes=volumes).to_json()
                 atomic_write_text(scored, json.dumps(result, indent=1))
-            per_seed.append(json.loads(scored.read_text()))
+    # the table shows every row scored for these seeds: those asked for now and those of earlier calls
+    table = {"split": split, "volumes": len(volumes), "preset": preset.name, "seeds": seeds, "rows": []}
+    for detector, labels in ROWS + CLEANED_ROWS:
+        files = [_scored(layout, detector, labels, seed) for seed in seeds]
+        if not all(f.is_file() for f in files):
+            continue
+        per_seed = [json.loads(f.read_text()) for f in files]
         table["lesions"] = per_seed[0]["n_gt"]
         table["rows"].append({
             "detector": detector, "labels": labels, "seeds": seeds,

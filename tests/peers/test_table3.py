@@ -78,13 +78,16 @@ def test_a_tiny_table3_end_to_end(tiny_dataset, tmp_path, capsys):
     assert "| RetinaNet | R+P | 1 |" in layout.table3_md.read_text()
     # a cleaned row on request, beside the others
     cleaned = run_table3(layout.root, load_preset("tiny", SMALL), [0], [("MSCN", "R+Pclean+Nclean")], progress=False)
-    assert [r["labels"] for r in cleaned["rows"]] == ["R+Pclean+Nclean"]
+    # the table keeps the rows of the earlier call, the new one after them
+    assert [(r["detector"], r["labels"]) for r in cleaned["rows"]] == [*ROWS, ("MSCN", "R+Pclean+Nclean")]
+    assert cleaned["rows"][: len(ROWS)] == table["rows"]
+    assert "| MSCN | R+Pclean+Nclean | 1 |" in layout.table3_md.read_text()
     assert (layout.table3_dir / "MSCN_R+Pclean+Nclean_seed0" / "result.json").is_file()
     assert layout.table3_clean_positives.is_file() and layout.table3_clean_negatives.is_file()
     # a rerun trains and scans nothing: every row is read back
     stamps = {p: p.stat().st_mtime_ns for p in layout.table3_dir.glob("*/result.json")}
     again = run_table3(layout.root, load_preset("tiny", SMALL), [0], progress=False)
-    assert again["rows"] == table["rows"]
+    assert again["rows"] == cleaned["rows"]
     assert {p: p.stat().st_mtime_ns for p in layout.table3_dir.glob("*/result.json")} == stamps
 
 
