@@ -45,7 +45,6 @@ def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volum
     return [round(float((is_false & (scores >= t)).sum()) / max(n_volumes, 1), 3) for t in at]
 
 
-@common.guarded
 def lesion_shares(items: dict[str, list], is_lesion, groups: dict[str, set[str]]) -> dict[str, dict]:
     """Per group of volumes: how many of ``items`` ({volume: [Tracklet]}) there are and the share
     ``is_lesion(volume, tracklet)`` holds for (None where the group has none)."""
@@ -56,6 +55,7 @@ def lesion_shares(items: dict[str, list], is_lesion, groups: dict[str, set[str]]
     return shares
 
 
+@common.guarded
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
     parser.add_argument("data")
