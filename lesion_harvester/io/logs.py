@@ -14,13 +14,18 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 @contextlib.contextmanager
 def log_to_file(path: str | Path, command: Sequence[str] = (), level: int = logging.INFO) -> Iterator[Path]:
     """Append this process's log records (``level`` and up) to ``path`` while the block runs,
-    starting with the ``command`` line if given. Appending keeps the story of a resumed run."""
+    starting with the ``command`` line if given. Appending keeps the story of a resumed run. The root
+    logger passes ``level`` while the block runs, also where no command set logging up (the Python
+    API, a benchmark script): Python's default would drop everything under WARNING."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(FORMAT))
     handler.setLevel(level)
     root = logging.getLogger()
+    root_level = root.level
+    if root.getEffectiveLevel() > level:
+        root.setLevel(level)
     root.addHandler(handler)
     try:
         if command:
@@ -31,4 +36,5 @@ def log_to_file(path: str | Path, command: Sequence[str] = (), level: int = logg
         raise
     finally:
         root.removeHandler(handler)
+        root.setLevel(root_level)
         handler.close()
