@@ -5,11 +5,14 @@
 
 RUN is a harvest's --out folder of a synthetic dataset (the data and V_M's labels are the ones the
 harvest was given). Rows: MSCN (9 slices) and CenterNet (3 slices) on R, R+P and R+P+N; MONAI's
-RetinaNet on R and R+P (lesion_harvester/peers/table3.py). Each (row, training seed) trains into
-RUN/table3/, scans the split and is scored with the P3D evaluation against ground_truth/complete.pkl;
-rows already scored are reused, so a killed table continues. Writes RUN/table3.json and RUN/table3.md
-(which the harvest's report then includes: lesion-harvester report RUN). The preset defaults to the
-harvest's own (RUN/config.yaml).
+RetinaNet on R and R+P (lesion_harvester/peers/table3.py). On request only, the cleaned label sets
+R+Pclean and R+Pclean+Nclean (the harvest's mistakes taken out by the complete labels), e.g.
+``--rows MSCN:R+Pclean,MSCN:R+Pclean+Nclean``: what the wrong labels cost a detector. Each (row,
+training seed) trains into RUN/table3/, scans the split and is scored with the P3D evaluation
+against ground_truth/complete.pkl; rows already scored are reused, so a killed table continues.
+Writes RUN/table3.json and RUN/table3.md, every row scored for the seeds, not only those asked for
+this time (the harvest's report then includes them: lesion-harvester report RUN). The preset
+defaults to the harvest's own (RUN/config.yaml).
 """
 
 from __future__ import annotations
