@@ -6,6 +6,8 @@ R+P (an anchor-based detector has no HNSL). Each row is trained once per trainin
 ``RUN/table3/<detector>_<labels>_seed<k>/``, scans the test split and is scored with the P3D
 evaluation against the complete labels (the synthetic ``ground_truth/complete.pkl``). A (row, seed)
 already scored is reused, so a killed table continues; training and scanning resume inside too.
+Where the harvest added no label (it harvested nothing), R+P is R: that row is R's row, reused and
+marked ``same_labels_as``, not trained a second time.
 
 Rows on request only (``--rows``), a diagnostic that needs complete labels: ``R+Pclean`` and
 ``R+Pclean+Nclean``, the same label sets with the harvest's mistakes taken out by the ground truth
@@ -76,6 +78,15 @@ def cleaned_label_set(base: LabelSet, truth: dict[str, VolumeTruth], layout: Run
                                hard_negatives=keep(base.hard_negatives, False, layout.table3_clean_negatives))
 
 
+def adds_nothing(labels: LabelSet) -> bool:
+    """Whether a label set other than R holds no harvested lesion and no hard negative: a harvest that
+    harvested nothing leaves R+P (and R+Pclean) the very labels of R, so their rows are R's row."""
+    def empty(path: str | None) -> bool:
+        return path is None or not any(read_tracklets(path).values())
+
+    return labels.name != "R" and empty(labels.extra_positives) and empty(labels.hard_negatives)
+
+
 def _row_preset(preset: Preset, detector: str, seed: int) -> Preset:
     lpg = dataclasses.replace(preset.lpg, num_slices=3) if detector == "CenterNet" else preset.lpg
     return dataclasses.replace(preset, lpg=lpg, lpg_train=dataclasses.replace(preset.lpg_train, seed=seed))
@@ -128,15 +139,29 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
         layout.table3_dir.mkdir(parents=True, exist_ok=True)
         truth = load_truth(truth_path, "p3d")
         sets.update({name: cleaned_label_set(sets[name], truth, layout) for name in names if name in CLEANED})
+    if any(adds_nothing(sets[name]) for name in names) and "R" not in sets:
+        sets["R"] = label_set(layout.root, "R")
+
+    def score(detector: str, labels: str, seed: int) -> None:
+        scored = _scored(layout, detector, labels, seed)
+        if scored.is_file():
+            return
+        if adds_nothing(sets[labels]):  # the same training as R's row (CPU training is seeded): reuse it
+            score(detector, "R", seed)
+            result = {**json.loads(_scored(layout, detector, "R", seed).read_text()), "same_labels_as": "R"}
+            log.info("Table III: %s on %s is %s on R (the harvest added no label), training seed %d",
+                     detector, labels, detector, seed)
+        else:
+            log.info("Table III: %s on %s, training seed %d", detector, labels, seed)
+            detections = _train_and_scan(detector, sets[labels], _row_preset(preset, detector, seed),
+                                         scored.parent, split, device, progress)
+            result = evaluate_files(truth_path, detections, volumes=volumes).to_json()
+        scored.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(scored, json.dumps(result, indent=1))
+
     for detector, labels in rows:
         for seed in seeds:
-            scored = _scored(layout, detector, labels, seed)
-            if not scored.is_file():
-                log.info("Table III: %s on %s, training seed %d", detector, labels, seed)
-                detections = _train_and_scan(detector, sets[labels], _row_preset(preset, detector, seed),
-                                             scored.parent, split, device, progress)
-                result = evaluate_files(truth_path, detections, volumes=volumes).to_json()
-                atomic_write_text(scored, json.dumps(result, indent=1))
+            score(detector, labels, seed)
     # the table shows every row scored for these seeds: those asked for now and those of earlier calls
     table = {"split": split, "volumes": len(volumes), "preset": preset.name, "seeds": seeds, "rows": []}
     for detector, labels in ROWS + CLEANED_ROWS:
@@ -150,6 +175,7 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
             "froc": {r: _stat([s["froc"][r] for s in per_seed]) for r in FP_RATES},
             "ap": _stat([s["ap"] for s in per_seed]),
             "per_seed": [{"seed": seed, "ap": s["ap"], "froc": s["froc"]} for seed, s in zip(seeds, per_seed)],
+            **({"same_labels_as": "R"} if per_seed[0].get("same_labels_as") else {}),
         })
     atomic_write_text(layout.table3_json, json.dumps(table, indent=1))
     atomic_write_text(layout.table3_md, "\n".join(["# Table III", *render_table3(table)[1:]]) + "\n")

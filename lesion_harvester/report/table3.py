@@ -39,7 +39,8 @@ def render_table3(results: dict) -> list[str]:
              "(hard_negatives.pkl, through the HNSL).", "", header, rule]
     for row in results["rows"]:
         cells = [_cell(row["froc"][r]) for r in FP_RATES] + [_cell(row["ap"])]
-        lines.append(f"| {row['detector']} | {row['labels']} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+        labels = row["labels"] + (" (= R: nothing harvested)" if row.get("same_labels_as") else "")
+        lines.append(f"| {row['detector']} | {labels} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "The paper's Table III (V_D^test of DeepLesion, %):", "", header, rule]
     for (detector, labels), (froc, ap) in PAPER_TABLE3.items():
         lines.append(f"| {detector} | {labels} | - | " + " | ".join(f"{v:.1f}" for v in froc) + f" | {ap:.1f} |")

@@ -9,8 +9,9 @@ import pytest
 from lesion_harvester.config import load_preset
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.harvest.label_sets import label_set
-from lesion_harvester.io.annotations import read_tracklets
-from lesion_harvester.peers.table3 import ROWS, cleaned_label_set, parse_rows, run_table3
+from lesion_harvester.io.annotations import read_tracklets, write_tracklets
+from lesion_harvester.peers import table3
+from lesion_harvester.peers.table3 import ROWS, adds_nothing, cleaned_label_set, parse_rows, run_table3
 from lesion_harvester.report.table3 import render_table3
 from lesion_harvester.structures import SliceBox
 from tests.conftest import label_run
@@ -57,6 +58,35 @@ def test_cleaned_label_sets_leave_out_the_harvests_mistakes(tiny_dataset, tmp_pa
     clean = cleaned_label_set(label_set(layout.root, "R+P"), truth_of(elsewhere), layout)
     assert clean.name == "R+Pclean" and clean.hard_negatives is None
     assert read_tracklets(layout.harvested)[key][1].boxes_xyxy_px.tolist() == elsewhere.boxes_xyxy_px.tolist()
+
+
+def test_a_harvest_that_harvested_nothing_trains_r_plus_p_once_as_r(tiny_dataset, tmp_path, monkeypatch):
+    layout, _ = label_run(tmp_path, tiny_dataset)
+    write_tracklets(layout.harvested, {})  # every round harvested nothing; its hard negatives remain
+    trained = []
+
+    def fake_train_and_scan(detector, labels, preset, folder, split, device, progress):
+        trained.append((detector, labels.name))
+        folder.mkdir(parents=True, exist_ok=True)
+        write_tracklets(folder / "detections.pkl", {})
+        return folder / "detections.pkl"
+
+    monkeypatch.setattr(table3, "_train_and_scan", fake_train_and_scan)
+    assert adds_nothing(label_set(layout.root, "R+P")) and not adds_nothing(label_set(layout.root, "R+P+N"))
+    assert not adds_nothing(label_set(layout.root, "R"))
+    rows = [("MSCN", "R+P"), ("MSCN", "R+P+N"), ("RetinaNet", "R+P"), ("MSCN", "R+Pclean")]
+    table = run_table3(layout.root, load_preset("tiny"), [0, 1], rows, progress=False)
+    # R+P and R+Pclean are R's rows: R is trained once per seed (not asked for, it is scored too)
+    assert trained == [("MSCN", "R"), ("MSCN", "R"), ("MSCN", "R+P+N"), ("MSCN", "R+P+N"),
+                       ("RetinaNet", "R"), ("RetinaNet", "R")]
+    by_row = {(r["detector"], r["labels"]): r for r in table["rows"]}
+    assert by_row[("MSCN", "R+P")]["same_labels_as"] == "R" and "same_labels_as" not in by_row[("MSCN", "R")]
+    assert "same_labels_as" not in by_row[("MSCN", "R+P+N")]
+    assert by_row[("MSCN", "R+Pclean")]["ap"] == by_row[("MSCN", "R")]["ap"]
+    assert "| MSCN | R+P (= R: nothing harvested) | 2 |" in layout.table3_md.read_text()
+    # a rerun trains nothing
+    run_table3(layout.root, load_preset("tiny"), [0, 1], rows, progress=False)
+    assert len(trained) == 6
 
 
 @pytest.mark.slow
