@@ -23,6 +23,7 @@ from pathlib import Path
 
 CACHE_FOLDER = ".lesion_harvester_cache"
 LOCK_FILE = ".lock"  # in a run or training folder: held by the command that writes it
+ROW_LOCK_FILE = ".row.lock"  # in a Table III row's folder: held while a table trains, scans and scores it
 
 
 CACHE_ENV = "LESION_HARVESTER_CACHE_DIR"  # the default of every command's --cache-dir
@@ -196,6 +197,11 @@ class RunLayout:
     def table3_dir(self) -> Path:
         """One folder per detector, label set and training seed: checkpoints, detections, results."""
         return self.root / "table3"
+
+    def table3_row(self, detector: str, labels: str, seed: int) -> Path:
+        """The folder of one row and training seed (``MSCN_R+P_seed0``): its checkpoints, detections,
+        ``result.json``, and ``.row.lock`` while a table works on it."""
+        return self.table3_dir / f"{detector}_{labels}_seed{seed}"
 
     @property
     def table3_clean_positives(self) -> Path:

@@ -8,6 +8,9 @@ evaluation against the complete labels (the synthetic ``ground_truth/complete.pk
 already scored is reused, so a killed table continues; training and scanning resume inside too.
 Where the harvest added no label (it harvested nothing), R+P is R: that row is R's row, reused and
 marked ``same_labels_as``, not trained a second time.
+Several tables may run at once on one harvest (one per GPU, or per core): a row in the works
+is locked (``.row.lock`` in its folder) and the others go on with the next row; run the table
+again once they end for the rows they skipped.
 
 Rows on request only (``--rows``), a diagnostic that needs complete labels: ``R+Pclean`` and
 ``R+Pclean+Nclean``, the same label sets with the harvest's mistakes taken out by the ground truth
@@ -31,10 +34,11 @@ from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.harvest.label_sets import LabelSet, label_set
 from lesion_harvester.io.annotations import read_tracklets, write_tracklets
 from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.io.locks import OutputLock, OutputLocked
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import train_lpg
-from lesion_harvester.paths import RunLayout, TrainLayout
+from lesion_harvester.paths import ROW_LOCK_FILE, RunLayout, TrainLayout
 from lesion_harvester.peers.retinanet import propose_retinanet, train_retinanet
 from lesion_harvester.report.table3 import FP_RATES, render_table3
 
@@ -111,7 +115,7 @@ def _train_and_scan(detector: str, labels: LabelSet, preset: Preset, folder: Pat
 
 def _scored(layout: RunLayout, detector: str, labels: str, seed: int) -> Path:
     """The result of one (row, training seed); its folder holds the row's checkpoints and detections."""
-    return layout.table3_dir / f"{detector}_{labels}_seed{seed}" / "result.json"
+    return layout.table3_row(detector, labels, seed) / "result.json"
 
 
 def _stat(values: list[float]) -> dict:
@@ -142,12 +146,25 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
     if any(adds_nothing(sets[name]) for name in names) and "R" not in sets:
         sets["R"] = label_set(layout.root, "R")
 
+    skipped: list[str] = []
+
     def score(detector: str, labels: str, seed: int) -> None:
         scored = _scored(layout, detector, labels, seed)
         if scored.is_file():
             return
+        try:
+            with OutputLock(scored.parent / ROW_LOCK_FILE, scored.parent):
+                if not scored.is_file():  # another table may have scored it since
+                    train_and_score(detector, labels, seed, scored)
+        except OutputLocked as busy:  # another table works on this row: go on with the next
+            log.warning("Table III: %s on %s, training seed %d, skipped: %s", detector, labels, seed, busy)
+            skipped.append(f"{detector}:{labels} seed {seed}")
+
+    def train_and_score(detector: str, labels: str, seed: int, scored: Path) -> None:
         if adds_nothing(sets[labels]):  # the same training as R's row (CPU training is seeded): reuse it
             score(detector, "R", seed)
+            if not _scored(layout, detector, "R", seed).is_file():
+                return  # R's row is busy in another table
             result = {**json.loads(_scored(layout, detector, "R", seed).read_text()), "same_labels_as": "R"}
             log.info("Table III: %s on %s is %s on R (the harvest added no label), training seed %d",
                      detector, labels, detector, seed)
@@ -156,12 +173,14 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
             detections = _train_and_scan(detector, sets[labels], _row_preset(preset, detector, seed),
                                          scored.parent, split, device, progress)
             result = evaluate_files(truth_path, detections, volumes=volumes).to_json()
-        scored.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(scored, json.dumps(result, indent=1))
 
     for detector, labels in rows:
         for seed in seeds:
             score(detector, labels, seed)
+    if skipped:
+        log.warning("Table III: %d rows were busy in another table (%s); run this again when it ends",
+                    len(skipped), ", ".join(skipped))
     # the table shows every row scored for these seeds: those asked for now and those of earlier calls
     table = {"split": split, "volumes": len(volumes), "preset": preset.name, "seeds": seeds, "rows": []}
     for detector, labels in ROWS + CLEANED_ROWS:

@@ -10,6 +10,8 @@ from lesion_harvester.config import load_preset
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.harvest.label_sets import label_set
 from lesion_harvester.io.annotations import read_tracklets, write_tracklets
+from lesion_harvester.io.locks import OutputLock
+from lesion_harvester.paths import ROW_LOCK_FILE
 from lesion_harvester.peers import table3
 from lesion_harvester.peers.table3 import ROWS, adds_nothing, cleaned_label_set, parse_rows, run_table3
 from lesion_harvester.report.table3 import render_table3
@@ -67,7 +69,6 @@ def test_a_harvest_that_harvested_nothing_trains_r_plus_p_once_as_r(tiny_dataset
 
     def fake_train_and_scan(detector, labels, preset, folder, split, device, progress):
         trained.append((detector, labels.name))
-        folder.mkdir(parents=True, exist_ok=True)
         write_tracklets(folder / "detections.pkl", {})
         return folder / "detections.pkl"
 
@@ -87,6 +88,27 @@ def test_a_harvest_that_harvested_nothing_trains_r_plus_p_once_as_r(tiny_dataset
     # a rerun trains nothing
     run_table3(layout.root, load_preset("tiny"), [0, 1], rows, progress=False)
     assert len(trained) == 6
+
+
+def test_a_row_another_table_works_on_is_skipped_and_done_by_a_later_call(tiny_dataset, tmp_path, monkeypatch):
+    layout, _ = label_run(tmp_path, tiny_dataset)
+    trained = []
+
+    def fake_train_and_scan(detector, labels, preset, folder, split, device, progress):
+        trained.append((detector, labels.name))
+        write_tracklets(folder / "detections.pkl", {})
+        return folder / "detections.pkl"
+
+    monkeypatch.setattr(table3, "_train_and_scan", fake_train_and_scan)
+    rows = [("MSCN", "R"), ("MSCN", "R+P"), ("CenterNet", "R")]
+    busy = layout.table3_row("MSCN", "R", 0)
+    with OutputLock(busy / ROW_LOCK_FILE, busy):  # as another process training MSCN on R would hold it
+        table = run_table3(layout.root, load_preset("tiny"), [0], rows, progress=False)
+    assert trained == [("MSCN", "R+P"), ("CenterNet", "R")]
+    assert [(r["detector"], r["labels"]) for r in table["rows"]] == [("MSCN", "R+P"), ("CenterNet", "R")]
+    assert not (busy / "result.json").exists() and not (busy / ROW_LOCK_FILE).exists()
+    table = run_table3(layout.root, load_preset("tiny"), [0], rows, progress=False)
+    assert trained[2:] == [("MSCN", "R")] and len(table["rows"]) == 3
 
 
 @pytest.mark.slow
