@@ -62,17 +62,23 @@ def test_cleaned_label_sets_leave_out_the_harvests_mistakes(tiny_dataset, tmp_pa
     assert read_tracklets(layout.harvested)[key][1].boxes_xyxy_px.tolist() == elsewhere.boxes_xyxy_px.tolist()
 
 
-def test_a_harvest_that_harvested_nothing_trains_r_plus_p_once_as_r(tiny_dataset, tmp_path, monkeypatch):
-    layout, _ = label_run(tmp_path, tiny_dataset)
-    write_tracklets(layout.harvested, {})  # every round harvested nothing; its hard negatives remain
-    trained = []
+@pytest.fixture
+def trained(monkeypatch):
+    """The rows a table trains, (detector, label set) in order; each 'training' detects nothing."""
+    rows = []
 
     def fake_train_and_scan(detector, labels, preset, folder, split, device, progress):
-        trained.append((detector, labels.name))
+        rows.append((detector, labels.name))
         write_tracklets(folder / "detections.pkl", {})
         return folder / "detections.pkl"
 
     monkeypatch.setattr(table3, "_train_and_scan", fake_train_and_scan)
+    return rows
+
+
+def test_a_harvest_that_harvested_nothing_trains_r_plus_p_once_as_r(tiny_dataset, tmp_path, trained):
+    layout, _ = label_run(tmp_path, tiny_dataset)
+    write_tracklets(layout.harvested, {})  # every round harvested nothing; its hard negatives remain
     assert adds_nothing(label_set(layout.root, "R+P")) and not adds_nothing(label_set(layout.root, "R+P+N"))
     assert not adds_nothing(label_set(layout.root, "R"))
     rows = [("MSCN", "R+P"), ("MSCN", "R+P+N"), ("RetinaNet", "R+P"), ("MSCN", "R+Pclean")]
@@ -90,16 +96,8 @@ def test_a_harvest_that_harvested_nothing_trains_r_plus_p_once_as_r(tiny_dataset
     assert len(trained) == 6
 
 
-def test_a_row_another_table_works_on_is_skipped_and_done_by_a_later_call(tiny_dataset, tmp_path, monkeypatch):
+def test_a_row_another_table_works_on_is_skipped_and_done_by_a_later_call(tiny_dataset, tmp_path, trained):
     layout, _ = label_run(tmp_path, tiny_dataset)
-    trained = []
-
-    def fake_train_and_scan(detector, labels, preset, folder, split, device, progress):
-        trained.append((detector, labels.name))
-        write_tracklets(folder / "detections.pkl", {})
-        return folder / "detections.pkl"
-
-    monkeypatch.setattr(table3, "_train_and_scan", fake_train_and_scan)
     rows = [("MSCN", "R"), ("MSCN", "R+P"), ("CenterNet", "R")]
     busy = layout.table3_row("MSCN", "R", 0)
     with OutputLock(busy / ROW_LOCK_FILE, busy):  # as another process training MSCN on R would hold it
