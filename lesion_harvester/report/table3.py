@@ -28,20 +28,30 @@ def _cell(stat: dict) -> str:
     return f"{stat['mean']:.3f} ({stat['min']:.3f}-{stat['max']:.3f})"
 
 
+def _gain(ap: float, r_ap: float | None, labels: str, fmt: str = "{:+.3f}") -> str:
+    """AP minus the same detector's AP on R (the claim of Table III); '-' for R itself or no R row."""
+    return "-" if labels == "R" or r_ap is None else fmt.format(ap - r_ap)
+
+
 def render_table3(results: dict) -> list[str]:
     """Markdown lines: this run's Table III (mean and range over seeds), then the paper's."""
-    header = "| detector | labels | seeds | " + " | ".join(f"{r} FP" for r in FP_RATES) + " | AP |"
-    rule = "|---" * (len(FP_RATES) + 4) + "|"
+    header = "| detector | labels | seeds | " + " | ".join(f"{r} FP" for r in FP_RATES) + " | AP | AP - R |"
+    rule = "|---" * (len(FP_RATES) + 5) + "|"
+    r_ap = {row["detector"]: row["ap"]["mean"] for row in results["rows"] if row["labels"] == "R"}
     lines = ["", "## Table III: detectors trained on this harvest's label sets", "",
              f"On `{results['split']}` ({results['volumes']} volumes, {results['lesions']} lesions), P3D: "
-             "sensitivity at FP per volume and AP, the mean over training seeds (range in brackets). R = the "
+             "sensitivity at FP per volume and AP, the mean over training seeds (range in brackets); AP - R, the "
+             "gain over the same detector trained on R. R = the "
              "marks and V_M's labels, P = the harvested lesions (harvested.pkl), N = the hard negatives "
              "(hard_negatives.pkl, through the HNSL).", "", header, rule]
     for row in results["rows"]:
         cells = [_cell(row["froc"][r]) for r in FP_RATES] + [_cell(row["ap"])]
         labels = row["labels"] + (" (= R: nothing harvested)" if row.get("same_labels_as") else "")
+        cells.append(_gain(row["ap"]["mean"], r_ap.get(row["detector"]), row["labels"]))
         lines.append(f"| {row['detector']} | {labels} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     lines += ["", "The paper's Table III (V_D^test of DeepLesion, %):", "", header, rule]
     for (detector, labels), (froc, ap) in PAPER_TABLE3.items():
-        lines.append(f"| {detector} | {labels} | - | " + " | ".join(f"{v:.1f}" for v in froc) + f" | {ap:.1f} |")
+        gain = _gain(ap, PAPER_TABLE3[(detector, "R")][1], labels, "{:+.1f}")
+        cells = [f"{v:.1f}" for v in froc] + [f"{ap:.1f}", gain]
+        lines.append(f"| {detector} | {labels} | - | " + " | ".join(cells) + " |")
     return lines

@@ -145,6 +145,11 @@ def test_the_markdown_shows_mean_and_range_beside_the_paper():
     stat = {"mean": 0.5, "min": 0.4, "max": 0.6}
     row = {"detector": "MSCN", "labels": "R", "seeds": [0, 1], "ap": stat,
            "froc": {r: stat for r in ("0.125", "0.25", "0.5", "1", "2", "4", "8")}}
-    text = "\n".join(render_table3({"split": "detection_test", "volumes": 3, "lesions": 7, "rows": [row]}))
-    assert "| MSCN | R | 2 | 0.500 (0.400-0.600)" in text
-    assert "| MSCN | R+P+N | - | 19.9 | 27.1 | 36.2 | 46.8 | 56.9 | 66.8 | 74.7 | 51.9 |" in text
+    better = {**row, "labels": "R+P+N", "ap": {"mean": 0.58, "min": 0.55, "max": 0.61}}
+    alone = {**row, "detector": "CenterNet", "labels": "R+P"}  # no CenterNet on R: no gain to show
+    text = "\n".join(render_table3({"split": "detection_test", "volumes": 3, "lesions": 7,
+                                    "rows": [row, better, alone]}))
+    assert "| MSCN | R | 2 | 0.500 (0.400-0.600)" in text and "0.500 (0.400-0.600) | - |" in text
+    assert "| 0.580 (0.550-0.610) | +0.080 |" in text
+    assert text.count("0.500 (0.400-0.600) | - |") == 2  # R itself, and CenterNet R+P without its R
+    assert "| MSCN | R+P+N | - | 19.9 | 27.1 | 36.2 | 46.8 | 56.9 | 66.8 | 74.7 | 51.9 | +8.9 |" in text
