@@ -23,6 +23,7 @@ from pathlib import Path
 
 CACHE_FOLDER = ".lesion_harvester_cache"
 LOCK_FILE = ".lock"  # in a run or training folder: held by the command that writes it
+TABLE3_FIGURE = "table3_froc.png"  # in a run folder, beside table3.md and report.md that link to it
 ROW_LOCK_FILE = ".row.lock"  # in a Table III row's folder: held while a table trains, scans and scores it
 
 
@@ -220,6 +221,11 @@ class RunLayout:
     @property
     def table3_md(self) -> Path:
         return self.root / "table3.md"
+
+    @property
+    def table3_png(self) -> Path:
+        """The table's FROC points as a figure (linked from table3.md and the report)."""
+        return self.root / TABLE3_FIGURE
 
 
 UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")

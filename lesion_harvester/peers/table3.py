@@ -40,6 +40,7 @@ from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import train_lpg
 from lesion_harvester.paths import ROW_LOCK_FILE, RunLayout, TrainLayout
 from lesion_harvester.peers.retinanet import propose_retinanet, train_retinanet
+from lesion_harvester.report.plots import plot_table3
 from lesion_harvester.report.table3 import FP_RATES, render_table3
 
 log = logging.getLogger(__name__)
@@ -197,5 +198,7 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
             **({"same_labels_as": "R"} if per_seed[0].get("same_labels_as") else {}),
         })
     atomic_write_text(layout.table3_json, json.dumps(table, indent=1))
+    if table["rows"]:
+        plot_table3(table, FP_RATES, layout.table3_png)
     atomic_write_text(layout.table3_md, "\n".join(["# Table III", *render_table3(table)[1:]]) + "\n")
     return table

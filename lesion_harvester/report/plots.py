@@ -47,3 +47,36 @@ def plot_pr(results: dict, path: str | Path, title: str = "precision-recall", po
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower left")
     save_figure(fig, path)
+
+
+TABLE3_COLOURS = {"MSCN": "tab:blue", "CenterNet": "tab:orange", "RetinaNet": "tab:green"}
+TABLE3_STYLES = {"R": "-", "R+P": "--", "R+P+N": ":", "R+Pclean": (0, (5, 1, 1, 1)), "R+Pclean+Nclean": "-."}
+
+
+def plot_table3(table: dict, fp_rates: tuple[str, ...], path: str | Path) -> None:
+    """Table III as FROC points: sensitivity at ``fp_rates`` false positives per volume (log x), the
+    mean over training seeds with their range shaded; a colour per detector, a line style per label set.
+
+    ``table`` is what :func:`lesion_harvester.peers.table3.run_table3` returns."""
+    fig = Figure(figsize=(9, 4.8))
+    ax = fig.subplots()
+    x = [float(r) for r in fp_rates]
+    for row in table["rows"]:
+        mean = [row["froc"][r]["mean"] for r in fp_rates]
+        colour = TABLE3_COLOURS.get(row["detector"], "black")
+        ax.plot(x, mean, marker="o", ms=3, color=colour, linestyle=TABLE3_STYLES.get(row["labels"], "-"),
+                label=f"{row['detector']} {row['labels']} (AP {row['ap']['mean']:.3f})")
+        if len(row["seeds"]) > 1:
+            ax.fill_between(x, [row["froc"][r]["min"] for r in fp_rates], [row["froc"][r]["max"] for r in fp_rates],
+                            color=colour, alpha=0.08)
+    ax.set_xscale("log")
+    ax.minorticks_off()  # the log axis's own minor labels would overlap the rates'
+    ax.set_xticks(x, list(fp_rates))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false positives per volume")
+    ax.set_ylabel("sensitivity")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"Table III on {table['split']} ({table['volumes']} volumes, {table.get('lesions', '?')} lesions)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the curves, not on them
+    fig.subplots_adjust(left=0.09, right=0.66)
+    save_figure(fig, path)

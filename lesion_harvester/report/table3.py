@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from lesion_harvester.paths import TABLE3_FIGURE
+
 FP_RATES = ("0.125", "0.25", "0.5", "1", "2", "4", "8")
 
 # The paper's Table III (V_D^test, P3D): sensitivity (%) at FP_RATES per volume, AP (%); the paper's
@@ -39,7 +41,7 @@ def render_table3(results: dict) -> list[str]:
     rule = "|---" * (len(FP_RATES) + 5) + "|"
     r_ap = {row["detector"]: row["ap"]["mean"] for row in results["rows"] if row["labels"] == "R"}
     lines = ["", "## Table III: detectors trained on this harvest's label sets", "",
-             f"On `{results['split']}` ({results['volumes']} volumes, {results['lesions']} lesions), P3D: "
+             f"On `{results['split']}` ({results['volumes']} volumes, {results.get('lesions', '?')} lesions), P3D: "
              "sensitivity at FP per volume and AP, the mean over training seeds (range in brackets); AP - R, the "
              "gain over the same detector trained on R. R = the "
              "marks and V_M's labels, P = the harvested lesions (harvested.pkl), N = the hard negatives "
@@ -49,6 +51,8 @@ def render_table3(results: dict) -> list[str]:
         labels = row["labels"] + (" (= R: nothing harvested)" if row.get("same_labels_as") else "")
         cells.append(_gain(row["ap"]["mean"], r_ap.get(row["detector"]), row["labels"]))
         lines.append(f"| {row['detector']} | {labels} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    if results["rows"]:  # peers.table3 draws the figure whenever a row is scored
+        lines += ["", f"![Table III as FROC points]({TABLE3_FIGURE})"]
     lines += ["", "The paper's Table III (V_D^test of DeepLesion, %):", "", header, rule]
     for (detector, labels), (froc, ap) in PAPER_TABLE3.items():
         gain = _gain(ap, PAPER_TABLE3[(detector, "R")][1], labels, "{:+.1f}")

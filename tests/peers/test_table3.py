@@ -91,6 +91,9 @@ def test_a_harvest_that_harvested_nothing_trains_r_plus_p_once_as_r(tiny_dataset
     assert "same_labels_as" not in by_row[("MSCN", "R+P+N")]
     assert by_row[("MSCN", "R+Pclean")]["ap"] == by_row[("MSCN", "R")]["ap"]
     assert "| MSCN | R+P (= R: nothing harvested) | 2 |" in layout.table3_md.read_text()
+    # the figure beside the table, linked from it
+    assert layout.table3_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({layout.table3_png.name})" in layout.table3_md.read_text()
     # a rerun trains nothing
     run_table3(layout.root, load_preset("tiny"), [0, 1], rows, progress=False)
     assert len(trained) == 6
@@ -153,3 +156,6 @@ def test_the_markdown_shows_mean_and_range_beside_the_paper():
     assert "| 0.580 (0.550-0.610) | +0.080 |" in text
     assert text.count("0.500 (0.400-0.600) | - |") == 2  # R itself, and CenterNet R+P without its R
     assert "| MSCN | R+P+N | - | 19.9 | 27.1 | 36.2 | 46.8 | 56.9 | 66.8 | 74.7 | 51.9 | +8.9 |" in text
+    # no row scored yet (all busy in other tables): the paper's table alone, no figure
+    text = "\n".join(render_table3({"split": "detection_test", "volumes": 3, "rows": []}))
+    assert "| MSCN | R+P+N | - | 19.9" in text and "![" not in text
