@@ -349,6 +349,14 @@ class RetinaNetConfig(_Checked):
 
 
 @dataclass(frozen=True)
+class Table3Config(_Checked):
+    """Detectors trained on a harvest's label sets (peers/table3.py, the paper's Table III): every row
+    trains with ``lpg_train``'s crops, augmentation and schedule, except what is set here."""
+
+    epochs: int = 0  # each row's training epochs (0: lpg_train.epochs, the LPG's own)
+
+
+@dataclass(frozen=True)
 class HarvestConfig(_Checked):
     """Harvest rounds (paper Sec. III-D, III-E)."""
 
@@ -405,6 +413,7 @@ class Preset:
     lpc: LPCConfig = field(default_factory=LPCConfig)
     retinanet: RetinaNetConfig = field(default_factory=RetinaNetConfig)
     harvest: HarvestConfig = field(default_factory=HarvestConfig)
+    table3: Table3Config = field(default_factory=Table3Config)
 
 
 # --- checking ------------------------------------------------------------------------------------
@@ -550,6 +559,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retinanet.score_threshold": (lambda v: _is_number(v) and 0 <= v < 1, "a score in [0, 1)"),
     "retinanet.nms_iou": (lambda v: _is_number(v) and 0 < v <= 1, "an IoU in (0, 1]"),
     "retinanet.detections_per_slice": _at_least(1),
+    "table3.epochs": _at_least(0),
     "harvest.min_new_lesions": _at_least(0),
     "harvest.precision": (lambda v: _is_number(v) and 0 < v <= 1, "a precision in (0, 1]"),
     "harvest.verify_iou": _number_between(0, 1, "an IoU", open_low=True),

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lesion_harvester.config import Preset, dump_config, settings_fingerprint
+from lesion_harvester.config import Preset, Table3Config, dump_config, settings_fingerprint
 from lesion_harvester.device import resolve_device
 from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import ConfigError
@@ -168,6 +168,16 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
         raise
 
 
+def harvest_fingerprint(preset: Preset, data: Path, fully_annotated: str | None, holdout: str | None) -> str:
+    """What a harvest run folder must be resumed with: its data and every setting that shapes the
+    harvest. Not the synthetic data's settings, the preset's name, --rounds (it may grow between
+    runs of one harvest) nor Table III's (detectors trained on the finished harvest)."""
+    return settings_fingerprint(
+        dataclasses.replace(preset, synth=None, name="", harvest=dataclasses.replace(preset.harvest, rounds=0),
+                            table3=Table3Config()),
+        str(data.resolve()), fully_annotated, holdout)
+
+
 def _open_ledger(data: Path, layout: RunLayout, preset: Preset, inputs: Partition, calibration: list[str],
                  held_out_marks: list[str], fully_annotated: str | None, holdout: str | None, device: str,
                  progress: bool, dist: Distributed, cache_dir: str | Path | None,
@@ -175,10 +185,7 @@ def _open_ledger(data: Path, layout: RunLayout, preset: Preset, inputs: Partitio
     """The main rank's part of :func:`open_run`: the ledger, created or checked."""
     ensure_folder(layout.root)
     ledger = Ledger(layout.ledger)
-    # --rounds may grow between runs of one harvest; every other setting must match
-    fingerprint = settings_fingerprint(
-        dataclasses.replace(preset, synth=None, name="", harvest=dataclasses.replace(preset.harvest, rounds=0)),
-        str(data.resolve()), fully_annotated, holdout)
+    fingerprint = harvest_fingerprint(preset, data, fully_annotated, holdout)
     stored = ledger.get_meta("fingerprint")
     if stored is not None and stored != fingerprint:
         ledger.close()

@@ -94,7 +94,8 @@ def adds_nothing(labels: LabelSet) -> bool:
 
 def _row_preset(preset: Preset, detector: str, seed: int) -> Preset:
     lpg = dataclasses.replace(preset.lpg, num_slices=3) if detector == "CenterNet" else preset.lpg
-    return dataclasses.replace(preset, lpg=lpg, lpg_train=dataclasses.replace(preset.lpg_train, seed=seed))
+    train = dataclasses.replace(preset.lpg_train, seed=seed, epochs=preset.table3.epochs or preset.lpg_train.epochs)
+    return dataclasses.replace(preset, lpg=lpg, lpg_train=train)
 
 
 def _train_and_scan(detector: str, labels: LabelSet, preset: Preset, folder: Path, split: str, device: str,

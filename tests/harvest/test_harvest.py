@@ -113,6 +113,23 @@ def test_harvest_refuses_a_folder_with_other_settings(tiny_dataset, tmp_path, ca
     assert "other settings" in capsys.readouterr().err
 
 
+def test_table3_settings_do_not_change_what_a_harvest_resumes_with(tiny_dataset):
+    import dataclasses
+
+    from lesion_harvester.config import Table3Config, load_preset
+    from lesion_harvester.harvest.rounds import harvest_fingerprint
+
+    demo = load_preset("demo")
+    assert demo.table3.epochs == 2  # the demo's Table III smoke path
+
+    def of(preset):
+        return harvest_fingerprint(preset, tiny_dataset, None, None)
+
+    assert of(demo) == of(dataclasses.replace(demo, table3=Table3Config()))
+    assert of(demo) == of(load_preset("demo", ["table3.epochs=5", "harvest.rounds=5"]))
+    assert of(demo) != of(load_preset("demo", ["harvest.precision=0.9"]))
+
+
 def test_real_layout_needs_the_released_files(tmp_path, capsys):
     from lesion_harvester.io.deeplesion import read_dl_info, write_dl_info
     from tests.conftest import shared_path

@@ -25,6 +25,14 @@ SMALL = ["lpg_train.epochs=1", "lpg_train.iters_per_epoch=2", "lpg_train.batch_s
          "lpg_train.mine_hard_background=false"]
 
 
+def test_a_rows_training_settings():
+    centernet = table3._row_preset(load_preset("demo"), "CenterNet", 1)
+    assert (centernet.lpg.num_slices, centernet.lpg_train.seed, centernet.lpg_train.epochs) == (3, 1, 2)
+    bench = load_preset("bench")
+    mscn = table3._row_preset(bench, "MSCN", 0)  # table3.epochs 0: the LPG's own epochs
+    assert mscn.lpg == bench.lpg and mscn.lpg_train == bench.lpg_train
+
+
 def test_rows_parse():
     assert parse_rows("all") == list(ROWS) and parse_rows(None) == list(ROWS)
     assert parse_rows("MSCN:R+P+N, RetinaNet:R") == [("MSCN", "R+P+N"), ("RetinaNet", "R")]
