@@ -125,66 +125,55 @@ def _stat(values: list[float]) -> dict:
             "max": round(float(np.max(values)), 4)}
 
 
-def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list[tuple[str, str]] | None = None,
-               split: str = "detection_test", device: str = "cpu", progress: bool = True) -> dict:
-    """Train, scan and score every (row, seed) of ``rows`` not yet scored; writes and returns the table
-    (``RUN/table3.json`` and ``RUN/table3.md``) of every row scored for ``seeds``, in the paper's order
-    and the cleaned rows after it."""
-    layout = RunLayout(Path(run_dir))
-    rows = list(ROWS) if rows is None else rows
-    names = list(dict.fromkeys(labels for _, labels in rows))
-    sets = {name: label_set(layout.root, CLEANED.get(name, name)) for name in names}
-    data = next(iter(sets.values())).data
-    truth_path = data / "ground_truth" / "complete.pkl"
-    splits = read_splits(data) or {}
-    if not truth_path.is_file() or split not in splits:
-        raise DataError(data, f"Table III needs complete labels of a held-out split: ground_truth/complete.pkl "
-                              f"and a '{split}' split in splits.json (the synthetic layout)")
-    volumes = splits[split]
-    if any(name in CLEANED for name in names):
-        layout.table3_dir.mkdir(parents=True, exist_ok=True)
-        truth = load_truth(truth_path, "p3d")
-        sets.update({name: cleaned_label_set(sets[name], truth, layout) for name in names if name in CLEANED})
-    if any(adds_nothing(sets[name]) for name in names) and "R" not in sets:
-        sets["R"] = label_set(layout.root, "R")
+@dataclasses.dataclass
+class _Rows:
+    """Trains, scans and scores (row, seed)s of one harvest's table; remembers those busy elsewhere."""
 
-    skipped: list[str] = []
+    layout: RunLayout
+    sets: dict[str, LabelSet]  # label set name -> what its rows train on
+    preset: Preset
+    truth_path: Path  # the complete labels
+    split: str
+    volumes: list[str]  # the split's volumes
+    device: str
+    progress: bool
+    skipped: list[str] = dataclasses.field(default_factory=list)
 
-    def score(detector: str, labels: str, seed: int) -> None:
-        scored = _scored(layout, detector, labels, seed)
+    def score(self, detector: str, labels: str, seed: int) -> None:
+        """Write the row's result.json unless it is there already or another table works on the row."""
+        scored = _scored(self.layout, detector, labels, seed)
         if scored.is_file():
             return
         try:
             with OutputLock(scored.parent / ROW_LOCK_FILE, scored.parent):
                 if not scored.is_file():  # another table may have scored it since
-                    train_and_score(detector, labels, seed, scored)
+                    self._train_and_score(detector, labels, seed, scored)
         except OutputLocked as busy:  # another table works on this row: go on with the next
             log.warning("Table III: %s on %s, training seed %d, skipped: %s", detector, labels, seed, busy)
-            skipped.append(f"{detector}:{labels} seed {seed}")
+            self.skipped.append(f"{detector}:{labels} seed {seed}")
 
-    def train_and_score(detector: str, labels: str, seed: int, scored: Path) -> None:
-        if adds_nothing(sets[labels]):  # the same training as R's row (CPU training is seeded): reuse it
-            score(detector, "R", seed)
-            if not _scored(layout, detector, "R", seed).is_file():
-                return  # R's row is busy in another table
-            result = {**json.loads(_scored(layout, detector, "R", seed).read_text()), "same_labels_as": "R"}
+    def _train_and_score(self, detector: str, labels: str, seed: int, scored: Path) -> None:
+        if adds_nothing(self.sets[labels]):  # the same training as R's row (CPU training is seeded): reuse it
+            self.score(detector, "R", seed)
+            r_scored = _scored(self.layout, detector, "R", seed)
+            if not r_scored.is_file():  # R's row is busy in another table
+                self.skipped.append(f"{detector}:{labels} seed {seed} (R's row)")
+                return
+            result = {**json.loads(r_scored.read_text()), "same_labels_as": "R"}
             log.info("Table III: %s on %s is %s on R (the harvest added no label), training seed %d",
                      detector, labels, detector, seed)
         else:
             log.info("Table III: %s on %s, training seed %d", detector, labels, seed)
-            detections = _train_and_scan(detector, sets[labels], _row_preset(preset, detector, seed),
-                                         scored.parent, split, device, progress)
-            result = evaluate_files(truth_path, detections, volumes=volumes).to_json()
+            detections = _train_and_scan(detector, self.sets[labels], _row_preset(self.preset, detector, seed),
+                                         scored.parent, self.split, self.device, self.progress)
+            result = evaluate_files(self.truth_path, detections, volumes=self.volumes).to_json()
         atomic_write_text(scored, json.dumps(result, indent=1))
 
-    for detector, labels in rows:
-        for seed in seeds:
-            score(detector, labels, seed)
-    if skipped:
-        log.warning("Table III: %d rows were busy in another table (%s); run this again when it ends",
-                    len(skipped), ", ".join(skipped))
-    # the table shows every row scored for these seeds: those asked for now and those of earlier calls
-    table = {"split": split, "volumes": len(volumes), "preset": preset.name, "seeds": seeds, "rows": []}
+
+def _write_table(layout: RunLayout, seeds: list[int], split: str, volumes: int, preset_name: str) -> dict:
+    """table3.json, table3.md and the figure of every row scored for ``seeds``: those asked for now and
+    those of earlier calls, in the paper's order and the cleaned rows after it."""
+    table = {"split": split, "volumes": volumes, "preset": preset_name, "seeds": seeds, "rows": []}
     for detector, labels in ROWS + CLEANED_ROWS:
         files = [_scored(layout, detector, labels, seed) for seed in seeds]
         if not all(f.is_file() for f in files):
@@ -203,3 +192,33 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
         plot_table3(table, FP_RATES, layout.table3_png)
     atomic_write_text(layout.table3_md, "\n".join(["# Table III", *render_table3(table)[1:]]) + "\n")
     return table
+
+
+def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list[tuple[str, str]] | None = None,
+               split: str = "detection_test", device: str = "cpu", progress: bool = True) -> dict:
+    """Train, scan and score every (row, seed) of ``rows`` not yet scored; writes and returns the table
+    (``RUN/table3.json``, ``RUN/table3.md``, ``RUN/table3_froc.png``) of every row scored for ``seeds``."""
+    layout = RunLayout(Path(run_dir))
+    rows = list(ROWS) if rows is None else rows
+    names = list(dict.fromkeys(labels for _, labels in rows))
+    sets = {name: label_set(layout.root, CLEANED.get(name, name)) for name in names}
+    data = next(iter(sets.values())).data
+    truth_path = data / "ground_truth" / "complete.pkl"
+    splits = read_splits(data) or {}
+    if not truth_path.is_file() or split not in splits:
+        raise DataError(data, f"Table III needs complete labels of a held-out split: ground_truth/complete.pkl "
+                              f"and a '{split}' split in splits.json (the synthetic layout)")
+    if any(name in CLEANED for name in names):
+        layout.table3_dir.mkdir(parents=True, exist_ok=True)
+        truth = load_truth(truth_path, "p3d")
+        sets.update({name: cleaned_label_set(sets[name], truth, layout) for name in names if name in CLEANED})
+    if any(adds_nothing(sets[name]) for name in names) and "R" not in sets:
+        sets["R"] = label_set(layout.root, "R")
+    work = _Rows(layout, sets, preset, truth_path, split, splits[split], device, progress)
+    for detector, labels in rows:
+        for seed in seeds:
+            work.score(detector, labels, seed)
+    if work.skipped:
+        log.warning("Table III: %d rows were busy in another table (%s); run this again when it ends",
+                    len(work.skipped), ", ".join(work.skipped))
+    return _write_table(layout, seeds, split, len(splits[split]), preset.name)
