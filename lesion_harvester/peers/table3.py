@@ -138,6 +138,10 @@ class _Rows:
     device: str
     progress: bool
     skipped: list[str] = dataclasses.field(default_factory=list)
+    same_as_r: set[str] = dataclasses.field(init=False)  # label sets that add nothing to R (read once)
+
+    def __post_init__(self) -> None:
+        self.same_as_r = {name for name, labels in self.sets.items() if adds_nothing(labels)}
 
     def score(self, detector: str, labels: str, seed: int) -> None:
         """Write the row's result.json unless it is there already or another table works on the row."""
@@ -153,7 +157,7 @@ class _Rows:
             self.skipped.append(f"{detector}:{labels} seed {seed}")
 
     def _train_and_score(self, detector: str, labels: str, seed: int, scored: Path) -> None:
-        if adds_nothing(self.sets[labels]):  # the same training as R's row (CPU training is seeded): reuse it
+        if labels in self.same_as_r:  # the same training as R's row (CPU training is seeded): reuse it
             self.score(detector, "R", seed)
             r_scored = _scored(self.layout, detector, "R", seed)
             if not r_scored.is_file():  # R's row is busy in another table
@@ -212,9 +216,9 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
         layout.table3_dir.mkdir(parents=True, exist_ok=True)
         truth = load_truth(truth_path, "p3d")
         sets.update({name: cleaned_label_set(sets[name], truth, layout) for name in names if name in CLEANED})
-    if any(adds_nothing(sets[name]) for name in names) and "R" not in sets:
-        sets["R"] = label_set(layout.root, "R")
     work = _Rows(layout, sets, preset, truth_path, split, splits[split], device, progress)
+    if work.same_as_r and "R" not in sets:  # their rows are R's
+        sets["R"] = label_set(layout.root, "R")
     for detector, labels in rows:
         for seed in seeds:
             work.score(detector, labels, seed)
