@@ -10,7 +10,7 @@ R+Pclean and R+Pclean+Nclean (the harvest's mistakes taken out by the complete l
 ``--rows MSCN:R+Pclean,MSCN:R+Pclean+Nclean``: what the wrong labels cost a detector. Each (row,
 training seed) trains into RUN/table3/, scans the split and is scored with the P3D evaluation
 against ground_truth/complete.pkl; rows already scored are reused, so a killed table continues.
-Writes RUN/table3.json and RUN/table3.md, every row scored for the seeds, not only those asked for
+Writes RUN/table3.json, RUN/table3.md and RUN/table3_froc.png, every row scored for the seeds, not only those asked for
 this time (the harvest's report then includes them: lesion-harvester report RUN). The preset
 defaults to the harvest's own (RUN/config.yaml).
 """

@@ -142,6 +142,8 @@ class _Rows:
 
     def __post_init__(self) -> None:
         self.same_as_r = {name for name, labels in self.sets.items() if adds_nothing(labels)}
+        if self.same_as_r and "R" not in self.sets:  # their rows are R's
+            self.sets["R"] = label_set(self.layout.root, "R")
 
     def score(self, detector: str, labels: str, seed: int) -> None:
         """Write the row's result.json unless it is there already or another table works on the row."""
@@ -217,8 +219,6 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
         truth = load_truth(truth_path, "p3d")
         sets.update({name: cleaned_label_set(sets[name], truth, layout) for name in names if name in CLEANED})
     work = _Rows(layout, sets, preset, truth_path, split, splits[split], device, progress)
-    if work.same_as_r and "R" not in sets:  # their rows are R's
-        sets["R"] = label_set(layout.root, "R")
     for detector, labels in rows:
         for seed in seeds:
             work.score(detector, labels, seed)
