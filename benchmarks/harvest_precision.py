@@ -11,8 +11,10 @@ harvest/precision.py); and the false positives per volume among the new proposal
 scores, on V_M (its complete labels) and on V_H (the complete labels the harvest never saw): where
 V_M has markedly fewer, a threshold set on V_M is too low for V_H. Last, how many of the hard
 negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled ``hard_negatives.pkl``
-that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. The run
-folder is only read.
+that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. Where
+DATA also holds the lesions' 3D boxes (``ground_truth/boxes_3d.pkl``), the pooled harvested lesions
+and hard negatives are sorted by what they sit on: a lesion, part of one (a box off the lesion's key
+slice or too loose for P3D, still inside it in 3D), or no lesion at all. The run folder is only read.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
-from lesion_harvester.evaluation.matching import covers_a_lesion
+from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.precision import precision_lower_bound
 from lesion_harvester.harvest.verify import covers_marks
@@ -43,6 +45,22 @@ def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volum
     """False positives (``is_false``) per volume with a score >= each of ``at``; (N,) inputs."""
     scores, is_false = np.asarray(scores, dtype=np.float64), np.asarray(is_false, dtype=bool)
     return [round(float((is_false & (scores >= t)).sum()) / max(n_volumes, 1), 3) for t in at]
+
+
+def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth],
+                truth_3d: dict[str, VolumeTruth]) -> dict[str, int]:
+    """What ``items`` ({volume: [Tracklet]}) sit on: ``lesion`` (P3D IoU >= 0.5 against ``truth``),
+    ``part_of_lesion`` (not that, but overlapping a lesion's 3D box in ``truth_3d``) or ``no_lesion``."""
+    kinds = {"lesion": 0, "part_of_lesion": 0, "no_lesion": 0}
+    for volume, tracklets in items.items():
+        for tracklet in tracklets:
+            if covers_a_lesion(tracklet, truth.get(volume)):
+                kinds["lesion"] += 1
+            elif covers_a_lesion(tracklet, truth_3d.get(volume), "iou3d", iou=1e-9):
+                kinds["part_of_lesion"] += 1
+            else:
+                kinds["no_lesion"] += 1
+    return kinds
 
 
 def lesion_shares(items: dict[str, list], is_lesion, groups: dict[str, set[str]]) -> dict[str, dict]:
@@ -114,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
                        "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r))})
     pooled = hard_negative_shares(layout.hard_negatives)
     ledger.close()
+    kinds = {}
+    boxes_3d = Path(args.data) / "ground_truth" / "boxes_3d.pkl"
+    if boxes_3d.is_file():  # Table III's P and N: where the harvest's labels sit
+        truth_3d = load_truth(boxes_3d, "iou3d")
+        kinds = {name: label_kinds(read_tracklets(path), truth, truth_3d)
+                 for name, path in (("harvested", layout.harvested), ("hard_negatives", layout.hard_negatives))
+                 if path.is_file()}
     lines = []
     for e in rounds:
         t = "none" if e["threshold"] is None else f"{e['threshold']:.3f}"
@@ -131,7 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")
     if pooled:
         lines.append(f"hard_negatives.pkl (Table III's N), lesions among them: {_shares(pooled)}")
-    common.report({"run": args.run, "rounds": rounds, "hard_negatives": pooled}, args.json, *lines)
+    for name, k in kinds.items():
+        lines.append(f"{name}.pkl sits on: a lesion {k['lesion']}, part of one {k['part_of_lesion']}, "
+                     f"no lesion {k['no_lesion']}")
+    common.report({"run": args.run, "rounds": rounds, "hard_negatives": pooled, "label_kinds": kinds},
+                  args.json, *lines)
     return 0
 
 

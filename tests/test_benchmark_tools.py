@@ -248,6 +248,21 @@ def test_lesion_shares_splits_hard_negatives_by_volume_group():
     assert shares == {"v_h": {"n": 4, "lesions": 0.25}, "v_m": {"n": 0, "lesions": None}}
 
 
+def test_label_kinds_tells_a_lesion_from_part_of_one_and_from_nothing():
+    from lesion_harvester.evaluation.matching import VolumeTruth
+    from lesion_harvester.structures import Box3D, SliceBox
+
+    tool = _load("harvest_precision")
+    truth = {"a": VolumeTruth.from_slice_boxes([SliceBox(5, (10.0, 10.0, 30.0, 30.0))])}
+    truth_3d = {"a": VolumeTruth.from_boxes_3d([Box3D((10.0, 10.0, 30.0, 30.0), (3.0, 7.0))])}
+    on_key_slice = Tracklet.single_slice(5, [10, 10, 30, 30], 0.9)
+    off_key_slice = Tracklet.single_slice(3, [10, 10, 30, 30], 0.9)  # inside the lesion, not on its key slice
+    beside = Tracklet.single_slice(5, [60, 60, 80, 80], 0.9)
+    elsewhere = Tracklet.single_slice(5, [10, 10, 30, 30], 0.9)  # a volume without lesions
+    kinds = tool.label_kinds({"a": [on_key_slice, off_key_slice, beside], "b": [elsewhere]}, truth, truth_3d)
+    assert kinds == {"lesion": 1, "part_of_lesion": 1, "no_lesion": 2}
+
+
 @pytest.mark.slow
 def test_bench_scale_runs_one_and_two_processes_and_samples_memory(tiny_checkpoint, tmp_path, capsys):
     tool = _load("bench_scale")
