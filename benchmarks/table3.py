@@ -9,7 +9,8 @@ RetinaNet on R and R+P (lesion_harvester/peers/table3.py). On request only, the 
 R+Pclean and R+Pclean+Nclean (the harvest's mistakes taken out by the complete labels), e.g.
 ``--rows MSCN:R+Pclean,MSCN:R+Pclean+Nclean``: what the wrong labels cost a detector. Each (row,
 training seed) trains into RUN/table3/, scans the split and is scored with the P3D evaluation
-against ground_truth/complete.pkl; rows already scored are reused, so a killed table continues.
+against ground_truth/complete.pkl; rows already scored are reused, so a killed table continues
+(those scored with other settings, e.g. another --set, stop the table with an error instead).
 Writes RUN/table3.json, RUN/table3.md and RUN/table3_froc.png, every row scored for the seeds, not only those asked for
 this time (the harvest's report then includes them: lesion-harvester report RUN). The preset
 defaults to the harvest's own (RUN/config.yaml).

@@ -5,7 +5,9 @@ Rows: the MSCN (9 slices) and the plain CenterNet (3 slices), each on R, R+P and
 R+P (an anchor-based detector has no HNSL). Each row is trained once per training seed into
 ``RUN/table3/<detector>_<labels>_seed<k>/``, scans the test split and is scored with the P3D
 evaluation against the complete labels (the synthetic ``ground_truth/complete.pkl``). A (row, seed)
-already scored is reused, so a killed table continues; training and scanning resume inside too.
+already scored is reused, so a killed table continues; training and scanning resume inside too. A row
+scored with other settings (another preset, ``--set``, another split) is an error, not reused: each
+setting tried gets its own copy of the harvest folder.
 Where the harvest added no label (it harvested nothing), R+P is R: that row is R's row, reused and
 marked ``same_labels_as``, not trained a second time.
 Several tables may run at once on one harvest (one per GPU, or per core): a row in the works
@@ -27,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_harvester.config import Preset
-from lesion_harvester.errors import DataError
+from lesion_harvester.config import Preset, fingerprint
+from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.api import evaluate_files, load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.harvest.label_sets import LabelSet, label_set
@@ -98,6 +100,14 @@ def _row_preset(preset: Preset, detector: str, seed: int) -> Preset:
     return dataclasses.replace(preset, lpg=lpg, lpg_train=train)
 
 
+def row_settings(preset: Preset, detector: str, labels: str, seed: int, split: str) -> str:
+    """What a scored row must share with the table that reuses it: the settings that shape its
+    training and scan (those of its own preset, :func:`_row_preset`), its label set and the split."""
+    row = _row_preset(preset, detector, seed)
+    network = row.retinanet if detector == "RetinaNet" else row.lpg
+    return fingerprint(row.preprocess, network, row.lpg_train, row.scan, row.stack, detector, labels, seed, split)
+
+
 def _train_and_scan(detector: str, labels: LabelSet, preset: Preset, folder: Path, split: str, device: str,
                     progress: bool) -> Path:
     """Train one row into ``folder`` and scan ``split``; returns the detections file."""
@@ -149,6 +159,7 @@ class _Rows:
         """Write the row's result.json unless it is there already or another table works on the row."""
         scored = _scored(self.layout, detector, labels, seed)
         if scored.is_file():
+            self._check_settings(scored, detector, labels, seed)
             return
         try:
             with OutputLock(scored.parent / ROW_LOCK_FILE, scored.parent):
@@ -157,6 +168,15 @@ class _Rows:
         except OutputLocked as busy:  # another table works on this row: go on with the next
             log.warning("Table III: %s on %s, training seed %d, skipped: %s", detector, labels, seed, busy)
             self.skipped.append(f"{detector}:{labels} seed {seed}")
+
+    def _check_settings(self, scored: Path, detector: str, labels: str, seed: int) -> None:
+        """A row scored with other settings (``--set``, another preset) is not this table's row."""
+        recorded = json.loads(scored.read_text()).get("settings")
+        # rows scored before the settings were recorded (2026-12-02) carry none: reused as they are
+        if recorded is not None and recorded != row_settings(self.preset, detector, labels, seed, self.split):
+            raise ConfigError(f"{scored}: this row was trained or scored with other settings than this table's "
+                              f"(preset, --set or --split); table3.py reuses a scored row, so give the other "
+                              f"settings their own copy of the harvest folder, or delete {scored.parent}")
 
     def _train_and_score(self, detector: str, labels: str, seed: int, scored: Path) -> None:
         if labels in self.same_as_r:  # the same training as R's row (CPU training is seeded): reuse it
@@ -173,6 +193,7 @@ class _Rows:
             detections = _train_and_scan(detector, self.sets[labels], _row_preset(self.preset, detector, seed),
                                          scored.parent, self.split, self.device, self.progress)
             result = evaluate_files(self.truth_path, detections, volumes=self.volumes).to_json()
+        result["settings"] = row_settings(self.preset, detector, labels, seed, self.split)
         atomic_write_text(scored, json.dumps(result, indent=1))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lesion_harvester.config import load_preset
+from lesion_harvester.errors import ConfigError
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.harvest.label_sets import label_set
 from lesion_harvester.io.annotations import read_tracklets, write_tracklets
@@ -118,6 +119,28 @@ def test_a_row_another_table_works_on_is_skipped_and_done_by_a_later_call(tiny_d
     assert not (busy / "result.json").exists() and not (busy / ROW_LOCK_FILE).exists()
     table = run_table3(layout.root, load_preset("tiny"), [0], rows, progress=False)
     assert trained[2:] == [("MSCN", "R")] and len(table["rows"]) == 3
+
+
+def test_a_scored_row_is_reused_only_with_the_settings_it_was_scored_with(tiny_dataset, tmp_path, trained):
+    layout, _ = label_run(tmp_path, tiny_dataset)
+    rows = [("MSCN", "R"), ("CenterNet", "R+P")]
+    run_table3(layout.root, load_preset("tiny"), [0], rows, progress=False)
+    run_table3(layout.root, load_preset("tiny"), [0], rows, progress=False)  # the same settings: reused
+    assert trained == rows
+    for changed in (["lpg_train.lr=0.01"], ["stack.score_threshold=0.2"], ["table3.epochs=3"]):
+        with pytest.raises(ConfigError, match="other settings"):
+            run_table3(layout.root, load_preset("tiny", changed), [0], rows, progress=False)
+    with pytest.raises(ConfigError, match="other settings"):  # another split is another row
+        run_table3(layout.root, load_preset("tiny"), [0], rows[:1], split="harvest_test", progress=False)
+    # the RetinaNet peer's own settings are its rows' settings; the LPC's are no row's
+    run_table3(layout.root, load_preset("tiny", ["retinanet.fpn_channels=16", "lpc.epochs=3"]), [0], rows,
+               progress=False)
+    assert trained == rows
+    # a row scored before the settings were recorded is reused as it is
+    result = layout.table3_row("MSCN", "R", 0) / "result.json"
+    result.write_text(json.dumps({k: v for k, v in json.loads(result.read_text()).items() if k != "settings"}))
+    run_table3(layout.root, load_preset("tiny", ["lpg_train.lr=0.01"]), [0], rows[:1], progress=False)
+    assert trained == rows
 
 
 @pytest.mark.slow
