@@ -14,11 +14,15 @@ negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled `
 that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. Where
 DATA also holds the lesions' 3D boxes (``ground_truth/boxes_3d.pkl``), the pooled harvested lesions
 and hard negatives are sorted by what they sit on: a lesion, part of one (a box off the lesion's key
-slice or too loose for P3D, still inside it in 3D), or no lesion at all. The run folder is only read.
+slice or too loose for P3D, still inside it in 3D), or no lesion at all, and by size (long side of
+the key-slice box less DeepLesion's padding, in lpg_errors.py's sensitivity bins) beside V_H's
+lesions: hard negatives mostly smaller than the lesions teach the HNSL to suppress small lesions
+too. The run folder is only read.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -36,6 +40,7 @@ from lesion_harvester.paths import RunLayout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common
+from lpg_errors import BOX_PADDING_PX, SENSITIVITY_BINS_MM
 
 FP_SCORES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -61,6 +66,14 @@ def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth],
             else:
                 kinds["no_lesion"] += 1
     return kinds
+
+
+def size_shares(boxes: list[tuple], edges=SENSITIVITY_BINS_MM) -> list[float]:
+    """Shares of ``boxes`` ((box_xyxy_px, pixel_mm) pairs) by long side in mm, less DeepLesion's
+    padding, in the bins ``edges``."""
+    sides = [(max(b[2] - b[0], b[3] - b[1]) - BOX_PADDING_PX) * mm for b, mm in boxes]
+    counts, _ = np.histogram(sides, edges)
+    return [round(float(c) / max(len(sides), 1), 3) for c in counts]
 
 
 def lesion_shares(items: dict[str, list], is_lesion, groups: dict[str, set[str]]) -> dict[str, dict]:
@@ -136,9 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     boxes_3d = Path(args.data) / "ground_truth" / "boxes_3d.pkl"
     if boxes_3d.is_file():  # Table III's P and N: where the harvest's labels sit
         truth_3d = load_truth(boxes_3d, "iou3d")
-        kinds = {name: label_kinds(read_tracklets(path), truth, truth_3d)
-                 for name, path in (("harvested", layout.harvested), ("hard_negatives", layout.hard_negatives))
-                 if path.is_file()}
+        volumes = json.loads((Path(args.data) / "ground_truth" / "volumes.json").read_text())
+        pixel_mm = {v["key"]: v["pixel_mm"] for v in volumes}
+        for name, path in (("harvested", layout.harvested), ("hard_negatives", layout.hard_negatives)):
+            if path.is_file():
+                items = read_tracklets(path)
+                pairs = [(t.boxes_xyxy_px[t.key_index], pixel_mm[v]) for v, ts in items.items() for t in ts]
+                kinds[name] = {**label_kinds(items, truth, truth_3d), "size_shares": size_shares(pairs)}
+        pairs = [(box, pixel_mm[v]) for v in v_h if v in truth for box in truth[v].boxes]
+        kinds["v_h_lesions"] = {"size_shares": size_shares(pairs)}
     lines = []
     for e in rounds:
         t = "none" if e["threshold"] is None else f"{e['threshold']:.3f}"
@@ -156,9 +175,14 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")
     if pooled:
         lines.append(f"hard_negatives.pkl (Table III's N), lesions among them: {_shares(pooled)}")
+    bins = "/".join(f"{lo:g}" for lo in SENSITIVITY_BINS_MM[:-1])
     for name, k in kinds.items():
-        lines.append(f"{name}.pkl sits on: a lesion {k['lesion']}, part of one {k['part_of_lesion']}, "
-                     f"no lesion {k['no_lesion']}")
+        sizes = f"long side from {bins} mm: {' / '.join(f'{v:.2f}' for v in k['size_shares'])}"
+        if name == "v_h_lesions":
+            lines.append(f"V_H's lesions (complete labels), {sizes}")
+        else:
+            lines.append(f"{name}.pkl sits on: a lesion {k['lesion']}, part of one {k['part_of_lesion']}, "
+                         f"no lesion {k['no_lesion']}; {sizes}")
     common.report({"run": args.run, "rounds": rounds, "hard_negatives": pooled, "label_kinds": kinds},
                   args.json, *lines)
     return 0

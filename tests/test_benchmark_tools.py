@@ -263,6 +263,14 @@ def test_label_kinds_tells_a_lesion_from_part_of_one_and_from_nothing():
     assert kinds == {"lesion": 1, "part_of_lesion": 1, "no_lesion": 2}
 
 
+def test_size_shares_bin_long_sides_in_mm_without_the_padding():
+    tool = _load("harvest_precision")
+    # long sides 14 px and 30 px less 10 px of padding: 4 px at 1 mm, 20 px at 0.5 mm and 1.0 mm
+    boxes = [((0, 0, 14, 8), 1.0), ((0, 0, 20, 30), 0.5), ((0, 0, 20, 30), 1.0), ((0, 0, 30, 12), 1.0)]
+    assert tool.size_shares(boxes, (0, 5, 10, 20, np.inf)) == [0.25, 0.0, 0.25, 0.5]
+    assert tool.size_shares([], (0, 5, np.inf)) == [0.0, 0.0]
+
+
 @pytest.mark.slow
 def test_bench_scale_runs_one_and_two_processes_and_samples_memory(tiny_checkpoint, tmp_path, capsys):
     tool = _load("bench_scale")
