@@ -249,9 +249,6 @@ class LPGTrainConfig(_Checked):
     # (complete labels, so these are true negatives) become centres of background crops
     mine_hard_background: bool = False
     mined_fraction: float = 0.5  # share of background crops centred on mined false positives
-    # with hard negatives (HNSL), at most this share of the object crops is centred on one; the rest
-    # on lesions (the negatives may outnumber the lesions many times)
-    negative_fraction: float = 0.5
     mine_min_score: float = 0.2
     mine_per_slice: int = 3
     batch_size: int = 8
@@ -517,7 +514,6 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lpg_train.soft_negative_above": (lambda v: v is None or (_is_number(v) and 0 < v < 1),
                                       "a score between 0 and 1 (both excluded) or null"),
     "lpg_train.mined_fraction": _SHARE,
-    "lpg_train.negative_fraction": _SHARE,
     "lpg_train.mine_min_score": _SCORE,
     "lpg_train.mine_per_slice": _at_least(1),
     "lpg_train.batch_size": _at_least(1),

@@ -19,6 +19,8 @@ from lesion_harvester.preprocessing import AIR_VALUE, PreparedVolume, network_ai
 
 log = logging.getLogger(__name__)
 
+MAX_NEGATIVE_SHARE = 0.5  # at most this share of the object crops is centred on hard negatives
+
 
 @dataclass
 class SliceRecord:
@@ -136,8 +138,8 @@ class CropSampler:
     def _around_object(self):
         pool = self.slice_list
         if self.positive_slices and self.negative_slices:
-            share = min(len(self.negative_slices) / len(self.slice_list), self.crop.negative_fraction)
-            pool = self.negative_slices if self.rng.random() < share else self.positive_slices
+            share = len(self.negative_slices) / len(self.slice_list)
+            pool = self.negative_slices if self.rng.random() < min(share, MAX_NEGATIVE_SHARE) else self.positive_slices
         record = pool[int(self.rng.integers(len(pool)))]
         pv = self.prepared[record.key]
         objects = np.concatenate([record.positives, record.negatives]).reshape(-1, 4)
