@@ -34,13 +34,14 @@ from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.precision import precision_lower_bound
 from lesion_harvester.harvest.verify import covers_marks
-from lesion_harvester.io.annotations import read_tracklets
+from lesion_harvester.io.annotations import read_boxes_3d, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.paths import RunLayout
+from lesion_harvester.structures import Box3D
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common
-from lpg_errors import BOX_PADDING_PX, SENSITIVITY_BINS_MM
+from lpg_errors import BOX_PADDING_PX, SENSITIVITY_BINS_MM, touches_lesion
 
 FP_SCORES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -53,15 +54,16 @@ def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volum
 
 
 def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth],
-                truth_3d: dict[str, VolumeTruth]) -> dict[str, int]:
+                boxes_3d: dict[str, list[Box3D]]) -> dict[str, int]:
     """What ``items`` ({volume: [Tracklet]}) sit on: ``lesion`` (P3D IoU >= 0.5 against ``truth``),
-    ``part_of_lesion`` (not that, but overlapping a lesion's 3D box in ``truth_3d``) or ``no_lesion``."""
+    ``part_of_lesion`` (not that, but a slice of it overlaps a lesion's 3D box in ``boxes_3d``) or
+    ``no_lesion``."""
     kinds = {"lesion": 0, "part_of_lesion": 0, "no_lesion": 0}
     for volume, tracklets in items.items():
         for tracklet in tracklets:
             if covers_a_lesion(tracklet, truth.get(volume)):
                 kinds["lesion"] += 1
-            elif covers_a_lesion(tracklet, truth_3d.get(volume), "iou3d", iou=1e-9):
+            elif touches_lesion(tracklet, boxes_3d.get(volume, [])):
                 kinds["part_of_lesion"] += 1
             else:
                 kinds["no_lesion"] += 1
@@ -148,14 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     kinds = {}
     boxes_3d = Path(args.data) / "ground_truth" / "boxes_3d.pkl"
     if boxes_3d.is_file():  # Table III's P and N: where the harvest's labels sit
-        truth_3d = load_truth(boxes_3d, "iou3d")
+        lesions_3d = read_boxes_3d(boxes_3d)
         volumes = json.loads((Path(args.data) / "ground_truth" / "volumes.json").read_text())
         pixel_mm = {v["key"]: v["pixel_mm"] for v in volumes}
         for name, path in (("harvested", layout.harvested), ("hard_negatives", layout.hard_negatives)):
             if path.is_file():
                 items = read_tracklets(path)
                 pairs = [(t.boxes_xyxy_px[t.key_index], pixel_mm[v]) for v, ts in items.items() for t in ts]
-                kinds[name] = {**label_kinds(items, truth, truth_3d), "size_shares": size_shares(pairs)}
+                kinds[name] = {**label_kinds(items, truth, lesions_3d), "size_shares": size_shares(pairs)}
         pairs = [(box, pixel_mm[v]) for v in v_h if v in truth for box in truth[v].boxes]
         kinds["v_h_lesions"] = {"size_shares": size_shares(pairs)}
     lines = []

@@ -254,12 +254,12 @@ def test_label_kinds_tells_a_lesion_from_part_of_one_and_from_nothing():
 
     tool = _load("harvest_precision")
     truth = {"a": VolumeTruth.from_slice_boxes([SliceBox(5, (10.0, 10.0, 30.0, 30.0))])}
-    truth_3d = {"a": VolumeTruth.from_boxes_3d([Box3D((10.0, 10.0, 30.0, 30.0), (3.0, 7.0))])}
+    boxes_3d = {"a": [Box3D((10.0, 10.0, 30.0, 30.0), (3.0, 7.0))]}
     on_key_slice = Tracklet.single_slice(5, [10, 10, 30, 30], 0.9)
     off_key_slice = Tracklet.single_slice(3, [10, 10, 30, 30], 0.9)  # inside the lesion, not on its key slice
     beside = Tracklet.single_slice(5, [60, 60, 80, 80], 0.9)
     elsewhere = Tracklet.single_slice(5, [10, 10, 30, 30], 0.9)  # a volume without lesions
-    kinds = tool.label_kinds({"a": [on_key_slice, off_key_slice, beside], "b": [elsewhere]}, truth, truth_3d)
+    kinds = tool.label_kinds({"a": [on_key_slice, off_key_slice, beside], "b": [elsewhere]}, truth, boxes_3d)
     assert kinds == {"lesion": 1, "part_of_lesion": 1, "no_lesion": 2}
 
 
