@@ -12,12 +12,13 @@ scores, on V_M (its complete labels) and on V_H (the complete labels the harvest
 V_M has markedly fewer, a threshold set on V_M is too low for V_H. Last, how many of the hard
 negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled ``hard_negatives.pkl``
 that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. Where
-DATA also holds the lesions' 3D boxes (``ground_truth/boxes_3d.pkl``), the pooled harvested lesions
-and hard negatives are sorted by what they sit on: a lesion, part of one (a box off the lesion's key
-slice or too loose for P3D, still inside it in 3D), or no lesion at all, and by size (long side of
-the key-slice box less DeepLesion's padding, in lpg_errors.py's sensitivity bins) beside V_H's
-lesions: hard negatives mostly smaller than the lesions teach the HNSL to suppress small lesions
-too. The run folder is only read.
+DATA also holds the lesions' 3D boxes (``ground_truth/boxes_3d.pkl``), each round's and the pooled harvested
+lesions and hard negatives are sorted by what they sit on: a lesion, part of one (a box off the
+lesion's key slice or too loose for P3D, still inside it in 3D: the harvest's own rule for keeping
+hard negatives off lesions, harvest/verify.py ``touches``), or no lesion at all, with the share on a
+lesion or part of one by size (long side of the key-slice box less DeepLesion's padding, in
+lpg_errors.py's sensitivity bins), beside V_H's lesions' sizes: hard negatives mostly smaller than
+the lesions teach the HNSL to suppress small lesions too. The run folder is only read.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.precision import precision_lower_bound
-from lesion_harvester.harvest.verify import covers_marks
+from lesion_harvester.harvest.verify import covers_marks, touches
 from lesion_harvester.io.annotations import read_boxes_3d, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.paths import RunLayout
@@ -41,7 +42,7 @@ from lesion_harvester.structures import Box3D
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common
-from lpg_errors import BOX_PADDING_PX, SENSITIVITY_BINS_MM, touches_lesion
+from lpg_errors import BOX_PADDING_PX, SENSITIVITY_BINS_MM
 
 FP_SCORES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -53,21 +54,34 @@ def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volum
     return [round(float((is_false & (scores >= t)).sum()) / max(n_volumes, 1), 3) for t in at]
 
 
-def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth],
-                boxes_3d: dict[str, list[Box3D]]) -> dict[str, int]:
+def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth], boxes_3d: dict[str, list[Box3D]],
+                pixel_mm: dict[str, float], edges=SENSITIVITY_BINS_MM) -> dict:
     """What ``items`` ({volume: [Tracklet]}) sit on: ``lesion`` (P3D IoU >= 0.5 against ``truth``),
-    ``part_of_lesion`` (not that, but a slice of it overlaps a lesion's 3D box in ``boxes_3d``) or
-    ``no_lesion``."""
-    kinds = {"lesion": 0, "part_of_lesion": 0, "no_lesion": 0}
+    ``part_of_lesion`` (not that, but a slice of it overlaps a lesion's 3D box in ``boxes_3d``: the
+    rule by which the harvest keeps hard negatives off its known lesions) or ``no_lesion``; the share
+    on a lesion or part of one, in all and by the long side of the key-slice box (less DeepLesion's
+    padding, mm) in the bins ``edges``."""
+    kinds, sides, on = {"lesion": 0, "part_of_lesion": 0, "no_lesion": 0}, [], []
     for volume, tracklets in items.items():
         for tracklet in tracklets:
             if covers_a_lesion(tracklet, truth.get(volume)):
-                kinds["lesion"] += 1
-            elif touches_lesion(tracklet, boxes_3d.get(volume, [])):
-                kinds["part_of_lesion"] += 1
+                kind = "lesion"
+            elif touches(tracklet, boxes_3d.get(volume, [])):
+                kind = "part_of_lesion"
             else:
-                kinds["no_lesion"] += 1
-    return kinds
+                kind = "no_lesion"
+            kinds[kind] += 1
+            b = tracklet.boxes_xyxy_px[tracklet.key_index]
+            sides.append((max(b[2] - b[0], b[3] - b[1]) - BOX_PADDING_PX) * pixel_mm[volume])
+            on.append(kind != "no_lesion")
+    sides, on = np.array(sides), np.array(on, dtype=bool)
+
+    def share(mask):
+        return round(float(on[mask].mean()), 3) if mask.any() else None
+
+    by_size = [{"from": float(lo), "to": float(hi), "n": int(((sides >= lo) & (sides < hi)).sum()),
+                "on_lesion": share((sides >= lo) & (sides < hi))} for lo, hi in zip(edges[:-1], edges[1:])]
+    return {**kinds, "n": len(on), "on_lesion": share(np.ones(len(on), dtype=bool)), "by_size": by_size}
 
 
 def size_shares(boxes: list[tuple], edges=SENSITIVITY_BINS_MM) -> list[float]:
@@ -113,6 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     def hard_negative_shares(path: Path) -> dict | None:
         return lesion_shares(read_tracklets(path), covers_lesion, groups) if path.is_file() else None
 
+    boxes_3d_path = Path(args.data) / "ground_truth" / "boxes_3d.pkl"
+    lesions_3d, pixel_mm = None, {}
+    if boxes_3d_path.is_file():  # the synthetic layout: the lesions' 3D boxes and each volume's pixel size
+        lesions_3d = read_boxes_3d(boxes_3d_path)
+        volumes = json.loads((Path(args.data) / "ground_truth" / "volumes.json").read_text())
+        pixel_mm = {v["key"]: v["pixel_mm"] for v in volumes}
+
+    def kinds_of(paths: dict[str, Path]) -> dict:
+        """Where each file's labels sit (needs the lesions' 3D boxes), by name."""
+        if lesions_3d is None:
+            return {}
+        return {name: label_kinds(read_tracklets(path), truth, lesions_3d, pixel_mm)
+                for name, path in paths.items() if path.is_file()}
+
     rounds = []
     for r in ledger.finished_rounds("mine"):
         info = ledger.step_info(r, "mine")
@@ -144,20 +172,13 @@ def main(argv: list[str] | None = None) -> int:
                        # what the harvest estimated of that precision, by each rule it could use
                        "threshold_rule": info.get("threshold_rule", "vm"), "estimates": info.get("estimates", {}),
                        "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh},
-                       "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r))})
+                       "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r)),
+                       "label_kinds": kinds_of({"harvested": layout.round_harvested(r),
+                                                "hard_negatives": layout.round_hard_negatives(r)})})
     pooled = hard_negative_shares(layout.hard_negatives)
     ledger.close()
-    kinds = {}
-    boxes_3d = Path(args.data) / "ground_truth" / "boxes_3d.pkl"
-    if boxes_3d.is_file():  # Table III's P and N: where the harvest's labels sit
-        lesions_3d = read_boxes_3d(boxes_3d)
-        volumes = json.loads((Path(args.data) / "ground_truth" / "volumes.json").read_text())
-        pixel_mm = {v["key"]: v["pixel_mm"] for v in volumes}
-        for name, path in (("harvested", layout.harvested), ("hard_negatives", layout.hard_negatives)):
-            if path.is_file():
-                items = read_tracklets(path)
-                pairs = [(t.boxes_xyxy_px[t.key_index], pixel_mm[v]) for v, ts in items.items() for t in ts]
-                kinds[name] = {**label_kinds(items, truth, lesions_3d), "size_shares": size_shares(pairs)}
+    kinds = kinds_of({"harvested": layout.harvested, "hard_negatives": layout.hard_negatives})
+    if kinds:  # beside Table III's P and N, the sizes of V_H's lesions
         pairs = [(box, pixel_mm[v]) for v in v_h if v in truth for box in truth[v].boxes]
         kinds["v_h_lesions"] = {"size_shares": size_shares(pairs)}
     lines = []
@@ -175,19 +196,30 @@ def main(argv: list[str] | None = None) -> int:
                      f"V_M {' '.join(f'{v:.2f}' for v in fp['v_m'])}; V_H {' '.join(f'{v:.2f}' for v in fp['v_h'])}")
         if e["hard_negatives"]:
             lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")
+        for name, k in e["label_kinds"].items():
+            lines.append(f"  {name} on a lesion or part of one: {_on_lesion(k)}")
     if pooled:
         lines.append(f"hard_negatives.pkl (Table III's N), lesions among them: {_shares(pooled)}")
     bins = "/".join(f"{lo:g}" for lo in SENSITIVITY_BINS_MM[:-1])
     for name, k in kinds.items():
-        sizes = f"long side from {bins} mm: {' / '.join(f'{v:.2f}' for v in k['size_shares'])}"
         if name == "v_h_lesions":
+            sizes = f"long side from {bins} mm: {' / '.join(f'{v:.2f}' for v in k['size_shares'])}"
             lines.append(f"V_H's lesions (complete labels), {sizes}")
         else:
             lines.append(f"{name}.pkl sits on: a lesion {k['lesion']}, part of one {k['part_of_lesion']}, "
-                         f"no lesion {k['no_lesion']}; {sizes}")
+                         f"no lesion {k['no_lesion']}; on a lesion or part of one: {_on_lesion(k)}")
     common.report({"run": args.run, "rounds": rounds, "hard_negatives": pooled, "label_kinds": kinds},
                   args.json, *lines)
     return 0
+
+
+def _on_lesion(kinds: dict) -> str:
+    """'0.120 of 50 (by long side from 0/5/10/20 mm: 0.30 of 10, ...)' for :func:`label_kinds`."""
+    def share(value, n):
+        return "-" if value is None else f"{value:.2f} of {n}"
+
+    sizes = ", ".join(f"{b['from']:g}: {share(b['on_lesion'], b['n'])}" for b in kinds["by_size"])
+    return f"{share(kinds['on_lesion'], kinds['n'])} (by long side from, mm: {sizes})"
 
 
 def _shares(shares: dict[str, dict]) -> str:

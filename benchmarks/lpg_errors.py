@@ -28,7 +28,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
 from lesion_harvester.evaluation.metrics import evaluate_detections
-from lesion_harvester.geometry.boxes import iou_voc
+from lesion_harvester.harvest.verify import touches
 from lesion_harvester.io.annotations import read_any_boxes, read_boxes_3d
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.structures import SliceBox, group_by_volume
@@ -42,16 +42,6 @@ SENSITIVITY_BINS_MM = (0, 5, 10, 20, 50, np.inf)  # the size bins every LPG chan
 CONTRAST_BINS_HU = (0, 20, 40, 60, 100, 200, np.inf)
 Z_BINS_MM = (0, 5, 10, 20, 40, 80, np.inf)
 BOX_PADDING_PX = 10.0  # DeepLesion boxes: RECIST extent + 5 px on each side
-
-
-def touches_lesion(tracklet, boxes_3d) -> bool:
-    """Whether any of the tracklet's slices overlaps a lesion's 3D box on that slice."""
-    for lesion in boxes_3d:
-        z_lo, z_hi = lesion.z_range
-        inside = (tracklet.z_indices >= z_lo) & (tracklet.z_indices <= z_hi)
-        if inside.any() and iou_voc(np.array(lesion.box_xyxy_px), tracklet.boxes_xyxy_px[inside]).max() > 0:
-            return True
-    return False
 
 
 def binned(values: np.ndarray, is_tp: np.ndarray, edges) -> list[dict]:
@@ -125,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for i, t in enumerate(tracklets):
             tp = bool(result.detection_is_tp[key][i])
             if t.score >= args.min_score and not tp:
-                if touches_lesion(t, boxes_3d.get(key, [])):
+                if touches(t, boxes_3d.get(key, [])):
                     near += 1
                 else:
                     mimics += 1

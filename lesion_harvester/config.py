@@ -364,8 +364,9 @@ class HarvestConfig(_Checked):
     min_new_lesions: int = 1  # stop early when a round adds fewer new lesions than this
     precision: float = 0.95  # the threshold keeps this precision on the fully annotated volumes
     verify_iou: float = 0.5  # P3D IoU for a proposal to cover a mark
-    hard_min_objectness: float = 0.5  # hard negatives: the rest with s_g >= this...
-    hard_top_per_volume: int = 5  # ...plus this many top-s_g proposals per volume
+    # hard negatives (Sec. III-D): of the proposals under the threshold, those with s_g >= this...
+    hard_min_objectness: float = 0.5
+    hard_top_per_volume: int = 5  # ...at most this many per volume (the highest s_g); none on a known lesion
     # lesion score s_g * s_c**w, w chosen per round among these as the one whose 95%-precision
     # threshold admits the most V_M lesions; (1.0,) is the paper's s_g * s_c
     fusion_exponents: tuple[float, ...] = (1.0,)

@@ -257,10 +257,14 @@ def test_label_kinds_tells_a_lesion_from_part_of_one_and_from_nothing():
     boxes_3d = {"a": [Box3D((10.0, 10.0, 30.0, 30.0), (3.0, 7.0))]}
     on_key_slice = Tracklet.single_slice(5, [10, 10, 30, 30], 0.9)
     off_key_slice = Tracklet.single_slice(3, [10, 10, 30, 30], 0.9)  # inside the lesion, not on its key slice
-    beside = Tracklet.single_slice(5, [60, 60, 80, 80], 0.9)
+    beside = Tracklet.single_slice(5, [60, 60, 70, 70], 0.9)  # 10 px less the 10 px of padding: under 5 mm
     elsewhere = Tracklet.single_slice(5, [10, 10, 30, 30], 0.9)  # a volume without lesions
-    kinds = tool.label_kinds({"a": [on_key_slice, off_key_slice, beside], "b": [elsewhere]}, truth, boxes_3d)
-    assert kinds == {"lesion": 1, "part_of_lesion": 1, "no_lesion": 2}
+    kinds = tool.label_kinds({"a": [on_key_slice, off_key_slice, beside], "b": [elsewhere]}, truth, boxes_3d,
+                             {"a": 1.0, "b": 1.0}, (0, 5, 10, 20, np.inf))
+    assert {k: kinds[k] for k in ("lesion", "part_of_lesion", "no_lesion", "n")} == {
+        "lesion": 1, "part_of_lesion": 1, "no_lesion": 2, "n": 4}
+    assert kinds["on_lesion"] == 0.5
+    assert [(b["n"], b["on_lesion"]) for b in kinds["by_size"]] == [(1, 0.0), (0, None), (3, 0.667), (0, None)]
 
 
 def test_size_shares_bin_long_sides_in_mm_without_the_padding():

@@ -3,10 +3,24 @@
 import numpy as np
 import pytest
 
-from lesion_harvester.harvest.mine import average_precision, choose_fusion_exponent, fused_score, mine
+from lesion_harvester.harvest.mine import (
+    average_precision,
+    choose_fusion_exponent,
+    fused_score,
+    select_hard_negatives,
+)
 from lesion_harvester.harvest.precision import precision_threshold
-from lesion_harvester.harvest.verify import dedupe, duplicates_of, match_known
-from lesion_harvester.structures import SliceBox, Tracklet
+from lesion_harvester.harvest.verify import (
+    dedupe,
+    duplicates_of,
+    known_extents,
+    label_extent,
+    match_known,
+    on_lesions,
+    touches,
+    tracklet_extent,
+)
+from lesion_harvester.structures import Box3D, SliceBox, Tracklet
 
 
 def test_threshold_is_the_lowest_keeping_95_percent_precision():
@@ -53,17 +67,64 @@ def test_fusion_exponent_follows_the_score_that_separates_v_m():
     assert average_precision([0.9, 0.8, 0.7], [True, False, True]) == pytest.approx((1 + 2 / 3) / 2)
 
 
-def test_mining_rules():
-    volumes = ["a", "a", "a", "a", "a", "a", "a", "a", "b", "b"]
-    s_g = np.array([0.95, 0.9, 0.6, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.12])
-    s_c = np.array([0.9, 0.1, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1, 0.9, 0.1])
-    s = fused_score(s_g, s_c)
-    harvested, hard = mine(volumes, s_g, s, threshold=0.13)
-    assert harvested.tolist() == [True] + [False] * 7 + [True, False]
-    # volume a: s_g >= 0.5 (indices 1, 2) plus the five highest-s_g of the rest (1, 2, 3, 4, 5);
-    # volume b: its only remaining proposal
-    assert np.flatnonzero(hard).tolist() == [1, 2, 3, 4, 5, 9]
-    assert not (harvested & hard).any()
+def _far(i: int, score: float, z: int = 0) -> Tracklet:
+    """A one-slice proposal far from every other one built here (i-th place on a grid)."""
+    x = 40.0 * i
+    return Tracklet(np.array([z]), np.array([[x, 0.0, x + 10, 10.0]]), np.array([score]))
+
+
+def test_hard_negatives_are_the_top_five_of_those_at_or_above_one_half():
+    # volume a: seven leftovers with s_g >= 0.5 (one exactly 0.5), the paper's rule keeps the top five;
+    # volume b: one at 0.4999 (below the cut, never a hard negative, however few the volume has)
+    s_g = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.55, 0.5, 0.3, 0.4999])
+    items = [("a", _far(i, s)) for i, s in enumerate(s_g[:8])] + [("b", _far(0, s_g[8]))]
+    eligible = np.ones(len(items), dtype=bool)
+    hard, on_lesion = select_hard_negatives(items, s_g, eligible, {})
+    assert np.flatnonzero(hard).tolist() == [0, 1, 2, 3, 4]
+    assert not on_lesion.any()
+    # the 0.5 boundary is included: with room for seven, 0.5 is in and 0.3 and 0.4999 are out
+    hard, _ = select_hard_negatives(items, s_g, eligible, {}, top_per_volume=7)
+    assert np.flatnonzero(hard).tolist() == [0, 1, 2, 3, 4, 5, 6]
+    # proposals above the threshold (not eligible) take no place among the five
+    eligible[[0, 1]] = False
+    hard, _ = select_hard_negatives(items, s_g, eligible, {})
+    assert np.flatnonzero(hard).tolist() == [2, 3, 4, 5, 6]
+
+
+def test_a_proposal_on_a_lesion_is_never_a_hard_negative_and_takes_no_place():
+    lesion = Box3D((40.0, 0.0, 50.0, 10.0), (2.0, 6.0))  # where proposal 1 lies, on slices 2-6
+    s_g = np.array([0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.55])
+    items = [("a", _far(i, s, z=4)) for i, s in enumerate(s_g)]
+    items[2] = ("a", Tracklet(np.array([7]), np.array([[44.0, 2.0, 48.0, 6.0]]), np.array([0.8])))  # a slice beyond
+    hard, on_lesion = select_hard_negatives(items, s_g, np.ones(7, dtype=bool), {"a": [lesion]})
+    assert on_lesion.tolist() == [False, True, False, False, False, False, False]
+    assert np.flatnonzero(hard).tolist() == [0, 2, 3, 4, 5]  # the sixth takes the place of the one on the lesion
+    # the same proposals in another volume: that volume's lesions only
+    hard, on_lesion = select_hard_negatives([("b", t) for _, t in items], s_g, np.ones(7, dtype=bool),
+                                            {"a": [lesion]})
+    assert not on_lesion.any() and hard.sum() == 5
+
+
+def test_the_touch_rule_for_fragments_neighbours_and_one_slice_labels():
+    lesion = Tracklet(np.arange(10, 16), np.array([[100.0, 100, 130, 130]] * 6), np.ones(6))
+    extent = tracklet_extent(lesion)
+    assert extent.z_range == (9.0, 16.0)  # grown by a slice up and down
+    fragment = Tracklet(np.array([14, 15]), np.array([[110.0, 110, 118, 118]] * 2), np.ones(2))
+    next_slice = Tracklet(np.array([16]), np.array([[125.0, 125, 140, 140]]), np.ones(1))
+    beyond = Tracklet(np.array([17, 18]), np.array([[100.0, 100, 130, 130]] * 2), np.ones(2))
+    beside = Tracklet(np.array([12]), np.array([[131.0, 100, 150, 130]]), np.ones(1))  # one pixel right of it
+    sharing_a_pixel = Tracklet(np.array([12]), np.array([[130.0, 100, 150, 130]]), np.ones(1))
+    assert [touches(t, [extent]) for t in (fragment, next_slice, beyond, beside, sharing_a_pixel)] == [
+        True, True, False, False, True]
+    # a RECIST mark on slice 20, 20 px long at 0.75 mm/px and 2.5 mm slices: it may reach 3 slices each way
+    label = label_extent(SliceBox(20, (0.0, 0.0, 20.0, 10.0)), pixel_mm=0.75, slice_mm=2.5)
+    assert label.z_range == (17.0, 23.0)
+    assert label_extent(SliceBox(20, (0.0, 0.0, 20.0, 10.0)), 0.75, float("nan")).z_range == (20.0, 20.0)
+    known = known_extents([("v", lesion)], {"v": [SliceBox(20, (0.0, 0.0, 20.0, 10.0))]}, {"v": (2.5, 0.75, 0.75)})
+    assert [e.z_range for e in known["v"]] == [(9.0, 16.0), (17.0, 23.0)]
+    probe = [("v", Tracklet(np.array([23]), np.array([[5.0, 5, 8, 8]]), np.ones(1))),
+             ("v", Tracklet(np.array([24]), np.array([[5.0, 5, 8, 8]]), np.ones(1))), ("w", fragment)]
+    assert on_lesions(probe, known).tolist() == [True, False, False]
 
 
 def test_verification_by_p3d():

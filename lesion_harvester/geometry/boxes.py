@@ -8,6 +8,8 @@ SORT does.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -83,3 +85,20 @@ def boxes_inside_image(boxes: np.ndarray, height: int, width: int, margin_px: fl
         & (b[:, 2] >= b[:, 0])
         & (b[:, 3] >= b[:, 1])
     )
+
+
+def z_reach_slices(box_xyxy_px, pixel_mm: float, slice_mm: float) -> int:
+    """How many slices above and below its own a lesion boxed on one slice may reach: half its longer
+    side, in slices (a roughly round lesion is about as deep as it is wide); 0 for an unknown
+    (NaN) slice interval."""
+    x1, y1, x2, y2 = box_xyxy_px
+    if math.isnan(slice_mm) or slice_mm <= 0:
+        return 0
+    return int(math.ceil(0.5 * max(x2 - x1, y2 - y1) * pixel_mm / slice_mm))
+
+
+def touches_box(z_indices: np.ndarray, boxes_xyxy_px: np.ndarray, box_xyxy_px, z_lo: float, z_hi: float) -> bool:
+    """Whether any of the slice boxes (``boxes_xyxy_px`` (n, 4) on slices ``z_indices`` (n,)) lying in
+    ``z_lo..z_hi`` overlaps ``box_xyxy_px`` at all (VOC "+1": boxes sharing a pixel touch)."""
+    inside = (np.asarray(z_indices) >= z_lo) & (np.asarray(z_indices) <= z_hi)
+    return bool(inside.any() and (iou_voc(np.asarray(box_xyxy_px), np.asarray(boxes_xyxy_px)[inside]) > 0).any())

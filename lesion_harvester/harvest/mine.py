@@ -7,8 +7,9 @@
   count as new: those covering an original RECIST mark are left out, as they are in V_H);
 - ``precision_lower_bound``: how far the few V_M proposals above the threshold support that claim;
 - harvested positives P_H^+: proposals of V_H (not matching a mark) with s >= threshold;
-- hard negatives P_H^-: the rest with s_g >= 0.5, plus up to five of the rest per volume with the
-  highest s_g.
+- hard negatives P_H^- (Sec. III-D): of the rest, those with s_g >= 0.5, at most five per volume (the
+  highest s_g), and never one that touches a known or harvested lesion
+  (:func:`~lesion_harvester.harvest.verify.touches`); P_M^-'s hard part by the same rule.
 
 :func:`mine_round` is the harvest's mining step: all of the above for one round's proposals.
 """
@@ -32,8 +33,8 @@ from lesion_harvester.harvest.precision import (
     precision_lower_bound,
     precision_threshold,
 )
-from lesion_harvester.harvest.verify import covers_marks, dedupe, duplicates_of
-from lesion_harvester.structures import RecistMark, Tracklet, group_by_volume
+from lesion_harvester.harvest.verify import covers_marks, dedupe, duplicates_of, on_lesions, tracklet_extent
+from lesion_harvester.structures import Box3D, RecistMark, Tracklet, group_by_volume
 
 
 def fused_score(objectness: np.ndarray, probability: np.ndarray, exponent: float = 1.0) -> np.ndarray:
@@ -82,35 +83,43 @@ def choose_fusion_exponent(objectness: np.ndarray, probability: np.ndarray, is_l
     return table[best]["exponent"], table
 
 
-def mine(volumes: list[str], objectness: np.ndarray, score: np.ndarray, threshold: float,
-         hard_min_objectness: float = 0.5, top_per_volume: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Split candidate proposals (one row each, ``volumes[i]`` its volume) into harvested and hard negatives.
+def select_hard_negatives(items: list[tuple[str, Tracklet]], objectness: np.ndarray, eligible: np.ndarray,
+                          lesions: dict[str, list[Box3D]], min_objectness: float = 0.5,
+                          top_per_volume: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The hard negatives among proposals (paper Sec. III-D): of the ``eligible`` ones (below the
+    threshold), those with s_g >= ``min_objectness``, at most ``top_per_volume`` per volume by s_g
+    (ties: the earlier given). A proposal touching one of its volume's ``lesions`` (known, harvested,
+    verified: :func:`~lesion_harvester.harvest.verify.touches`) is never one, and does not take a place.
 
-    Returns boolean masks (harvested, hard_negative).
+    Args:
+        items: (volume, tracklet) of each proposal; objectness (N,) its s_g; eligible (N,) bool.
+    Returns: (hard, on_lesion), (N,) bool each; on_lesion is only evaluated where s_g qualifies.
     """
     objectness = np.asarray(objectness, dtype=np.float64)
-    score = np.asarray(score, dtype=np.float64)
-    harvested = score >= threshold
-    rest = ~harvested
-    hard = rest & (objectness >= hard_min_objectness)
-    by_volume = group_by_volume((volumes[i], int(i)) for i in np.flatnonzero(rest))
+    pool = np.asarray(eligible, dtype=bool) & (objectness >= min_objectness)
+    on_lesion = np.zeros(len(items), dtype=bool)
+    index = np.flatnonzero(pool)
+    on_lesion[index] = on_lesions([items[i] for i in index], lesions)
+    hard = np.zeros(len(items), dtype=bool)
+    by_volume = group_by_volume((items[i][0], int(i)) for i in index if not on_lesion[i])
     for members in by_volume.values():
-        top = sorted(members, key=lambda i: (-objectness[i], i))[:top_per_volume]
-        hard[top] = True
-    return harvested, hard
+        hard[sorted(members, key=lambda i: (-objectness[i], i))[:top_per_volume]] = True
+    return hard, on_lesion
 
 
 def hard_negatives_of(hard_negative_rows: list[ProposalRow], fa_negative_rows: list[ProposalRow],
-                      cfg: HarvestConfig) -> list[tuple[str, Tracklet]]:
+                      cfg: HarvestConfig, lesions: dict[str, list[Box3D]]) -> list[tuple[str, Tracklet]]:
     """A round's hard negatives: its P_H^- and the hard part of its P_M^- (the P_H^- rule applied to V_M).
 
-    P_M^- is every unmatched V_M proposal down to t_G, hundreds per volume; only its hard ones
-    (objectness >= ``hard_min_objectness``, plus the top few per volume) feed the HNSL.
+    P_M^- is every V_M proposal down to t_G that matches no complete label, hundreds per volume; only
+    its hard ones feed the HNSL (:func:`select_hard_negatives`, ``lesions``: V_M's, so that a fragment
+    of a labelled lesion, which verification leaves in P_M^-, is none).
     """
-    _, hard = mine([row.volume for row in fa_negative_rows], np.array([row.objectness for row in fa_negative_rows]),
-                   np.zeros(len(fa_negative_rows)), np.inf, cfg.hard_min_objectness, cfg.hard_top_per_volume)
-    return ([(row.volume, row.tracklet) for row in hard_negative_rows]
-            + [(row.volume, row.tracklet) for row, is_hard in zip(fa_negative_rows, hard) if is_hard])
+    items = [(row.volume, row.tracklet) for row in fa_negative_rows]
+    hard, _ = select_hard_negatives(items, np.array([row.objectness for row in fa_negative_rows]),
+                                    np.ones(len(items), dtype=bool), lesions, cfg.hard_min_objectness,
+                                    cfg.hard_top_per_volume)
+    return [(row.volume, row.tracklet) for row in hard_negative_rows] + [item for item, h in zip(items, hard) if h]
 
 
 @dataclass
@@ -124,7 +133,8 @@ class MineResult:
 def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]], candidates: list[ProposalRow],
                marked: list[tuple[str, Tracklet]], earlier_harvested: list[tuple[str, Tracklet]],
                cfg: HarvestConfig, marks: MarksEvidence | None = None,
-               reviewer_rejected: list[tuple[str, Tracklet]] | None = None) -> MineResult:
+               reviewer_rejected: list[tuple[str, Tracklet]] | None = None,
+               lesions: dict[str, list[Box3D]] | None = None) -> MineResult:
     """The mining step of one round.
 
     Args:
@@ -141,6 +151,10 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
         reviewer_rejected: proposals reviewers rejected (``lesion-harvester review``); a candidate that is
             the same lesion (as :func:`~lesion_harvester.harvest.verify.dedupe` defines it) is a hard
             negative whatever its score, so that a rejection is not undone by the next round's scan.
+        lesions: where V_H's other known lesions lie (its RECIST marks, reviewers' verified lesions:
+            :func:`~lesion_harvester.harvest.verify.known_extents`). With ``marked``, the earlier
+            rounds' and this round's harvested lesions, no hard negative may touch them
+            (:func:`select_hard_negatives`); the candidates that would have been are ``rejected``.
     """
     vm_score = np.array([row.score or 0.0 for row in vm_rows])
     vm_lesion = np.array([row.status == "fa_lesion" for row in vm_rows], dtype=bool)
@@ -160,12 +174,16 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
                if reviewer_rejected and candidates else np.zeros(len(candidates), dtype=bool))
     pieces += [(row.volume, row.idx, "hard_negative") for row, r in zip(candidates, refused) if r]
     candidates = [row for row, r in zip(candidates, refused) if not r]
-    harvested, hard = mine([row.volume for row in candidates], np.array([row.objectness for row in candidates]),
-                           np.array([row.score or 0.0 for row in candidates]), threshold,
-                           cfg.hard_min_objectness, cfg.hard_top_per_volume)
+    items = [(row.volume, row.tracklet) for row in candidates]
+    harvested = np.array([row.score or 0.0 for row in candidates]) >= threshold
+    extents = {key: list(boxes) for key, boxes in (lesions or {}).items()}
+    for key, t in marked + earlier_harvested + [item for item, hv in zip(items, harvested) if hv]:
+        extents.setdefault(key, []).append(tracklet_extent(t))
+    hard, on_lesion = select_hard_negatives(items, np.array([row.objectness for row in candidates]), ~harvested,
+                                            extents, cfg.hard_min_objectness, cfg.hard_top_per_volume)
     updates = pieces + [(row.volume, row.idx, "harvested" if hv else "hard_negative" if hn else "rejected")
                         for row, hv, hn in zip(candidates, harvested, hard)]
-    new = [(row.volume, row.tracklet) for row, hv in zip(candidates, harvested) if hv]
+    new = [item for item, hv in zip(items, harvested) if hv]
     n_new = len(dedupe(earlier_harvested + dedupe(new))) - len(dedupe(earlier_harvested))
     reason = None
     if not harvested.any() and not np.isfinite(threshold) and cfg.threshold != "vm" and evidence.has_marks:
@@ -180,6 +198,8 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
     info = {"threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
             "n_hard_negatives": int(hard.sum() + refused.sum()), "n_new": int(n_new),
             "n_marked_pieces": len(pieces) - int(refused.sum()), "n_rejected_by_reviewers": int(refused.sum()),
+            # below the threshold with s_g high enough for a hard negative, but on a known or harvested lesion
+            "n_hard_on_lesions": int(on_lesion.sum()),
             # the V_M evidence behind the threshold: new lesions and false positives above it
             "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
             "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4),

@@ -52,7 +52,7 @@ from lesion_harvester.harvest.outputs import (
 )
 from lesion_harvester.harvest.precision import MarksEvidence, mark_rates, marks_evidence
 from lesion_harvester.harvest.reviews import ReviewedLabels, reviews_in_ledger, with_reviews
-from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, verify_proposals
+from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, known_extents, verify_proposals
 from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
 from lesion_harvester.io.atomic import atomic_write_text, ensure_folder
 from lesion_harvester.io.locks import OutputLock
@@ -65,7 +65,7 @@ from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import train_lpg
 from lesion_harvester.paths import RunLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
-from lesion_harvester.structures import RecistMark, group_by_volume
+from lesion_harvester.structures import Box3D, RecistMark, Tracklet, group_by_volume
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,17 @@ class HarvestRun:
     def marks_of(self, rows: list[ProposalRow]) -> dict[str, list[RecistMark]]:
         """The original RECIST marks of the volumes of ``rows`` (V_M's, for the threshold rows)."""
         return self.inputs.dataset.marks(sorted({row.volume for row in rows}))
+
+    def known_lesions(self, *proposals: list[tuple[str, Tracklet]]) -> dict[str, list[Box3D]]:
+        """Where this round's known lesions lie, per volume (:func:`known_extents`): V_H's RECIST marks,
+        V_M's complete labels, the reviewers' verified lesions and the given ``proposals`` on lesions.
+        No hard negative may touch them."""
+        labels = {key: [m.slice_box() for m in marks] for key, marks in self.inputs.marks.items()}
+        for key, boxes in self.inputs.fully_annotated.items():
+            labels.setdefault(key, []).extend(boxes)
+        spacing = {key: self.inputs.dataset.sub_volumes[key].spacing_zyx_mm for key in labels}
+        return known_extents(self.reviewed.positives + [item for group in proposals for item in group], labels,
+                             spacing)
 
     def folds(self) -> list[list[str]]:
         return steps.lpc_folds(list(self.inputs.fully_annotated), self.preset.lpc.folds)
@@ -298,15 +309,17 @@ def _pooled_examples(run: HarvestRun, up_to_round: int):
         positives = [(row.volume, row.tracklet) for row in ledger.proposals(q, statuses=steps.POSITIVE)
                      if (q, row.volume, row.idx) not in reviewed.rejected]
         rounds.append((positives, _hard_negatives(run, q)))
-    return steps.pool_examples(rounds, run.unseen)
+    return steps.pool_examples(rounds, run.unseen, run.known_lesions())
 
 
 def _hard_negatives(run: HarvestRun, r: int):
-    """Round ``r``'s hard negatives, less the proposals a reviewer accepted."""
+    """Round ``r``'s hard negatives, less the proposals a reviewer accepted; none on a known lesion
+    or on one of the round's proposals that verification found on a complete label of V_M."""
     accepted = run.reviewed.accepted
     rows = {s: [row for row in run.ledger.proposals(r, statuses=(s,)) if (r, row.volume, row.idx) not in accepted]
-            for s in ("hard_negative", FA_NEGATIVE)}
-    return hard_negatives_of(rows["hard_negative"], rows[FA_NEGATIVE], run.preset.harvest)
+            for s in ("hard_negative", FA_NEGATIVE, FA_LESION)}
+    lesions = run.known_lesions([(row.volume, row.tracklet) for row in rows[FA_LESION]])
+    return hard_negatives_of(rows["hard_negative"], rows[FA_NEGATIVE], run.preset.harvest, lesions)
 
 
 def _lpg(run: HarvestRun, r: int) -> None:
@@ -418,7 +431,7 @@ def _mine(run: HarvestRun, r: int) -> None:
     marked = [(row.volume, row.tracklet) for row in ledger.proposals(r, statuses=(RECIST,))]
     earlier = [(row.volume, row.tracklet) for q in range(1, r) for row in ledger.proposals(q, statuses=("harvested",))]
     result = mine_round(vm, vm_marks, ledger.proposals(r, statuses=("candidate",)), marked, earlier,
-                        run.preset.harvest, _marks_evidence(run, r), run.reviewed.negatives)
+                        run.preset.harvest, _marks_evidence(run, r), run.reviewed.negatives, run.known_lesions())
     with ledger.transaction() as db:
         ledger.set_statuses(db, r, result.updates)
         ledger.finish_step(db, r, "mine", {**result.info, "n_fa_negative": ledger.count(r, FA_NEGATIVE)})

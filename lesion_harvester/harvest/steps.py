@@ -30,7 +30,16 @@ from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.mine import choose_fusion_exponent, fused_score
-from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, covers_marks, dedupe, verify_proposals
+from lesion_harvester.harvest.verify import (
+    FA_LESION,
+    FA_NEGATIVE,
+    RECIST,
+    covers_marks,
+    dedupe,
+    known_extents,
+    on_lesions,
+    verify_proposals,
+)
 from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.io.prepared_cache import PreparedCache
@@ -38,7 +47,7 @@ from lesion_harvester.lpc.api import LPCExamples, PreparedVolumes, proposal_patc
 from lesion_harvester.lpc.model import LesionProposalClassifier
 from lesion_harvester.lpc.train import predict_lpc, train_lpc
 from lesion_harvester.paths import cache_dir_for
-from lesion_harvester.structures import RecistMark, SliceBox, Tracklet, group_by_volume
+from lesion_harvester.structures import Box3D, RecistMark, SliceBox, Tracklet, group_by_volume
 
 POSITIVE = (FA_LESION, RECIST, "harvested")  # statuses whose proposals fine-tune the LPG as lesions
 CLASSIFY_CHUNK = 2000  # V_H proposals classified at a time, to bound the patches in memory
@@ -81,24 +90,25 @@ def lpg_preset(preset: Preset, round_: int) -> Preset:
 
 
 def pool_examples(rounds: Sequence[tuple[list[tuple[str, Tracklet]], list[tuple[str, Tracklet]]]],
-                  held_out: set[str]) -> tuple[list[tuple[str, Tracklet]], list[tuple[str, Tracklet]]]:
+                  held_out: set[str], lesions: dict[str, list[Box3D]] | None = None
+                  ) -> tuple[list[tuple[str, Tracklet]], list[tuple[str, Tracklet]]]:
     """The fine-tuning examples of the next round's LPG: positives (P_M^R, P_H^R, P_H^+) and hard
     negatives (P_M^-, P_H^-) of earlier rounds, given later rounds first as (positives, negatives).
 
     Duplicates are removed (a lesion found in several rounds is kept once, the latest round's;
     negatives at a 3D IoU of 0.1 already); nothing of the ``held_out`` volumes is kept (the
-    calibration volumes, which the LPG must not learn from).
-
-    Note: negatives are deduplicated before the positives are appended, so a negative that overlaps
-    a positive is kept (the positives are only ever dropped from that combined list). Deduplicating
-    positives first would change the fine-tuning examples; that is to be measured, not slipped into
-    a refactoring.
+    calibration volumes, which the LPG must not learn from). A negative that touches a pooled
+    positive or one of the known ``lesions`` (:func:`~lesion_harvester.harvest.verify.touches`; a
+    round-1 negative on a lesion harvested in round 3, say) is dropped: the HNSL's overwrite (Eq. 3)
+    would otherwise train that lesion as a negative.
     """
-    positives = [item for pos, _ in rounds for item in pos if item[0] not in held_out]
-    negatives = [item for _, neg in rounds for item in neg if item[0] not in held_out]
-    positives = dedupe(positives)
-    negatives = [item for item in dedupe(negatives + positives, 0.1) if item not in positives]
-    return positives, negatives
+    positives = dedupe([item for pos, _ in rounds for item in pos if item[0] not in held_out])
+    negatives = dedupe([item for _, neg in rounds for item in neg if item[0] not in held_out], 0.1)
+    extents = known_extents(positives, {}, {})
+    for key, boxes in (lesions or {}).items():
+        extents.setdefault(key, []).extend(boxes)
+    on_lesion = on_lesions(negatives, extents)
+    return positives, [item for item, on in zip(negatives, on_lesion) if not on]
 
 
 # --- step 4: LPC training examples ------------------------------------------------------------------------

@@ -5,8 +5,9 @@ In the fully annotated volumes V_M, proposals that overlap a complete label are 
 overlap a RECIST mark are P_H^R (``recist``), and the rest stay candidates for the LPC to sort into
 harvested lesions and hard negatives.
 
-Also here: when two tracklets are one lesion (:func:`dedupe`, :func:`duplicates_of`), and which
-proposals cover an original mark or a piece of one (:func:`covers_marks`).
+Also here: when two tracklets are one lesion (:func:`dedupe`, :func:`duplicates_of`), which
+proposals cover an original mark or a piece of one (:func:`covers_marks`), and which lie on a known
+lesion at all, as a fragment or a neighbouring slice (:func:`touches`): those are never hard negatives.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
-from lesion_harvester.geometry.boxes import iou3d_voc
-from lesion_harvester.structures import RecistMark, SliceBox, Tracklet, group_by_volume
+from lesion_harvester.geometry.boxes import iou3d_voc, touches_box, z_reach_slices
+from lesion_harvester.structures import Box3D, RecistMark, SliceBox, Tracklet, group_by_volume
 
 FA_LESION, FA_NEGATIVE, RECIST = "fa_lesion", "fa_negative", "recist"
 
@@ -109,4 +110,45 @@ def covers_marks(proposals: list[tuple[str, Tracklet]], marks: dict[str, list[Re
         marked = [(key, t) for t, hit in zip(tracklets, hits) if hit]
         pieces = duplicates_of([(key, t) for t in tracklets], marked) if marked else np.zeros(len(idx), dtype=bool)
         out[idx] = hits | pieces
+    return out
+
+
+# --- the rule that keeps a lesion out of the hard negatives ---------------------------------------------------
+def tracklet_extent(t: Tracklet) -> Box3D:
+    """Where a proposal's lesion lies: its 3D box grown by one slice up and down (as stacking extends
+    a proposal across a missed slice)."""
+    b = t.box_3d()
+    return Box3D(b.box_xyxy_px, (b.z_range[0] - 1, b.z_range[1] + 1))
+
+
+def label_extent(box: SliceBox, pixel_mm: float, slice_mm: float) -> Box3D:
+    """Where a lesion labelled on one slice (a RECIST mark, a complete label, a drawn box) may lie: its
+    box on the slices within half its longer side (:func:`~lesion_harvester.geometry.boxes.z_reach_slices`)."""
+    reach = z_reach_slices(box.box_xyxy_px, pixel_mm, slice_mm)
+    return Box3D(tuple(box.box_xyxy_px), (float(box.z_index - reach), float(box.z_index + reach)))
+
+
+def touches(t: Tracklet, extents: list[Box3D]) -> bool:
+    """The hard-negative exclusion rule: whether any slice of ``t`` inside a lesion's slice range
+    overlaps that lesion's box by a pixel or more. A fragment of a lesion, a proposal on its next
+    slice, or a loose box around it all touch it; Eq. 3's overwrite would train their slice of the
+    lesion as a negative at up to 16x the weight of background."""
+    return any(touches_box(t.z_indices, t.boxes_xyxy_px, e.box_xyxy_px, *e.z_range) for e in extents)
+
+
+def on_lesions(items: list[tuple[str, Tracklet]], extents: dict[str, list[Box3D]]) -> np.ndarray:
+    """(N,) bool: each (volume, tracklet) touches (:func:`touches`) one of its volume's ``extents``."""
+    return np.array([touches(t, extents.get(key, [])) for key, t in items], dtype=bool)
+
+
+def known_extents(tracklets: list[tuple[str, Tracklet]], labels: dict[str, list[SliceBox]],
+                  spacing_zyx_mm: dict[str, tuple[float, float, float]]) -> dict[str, list[Box3D]]:
+    """Per volume, where its known lesions lie: proposals found on lesions (:func:`tracklet_extent`)
+    and one-slice labels (:func:`label_extent`, with the volume's in-plane and slice spacing)."""
+    out: dict[str, list[Box3D]] = {}
+    for key, t in tracklets:
+        out.setdefault(key, []).append(tracklet_extent(t))
+    for key, boxes in labels.items():
+        slice_mm, pixel_mm = spacing_zyx_mm[key][0], spacing_zyx_mm[key][1]
+        out.setdefault(key, []).extend(label_extent(b, pixel_mm, slice_mm) for b in boxes)
     return out

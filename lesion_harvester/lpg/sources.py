@@ -19,7 +19,6 @@ decides them (the same rule as the harvest's).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
+from lesion_harvester.geometry.boxes import z_reach_slices
 from lesion_harvester.io.annotations import outside_volume, read_any_boxes
 from lesion_harvester.io.deeplesion import BOX_PADDING_PX, DeepLesionDataset
 from lesion_harvester.io.loader import VolumeSource
@@ -119,8 +119,7 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
         dz, dy, _ = dataset.sub_volumes[key].spacing_zyx_mm
         for b in boxes:
             records.append(SliceRecord(key, b.z_index, np.array([b.box_xyxy_px]), empty))
-            x1, y1, x2, y2 = b.box_xyxy_px
-            reach = 0 if math.isnan(dz) else int(math.ceil(0.5 * max(x2 - x1, y2 - y1) * dy / dz))
+            reach = z_reach_slices(b.box_xyxy_px, dy, dz)
             exclusions.setdefault(key, []).append((b.z_index - reach, b.z_index + reach, np.array(b.box_xyxy_px)))
     known = set(train_keys)
     for path, negative in ((extra_positives, False), (hard_negatives, True)):

@@ -15,7 +15,7 @@ from lesion_harvester.harvest.steps import (
     lpg_preset,
     pool_examples,
 )
-from lesion_harvester.harvest.verify import verify_proposals
+from lesion_harvester.harvest.verify import label_extent, verify_proposals
 from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
@@ -104,14 +104,52 @@ def test_later_rounds_fine_tune_the_lpg_briefly():
 
 
 def test_finetuning_uses_only_the_hard_v_m_negatives():
-    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=1)
-    scores = [0.9, 0.6, 0.3, 0.2, 0.1]  # far-apart single-slice boxes, so none is a duplicate of another
+    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=2)
+    scores = [0.9, 0.7, 0.6, 0.3, 0.2, 0.1]  # far-apart single-slice boxes, so none is a duplicate of another
     fa_negative = [_row("vm", i, _t(10.0 * i, s), "fa_negative") for i, s in enumerate(scores)]
-    negatives = hard_negatives_of([], fa_negative, cfg)
-    # objectness >= 0.5 (0.9, 0.6), plus the top one per volume (already among them): not the rest
-    assert sorted(t.score for _, t in negatives) == [0.6, 0.9]
+    negatives = hard_negatives_of([], fa_negative, cfg, {})
+    # objectness >= 0.5 (0.9, 0.7, 0.6), at most the top two per volume: not the rest
+    assert sorted(t.score for _, t in negatives) == [0.7, 0.9]
     _, pooled = pool_examples([([], negatives)], set())
-    assert sorted(t.score for _, t in pooled) == [0.6, 0.9]
+    assert sorted(t.score for _, t in pooled) == [0.7, 0.9]
+    # a fragment of a labelled V_M lesion (verification left it in P_M^-) is none; the 0.6 takes its place
+    lesion = {"vm": [label_extent(SliceBox(0, (0.0, 0.0, 5.0, 5.0)), 1.0, 5.0)]}
+    negatives = hard_negatives_of([], fa_negative, cfg, lesion)
+    assert sorted(t.score for _, t in negatives) == [0.6, 0.7]
+
+
+def test_a_negative_on_a_positive_never_reaches_the_hnsl_targets(tmp_path):
+    """The pooled N (fine-tuning negatives and Table III's N) holds no negative on a positive of any
+    round, nor on a known lesion; the LPG's training records then carry no hard negative there."""
+    lesion = Tracklet(np.array([3, 4, 5]), np.array([[20.0, 20, 40, 40]] * 3), np.full(3, 0.9))
+    fragment = Tracklet(np.array([5, 6]), np.array([[25.0, 25, 32, 32]] * 2), np.full(2, 0.6))  # round 1's negative
+    elsewhere = Tracklet(np.array([4]), np.array([[80.0, 80, 90, 90]]), np.array([0.7]))
+    on_mark = Tracklet(np.array([9]), np.array([[60.0, 20, 70, 30]]), np.array([0.7]))
+    marks = {"v": [label_extent(SliceBox(10, (60.0, 20.0, 70.0, 30.0)), 1.0, 2.5)]}  # reaches slices 8-12
+    # round 2 harvested the lesion (later rounds first); round 1 had a fragment of it as a hard negative
+    positives, negatives = pool_examples([([("v", lesion)], []), ([], [("v", fragment), ("v", elsewhere),
+                                                                       ("v", on_mark)])], set(), marks)
+    assert [t for _, t in positives] == [lesion]
+    assert [t for _, t in negatives] == [elsewhere]
+
+
+def test_mining_never_makes_a_hard_negative_of_a_lesion_found_this_round_or_before():
+    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=5)
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9), _row("vm", 1, _t(50, 0.2), "fa_negative", 1.0, 0.2)]
+    big = Tracklet(np.array([2, 3, 4]), np.array([[100.0, 100, 130, 130]] * 3), np.full(3, 0.95))
+    earlier = Tracklet(np.array([2]), np.array([[300.0, 300, 330, 330]]), np.array([0.9]))
+    candidates = [_row("vh", 0, big, score=0.95),                                               # harvested now
+                  _row("vh", 1, Tracklet(np.array([5]), np.array([[105.0, 105, 112, 112]]), np.array([0.8])),
+                       score=0.4),                                                              # its next slice
+                  _row("vh", 2, Tracklet(np.array([2, 3]), np.array([[310.0, 310, 318, 318]] * 2),
+                                         np.array([0.7, 0.7])), score=0.5),                     # in an earlier one
+                  _row("vh", 3, _t(400, 0.6, z=2), score=0.3),                                  # on a mark's reach
+                  _row("vh", 4, _t(200, 0.6, z=3), score=0.3)]                                  # on nothing
+    lesions = {"vh": [label_extent(SliceBox(1, (400.0, 0.0, 405.0, 5.0)), 1.0, 2.5)]}
+    result = mine_round(vm, {}, candidates, [], [("vh", earlier)], cfg, lesions=lesions)
+    assert sorted(result.updates) == [("vh", 0, "harvested"), ("vh", 1, "rejected"), ("vh", 2, "rejected"),
+                                      ("vh", 3, "rejected"), ("vh", 4, "hard_negative")]
+    assert result.info["n_hard_on_lesions"] == 3 and result.info["n_hard_negatives"] == 1
 
 
 def test_pooled_examples_keep_the_latest_round_once_and_nothing_of_held_out_volumes():
@@ -142,7 +180,7 @@ def test_threshold_is_set_on_the_v_m_proposals_a_harvest_would_count_as_new():
 
 
 def test_mining_sorts_candidates_and_counts_new_lesions():
-    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=0)
+    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=5)
     vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9), _row("vm", 1, _t(50, 0.2), "fa_negative", 1.0, 0.2)]
     marked = [("vh", _t(200, 0.9))]
     candidates = [_row("vh", 0, _t(0, 0.9), score=0.95),     # above the threshold (0.9): harvested
@@ -158,7 +196,7 @@ def test_mining_sorts_candidates_and_counts_new_lesions():
 
 
 def test_a_lesion_reviewers_rejected_is_not_harvested_again():
-    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=0)
+    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=5)
     vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9), _row("vm", 1, _t(50, 0.2), "fa_negative", 1.0, 0.2)]
     candidates = [_row("vh", 0, _t(0, 0.9), score=0.95), _row("vh", 1, _t(100, 0.9), score=0.95)]
     result = mine_round(vm, {}, candidates, [], [], cfg, reviewer_rejected=[("vh", _t(1, 0.95))])
