@@ -5,7 +5,9 @@
 
 RUN is a harvest's --out folder of a synthetic dataset (the data and V_M's labels are the ones the
 harvest was given). Rows: MSCN (9 slices) and CenterNet (3 slices) on R, R+P and R+P+N; MONAI's
-RetinaNet on R and R+P (lesion_harvester/peers/table3.py). On request only, the cleaned label sets
+RetinaNet on R and R+P (lesion_harvester/peers/table3.py). On request only: ``--rows oracle``, the
+MSCN and CenterNet on R+O (every lesion of the training volumes: the ceiling of what complete labels
+add), Rpaper (R without hard-background mining), R+N and R+Nclean; and the cleaned label sets
 R+Pclean and R+Pclean+Nclean (the harvest's mistakes taken out by the complete labels), e.g.
 ``--rows MSCN:R+Pclean,MSCN:R+Pclean+Nclean``: what the wrong labels cost a detector. Each (row,
 training seed) trains into RUN/table3/, scans the split and is scored with the P3D evaluation

@@ -210,6 +210,11 @@ class RunLayout:
         return self.table3_dir / "clean_harvested.pkl"
 
     @property
+    def table3_oracle_positives(self) -> Path:
+        """Every lesion of the training volumes, from the complete labels (the oracle row R+O)."""
+        return self.table3_dir / "oracle_positives.pkl"
+
+    @property
     def table3_clean_negatives(self) -> Path:
         """hard_negatives.pkl without the hard negatives that are lesions (a diagnostic on synthetic data)."""
         return self.table3_dir / "clean_hard_negatives.pkl"

@@ -4,6 +4,7 @@ A detector trained on the completed labels is the harvest's downstream test (pap
 
 - ``R``: the RECIST marks of the training volumes and V_M's complete labels (what round 1 trains on);
 - ``R+P``: R and the harvested lesions P_H^+ of all rounds (``harvested.pkl``);
+- ``R+N``: R and the hard negatives alone (what N adds without P);
 - ``R+P+N``: R+P and the hard negatives P^- of all rounds (``hard_negatives.pkl``), through the HNSL.
 
 The run's outputs are read as they are, never re-derived; the dataset and V_M's labels are the
@@ -20,7 +21,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.paths import RunLayout
 
-LABEL_SETS = ("R", "R+P", "R+P+N")
+LABEL_SETS = ("R", "R+P", "R+N", "R+P+N")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class LabelSet:
     data: Path  # the harvested dataset
     fully_annotated: str | None  # V_M's labels as the harvest was given them (None: the synthetic layout's own)
     extra_positives: str | None  # harvested.pkl for R+P and R+P+N
-    hard_negatives: str | None  # hard_negatives.pkl for R+P+N
+    hard_negatives: str | None  # hard_negatives.pkl for R+N and R+P+N
 
 
 def label_set(run_dir: str | Path, name: str) -> LabelSet:
@@ -52,10 +53,10 @@ def label_set(run_dir: str | Path, name: str) -> LabelSet:
     if fully_annotated is None and not (Path(data) / "splits.json").is_file():
         raise DataError(layout.ledger, "this run was written before the ledger recorded its --fully-annotated "
                                        "file; train with train-lpg DATA --fully-annotated FILE instead")
-    needed = {"R+P": [layout.harvested], "R+P+N": [layout.harvested, layout.hard_negatives]}.get(name, [])
+    positives, negatives = "P" in name, name.endswith("N")
+    needed = [path for path, wanted in ((layout.harvested, positives), (layout.hard_negatives, negatives)) if wanted]
     missing = [p.name for p in needed if not p.is_file()]
     if missing:
         raise DataError(layout.root, f"no {', '.join(missing)}: the harvest has not finished a round yet")
-    return LabelSet(name, Path(data), fully_annotated or None,
-                    str(layout.harvested) if name != "R" else None,
-                    str(layout.hard_negatives) if name == "R+P+N" else None)
+    return LabelSet(name, Path(data), fully_annotated or None, str(layout.harvested) if positives else None,
+                    str(layout.hard_negatives) if negatives else None)

@@ -14,10 +14,16 @@ Several tables may run at once on one harvest (one per GPU, or per core): a row 
 is locked (``.row.lock`` in its folder) and the others go on with the next row; run the table
 again once they end for the rows they skipped.
 
-Rows on request only (``--rows``), a diagnostic that needs complete labels: ``R+Pclean`` and
-``R+Pclean+Nclean``, the same label sets with the harvest's mistakes taken out by the ground truth
-(harvested lesions that are not lesions, hard negatives that are). Against R+P and R+P+N they
-measure how much a harvest's wrong labels cost the detector.
+Rows on request only (``--rows``), diagnostics that need the complete labels of a synthetic dataset:
+
+- ``--rows oracle``: the MSCN and the CenterNet on ``R+O`` (R plus every lesion of the training
+  volumes, from the complete labels: the ceiling of what completing the labels can add on this data),
+  ``Rpaper`` (R as the paper trains it, without the preset's hard-background mining on V_M's false
+  positives, which is a form of N), ``R+N`` (the hard negatives alone) and ``R+Nclean`` (N without
+  the hard negatives on a lesion). The table then gives each row's gain over R as a share of R+O - R.
+- ``R+Pclean`` and ``R+Pclean+Nclean``: the same label sets with the harvest's mistakes taken out by
+  the ground truth (harvested lesions that are not lesions, hard negatives on a lesion). Against R+P
+  and R+P+N they measure how much a harvest's wrong labels cost the detector.
 """
 
 from __future__ import annotations
@@ -32,9 +38,16 @@ import numpy as np
 from lesion_harvester.config import Preset, fingerprint
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.api import evaluate_files, load_truth
-from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
+from lesion_harvester.evaluation.matching import covers_a_lesion
 from lesion_harvester.harvest.label_sets import LabelSet, label_set
-from lesion_harvester.io.annotations import read_tracklets, write_tracklets
+from lesion_harvester.harvest.verify import touches
+from lesion_harvester.io.annotations import (
+    read_boxes_3d,
+    read_slice_boxes,
+    read_tracklets,
+    write_slice_boxes,
+    write_tracklets,
+)
 from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.io.locks import OutputLock, OutputLocked
 from lesion_harvester.io.splits import read_splits
@@ -50,36 +63,64 @@ log = logging.getLogger(__name__)
 ROWS = (("MSCN", "R"), ("MSCN", "R+P"), ("MSCN", "R+P+N"),
         ("CenterNet", "R"), ("CenterNet", "R+P"), ("CenterNet", "R+P+N"),
         ("RetinaNet", "R"), ("RetinaNet", "R+P"))
-CLEANED = {"R+Pclean": "R+P", "R+Pclean+Nclean": "R+P+N"}  # diagnostic label set -> the set it cleans
+ORACLE_ROWS = tuple((detector, labels) for detector in ("MSCN", "CenterNet")
+                    for labels in ("Rpaper", "R+O", "R+N", "R+Nclean"))
 CLEANED_ROWS = (("MSCN", "R+Pclean"), ("MSCN", "R+Pclean+Nclean"),
                 ("CenterNet", "R+Pclean"), ("CenterNet", "R+Pclean+Nclean"), ("RetinaNet", "R+Pclean"))
+# the label sets of the rows above that need the complete labels -> the harvest's label set each starts from
+DIAGNOSTIC = {"Rpaper": "R", "R+O": "R", "R+Nclean": "R+N", "R+Pclean": "R+P", "R+Pclean+Nclean": "R+P+N"}
+ROW_GROUPS = {"all": ROWS, "oracle": ORACLE_ROWS}
 SCORE_THRESHOLD = 0.05  # 2D detections kept for stacking, as in the LPG's accuracy figures
 
 
 def parse_rows(text: str | None) -> list[tuple[str, str]]:
-    """``"MSCN:R,RetinaNet:R+P"`` -> rows (None or "all": every row of the paper's table)."""
-    if not text or text == "all":
-        return list(ROWS)
-    rows = [tuple(item.strip().split(":", 1)) for item in text.split(",")]
-    unknown = [":".join(r) for r in rows if r not in ROWS + CLEANED_ROWS]
+    """``"MSCN:R,RetinaNet:R+P"`` -> rows; a group name (``all``: the paper's table, ``oracle``:
+    :data:`ORACLE_ROWS`) stands for its rows; None: every row of the paper's table."""
+    rows: list[tuple[str, str]] = []
+    for item in (text or "all").split(","):
+        item = item.strip()
+        rows += ROW_GROUPS[item] if item in ROW_GROUPS else [tuple(item.split(":", 1))]
+    unknown = [":".join(r) for r in rows if r not in ROWS + ORACLE_ROWS + CLEANED_ROWS]
     if unknown:
-        known = ", ".join(d + ":" + s for d, s in ROWS + CLEANED_ROWS)
-        raise ValueError(f"unknown rows {unknown}; known: {known}")
-    return rows
+        known = ", ".join(d + ":" + s for d, s in ROWS + ORACLE_ROWS + CLEANED_ROWS)
+        raise ValueError(f"unknown rows {unknown}; known: {', '.join(ROW_GROUPS)}, {known}")
+    return list(dict.fromkeys(rows))
 
 
-def cleaned_label_set(base: LabelSet, truth: dict[str, VolumeTruth], layout: RunLayout) -> LabelSet:
-    """``base`` (R+P or R+P+N) without the harvest's mistakes: harvested lesions that are no lesion and
-    hard negatives that are one (P3D IoU >= 0.5 against ``truth``, the complete labels) are left out."""
-    def keep(path: str | None, lesions: bool, out: Path) -> str | None:
+def diagnostic_label_set(name: str, base: LabelSet, truth_path: Path, training_keys: list[str],
+                         layout: RunLayout) -> LabelSet:
+    """The label set ``name`` of :data:`DIAGNOSTIC`, from ``base`` (its harvest label set) and the
+    complete labels ``truth_path`` (with ``boxes_3d.pkl`` beside it where the data has one):
+
+    - ``Rpaper``: R itself (its rows train without hard-background mining, :func:`_row_preset`);
+    - ``R+O``: R and every labelled lesion of ``training_keys`` (marked ones are dropped as duplicates
+      when the row trains, so the oracle adds exactly the unmarked lesions);
+    - ``...clean``: harvested lesions that are no lesion (P3D IoU < 0.5) left out, and hard negatives on a
+      lesion (P3D IoU >= 0.5, or touching a lesion's 3D box: the hard-negative rule of
+      :func:`~lesion_harvester.harvest.verify.touches`) left out.
+    """
+    if name == "Rpaper":
+        return dataclasses.replace(base, name=name)
+    if name == "R+O":
+        wanted = set(training_keys)
+        complete = {key: boxes for key, boxes in read_slice_boxes(truth_path).items() if key in wanted}
+        write_slice_boxes(layout.table3_oracle_positives, complete)
+        return dataclasses.replace(base, name=name, extra_positives=str(layout.table3_oracle_positives))
+    truth = load_truth(truth_path, "p3d")
+    boxes_path = truth_path.parent / "boxes_3d.pkl"
+    lesions = read_boxes_3d(boxes_path) if boxes_path.is_file() else {}
+
+    def keep(path: str | None, lesions_wanted: bool, out: Path) -> str | None:
         if path is None:
             return None
-        kept = {key: [t for t in tracklets if covers_a_lesion(t, truth.get(key)) == lesions]
-                for key, tracklets in read_tracklets(path).items()}
+        kept = {}
+        for key, tracklets in read_tracklets(path).items():
+            hits = [covers_a_lesion(t, truth.get(key)) or (not lesions_wanted and touches(t, lesions.get(key, [])))
+                    for t in tracklets]
+            kept[key] = [t for t, hit in zip(tracklets, hits) if hit == lesions_wanted]
         write_tracklets(out, {key: tracklets for key, tracklets in kept.items() if tracklets})
         return str(out)
 
-    name = next(clean for clean, of in CLEANED.items() if of == base.name)
     return dataclasses.replace(base, name=name,
                                extra_positives=keep(base.extra_positives, True, layout.table3_clean_positives),
                                hard_negatives=keep(base.hard_negatives, False, layout.table3_clean_negatives))
@@ -91,19 +132,22 @@ def adds_nothing(labels: LabelSet) -> bool:
     def empty(path: str | None) -> bool:
         return path is None or not any(read_tracklets(path).values())
 
-    return labels.name != "R" and empty(labels.extra_positives) and empty(labels.hard_negatives)
+    # Rpaper holds R's labels too, but trains otherwise (no hard-background mining): a row of its own
+    return labels.name not in ("R", "Rpaper") and empty(labels.extra_positives) and empty(labels.hard_negatives)
 
 
-def _row_preset(preset: Preset, detector: str, seed: int) -> Preset:
+def _row_preset(preset: Preset, detector: str, seed: int, labels: str = "R") -> Preset:
     lpg = dataclasses.replace(preset.lpg, num_slices=3) if detector == "CenterNet" else preset.lpg
     train = dataclasses.replace(preset.lpg_train, seed=seed, epochs=preset.table3.epochs or preset.lpg_train.epochs)
+    if labels == "Rpaper":  # the paper's R: the marks and V_M's labels, no hard background mined on V_M
+        train = dataclasses.replace(train, mine_hard_background=False)
     return dataclasses.replace(preset, lpg=lpg, lpg_train=train)
 
 
 def row_settings(preset: Preset, detector: str, labels: str, seed: int, split: str) -> str:
     """What a scored row must share with the table that reuses it: the settings that shape its
     training and scan (those of its own preset, :func:`_row_preset`), its label set and the split."""
-    row = _row_preset(preset, detector, seed)
+    row = _row_preset(preset, detector, seed, labels)
     network = row.retinanet if detector == "RetinaNet" else row.lpg
     return fingerprint(row.preprocess, network, row.lpg_train, row.scan, row.stack, detector, labels, seed, split)
 
@@ -190,7 +234,7 @@ class _Rows:
                      detector, labels, detector, seed)
         else:
             log.info("Table III: %s on %s, training seed %d", detector, labels, seed)
-            detections = _train_and_scan(detector, self.sets[labels], _row_preset(self.preset, detector, seed),
+            detections = _train_and_scan(detector, self.sets[labels], _row_preset(self.preset, detector, seed, labels),
                                          scored.parent, self.split, self.device, self.progress)
             result = evaluate_files(self.truth_path, detections, volumes=self.volumes).to_json()
         result["settings"] = row_settings(self.preset, detector, labels, seed, self.split)
@@ -201,7 +245,7 @@ def _write_table(layout: RunLayout, seeds: list[int], split: str, volumes: int, 
     """table3.json, table3.md and the figure of every row scored for ``seeds``: those asked for now and
     those of earlier calls, in the paper's order and the cleaned rows after it."""
     table = {"split": split, "volumes": volumes, "preset": preset_name, "seeds": seeds, "rows": []}
-    for detector, labels in ROWS + CLEANED_ROWS:
+    for detector, labels in ROWS + ORACLE_ROWS + CLEANED_ROWS:
         files = [_scored(layout, detector, labels, seed) for seed in seeds]
         if not all(f.is_file() for f in files):
             continue
@@ -228,17 +272,18 @@ def run_table3(run_dir: str | Path, preset: Preset, seeds: list[int], rows: list
     layout = RunLayout(Path(run_dir))
     rows = list(ROWS) if rows is None else rows
     names = list(dict.fromkeys(labels for _, labels in rows))
-    sets = {name: label_set(layout.root, CLEANED.get(name, name)) for name in names}
+    sets = {name: label_set(layout.root, DIAGNOSTIC.get(name, name)) for name in names}
     data = next(iter(sets.values())).data
     truth_path = data / "ground_truth" / "complete.pkl"
     splits = read_splits(data) or {}
     if not truth_path.is_file() or split not in splits:
         raise DataError(data, f"Table III needs complete labels of a held-out split: ground_truth/complete.pkl "
                               f"and a '{split}' split in splits.json (the synthetic layout)")
-    if any(name in CLEANED for name in names):
+    if any(name in DIAGNOSTIC for name in names):
         layout.table3_dir.mkdir(parents=True, exist_ok=True)
-        truth = load_truth(truth_path, "p3d")
-        sets.update({name: cleaned_label_set(sets[name], truth, layout) for name in names if name in CLEANED})
+        training = splits.get("fully_annotated", []) + splits.get("harvest", [])
+        sets.update({name: diagnostic_label_set(name, sets[name], truth_path, training, layout)
+                     for name in names if name in DIAGNOSTIC})
     work = _Rows(layout, sets, preset, truth_path, split, splits[split], device, progress)
     for detector, labels in rows:
         for seed in seeds:

@@ -35,25 +35,47 @@ def _gain(ap: float, r_ap: float | None, labels: str, fmt: str = "{:+.3f}") -> s
     return "-" if labels == "R" or r_ap is None else fmt.format(ap - r_ap)
 
 
+def ceiling_share(ap: float, r_ap: float | None, oracle_ap: float | None, labels: str) -> str:
+    """A row's gain over R as a share of the oracle's (R+O - R): what of the labels' possible gain it
+    recovers; '-' for R and R+O themselves, where either is missing, or where the oracle gains nothing."""
+    if labels in ("R", "R+O") or r_ap is None or oracle_ap is None or oracle_ap - r_ap <= 0:
+        return "-"
+    return f"{(ap - r_ap) / (oracle_ap - r_ap):+.2f}"
+
+
 def render_table3(results: dict) -> list[str]:
-    """Markdown lines: this run's Table III (mean and range over seeds), then the paper's."""
-    header = "| detector | labels | seeds | " + " | ".join(f"{r} FP" for r in FP_RATES) + " | AP | AP - R |"
-    rule = "|---" * (len(FP_RATES) + 5) + "|"
+    """Markdown lines: this run's Table III (mean and range over seeds), then the paper's; with oracle
+    rows (R+O), each detector's ceiling R+O - R and every row's gain as a share of it."""
+    paper_header = "| detector | labels | seeds | " + " | ".join(f"{r} FP" for r in FP_RATES) + " | AP | AP - R |"
+    paper_rule = "|---" * (len(FP_RATES) + 5) + "|"
+    header, rule = paper_header, paper_rule
     r_ap = {row["detector"]: row["ap"]["mean"] for row in results["rows"] if row["labels"] == "R"}
+    oracle_ap = {row["detector"]: row["ap"]["mean"] for row in results["rows"] if row["labels"] == "R+O"}
     lines = ["", "## Table III: detectors trained on this harvest's label sets", "",
              f"On `{results['split']}` ({results['volumes']} volumes, {results.get('lesions', '?')} lesions), P3D: "
              "sensitivity at FP per volume and AP, the mean over training seeds (range in brackets); AP - R, the "
              "gain over the same detector trained on R. R = the "
              "marks and V_M's labels, P = the harvested lesions (harvested.pkl), N = the hard negatives "
-             "(hard_negatives.pkl, through the HNSL).", "", header, rule]
+             "(hard_negatives.pkl, through the HNSL).", ""]
+    if oracle_ap:
+        ceilings = ", ".join(f"{d} {oracle_ap[d] - r_ap[d]:+.3f}" for d in oracle_ap if d in r_ap)
+        lines += [f"Oracle: R+O = R and every lesion of the training volumes (the complete labels); its gain is "
+                  f"the ceiling of what completing the labels can add here (R+O - R: {ceilings or 'no R row'}). "
+                  "Share = a row's AP - R over R+O - R. Rpaper = R without the preset's hard-background mining; "
+                  "Nclean = N without the hard negatives on a lesion.", ""]
+        header, rule = header + " share of R+O - R |", rule + "---|"
+    lines += [header, rule]
     for row in results["rows"]:
         cells = [_cell(row["froc"][r]) for r in FP_RATES] + [_cell(row["ap"])]
         labels = row["labels"] + (" (= R: nothing harvested)" if row.get("same_labels_as") else "")
         cells.append(_gain(row["ap"]["mean"], r_ap.get(row["detector"]), row["labels"]))
+        if oracle_ap:
+            cells.append(ceiling_share(row["ap"]["mean"], r_ap.get(row["detector"]), oracle_ap.get(row["detector"]),
+                                       row["labels"]))
         lines.append(f"| {row['detector']} | {labels} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     if results["rows"]:  # peers.table3 draws the figure whenever a row is scored
         lines += ["", f"![Table III as FROC points]({TABLE3_FIGURE})"]
-    lines += ["", "The paper's Table III (V_D^test of DeepLesion, %):", "", header, rule]
+    lines += ["", "The paper's Table III (V_D^test of DeepLesion, %):", "", paper_header, paper_rule]
     for (detector, labels), (froc, ap) in PAPER_TABLE3.items():
         gain = _gain(ap, PAPER_TABLE3[(detector, "R")][1], labels, "{:+.1f}")
         cells = [f"{v:.1f}" for v in froc] + [f"{ap:.1f}", gain]

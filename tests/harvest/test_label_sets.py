@@ -1,4 +1,4 @@
-"""The label sets of Table III, read from a harvest run folder (R, R+P, R+P+N)."""
+"""The label sets of Table III, read from a harvest run folder (R, R+P, R+N, R+P+N)."""
 
 import pytest
 
@@ -20,6 +20,7 @@ def test_each_label_set_adds_what_it_names_and_no_lesion_twice(tiny_dataset, tmp
     assert sets["R"].extra_positives is None and sets["R"].hard_negatives is None
     assert sets["R+P"].extra_positives == str(layout.harvested) and sets["R+P"].hard_negatives is None
     assert sets["R+P+N"].hard_negatives == str(layout.hard_negatives)
+    assert sets["R+N"].extra_positives is None and sets["R+N"].hard_negatives == str(layout.hard_negatives)
     assert all(s.data == tiny_dataset.resolve() and s.fully_annotated is None for s in sets.values())
 
     def sources(s, drop=True):
@@ -31,6 +32,7 @@ def test_each_label_set_adds_what_it_names_and_no_lesion_twice(tiny_dataset, tmp
     # the harvested lesion on the mark is that mark: only the other one is added
     assert _counts(sources(sets["R+P"])) == (r_pos + 1, 0)
     assert _counts(sources(sets["R+P+N"])) == (r_pos + 1, 1)
+    assert _counts(sources(sets["R+N"])) == (r_pos, 1)
     # the harvest's own fine-tuning keeps its proposals on known lesions (paper III-E)
     assert _counts(sources(sets["R+P"], drop=False)) == (r_pos + 2, 0)
 
@@ -42,8 +44,10 @@ def test_a_label_set_needs_a_finished_harvest(tiny_dataset, tmp_path):
         label_set(layout.root, "R+P")
     with pytest.raises(DataError, match="no harvest ledger"):
         label_set(tmp_path / "elsewhere", "R")
-    with pytest.raises(ValueError, match="unknown label set"):
+    with pytest.raises(DataError, match="hard_negatives.pkl"):
         label_set(layout.root, "R+N")
+    with pytest.raises(ValueError, match="unknown label set"):
+        label_set(layout.root, "R+Q")
 
 
 def test_train_lpg_from_a_harvest(tiny_dataset, tmp_path, capsys):

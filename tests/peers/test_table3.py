@@ -8,15 +8,22 @@ import pytest
 
 from lesion_harvester.config import load_preset
 from lesion_harvester.errors import ConfigError
-from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.harvest.label_sets import label_set
-from lesion_harvester.io.annotations import read_tracklets, write_tracklets
+from lesion_harvester.io.annotations import (
+    read_slice_boxes,
+    read_tracklets,
+    write_boxes_3d,
+    write_slice_boxes,
+    write_tracklets,
+)
+from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.locks import OutputLock
+from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.paths import ROW_LOCK_FILE
 from lesion_harvester.peers import table3
-from lesion_harvester.peers.table3 import ROWS, adds_nothing, cleaned_label_set, parse_rows, run_table3
+from lesion_harvester.peers.table3 import DIAGNOSTIC, ROWS, adds_nothing, diagnostic_label_set, parse_rows, run_table3
 from lesion_harvester.report.table3 import render_table3
-from lesion_harvester.structures import SliceBox
+from lesion_harvester.structures import Box3D, SliceBox
 from tests.conftest import label_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -43,32 +50,72 @@ def test_rows_parse():
                                                                     ("RetinaNet", "R+Pclean")]
     with pytest.raises(ValueError, match="unknown rows"):
         parse_rows("RetinaNet:R+Pclean+Nclean")
+    oracle = parse_rows("oracle,MSCN:R")
+    assert oracle[:4] == [("MSCN", "Rpaper"), ("MSCN", "R+O"), ("MSCN", "R+N"), ("MSCN", "R+Nclean")]
+    assert oracle[-1] == ("MSCN", "R") and len(oracle) == 9 and parse_rows("all,all") == list(ROWS)
 
 
 def test_cleaned_label_sets_leave_out_the_harvests_mistakes(tiny_dataset, tmp_path):
     layout, key = label_run(tmp_path, tiny_dataset)
     on_the_mark, elsewhere = read_tracklets(layout.harvested)[key]
     (negative,) = read_tracklets(layout.hard_negatives)[key]
+    truth_path = tmp_path / "truth" / "complete.pkl"
 
-    def truth_of(*lesions):  # complete labels: each lesion on the key slice of a tracklet
-        return {key: VolumeTruth.from_slice_boxes([SliceBox(t.key_z, tuple(t.boxes_xyxy_px[t.key_index]))
-                                                   for t in lesions])}
+    def truth_of(*lesions, boxes_3d=None):  # complete labels: each lesion on the key slice of a tracklet
+        write_slice_boxes(truth_path, {key: [SliceBox(t.key_z, tuple(t.boxes_xyxy_px[t.key_index]))
+                                             for t in lesions]})
+        if boxes_3d is not None:
+            write_boxes_3d(truth_path.parent / "boxes_3d.pkl", {key: boxes_3d})
+        return truth_path
 
     def kept(path):
         return [t.boxes_xyxy_px.tolist() for t in read_tracklets(path).get(key, [])]
 
+    def clean(name, truth):
+        return diagnostic_label_set(name, label_set(layout.root, DIAGNOSTIC[name]), truth, [key], layout)
+
     # the harvested lesion on the mark is a lesion, the one elsewhere is not; the hard negative is a lesion
-    clean = cleaned_label_set(label_set(layout.root, "R+P+N"), truth_of(on_the_mark, negative), layout)
-    assert clean.name == "R+Pclean+Nclean" and clean.data == tiny_dataset.resolve()
-    assert kept(clean.extra_positives) == [on_the_mark.boxes_xyxy_px.tolist()]
-    assert kept(clean.hard_negatives) == []
+    cleaned = clean("R+Pclean+Nclean", truth_of(on_the_mark, negative))
+    assert cleaned.name == "R+Pclean+Nclean" and cleaned.data == tiny_dataset.resolve()
+    assert kept(cleaned.extra_positives) == [on_the_mark.boxes_xyxy_px.tolist()]
+    assert kept(cleaned.hard_negatives) == []
     # now the hard negative is no lesion: kept; R+P has no negatives to clean
-    clean = cleaned_label_set(label_set(layout.root, "R+P+N"), truth_of(elsewhere), layout)
-    assert kept(clean.extra_positives) == [elsewhere.boxes_xyxy_px.tolist()]
-    assert kept(clean.hard_negatives) == [negative.boxes_xyxy_px.tolist()]
-    clean = cleaned_label_set(label_set(layout.root, "R+P"), truth_of(elsewhere), layout)
-    assert clean.name == "R+Pclean" and clean.hard_negatives is None
+    cleaned = clean("R+Pclean+Nclean", truth_of(elsewhere))
+    assert kept(cleaned.extra_positives) == [elsewhere.boxes_xyxy_px.tolist()]
+    assert kept(cleaned.hard_negatives) == [negative.boxes_xyxy_px.tolist()]
+    cleaned = clean("R+Pclean", truth_of(elsewhere))
+    assert cleaned.name == "R+Pclean" and cleaned.hard_negatives is None
     assert read_tracklets(layout.harvested)[key][1].boxes_xyxy_px.tolist() == elsewhere.boxes_xyxy_px.tolist()
+    # a hard negative on part of a lesion (its slice inside the lesion's 3D box, P3D IoU < 0.5) is left out too
+    x1, y1, x2, y2 = negative.boxes_xyxy_px[0]
+    around = Box3D((x1 - 20, y1 - 20, x2 + 20, y2 + 20), (negative.key_z - 2.0, negative.key_z + 2.0))
+    cleaned = clean("R+Nclean", truth_of(elsewhere, boxes_3d=[around]))
+    assert cleaned.extra_positives is None and kept(cleaned.hard_negatives) == []
+
+
+def test_oracle_label_sets(tiny_dataset, tmp_path):
+    layout, _ = label_run(tmp_path, tiny_dataset)
+    truth_path = tiny_dataset / "ground_truth" / "complete.pkl"
+    complete = read_slice_boxes(truth_path)
+    splits = json.loads((tiny_dataset / "splits.json").read_text())
+    marks = DeepLesionDataset(tiny_dataset).marks(splits["harvest"])
+    key = next(k for k in splits["harvest"] if len(complete.get(k, [])) > len(marks[k]))  # with unmarked lesions
+    training = splits["fully_annotated"] + [key]
+    oracle = diagnostic_label_set("R+O", label_set(layout.root, "R"), truth_path, training, layout)
+    assert oracle.hard_negatives is None
+    assert read_slice_boxes(oracle.extra_positives) == {k: complete[k] for k in training if k in complete}
+    # R+O adds exactly the unmarked lesions of those volumes (the marked ones, V_M's labels, are R's already)
+    r = build_sources(oracle.data, None, drop_known_positives=True)
+    o = build_sources(oracle.data, None, oracle.extra_positives, drop_known_positives=True)
+    added = [b for x in o.training.records[len(r.training.records):] for b in x.positives]
+    assert len(added) == len(complete[key]) - len(marks[key])
+    # Rpaper: R's labels, its own row (no hard background mined), never reused as R's
+    paper = diagnostic_label_set("Rpaper", label_set(layout.root, "R"), truth_path, training, layout)
+    assert (paper.extra_positives, paper.hard_negatives) == (None, None) and not adds_nothing(paper)
+    bench = load_preset("bench")
+    assert bench.lpg_train.mine_hard_background
+    assert not table3._row_preset(bench, "MSCN", 0, "Rpaper").lpg_train.mine_hard_background
+    assert table3.row_settings(bench, "MSCN", "Rpaper", 0, "s") != table3.row_settings(bench, "MSCN", "R", 0, "s")
 
 
 @pytest.fixture
@@ -187,6 +234,13 @@ def test_the_markdown_shows_mean_and_range_beside_the_paper():
     assert "| 0.580 (0.550-0.610) | +0.080 |" in text
     assert text.count("0.500 (0.400-0.600) | - |") == 2  # R itself, and CenterNet R+P without its R
     assert "| MSCN | R+P+N | - | 19.9 | 27.1 | 36.2 | 46.8 | 56.9 | 66.8 | 74.7 | 51.9 | +8.9 |" in text
+    assert "share of R+O - R" not in text
+    # with the oracle: the ceiling, and each row's gain as a share of it
+    oracle = {**row, "labels": "R+O", "ap": {"mean": 0.6, "min": 0.6, "max": 0.6}}
+    text = "\n".join(render_table3({"split": "detection_test", "volumes": 3, "lesions": 7,
+                                    "rows": [row, better, oracle]}))
+    assert "(R+O - R: MSCN +0.100)" in text
+    assert "| 0.580 (0.550-0.610) | +0.080 | +0.80 |" in text and "| 0.600 | +0.100 | - |" in text
     # no row scored yet (all busy in other tables): the paper's table alone, no figure
     text = "\n".join(render_table3({"split": "detection_test", "volumes": 3, "rows": []}))
     assert "| MSCN | R+P+N | - | 19.9" in text and "![" not in text
