@@ -77,7 +77,9 @@ def build_targets(boxes_xyxy: np.ndarray, out_hw: tuple[int, int], stride: int =
         boxes_xyxy: (N, 4) lesion boxes in input pixels.
         out_hw: output map size (input size / stride).
         hard_negatives_xyxy: (M, 4) hard-negative boxes: their Gaussians overwrite the positives
-            with negative values (paper Eq. 3), so the heatmap target lies in [-1, 1].
+            with negative values (paper Eq. 3), so the heatmap target lies in [-1, 1]. A positive
+            whose centre is overwritten is no object any more: its size and offset are not trained
+            either (the heatmap's focal loss no longer counts it as one).
 
     Returns: ``hm`` (1, H, W) float32, ``ind`` (K,) int64 flat centre indices, ``wh`` and ``reg``
     (K, 2) float32 sizes (output px) and sub-cell offsets, ``mask`` (K,) float32 (K = max_objects).
@@ -87,6 +89,7 @@ def build_targets(boxes_xyxy: np.ndarray, out_hw: tuple[int, int], stride: int =
     if hard_negatives_xyxy is not None and len(hard_negatives_xyxy):
         negative, _ = _gaussian_map(hard_negatives_xyxy, out_hw, stride)
         heatmap = np.where(negative > 0, -negative, positive).astype(np.float32)
+        objects = [obj for obj in objects if negative.flat[obj[0]] <= 0]
     ind = np.zeros(max_objects, dtype=np.int64)
     wh = np.zeros((max_objects, 2), dtype=np.float32)
     reg = np.zeros((max_objects, 2), dtype=np.float32)

@@ -2,8 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
 
 from lesion_harvester.config import HarvestConfig, LPCConfig, load_preset
+from lesion_harvester.geometry.preprocess import normalize_hu
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.mine import hard_negatives_of, mine_round
 from lesion_harvester.harvest.outputs import completed_annotations, harvested_lesions, write_round_outputs
@@ -12,12 +14,14 @@ from lesion_harvester.harvest.steps import (
     fuse,
     lpc_examples,
     lpc_folds,
+    lpc_probabilities,
     lpg_preset,
     pool_examples,
 )
 from lesion_harvester.harvest.verify import label_extent, verify_proposals
 from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.paths import RunLayout
+from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
 
 
@@ -267,3 +271,33 @@ def test_mining_by_the_pooled_rule_reports_each_rule():
     few = MarksEvidence(np.array([0.8, 0.7, 0.6]), np.array([-1, -1, 3]), np.zeros(3, dtype=int), rates)
     info = mine_round(vm, {}, candidates, [], [], cfg, few).info
     assert info["n_harvested"] == 0 and "as the 'combined' rule estimates it" in info["nothing_harvested_because"]
+
+
+class _Constant(torch.nn.Module):
+    """An LPC that gives every patch the same probability."""
+
+    def __init__(self, probability: float):
+        super().__init__()
+        self.logit = float(np.log(probability / (1 - probability)))
+
+    def forward(self, x):
+        return torch.full((len(x),), self.logit)
+
+
+def test_lpc_probabilities_score_v_m_out_of_fold_and_v_h_by_the_mean_of_the_folds():
+    hu = normalize_hu(np.full((8, 32, 32), 40.0)).astype(np.float16)
+    volumes = {k: PreparedVolume(k, hu, (0, 0), 1.0, (2.0, 1.0, 1.0), (8, 32, 32)) for k in ("a", "b", "h")}
+    cfg = LPCConfig(patch_px=16, pad_px=4.0, widen_factor=0.125, min_objectness=0.3, max_per_volume=2,
+                    windows_hu=((-160.0, 240.0),))
+
+    def at(z: int, score: float) -> Tracklet:
+        return Tracklet(np.array([z]), np.array([[8.0, 8.0, 16.0, 16.0]]), np.array([score]))
+
+    vm = [_row("a", 0, at(2, 0.9), "fa_lesion"), _row("a", 1, at(4, 0.2), "fa_negative"),  # 0.2: not classified
+          _row("b", 0, at(3, 0.8), "fa_negative")]
+    candidates = [_row("h", 0, at(2, 0.9)), _row("h", 1, at(3, 0.7)), _row("h", 2, at(4, 0.5))]  # 2 per volume
+    models = [_Constant(0.2), _Constant(0.6)]  # fold 1 holds a out, fold 2 holds b out
+    probability = lpc_probabilities(models, [["a"], ["b"]], vm, candidates, volumes.__getitem__, cfg)
+    assert probability.keys() == {("a", 0), ("b", 0), ("h", 0), ("h", 1)}
+    assert probability[("a", 0)] == pytest.approx(0.2) and probability[("b", 0)] == pytest.approx(0.6)
+    assert probability[("h", 0)] == pytest.approx(0.4) and probability[("h", 1)] == pytest.approx(0.4)

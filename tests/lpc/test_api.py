@@ -23,13 +23,14 @@ from lesion_harvester.structures import Tracklet
 CFG = LPCConfig(patch_px=16, pad_px=4.0, widen_factor=0.125, epochs=1, batch_size=4, windows_hu=((-160.0, 240.0),))
 
 
-def _volume(key: str, x0: int) -> PreparedVolume:
-    hu = np.full((12, 64, 64), -100.0)
+def _volume(key: str, x0: int, background_hu: float = -100.0) -> PreparedVolume:
+    hu = np.full((12, 64, 64), background_hu)
     hu[4:8, 20:28, x0:x0 + 8] = 150.0  # one bright lesion, at a different place in each volume
     return PreparedVolume(key, normalize_hu(hu).astype(np.float16), (0, 0), 1.0, (2.0, 1.0, 1.0), (12, 64, 64))
 
 
-VOLUMES = {"a": _volume("a", 10), "b": _volume("b", 40)}
+# no patch of one is a patch of another; c is a harvest volume (its marked lesion a positive of every fold)
+VOLUMES = {"a": _volume("a", 10), "b": _volume("b", 40, -70.0), "c": _volume("c", 30, -40.0)}
 
 
 def _at(x0: float, score: float = 0.8) -> Tracklet:
@@ -52,7 +53,7 @@ def test_proposal_patches_keep_the_order_given_across_volumes(workers):
 
 def _examples() -> LPCExamples:
     vm_items = [("a", _at(10)), ("a", _at(45)), ("b", _at(40)), ("b", _at(5))]
-    return LPCExamples(vm_items, np.array([1, 0, 1, 0], dtype=np.int64), [("b", _at(40, 0.9))])
+    return LPCExamples(vm_items, np.array([1, 0, 1, 0], dtype=np.int64), [("c", _at(30, 0.9))])
 
 
 def test_examples_count_positives_and_negatives():
@@ -64,8 +65,11 @@ def test_each_fold_is_trained_without_its_volumes_and_resumes(tmp_path, monkeypa
 
     seen = []
 
+    trained_on = []
+
     def fake_train(x, y, cfg, device, seed, progress, desc):  # records what each fold trains on
         seen.append((len(x), y.tolist(), seed, desc))
+        trained_on.append(x.clone())
         torch.manual_seed(seed)
         return LesionProposalClassifier(cfg)
 
@@ -76,6 +80,12 @@ def test_each_fold_is_trained_without_its_volumes_and_resumes(tmp_path, monkeypa
                     desc="round 1 LPC")
     # fold 0 holds volume a out: b's two V_M proposals and the positive; fold 1 the reverse
     assert seen == [(3, [1, 0, 1], 100, "round 1 LPC fold 1/2"), (3, [1, 0, 1], 101, "round 1 LPC fold 2/2")]
+    # checked on the patches each fold trained on: none of its held-out volume's, all of the other's
+    examples = _examples()
+    for fold, x in zip(["a", "b"], trained_on):
+        for key, t in examples.vm_items:
+            patch = extract_patches(VOLUMES[key], [t], CFG)[0].half().float()
+            assert any(torch.equal(patch, row) for row in x) == (key != fold), (fold, key)
     _, _, payload = load_lpc(paths[0])
     assert payload["held_out"] == ["a"] and payload["preprocess"] == to_dict(pre)
     seen.clear()

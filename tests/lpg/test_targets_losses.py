@@ -47,6 +47,18 @@ def test_hard_negatives_overwrite_positives():
     assert np.all(t["hm"] >= -1) and np.all(t["hm"] <= 1)
 
 
+def test_an_erased_positive_is_no_object_while_a_positive_elsewhere_keeps_its_peak():
+    erased, kept = [10.0, 10.0, 29.0, 29.0], [40.0, 40.0, 55.0, 55.0]
+    t = build_targets(np.array([erased, kept]), (24, 24), hard_negatives_xyxy=np.array([erased]))
+    centre = int(t["ind"][0])
+    assert t["hm"].flat[centre] == 1.0 and t["hm"].max() == 1.0 and t["hm"].min() == -1.0
+    # one object left, the one elsewhere: its size and offset are trained, the erased one's are not
+    assert t["mask"].tolist()[:2] == [1.0, 0.0]
+    plain = build_targets(np.array([kept]), (24, 24))
+    assert centre == int(plain["ind"][0]) and np.allclose(t["wh"][0], plain["wh"][0])
+    assert np.array_equal(t["hm"][t["hm"] > 0.5], plain["hm"][plain["hm"] > 0.5])  # its Gaussian untouched
+
+
 def test_hnsl_weighs_a_hard_negative_centre_sixteen_times_background():
     pred = torch.full((1, 1, 1, 2), 0.3)
     target = torch.tensor([[[[0.0, -1.0]]]])  # plain background, hard-negative centre
