@@ -42,6 +42,7 @@ from lesion_harvester.evaluation.matching import covers_a_lesion
 from lesion_harvester.harvest.label_sets import LabelSet, label_set
 from lesion_harvester.harvest.verify import touches
 from lesion_harvester.io.annotations import (
+    read_any_boxes,
     read_boxes_3d,
     read_slice_boxes,
     read_tracklets,
@@ -130,7 +131,7 @@ def adds_nothing(labels: LabelSet) -> bool:
     """Whether a label set other than R holds no harvested lesion and no hard negative: a harvest that
     harvested nothing leaves R+P (and R+Pclean) the very labels of R, so their rows are R's row."""
     def empty(path: str | None) -> bool:
-        return path is None or not any(read_tracklets(path).values())
+        return path is None or not any(read_any_boxes(path).values())
 
     # Rpaper holds R's labels too, but trains otherwise (no hard-background mining): a row of its own
     return labels.name not in ("R", "Rpaper") and empty(labels.extra_positives) and empty(labels.hard_negatives)

@@ -118,6 +118,16 @@ def test_oracle_label_sets(tiny_dataset, tmp_path):
     assert table3.row_settings(bench, "MSCN", "Rpaper", 0, "s") != table3.row_settings(bench, "MSCN", "R", 0, "s")
 
 
+def test_the_oracle_rows_train_each_on_its_own_labels(tiny_dataset, tmp_path, trained):
+    layout, _ = label_run(tmp_path, tiny_dataset)
+    table = run_table3(layout.root, load_preset("tiny"), [0], parse_rows("oracle,MSCN:R"), progress=False)
+    assert trained == [("MSCN", "Rpaper"), ("MSCN", "R+O"), ("MSCN", "R+N"), ("MSCN", "R+Nclean"),
+                       ("CenterNet", "Rpaper"), ("CenterNet", "R+O"), ("CenterNet", "R+N"), ("CenterNet", "R+Nclean"),
+                       ("MSCN", "R")]
+    assert not any(row.get("same_labels_as") for row in table["rows"])
+    assert "share of R+O - R" in layout.table3_md.read_text()
+
+
 @pytest.fixture
 def trained(monkeypatch):
     """The rows a table trains, (detector, label set) in order; each 'training' detects nothing."""
