@@ -236,6 +236,13 @@ class RunLayout:
 UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
 
+def safe_name(text: str, limit: int = 120) -> str:
+    """``text`` as a plain file name: anything but letters, digits, '.', '_' and '-' becomes '_', at
+    most ``limit`` characters, no leading dot ("" where nothing is left), so that a name read from a
+    file never escapes its folder."""
+    return UNSAFE_CHARACTERS.sub("_", text)[:limit].lstrip(".")
+
+
 @dataclass(frozen=True)
 class DetectLayout:
     """``detect``'s output: one folder per scan, ``OUT/<volume id>/``, with its findings, label map and montage."""
@@ -245,7 +252,7 @@ class DetectLayout:
     def scan_dir(self, volume_id: str) -> Path:
         """The scan's folder: the volume id made a plain file name (anything but letters, digits, '.',
         '_' and '-' becomes '_', no leading dot), so an id read from a file never escapes ``root``."""
-        name = UNSAFE_CHARACTERS.sub("_", volume_id)[:120].lstrip(".") or "scan"
+        name = safe_name(volume_id) or "scan"
         return Path(self.root) / name
 
     @staticmethod

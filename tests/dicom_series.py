@@ -11,12 +11,14 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 
 def write_dicom_series(folder: Path, hu_ijk: np.ndarray, affine_lps: np.ndarray, skip: tuple[int, ...] = (),
-                       shuffle_seed: int | None = 0) -> list[Path]:
-    """One file per slice k of ``hu_ijk`` (I columns, J rows, K slices), uncompressed signed 16-bit HU.
+                       shuffle_seed: int | None = 0, intercept: int = 0, tags: dict | None = None) -> list[Path]:
+    """One file per slice k of ``hu_ijk`` (I columns, J rows, K slices), uncompressed signed 16-bit,
+    stored as HU - ``intercept`` (RescaleIntercept).
 
     ``affine_lps`` maps (i, j, k, 1) to LPS mm; its first two columns must be orthogonal. Slices in
     ``skip`` are left out (a series with missing slices); files are named in a shuffled order so
-    that a reader cannot rely on names.
+    that a reader cannot rely on names. ``tags``: DICOM keywords set on every slice (a
+    SeriesDescription, a PixelPaddingValue in stored units, ...).
     """
     folder.mkdir(parents=True, exist_ok=True)
     columns_mm = np.linalg.norm(affine_lps[:3, :3], axis=0)
@@ -43,12 +45,14 @@ def write_dicom_series(folder: Path, hu_ijk: np.ndarray, affine_lps: np.ndarray,
         ds.ImagePositionPatient = [float(v) for v in affine_lps[:3, :3] @ [0, 0, k] + affine_lps[:3, 3]]
         ds.PixelSpacing = [float(columns_mm[1]), float(columns_mm[0])]  # between rows, between columns
         ds.SliceThickness = float(columns_mm[2])
-        ds.RescaleSlope, ds.RescaleIntercept = 1, 0
-        pixels = np.asarray(hu_ijk[:, :, k]).T  # (rows j, columns i), signed HU
+        ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+        pixels = np.asarray(hu_ijk[:, :, k]).T - intercept  # (rows j, columns i), stored values
         ds.Rows, ds.Columns = pixels.shape
         ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
         ds.PixelRepresentation, ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, 1, "MONOCHROME2"
         ds.PixelData = pixels.astype(np.int16).tobytes()
+        for keyword, value in (tags or {}).items():
+            setattr(ds, keyword, value)
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths

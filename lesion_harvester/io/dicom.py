@@ -4,6 +4,14 @@ volume keeps the series' voxel -> patient (LPS) geometry.
 Compressed transfer syntaxes are decoded by pydicom's pixel handlers (Pillow and
 pylibjpeg-openjpeg cover JPEG and JPEG 2000; RLE is native). A syntax no installed decoder
 handles is reported as a DataError naming the file and the syntax.
+
+Padding outside the scanner's field of view is read as air (:data:`AIR_HU`), not as HU: the stored
+values PixelPaddingValue names (with PixelPaddingRangeLimit, the range between the two), and any
+value below :data:`CT_LOWEST_HU`, the modality's range (scanners pad with -2048 or -3024 HU where they
+set no tag).
+
+A folder's series are named by :func:`series_names`: SeriesDescription and SeriesNumber, else the
+SeriesInstanceUID, the same rule for one series or many.
 """
 
 from __future__ import annotations
@@ -23,8 +31,11 @@ from pydicom.errors import InvalidDicomError
 
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.geometry.frames import RAS_TO_LPS
+from lesion_harvester.geometry.preprocess import AIR_HU  # padding outside the field of view is read as air
 from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.hu import check_voxel_count, volume_from_grid
+from lesion_harvester.io.lfs import LFS_FIX, git_lfs_pointer
+from lesion_harvester.paths import safe_name
 from lesion_harvester.structures import Volume
 
 log = logging.getLogger(__name__)
@@ -35,6 +46,9 @@ CT_LIKE_MODALITIES = {"CT", "OT", ""}
 DICOM_GAPS_ENV = "LESION_HARVESTER_DICOM_GAPS"  # "nan": read a series with missing slices, NaN at their positions
 PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UNDEFINED_LENGTH = 0xFFFFFFFF
+# below this no voxel is tissue or air (air is -1000 HU; CT scales start at -1024, and resampling or noise
+# undershoots by a few hundred at most): scanners pad with -2000, -2048 or -3024 where they set no tag
+CT_LOWEST_HU = -1500.0
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -123,8 +137,38 @@ def _read_header(path: Path):
     return _dcmread(path, header_only=True)
 
 
-def _pixels_hu(ds, path: Path) -> np.ndarray:
-    """The slice's (rows, columns) float32 HU, or a DataError naming the file and what is wrong."""
+def _as_stored(value, ds) -> int:
+    """A padding tag's value in the stored pixels' domain: "US or SS" tags are read with either sign
+    whatever the pixels' PixelRepresentation, so -2000 may come as 63536 (and back)."""
+    value, bits = int(value), int(ds.get("BitsAllocated", 16) or 16)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    if signed and value >= 2 ** (bits - 1):
+        return value - 2 ** bits
+    if not signed and value < 0:
+        return value + 2 ** bits
+    return value
+
+
+def padding_mask(ds, stored: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """(rows, columns) bool: the padding of a slice outside the field of view, from its stored pixels
+    and their HU. PixelPaddingValue alone marks its value; with PixelPaddingRangeLimit, every value
+    between the two (inclusive); and every HU below :data:`CT_LOWEST_HU`, the modality's range."""
+    mask = hu < CT_LOWEST_HU
+    value, limit = ds.get("PixelPaddingValue"), ds.get("PixelPaddingRangeLimit")
+    try:
+        value = None if value is None else _as_stored(value, ds)
+        limit = None if limit is None or value is None else _as_stored(limit, ds)
+    except (TypeError, ValueError):  # a malformed tag (several values, text): the range rule still holds
+        return mask
+    if value is None:
+        return mask
+    lo, hi = (value, value) if limit is None else sorted((value, limit))
+    return mask | ((stored >= lo) & (stored <= hi))
+
+
+def _pixels_hu(ds, path: Path) -> tuple[np.ndarray, int]:
+    """The slice's (rows, columns) float32 HU, its padding read as air (:func:`padding_mask`), and the
+    number of padding pixels; or a DataError naming the file and what is wrong."""
     if not any(tag in ds for tag in PIXEL_DATA_KEYWORDS):
         raise DataError(path, "no pixel data: a DICOM file without an image (or one cut short before it)")
     _check_pixel_length(ds, path)
@@ -143,7 +187,10 @@ def _pixels_hu(ds, path: Path) -> np.ndarray:
         raise DataError(path, f"unsupported DICOM: expected one 2D grayscale frame, got shape {pixels.shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
-    return pixels.astype(np.float32) * slope + intercept
+    hu = pixels.astype(np.float32) * slope + intercept
+    padding = padding_mask(ds, pixels, hu)
+    hu[padding] = AIR_HU
+    return hu, int(padding.sum())
 
 
 def _check_pixel_length(ds, path: Path) -> None:
@@ -304,7 +351,8 @@ def read_dicom_series(paths: list[Path], volume_id: str, source: str, allow_gaps
     is ``nan``); then the volume is float32 with NaN slices at the missing positions, so that every slice
     keeps its true z. The volume keeps the series' geometry in LPS (DICOM's frame) and its slices'
     SOPInstanceUIDs and files in k order (``volume.extra["dicom"]``, None at a missing slice, for a
-    DICOM Segmentation that refers to them).
+    DICOM Segmentation that refers to them), the patient ID, study and series UIDs, the series'
+    description and number, and how many voxels of padding were read as air (``padding_voxels``).
     """
     allow_gaps = gaps_allowed() if allow_gaps is None else allow_gaps
     datasets = [_dcmread(path, header_only=False) for path in paths]
@@ -313,16 +361,24 @@ def read_dicom_series(paths: list[Path], volume_id: str, source: str, allow_gaps
     rows, columns = int(first.get("Rows", 0) or 0), int(first.get("Columns", 0) or 0)
     check_voxel_count(source, (columns, rows, layout.num_k), f"series {first.get('SeriesInstanceUID', '')}")
     hu_kji = np.full((layout.num_k, rows, columns), np.nan, dtype=np.float32)
+    padding = 0
     for n, k in zip(layout.order, layout.slice_k):
-        hu = _pixels_hu(datasets[n], paths[n])
+        hu, padded = _pixels_hu(datasets[n], paths[n])
         if hu.shape != (rows, columns):
             raise DataError(paths[n], f"slice is {hu.shape} but the series' first slice is {(rows, columns)}")
         hu_kji[k] = hu
+        padding += padded
+    if padding:
+        log.info("%s: %d voxels of padding outside the field of view (PixelPaddingValue %s, or below %g HU) read "
+                 "as air (%g HU)", volume_id, padding, first.get("PixelPaddingValue", "not set"), CT_LOWEST_HU, AIR_HU)
     hu_ijk = np.transpose(hu_kji, (2, 1, 0))  # (k, row j, column i) -> (i, j, k)
     volume = volume_from_grid(volume_id, hu_ijk, RAS_TO_LPS @ layout.affine_lps, "LPS", source,
                               allow_nan=bool(layout.missing_k))
     by_k: dict[int, int] = dict(zip(layout.slice_k, layout.order))
     info = {"study_uid": str(first.get("StudyInstanceUID", "")), "series_uid": str(first.get("SeriesInstanceUID", "")),
+            "patient_id": str(first.get("PatientID", "") or ""),
+            "series_description": str(first.get("SeriesDescription", "") or ""),
+            "series_number": _series_number(first), "padding_voxels": padding,
             "sop_instance_uids": [_sop_instance_uid(datasets[by_k[k]]) if k in by_k else None
                                   for k in range(layout.num_k)],
             "files": [str(paths[by_k[k]]) if k in by_k else None for k in range(layout.num_k)],
@@ -348,8 +404,59 @@ def _skip_reason(ds) -> str | None:
     return None
 
 
+def _series_number(ds) -> int | None:
+    try:
+        return int(ds.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesHeader:
+    """What names and orders a series: its first file's SeriesInstanceUID, SeriesDescription,
+    SeriesNumber, PatientID and StudyInstanceUID (empty or None where the files do not say)."""
+
+    uid: str
+    description: str
+    number: int | None
+    patient_id: str = ""
+    study_uid: str = ""
+
+    @classmethod
+    def of(cls, ds) -> SeriesHeader:
+        return cls(str(ds.get("SeriesInstanceUID", "") or ""), str(ds.get("SeriesDescription", "") or ""),
+                   _series_number(ds), str(ds.get("PatientID", "") or ""), str(ds.get("StudyInstanceUID", "") or ""))
+
+
+def series_names(headers: list[SeriesHeader], fallback: str) -> list[str]:
+    """A name per series, the same rule for one series or many: the SeriesDescription made a plain file
+    name and the SeriesNumber (``CT_Body_3.0_2``), the description alone, ``series_<number>``, else the
+    SeriesInstanceUID, else ``fallback`` (the input's name). Of two series with one name (in the
+    order given), the second gets ``_2``, the third ``_3``."""
+    names, seen = [], Counter()
+    for h in headers:
+        description = safe_name(h.description, 64).strip("._")
+        number = "" if h.number is None else str(h.number)
+        base = "_".join(p for p in (description, number) if p) if description else (
+            f"series_{number}" if number else safe_name(h.uid) or fallback)
+        seen[base] += 1
+        names.append(base if seen[base] == 1 else f"{base}_{seen[base]}")
+    return names
+
+
+def _no_dicom_message(folder: Path) -> str:
+    """Why a folder holds no DICOM file, naming Git-LFS placeholders where they are what it holds."""
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    pointers = sum(1 for p in files if git_lfs_pointer(p))
+    if pointers:
+        return (f"no DICOM files (with the DICM preamble) in this folder: {pointers} of its {len(files)} files are "
+                f"Git-LFS pointers, text placeholders of the images ({LFS_FIX})")
+    return "no DICOM files (with the DICM preamble) in this folder"
+
+
 def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
-    """List the CT series under a DICOM file or folder, reading headers only: {volume id: files}.
+    """List the CT series under a DICOM file or folder, reading headers only: {series name: files},
+    ordered by patient, study, series number and UID, named by :func:`series_names`.
 
     Series that are not CT volumes (another modality, no image, a localizer) are skipped with one
     warning per series that says why.
@@ -360,10 +467,11 @@ def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
     elif path.is_dir():
         files = list_dicom_files(path)
         if not files:
-            raise DataError(path, "no DICOM files (with the DICM preamble) in this folder")
+            raise DataError(path, _no_dicom_message(path))
     else:
         raise DataError(path, "file or folder not found")
     series: dict[str, list[Path]] = defaultdict(list)
+    headers: dict[str, SeriesHeader] = {}
     skipped: dict[tuple[str, str, str], list[Path]] = defaultdict(list)
     for file in files:
         ds = _read_header(file)
@@ -371,6 +479,7 @@ def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
         reason = _skip_reason(ds)
         if reason is None:
             series[uid].append(file)
+            headers.setdefault(uid, SeriesHeader.of(ds))
         else:
             skipped[(uid, str(ds.get("SeriesDescription", "") or "no description"), reason)].append(file)
     for (uid, description, reason), skipped_files in skipped.items():
@@ -379,9 +488,10 @@ def scan_dicom(path: str | Path) -> dict[str, list[Path]]:
     if not series:
         raise DataError(path, "no CT image slices found" + (" (every series was skipped: see the warnings)"
                                                             if skipped else ""))
-    base = path.stem if path.is_file() else path.name
-    ordered = [files for _uid, files in sorted(series.items())]
-    return {base if len(ordered) == 1 else f"{base}_{i:02d}": files for i, files in enumerate(ordered)}
+    uids = sorted(series, key=lambda u: (headers[u].patient_id, headers[u].study_uid,
+                                         headers[u].number if headers[u].number is not None else 2**31, u))
+    names = series_names([headers[u] for u in uids], path.stem if path.is_file() else path.name)
+    return {name: series[uid] for name, uid in zip(names, uids)}
 
 
 def read_dicom(path: str | Path, allow_gaps: bool | None = None) -> list[Volume]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lesion_harvester.errors import DataError
+from lesion_harvester.io.lfs import check_not_lfs_pointer
 from lesion_harvester.structures import Volume
 
 
@@ -35,6 +36,7 @@ def detect_format(path: Path) -> str:
         raise DataError(path, "file or folder not found")
     name = path.name.lower()
     if path.is_file():
+        check_not_lfs_pointer(path)
         if name.endswith(".nii") or name.endswith(".nii.gz"):
             return "nifti"
         return "dicom"

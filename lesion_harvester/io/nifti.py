@@ -15,6 +15,7 @@ from nibabel.openers import ImageOpener
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.hu import check_voxel_count, volume_from_grid
+from lesion_harvester.io.lfs import check_not_lfs_pointer
 from lesion_harvester.structures import Volume
 
 GUNZIP_CHUNK = 2**20  # bytes decompressed per step (a read allocates a whole step first)
@@ -38,6 +39,7 @@ def read_nifti(path: str | Path) -> Volume:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "file not found")
+    check_not_lfs_pointer(path)  # a folder of NIfTI files reaches here without the loader's check
     image = _load_header(path)
     proxy = image.dataobj  # nibabel's lazy reader: where the voxels lie in the file and how they scale
     _check_voxel_type(proxy.dtype, path)

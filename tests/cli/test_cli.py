@@ -17,9 +17,27 @@ def test_inspect_real_files(capsys):
         assert out["format"] == fmt and out["volumes"][0]["shape"] == shape
         assert set(out["volumes"][0]) == {"id", "shape", "spacing_mm", "hu_min", "hu_max", "input_shape_ijk",
                                           "world_frame", "world_origin_known", "array_xyz_to_world_mm",
-                                          "missing_slices"}
+                                          "missing_slices", "orientation"} | ({"dicom"} if fmt == "dicom" else set())
         assert out["volumes"][0]["missing_slices"] == 0
         assert out["volumes"][0]["world_frame"] == ("RAS" if fmt == "nifti" else "LPS")
+        # NIfTI's axes run toward the patient's right, anterior, superior here; DICOM's left, posterior, superior
+        assert out["volumes"][0]["orientation"]["input_axes_ijk"] == ("RAS" if fmt == "nifti" else "LPS")
+        assert out["volumes"][0]["orientation"]["slice_plane"] == "axial"
+
+
+def test_inspect_names_a_flipped_and_tilted_orientation(tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+
+    tilt = np.radians(12.0)
+    affine = np.diag([-0.8, 0.8, 2.5, 1.0])  # i toward the patient's left (-x in RAS)
+    rotation = np.array([[1, 0, 0], [0, np.cos(tilt), -np.sin(tilt)], [0, np.sin(tilt), np.cos(tilt)]])
+    affine[:3, :3] = rotation @ affine[:3, :3]  # a gantry tilted 12 degrees about x
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), affine), tmp_path / "tilted.nii.gz")
+    assert main(["inspect", str(tmp_path / "tilted.nii.gz")]) == 0
+    (volume,) = json.loads(capsys.readouterr().out)["volumes"]
+    assert volume["orientation"]["input_axes_ijk"] == "LAS" and volume["orientation"]["slice_plane"] == "axial"
+    assert volume["orientation"]["oblique_deg"] == pytest.approx(12.0, abs=1e-3)
 
 
 def test_inspect_synthetic_split(tiny_dataset, capsys):

@@ -127,8 +127,8 @@ def test_detect_command_on_real_ct(tiny_checkpoint, tmp_path, capsys):
             "--score-threshold", "0.0", "--device", "cpu", "-q"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "example_ct_sm:" in printed and "example_ct_dicom:" in printed and "wrote 2 scans" in printed
-    for name, source in (("example_ct_sm", nifti), ("example_ct_dicom", None)):
+    assert "example_ct_sm:" in printed and "CT_Body_3.0:" in printed and "wrote 2 scans" in printed
+    for name, source in (("example_ct_sm", nifti), ("CT_Body_3.0", None)):
         folder = out / name
         document = json.loads((folder / "findings.json").read_text())
         labels = nib.load(folder / "labels.nii.gz")
@@ -194,7 +194,7 @@ def test_the_package_top_is_the_api(tmp_path):
         write_dicom_series(tmp_path / "export" / name, np.zeros((8, 8, 3), np.int16), np.diag([0.7, 0.7, 2.0, 1.0]))
     with pytest.raises(DataError, match="holds 2 volumes; name one with key="):
         load_volume(tmp_path / "export")
-    assert load_volume(tmp_path / "export", key="export_01").shape == (3, 8, 8)
+    assert load_volume(tmp_path / "export", key="series_1_2").shape == (3, 8, 8)
 
 
 def test_evaluate_in_memory_equals_evaluate_on_files(tmp_path):

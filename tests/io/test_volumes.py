@@ -231,7 +231,7 @@ def test_a_mixed_export_keeps_the_ct_series_and_says_which_were_skipped(tmp_path
             ds.save_as(path)
     with caplog.at_level("WARNING"):
         source = open_volumes(tmp_path / "export")
-    assert source.keys == ["export"]  # the one CT series
+    assert source.keys == ["series_1"]  # the one CT series, named by its number (it has no description)
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2
     assert any("'pet', 3 files" in w and "modality PT, not CT" in w for w in warnings)
