@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from lesion_harvester.config import PRESETS, Preset, load_preset
 from lesion_harvester.device import DEVICE_CHOICES_HELP
+from lesion_harvester.io.logs import debug_of_this_package_only
 
 
 def _common_flags() -> argparse.ArgumentParser:
@@ -96,9 +97,9 @@ class _ConsoleFormatter(logging.Formatter):
 
 
 def configure_logging(verbose: bool, quiet: bool) -> None:
-    """Console logging for one command: INFO (DEBUG with -v, WARNING with -q) on stderr. The root
-    logger passes INFO on in every case, so that a run's log file (:func:`lesion_harvester.io.logs.log_to_file`)
-    holds the whole story even of a quiet run."""
+    """Console logging for one command: INFO (and this package's DEBUG with -v, WARNING with -q) on
+    stderr. The root logger passes INFO on in every case, so that a run's log file
+    (:func:`lesion_harvester.io.logs.log_to_file`) holds the whole story even of a quiet run."""
     root = logging.getLogger()
     for handler in [h for h in root.handlers if isinstance(h, _TqdmHandler)]:
         root.removeHandler(handler)  # main() may run several times in one process (tests, notebooks)
@@ -107,4 +108,5 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     handler.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     handler.addFilter(_not_the_file_logs_stop_record)
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.setLevel(logging.INFO)
+    debug_of_this_package_only(verbose)

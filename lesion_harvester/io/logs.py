@@ -9,6 +9,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PACKAGE_LOGGER = "lesion_harvester"
+
+
+def debug_of_this_package_only(verbose: bool) -> None:
+    """Let DEBUG records through (``verbose``) from this package's loggers alone, the root logger passing
+    INFO: a library's debug output (matplotlib's 200-odd font look-ups per figure) stays off under -v."""
+    logging.getLogger(PACKAGE_LOGGER).setLevel(logging.DEBUG if verbose else logging.NOTSET)
 
 
 @contextlib.contextmanager
