@@ -3,7 +3,9 @@
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so loading it runs no
 code: ``format``, ``model_config`` and ``preprocess`` (the dataclasses as dicts), ``state_dict``,
 ``stack`` (the 2D-to-3D stacking settings of the preset it was trained with, which ``propose``
-uses by default), ``epoch``, ``score`` and, in ``last.pt``, the optimiser, schedule and random states for resuming.
+uses by default), ``epoch``, ``score``, in ``best.pt`` the ``operating_point`` (the score at 0.5, 1, 2
+and 4 false positives per validation volume, :func:`lesion_harvester.lpg.train.measure_operating_point`)
+and, in ``last.pt``, the optimiser, schedule and random states for resuming.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
 
 FORMAT = "lesion-harvester-lpg/1"
+OPERATING_RATES = (0.5, 1.0, 2.0, 4.0)  # false positives per volume at which an LPG's score is measured
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> None:
@@ -69,3 +72,42 @@ def _settings(payload: dict, key: str, path: str | Path) -> dict:
         raise DataError(path, f"LPG checkpoint without its '{key}' settings (found {type(section).__name__})",
                         "it was not written by lesion-harvester train-lpg")
     return section
+
+
+def rate_key(fp_per_volume: float) -> str:
+    """How a rate names its entry of an operating point: 1.0 -> "1", 0.5 -> "0.5"."""
+    return f"{float(fp_per_volume):g}"
+
+
+def describe_rate(rate: str, entry: dict) -> str:
+    """One rate of an operating point for people: "1 FP/volume: score >= 0.412 (measured 0.93 FP/volume,
+    sensitivity 0.620)"."""
+    if entry.get("keeps_none"):
+        return f"{rate} FP/volume: none kept (the top-scoring finding, {entry['score']:.4g}, already makes more)"
+    note = "" if entry.get("reached", True) else "; fewer false positives even at the lowest score measured"
+    return (f"{rate} FP/volume: score >= {entry['score']:.4g} (measured {entry.get('fp_per_volume', 0):.2f} "
+            f"FP/volume, sensitivity {entry.get('sensitivity', 0):.3f}{note})")
+
+
+def checkpoint_operating_point(path: str | Path, payload: dict | None = None) -> dict | None:
+    """The operating point stored with an LPG, None for one written before they were measured (or
+    trained without validation lesions); a DataError naming the file for an entry that is not one.
+    ``payload``: the checkpoint already loaded from ``path``."""
+    payload = payload if payload is not None else load_checkpoint(path)
+    point = payload.get("operating_point")
+    if point is None:
+        return None
+    rates = point.get("rates") if isinstance(point, dict) else None
+    if not isinstance(rates, dict) or not rates or not all(
+            isinstance(v, dict) and isinstance(v.get("score"), (int, float)) for v in rates.values()):
+        raise DataError(path, "damaged LPG checkpoint: its 'operating_point' holds no score per rate",
+                        "measure it again: lesion-harvester info CKPT --measure-operating-point DATA")
+    return point
+
+
+def store_operating_point(path: str | Path, operating_point: dict, payload: dict | None = None) -> None:
+    """Write ``operating_point`` into the checkpoint at ``path`` (atomically; everything else kept),
+    replacing the one it held; ``payload``: the checkpoint already loaded from ``path``."""
+    payload = dict(payload if payload is not None else load_checkpoint(path))
+    payload["operating_point"] = operating_point
+    save_checkpoint(path, payload)

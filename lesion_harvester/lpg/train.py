@@ -1,10 +1,12 @@
 """Train the LPG: crops (or whole slices) with MULAN-style augmentation, validation FROC each epoch.
 
 Outputs in CKPT_DIR: ``best.pt`` (the epoch with the best mean sensitivity at 0.5/1/2/4 FPs per
-validation slice, MULAN's rule), ``last.pt`` (everything needed to resume), ``train_log.json`` and
-``config.yaml``. Every file is written atomically. The folder is locked (``CKPT_DIR/.lock``) while a
-training writes it, so a second training into it refuses at once. Rerunning the same command after
-a kill resumes after the last finished epoch and gives the same result as an uninterrupted run.
+validation slice, MULAN's rule, with its operating point: the score at 0.5, 1, 2 and 4 false positives
+per validation volume, measured on whole volumes once training ends), ``last.pt`` (everything needed
+to resume), ``train_log.json`` and ``config.yaml``. Every file is written atomically. The folder is
+locked (``CKPT_DIR/.lock``) while a training writes it, so a second training into it refuses at once.
+Rerunning the same command after a kill resumes after the last finished epoch and gives the same
+result as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -14,24 +16,38 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lesion_harvester.config import LPGTrainConfig, Preset, dump_config, settings_fingerprint
+from lesion_harvester.config import LPGTrainConfig, Preset, ScanConfig, StackConfig, dump_config, settings_fingerprint
 from lesion_harvester.device import resolve_device
 from lesion_harvester.distributed import ALONE, Distributed
-from lesion_harvester.errors import ConfigError
+from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
 from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.io.locks import locked_output
 from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.io.partial import file_digest
+from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.io.prepared_cache import PreparedCache
-from lesion_harvester.lpg.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from lesion_harvester.lpg.checkpoint import (
+    OPERATING_RATES,
+    checkpoint_operating_point,
+    checkpoint_stack,
+    describe_rate,
+    load_checkpoint,
+    load_model,
+    model_payload,
+    rate_key,
+    save_checkpoint,
+    store_operating_point,
+)
 from lesion_harvester.lpg.data import CropSampler, HardBackground, TrainingData, epoch_loader
 from lesion_harvester.lpg.ddp import distributed_model
 from lesion_harvester.lpg.losses import centernet_loss, loss_counts
@@ -45,6 +61,9 @@ from lesion_harvester.structures import SliceBox, Tracklet
 log = logging.getLogger(__name__)
 
 VALIDATION_RATES = ("0.5", "1", "2", "4")
+# an operating point is measured on tracklets stacked from 2D boxes down to this score (or t_G where
+# lower), so that a rate whose score lies under t_G is still found; detect stacks the same way there
+OPERATING_POINT_MIN_SCORE = 0.05
 
 
 def make_optimizer(model: torch.nn.Module, cfg: LPGTrainConfig) -> torch.optim.Optimizer:
@@ -137,6 +156,130 @@ def mine_hard_background(scanner: Scanner, prepared: dict[str, PreparedVolume], 
                 kept += 1
     by_key = _in_order(list(truth), dist.gather(mined))
     return [location for locations in by_key.values() for location in locations]
+
+
+def scores_at_fp_rates(scores: np.ndarray, fp_per_volume: np.ndarray, sensitivity: np.ndarray,
+                       lowest: float, rates: tuple[float, ...] = OPERATING_RATES) -> dict[str, dict]:
+    """The score threshold at each rate of false positives per volume, read off an evaluation's curve.
+
+    Args:
+        scores: (D,) detection scores in descending order (the evaluation's order).
+        fp_per_volume: (D,) false positives per volume among the first d + 1 detections (non-decreasing).
+        sensitivity: (D,) the share of lesions found among them.
+        lowest: the lowest score a detection could have (the threshold when there is none).
+    Returns:
+        {rate ("0.5", "1", ...): {"score", "fp_per_volume", "sensitivity", "reached"}}: the lowest score
+        s whose detections (those scoring s or more; ties enter together) make at most ``rate`` false
+        positives per volume, and what they make and find. ``reached`` is False where even every
+        detection makes fewer (s is then the lowest score measured); where the top-scoring
+        detections alone make more, s lies just above the top score and keeps nothing (``keeps_none``).
+    """
+    n = len(scores)
+    # a threshold can stop only where the score drops: detections of one score enter together
+    ends = np.flatnonzero(np.r_[scores[1:] < scores[:-1], True]) if n else np.zeros(0, dtype=np.int64)
+    out = {}
+    for rate in rates:
+        within = ends[fp_per_volume[ends] <= rate + 1e-9]
+        if n == 0:
+            entry = {"score": float(lowest), "fp_per_volume": 0.0, "sensitivity": 0.0, "reached": False}
+        elif len(within) == 0:
+            entry = {"score": float(np.nextafter(scores[0], np.inf)), "fp_per_volume": 0.0, "sensitivity": 0.0,
+                     "reached": True, "keeps_none": True}
+        else:
+            k = int(within[-1])
+            entry = {"score": float(scores[k]), "fp_per_volume": float(fp_per_volume[k]),
+                     "sensitivity": float(sensitivity[k]), "reached": k < n - 1}
+        out[rate_key(rate)] = entry
+    return out
+
+
+def operating_point(scanner: Scanner, prepare: Callable[[str], PreparedVolume], truth: dict[str, list[SliceBox]],
+                    stack: StackConfig, dist: Distributed = ALONE) -> dict:
+    """The LPG's score at 0.5, 1, 2 and 4 false positives per volume on whole volumes: each volume of
+    ``truth`` (``prepare(key)`` gives it) scanned as ``detect`` scans, its 2D boxes stacked down to
+    min(t_G, :data:`OPERATING_POINT_MIN_SCORE`), the tracklets matched to ``truth`` by P3D. Under
+    torchrun each rank scans its share of the volumes and every rank gets the same result."""
+    measuring = replace(stack, score_threshold=min(stack.score_threshold, OPERATING_POINT_MIN_SCORE))
+    mine = {key: scanner.propose(prepare(key), measuring) for key in dist.shard(list(truth))}
+    detections = _in_order(list(truth), dist.gather(mine)) if dist.active else mine
+    result = evaluate_detections({k: VolumeTruth.from_slice_boxes(v) for k, v in truth.items()}, detections)
+    return {"rates": scores_at_fp_rates(result.scores, result.fp_per_volume, result.recall, measuring.score_threshold),
+            "metric": "p3d", "volumes": result.n_volumes, "lesions": result.n_gt,
+            "stack_score_threshold": measuring.score_threshold}
+
+
+def describe_operating_point(point: dict) -> str:
+    """One line for logs: the score at each rate, and what it was measured on."""
+    rates = "; ".join(describe_rate(rate, entry) for rate, entry in point["rates"].items())
+    return f"{rates}. P3D on {point.get('volumes')} volumes, {point.get('lesions')} lesions ({point.get('truth', '')})"
+
+
+def _kept_operating_point(layout: TrainLayout, scanner: Scanner, prepared: dict[str, PreparedVolume],
+                          validation: dict[str, list[SliceBox]], validation_source: str, stack: StackConfig,
+                          data: str | Path, dist: Distributed) -> dict | None:
+    """best.pt's operating point: the one it holds, or measured now on the validation volumes and
+    stored in it (so that a rerun after a kill measures it once). ``scanner`` runs the training's model,
+    which gets best.pt's weights."""
+    payload = load_checkpoint(layout.best)
+    stored = checkpoint_operating_point(layout.best, payload)
+    if stored is not None:
+        return stored
+    if not any(validation.values()):
+        log.warning("%s: no validation lesions, so no operating point (detect --fp-per-volume needs one; measure "
+                    "it later with lesion-harvester info %s --measure-operating-point DATA)", data, layout.best)
+        return None
+    scanner.model.load_state_dict(payload["state_dict"])
+    scanner.model.eval()
+    point = {**operating_point(scanner, prepared.__getitem__, validation, stack, dist), "truth": validation_source,
+             "data": str(Path(data).resolve()), "epoch": int(payload.get("epoch", -1)) + 1}
+    if dist.is_main:
+        store_operating_point(layout.best, point, payload)
+    dist.barrier()
+    log.info("operating point of %s: %s", layout.best, describe_operating_point(point))
+    return point
+
+
+def measure_operating_point(checkpoint: str | Path, data: str | Path | None = None,
+                            fully_annotated: str | Path | None = None, device: str = "auto",
+                            cache_dir: str | Path | None = None) -> dict:
+    """Measure an LPG checkpoint's operating point on a dataset's validation volumes and store it in the
+    checkpoint (replacing the one it held), for checkpoints trained before training stored one.
+
+    Args:
+        checkpoint: an LPG ``best.pt`` (of ``train-lpg`` or of a harvest round).
+        data: a DeepLesion-layout folder; by default the one the checkpoint trained on (as recorded).
+        fully_annotated: V_M's labels file, which decides the validation volumes of a dataset that names
+            none; by default the one the checkpoint trained with when ``data`` is its training data.
+        device, cache_dir: as for training.
+    Returns:
+        The operating point stored (:func:`operating_point`, with the validation set's description).
+    """
+    payload = load_checkpoint(checkpoint)
+    recorded = payload.get("training_data") if isinstance(payload.get("training_data"), dict) else {}
+    if data is None:
+        data = recorded.get("path")
+        if not data:
+            raise ConfigError(f"{checkpoint}: the checkpoint records no training data; give the dataset folder")
+    if fully_annotated is None and str(Path(data).resolve()) == recorded.get("path"):
+        inputs = recorded.get("inputs") or [None]
+        fully_annotated = inputs[0]
+    part = resolve_partition(data, fully_annotated, need_fully_annotated=False,
+                             purpose="measuring an operating point")
+    if not any(part.validation.values()):
+        raise DataError(data, "no validation volumes with lesions to measure an operating point on")
+    device = resolve_device(device)
+    model, _, pre = load_model(checkpoint, device, payload)
+    cache = PreparedCache(cache_dir_for(data, cache_dir), pre)
+    scanner = Scanner(model, pre, ScanConfig(), device)
+    folder = TrainLayout(Path(checkpoint).parent)
+    with locked_output(folder.lock, folder.root):  # not while a training writes this folder
+        point = {**operating_point(scanner, lambda key: cache.get(part.source, key), part.validation,
+                                   checkpoint_stack(checkpoint, payload)),
+                 "truth": part.validation_source, "data": str(Path(data).resolve()),
+                 "epoch": int(payload.get("epoch", -1)) + 1}
+        store_operating_point(checkpoint, point, payload)
+    log.info("operating point of %s: %s", checkpoint, describe_operating_point(point))
+    return point
 
 
 def best_score(history: list[dict]) -> float | None:
@@ -316,7 +459,10 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
                 scheduler=scheduler.state_dict(), history=history, best_score=best_score(history),
                 rng_torch=torch.get_rng_state()))
         dist.barrier()  # an epoch ends when its checkpoint is on disk
+    operating = (_kept_operating_point(layout, scanner, prepared, sources.validation, sources.validation_source,
+                                       preset.stack, data, dist) if history else None)
     summary = {"best_score": best_score(history), "kept_epoch": kept_epoch(history, cfg.keep_epoch),
+               "operating_point": operating,
                "epochs": len(history), "history": history,
                "elapsed_s": round(time.time() - start_time, 1), "device": device, "processes": dist.world_size,
                "training_slices": len(sources.training.records), "training_volumes": len(sources.training.volume_keys)}
