@@ -245,9 +245,18 @@ def safe_name(text: str, limit: int = 120) -> str:
 
 @dataclass(frozen=True)
 class DetectLayout:
-    """``detect``'s output: one folder per scan, ``OUT/<volume id>/``, with its findings, label map and montage."""
+    """``detect``'s output: one folder per scan, ``OUT/<volume id>/``, with its findings, label map and
+    montage, and an index of the scans (``index.json``, ``index.csv``)."""
 
     root: Path
+
+    @property
+    def index_json(self) -> Path:
+        return Path(self.root) / "index.json"
+
+    @property
+    def index_csv(self) -> Path:
+        return Path(self.root) / "index.csv"
 
     def scan_dir(self, volume_id: str) -> Path:
         """The scan's folder: the volume id made a plain file name (anything but letters, digits, '.',

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import TypeVar
 
 import numpy as np
@@ -295,15 +296,58 @@ class Tracklet:
         ]
 
 
+@dataclass(frozen=True)
+class FindingPlace:
+    """Where one finding lies, in the three frames of :mod:`lesion_harvester.geometry.frames`.
+
+    Boxes are inclusive voxel ranges, given by their (3,) min and max corners: array ``(x, y, z)``,
+    input voxels ``(i, j, k)``, world mm in ``world_frame`` (the voxel centres at the corners).
+    ``long_axis_mm`` and ``short_axis_mm`` are the sides of its box on its largest slice (whole
+    voxels, ``x2 - x1 + 1``), ``largest_slice`` that slice's ``z_index``.
+    """
+
+    world_frame: WorldFrame
+    box_array_min_xyz: np.ndarray
+    box_array_max_xyz: np.ndarray
+    box_input_min_ijk: np.ndarray
+    box_input_max_ijk: np.ndarray
+    box_world_min_mm: np.ndarray
+    box_world_max_mm: np.ndarray
+    centre_array_xyz: np.ndarray
+    centre_input_ijk: np.ndarray
+    centre_world_mm: np.ndarray
+    long_axis_mm: float
+    short_axis_mm: float
+    largest_slice: int
+
+
+# where an input's identity is not known (a NIfTI file has no series, a DICOM series no file name)
+UNKNOWN_ID = ""
+ROW_COLUMNS = (
+    "id", "score", "centre_world_x_mm", "centre_world_y_mm", "centre_world_z_mm",
+    "box_world_min_x_mm", "box_world_min_y_mm", "box_world_min_z_mm",
+    "box_world_max_x_mm", "box_world_max_y_mm", "box_world_max_z_mm", "world_frame",
+    "long_axis_mm", "short_axis_mm", "i_min", "j_min", "k_min", "i_max", "j_max", "k_max", "z_first", "z_last",
+    "input", "volume_id", "file_name", "patient_id", "study_instance_uid", "series_instance_uid",
+)
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    return round(float(value), digits) if math.isfinite(value) else None
+
+
 @dataclass(frozen=True, eq=False)
 class Findings:
     """The lesions found in one volume, by descending score: finding ``i`` has id ``i + 1`` (its label
     in a label map). Boxes are in the volume's array frame; ``volume.geometry`` places them in the
-    input file and in the world (:mod:`lesion_harvester.detect.findings`)."""
+    input file and in the world (:meth:`place`, :meth:`rows`; :mod:`lesion_harvester.detect.findings`
+    for the whole record). ``found_with`` says how they were found (the detector fills it: checkpoint,
+    score threshold and the rule that chose it)."""
 
     volume: Volume
     tracklets: tuple[Tracklet, ...]
     runtime_s: float = 0.0
+    found_with: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ordered = tuple(sorted(self.tracklets, key=lambda t: -t.score))
@@ -311,6 +355,71 @@ class Findings:
 
     def __len__(self) -> int:
         return len(self.tracklets)
+
+    def __repr__(self) -> str:
+        # the dataclass repr would print the whole volume array
+        scores = " ".join(f"{t.score:.2f}" for t in self.tracklets[:5]) + (" ..." if len(self) > 5 else "")
+        threshold = self.found_with.get("score_threshold")
+        at = f", score >= {threshold:.3g}" if threshold is not None else ""
+        return (f"Findings({self.volume.volume_id!r}: {len(self)} finding{'' if len(self) == 1 else 's'}"
+                f"{', top scores ' + scores if scores else ''}{at})")
+
+    @property
+    def input_ids(self) -> dict[str, str]:
+        """Which input the findings belong to: its path and volume id, the file name (NIfTI and other
+        files) or the DICOM series' patient ID, study and series instance UIDs (``volume.extra["dicom"]``
+        of :mod:`lesion_harvester.io.dicom`); ``""`` where the input does not say."""
+        dicom = self.volume.extra.get("dicom") or {}
+        source = self.volume.source
+        return {"input": source, "volume_id": self.volume.volume_id,
+                "file_name": UNKNOWN_ID if dicom or not source else PurePath(source).name,
+                "patient_id": str(dicom.get("patient_id", UNKNOWN_ID)),
+                "study_instance_uid": str(dicom.get("study_uid", UNKNOWN_ID)),
+                "series_instance_uid": str(dicom.get("series_uid", UNKNOWN_ID))}
+
+    def place(self, index: int, frame: WorldFrame | None = None) -> FindingPlace:
+        """Where finding ``index`` (0-based, id ``index + 1``) lies; world mm in ``frame`` (default: the
+        input's own, RAS for NIfTI, LPS for DICOM)."""
+        t, volume = self.tracklets[index], self.volume
+        geometry = volume.geometry
+        frame = frame or geometry.native_frame
+        box = t.box_3d()
+        x1, y1, x2, y2 = box.box_xyxy_px
+        lo, hi = np.array([x1, y1, box.z_range[0]]), np.array([x2, y2, box.z_range[1]])
+        centre = (lo + hi) / 2
+        in_lo, in_hi = geometry.box_array_to_input(lo, hi)
+        w_lo, w_hi = geometry.box_array_to_world(lo, hi, frame)
+        _dz, dy, dx = volume.spacing_zyx_mm
+        b = t.boxes_xyxy_px
+        largest = int(np.argmax((b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)))
+        bx = b[largest]
+        long_mm, short_mm = sorted([(bx[2] - bx[0] + 1) * dx, (bx[3] - bx[1] + 1) * dy], reverse=True)
+        return FindingPlace(frame, lo, hi, in_lo, in_hi, w_lo, w_hi, centre, geometry.points_array_to_input(centre),
+                            geometry.points_array_to_world(centre, frame), float(long_mm), float(short_mm),
+                            int(t.z_indices[largest]))
+
+    def rows(self, frame: WorldFrame | None = None) -> list[dict]:
+        """One flat dict per finding (the columns of :data:`ROW_COLUMNS`, ``findings.csv``'s), by
+        descending score: centre and box corners in world mm (``frame``, default the input's own; None
+        where the slice interval is unknown), the box's sides in mm, the box in input voxels, the slice
+        range, and the input it belongs to. ``pandas.DataFrame(findings.rows())`` makes a table."""
+        ids = self.input_ids
+        rows = []
+        for index, t in enumerate(self.tracklets):
+            p = self.place(index, frame)
+            rows.append({
+                "id": index + 1, "score": round(t.score, 4),
+                **{f"centre_world_{a}_mm": _rounded(v, 3) for a, v in zip("xyz", p.centre_world_mm)},
+                **{f"box_world_min_{a}_mm": _rounded(v, 3) for a, v in zip("xyz", p.box_world_min_mm)},
+                **{f"box_world_max_{a}_mm": _rounded(v, 3) for a, v in zip("xyz", p.box_world_max_mm)},
+                "world_frame": p.world_frame,
+                "long_axis_mm": round(p.long_axis_mm, 2), "short_axis_mm": round(p.short_axis_mm, 2),
+                **{f"{a}_min": _rounded(v, 2) for a, v in zip("ijk", p.box_input_min_ijk)},
+                **{f"{a}_max": _rounded(v, 2) for a, v in zip("ijk", p.box_input_max_ijk)},
+                "z_first": int(t.z_indices.min()), "z_last": int(t.z_indices.max()),
+                **ids,
+            })
+        return rows
 
 
 SliceBoxes = dict[str, list[SliceBox]]

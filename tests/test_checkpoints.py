@@ -1,5 +1,7 @@
 """Checkpoints describe themselves, and one that this version cannot read ends in a clear error."""
 
+import nibabel as nib
+import numpy as np
 import torch
 
 from lesion_harvester import __version__
@@ -29,11 +31,14 @@ def test_checkpoints_this_version_cannot_read(tiny_checkpoint, tmp_path, capsys)
     assert main(["detect", data, "--checkpoint", str(tmp_path / "newer.pt"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "newer.pt: LPG checkpoint of format lesion-harvester-lpg/2, written by lesion-harvester 9.0.0" in err
-    # settings that do not match the weights (as a changed architecture would give)
+    # settings that do not match the weights (as a changed architecture would give): found once a scan needs
+    # the model (a rerun with nothing to scan builds none), before anything is written
     state = dict(payload["state_dict"])
     state.pop(next(iter(state)))
     save_checkpoint(tmp_path / "broken.pt", {**payload, "state_dict": state})
-    assert main(["detect", data, "--checkpoint", str(tmp_path / "broken.pt"), "--out", str(tmp_path / "o")]) == 2
+    scan = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 4), np.int16), np.eye(4)), scan)
+    assert main(["detect", str(scan), "--checkpoint", str(tmp_path / "broken.pt"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "broken.pt: the LPG checkpoint's weights do not fit" in err
     assert "Traceback" not in err and not (tmp_path / "o").exists()
