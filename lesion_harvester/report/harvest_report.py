@@ -334,6 +334,9 @@ def render_markdown(report: dict, froc_rows) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{vals[k]:.3f}" for k in levels) + f" | {v['ap']:.3f} |")
     if "table3" in report:
         lines += render_table3(report["table3"])
-    lines += ["", "## Figures", "", "![Fig. 5a](fig5a_pr.png)", "", "![Fig. 5b](fig5b_lpc_variants.png)", "",
-              "![Fig. 6](fig6_harvested.png)", ""]
+    figures = ["![Fig. 5a](fig5a_pr.png)"]
+    if "lpc_variants" in report:  # drawn only where round 1 trained the Fig. 5b variants
+        figures.append("![Fig. 5b](fig5b_lpc_variants.png)")
+    lines += ["", "## Figures", ""] + [line for figure in figures + ["![Fig. 6](fig6_harvested.png)"]
+                                       for line in (figure, "")]
     return "\n".join(lines)

@@ -170,6 +170,8 @@ def test_a_tiny_harvest_whose_lpc_cannot_train_goes_on_with_the_lpg_alone(tmp_pa
     report = json.loads((run / "report.json").read_text())
     assert report["rounds"][0]["no_lpc_because"] == warning
     assert f"**Round 1 had no LPC:** {warning}" in (run / "report.md").read_text()
+    assert "Fig. 5b" not in (run / "report.md").read_text()  # no LPC variants trained, none drawn or linked
+    assert not (run / "fig5b_lpc_variants.png").exists()
     db = sqlite3.connect(run / "ledger.sqlite")
     try:
         steps = {name: json.loads(info) for name, info in db.execute("SELECT name, info FROM steps WHERE round = 1")}
