@@ -55,12 +55,16 @@ CLASSIFY_CHUNK = 2000  # V_H proposals classified at a time, to bound the patche
 
 # --- step 1: the LPG ------------------------------------------------------------------------------------
 def calibration_volumes(fully_annotated: list[str], n: int, seed: int) -> list[str]:
-    """``n`` V_M volumes drawn with ``seed`` (sorted), to be kept out of LPG training; [] for n = 0."""
+    """``n`` V_M volumes drawn with ``seed`` (sorted), to be kept out of LPG training; [] for n = 0.
+
+    All of V_M (n = its size) is allowed: the LPG then trains on every volume's RECIST marks alone,
+    V_M's included, so that its scores on V_M's unmarked lesions and false positives are as out of
+    sample as on V_H's, and the threshold set on them is one that V_H keeps."""
     if n <= 0:
         return []
-    if n >= len(fully_annotated):
-        raise ConfigError(f"harvest.calibration_volumes: {n} of the {len(fully_annotated)} fully annotated volumes "
-                          "would leave none for the LPG; use fewer (0: all of V_M trains the LPG, as in the paper)")
+    if n > len(fully_annotated):
+        raise ConfigError(f"harvest.calibration_volumes: {n}, but there are {len(fully_annotated)} fully annotated "
+                          "volumes (0: all of V_M trains the LPG, as in the paper; all of them: none does)")
     return _draw(fully_annotated, n, seed)
 
 

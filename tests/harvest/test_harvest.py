@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from lesion_harvester.cli.main import main
-from lesion_harvester.io.annotations import read_boxes_3d, read_tracklets
+from lesion_harvester.harvest.verify import known_extents, on_lesions
+from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes, read_tracklets
+from lesion_harvester.io.deeplesion import DeepLesionDataset
 
 
 def _ledger_rows(run):
@@ -57,6 +59,7 @@ def test_tiny_harvest_end_to_end(tiny_dataset, tmp_path, capsys):
     assert ("1", "mine") in [(str(r), n) for r, n in steps] and (2, "mine") in steps
     proposals = read_tracklets(run / "round_1" / "proposals.pkl")
     assert per_round[1] == sum(len(v) for v in proposals.values())
+    _hard_negatives_keep_the_rule(run, tiny_dataset, splits)
     # rebuilding the report gives the same numbers
     assert main(["report", str(run)]) == 0
     assert json.loads((run / "report.json").read_text())["rounds"] == report["rounds"]
@@ -65,6 +68,29 @@ def test_tiny_harvest_end_to_end(tiny_dataset, tmp_path, capsys):
     assert main(["classify", str(tiny_dataset), "--checkpoint", str(fold), "--proposals",
                  str(run / "round_1" / "proposals.pkl"), "--out", str(tmp_path / "scored.pkl")]) == 0
     assert main(["info", str(fold)]) == 0 and "lesion-harvester-lpc/1" in capsys.readouterr().out
+
+
+def _hard_negatives_keep_the_rule(run, data, splits):
+    """The pooled N (Table III's, the fine-tuning's) touches no positive of any round nor a known label;
+    each round's V_H hard negatives are at most five per volume, each with s_g >= 0.5."""
+    dataset = DeepLesionDataset(data)
+    labels = {k: [m.slice_box() for m in ms] for k, ms in dataset.marks(splits["harvest"]).items()}  # V_H's marks
+    complete = read_slice_boxes(data / "ground_truth" / "complete.pkl")
+    labels.update({k: complete[k] for k in splits["fully_annotated"] if k in complete})  # V_M's labels
+    spacing = {k: dataset.sub_volumes[k].spacing_zyx_mm for k in labels}
+    db = sqlite3.connect(run / "ledger.sqlite")
+    try:
+        rows = db.execute("SELECT round, volume, objectness, status FROM proposals").fetchall()
+    finally:
+        db.close()
+    for r in {row[0] for row in rows}:
+        hard = [(v, s_g) for q, v, s_g, status in rows if q == r and status == "hard_negative"]
+        assert all(s_g >= 0.5 for _, s_g in hard)
+        assert max([sum(v == w for w, _ in hard) for v, _ in hard], default=0) <= 5
+    harvested = [(k, t) for k, ts in read_tracklets(run / "harvested.pkl").items() for t in ts]
+    negatives = [(k, t) for k, ts in read_tracklets(run / "hard_negatives.pkl").items() for t in ts]
+    known = known_extents(harvested, labels, spacing)
+    assert not on_lesions(negatives, known).any()
 
 
 @pytest.mark.slow
@@ -194,10 +220,21 @@ def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshol
     # all of V_M would stop at the other volume's false positive (no threshold at all)
     assert mine_round(vm, marks, [], [], [], preset.harvest).info["threshold"] is None
 
-    too_many = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, calibration_volumes=2))
+    too_many = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, calibration_volumes=3))
     with pytest.raises(ConfigError, match="calibration_volumes"):
         open_run(tiny_dataset, tmp_path / "other_run", too_many, progress=False)
     assert not (tmp_path / "other_run").exists()  # nothing written that a corrected run would trip over
+    # all of V_M: the LPG trains on the marks alone (V_M's among them), and no V_M volume is complete for it
+    every = dataclasses.replace(preset, harvest=dataclasses.replace(preset.harvest, calibration_volumes=2))
+    run = open_run(tiny_dataset, tmp_path / "all_run", every, progress=False)
+    assert run.calibration == v_m and read_slice_boxes(lpg_fully_annotated_file(run, 1)) == {}
+    from lesion_harvester.lpg.sources import build_sources
+
+    sources = build_sources(tiny_dataset, lpg_fully_annotated_file(run, 1))
+    assert set(v_m) <= set(sources.training.volume_keys) and sources.training.complete_keys == []
+    marks = {k: len(v) for k, v in run.inputs.dataset.marks(v_m).items()}
+    assert sum(len(r.positives) for r in sources.training.records if r.key in set(v_m)) == sum(marks.values())
+    run.ledger.close()
 
 
 @pytest.mark.slow
