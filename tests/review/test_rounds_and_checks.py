@@ -1,7 +1,7 @@
 """The reviewer over a run of several rounds (tests/review/staged.py), as a radiologist used it on
 the demo's run (issue 37, item 5): what "Verify lesions" lists, the score it shows, which proposals
-a verdict may name, lesions verified twice, conflicts that say who, and requests that must be
-refused (slice names, types, body size)."""
+a verdict may name, lesions verified twice, conflicts that say who, the export of every verified
+lesion, and requests that must be refused (slice names, types, body size)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
+from lesion_harvester.cli.main import main  # noqa: E402
 from lesion_harvester.harvest.ledger import Ledger  # noqa: E402
+from lesion_harvester.io.annotations import read_slice_boxes  # noqa: E402
+from lesion_harvester.io.deeplesion import DeepLesionDataset  # noqa: E402
 from lesion_harvester.review.app import MAX_BODY_BYTES, create_app  # noqa: E402
 from tests.review.staged import EXPONENTS, PROPOSALS, THRESHOLDS, staged_run  # noqa: E402
 
@@ -196,3 +199,29 @@ def test_a_large_body_is_refused_unread(client, staged):
     assert client.post("/api/verdicts", content=big).status_code == 401  # the token is checked first
     assert Ledger(staged.run / "ledger.sqlite").verdicts() == []
     _ok(_post(client, volume=staged.a, kind="proposal", ref="2:0", action="accept"))  # a verdict still passes
+
+
+def test_export_writes_every_verified_lesion_once(client, staged, tmp_path, capsys):
+    marks = DeepLesionDataset(staged.data).marks([staged.a])[staged.a]
+    # the demo's case: X accepted as round 1's 1:0 (before that was refused) and as round 2's 2:0
+    Ledger(staged.run / "ledger.sqlite").add_verdict(staged.a, "proposal", "1:0", "accept", "radiologist", 0)
+    _ok(_post(client, volume=staged.a, kind="proposal", ref="2:0", action="accept", distinct_from=["1:0"]))
+    _ok(_post(client, volume=staged.a, kind="volume", action="fully_annotated"))
+    # volume b is not marked fully annotated: its lesions W and a drawn one are still verified lesions
+    _ok(_post(client, volume=staged.b, kind="proposal", ref="1:0", action="accept"))
+    _ok(_post(client, volume=staged.b, kind="drawn", ref="", action="draw", z_index=3, box_xyxy_px=[5, 5, 15, 15]))
+    _ok(_post(client, volume=staged.b, kind="proposal", ref="2:0", action="reject"))
+
+    out = tmp_path / "reviewed_v_m.pkl"
+    assert main(["export", str(staged.run), "--reviewed", str(out), "--data", str(staged.data)]) == 0
+    printed = capsys.readouterr().out
+    labels = read_slice_boxes(out)
+    assert len(labels[staged.a]) == len(marks) + 1  # its marks and X, once
+    assert staged.b not in labels  # not complete labels
+    verified = read_slice_boxes(tmp_path / "reviewed_v_m.verified_lesions.pkl")
+    assert set(verified) == {staged.b}
+    assert sorted((b.z_index, b.box_xyxy_px) for b in verified[staged.b]) == [
+        (3, (5.0, 5.0, 15.0, 15.0)), (11, (30.0, 30.0, 46.0, 46.0))]
+    assert (tmp_path / "reviewed_v_m.verified_lesions.csv").is_file()
+    assert "2 verified lesions in 1 volumes not marked fully annotated" in printed
+    assert "1 proposals reviewers rejected" in printed
