@@ -13,11 +13,13 @@ log = logging.getLogger(__name__)
 def add_parser(sub) -> None:
     p = add_subcommand(
         sub, "review", "review a harvest in the browser: annotate volumes fully, verify harvested lesions",
-        "Serves a web app over the run folder: a work list (volumes to annotate fully, harvested lesions\n"
-        "to verify), a slice viewer with the marks, proposals, harvested lesions and hard negatives, and\n"
-        "actions (accept, reject, adjust a box, draw a RECIST mark or a box, mark a volume fully\n"
-        "annotated, undo). Every verdict is kept in the run's ledger with reviewer and time; the next\n"
-        "'harvest' round uses them. Open the printed URL: its token is needed on every request.\n"
+        "Serves a web app over the run folder: a work list (volumes to annotate fully; every round's\n"
+        "harvested lesions and hard negatives to verify, none of the holdout), a slice viewer with the\n"
+        "marks, proposals (what the harvest set aside hidden below a score filter), harvested lesions\n"
+        "and hard negatives, and actions (accept, reject, adjust a box, draw a RECIST mark or a box,\n"
+        "mark a volume fully annotated, undo). Every verdict is kept in the run's ledger with reviewer\n"
+        "and time; the next 'harvest' round uses them. Open the printed URL: its token is needed on\n"
+        "every request.\n"
         "HTTP API: docs/review-api.md.",
         ["lesion-harvester review runs/harvest",
          "lesion-harvester review runs/harvest --port 9000   # then: ssh -L 9000:127.0.0.1:9000 HOST"])

@@ -1,7 +1,9 @@
 """The reviewer's page in a real browser: Debian's Chromium driven by Playwright against the real
 server (uvicorn in a thread) over a tiny harvest. A radiologist opens a volume, scrolls, rejects a
 proposal, draws a RECIST mark, marks the volume fully annotated, and undoes a write; the audit
-trail must hold exactly what was done.
+trail must hold exactly what was done. Over a run of two rounds staged by hand (tests/review/staged.py)
+the page lists every round's lesions and hard negatives, hides what the harvest set aside, shows one
+score with its formula, asks before F, and says who changed a lesion first or drew it already.
 
 Screenshots go to $LH_SCREENSHOTS when set (else the test's tmp folder)."""
 
@@ -61,16 +63,12 @@ def playwright_api():
         yield SimpleNamespace(playwright=playwright, expect=sync_api.expect)
 
 
-@pytest.fixture(scope="module")
-def server(playwright_api, request, tmp_path_factory):
-    """The review server over a private copy of the tiny harvest run, on a free local port."""
+def _serve(run: Path, data: Path, **more):
+    """The review server over ``run`` on a free local port, in a thread, until the generator closes."""
     import uvicorn
 
     from lesion_harvester.review.app import create_app
 
-    data = request.getfixturevalue("tiny_dataset")
-    run = tmp_path_factory.mktemp("browser") / "run"
-    shutil.copytree(request.getfixturevalue("tiny_harvest_run"), run)
     port = _free_port()
     uv = uvicorn.Server(uvicorn.Config(create_app(run, data, token=TOKEN), host="127.0.0.1", port=port,
                                        log_level="warning"))
@@ -80,9 +78,27 @@ def server(playwright_api, request, tmp_path_factory):
     while not uv.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the review server did not start"
         time.sleep(0.05)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", run=run, data=data)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{port}", run=run, data=data, **more)
     uv.should_exit = True
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(playwright_api, request, tmp_path_factory):
+    """The review server over a private copy of the tiny harvest run."""
+    data = request.getfixturevalue("tiny_dataset")
+    run = tmp_path_factory.mktemp("browser") / "run"
+    shutil.copytree(request.getfixturevalue("tiny_harvest_run"), run)
+    yield from _serve(run, data)
+
+
+@pytest.fixture(scope="module")
+def staged_server(playwright_api, request, tmp_path_factory):
+    """The review server over a run of two rounds staged by hand (tests/review/staged.py)."""
+    from tests.review.staged import staged_run
+
+    staged = staged_run(request.getfixturevalue("tiny_dataset"), tmp_path_factory.mktemp("staged") / "run")
+    yield from _serve(staged.run, staged.data, a=staged.a, b=staged.b, holdout=staged.holdout)
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +157,7 @@ def _open_volume(page, server, expect) -> str:
     page.click("#tab-volumes")
     key = _volume_with_proposals(server)
     page.click(f'.wl-volume[data-key="{key}"]')
-    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^z \d+ / \d+"))
+    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^slice \d+ / \d+"))
     expect(page.locator(".proposal-item").first).to_be_visible()
     return key
 
@@ -159,14 +175,15 @@ def test_review_a_volume_in_the_browser(server, page, shots, playwright_api):
     canvas = page.locator("#slice-canvas").bounding_box()
     centre = (canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
 
-    # Scroll: Home, two wheel notches and ArrowDown go to slice 3.
+    # Scroll: Home, two wheel notches and ArrowDown go to the fourth slice (z_index 3; numbered from 1).
     page.mouse.move(*centre)
     page.keyboard.press("Home")
-    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^z 0 / "))
+    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^slice 1 / "))
     page.mouse.wheel(0, 120)
     page.mouse.wheel(0, 120)
     page.keyboard.press("ArrowDown")
-    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^z 3 / \d+ · .* mm · interval .* mm · L 40 W 400$"))
+    expect(page.locator("#slice-info")).to_have_text(
+        re.compile(r"^slice 4 / \d+ · .* mm · interval .* mm · L 40 W 400$"))
 
     # Select a proposal from the list: the viewer jumps to its key slice.
     ref = _proposal_on_a_mark(server, key)
@@ -179,7 +196,7 @@ def test_review_a_volume_in_the_browser(server, page, shots, playwright_api):
 
     page.keyboard.press("r")
     expect(page.locator("#status")).to_have_text(f"rejected {ref}")
-    expect(item.locator(".verdict")).to_have_text(f"reject by {REVIEWER}")
+    expect(item.locator(".verdict")).to_have_text(f"✗ rejected by {REVIEWER}")
 
     # A RECIST mark: the long axis, then the short one, each a press-drag-release.
     page.keyboard.press("d")
@@ -188,13 +205,15 @@ def test_review_a_volume_in_the_browser(server, page, shots, playwright_api):
     _drag(page, (cx - 45, cy - 15), (cx + 45, cy + 15))
     expect(page.locator("#status")).to_have_text("RECIST: now drag the short axis")
     _drag(page, (cx + 8, cy - 24), (cx - 8, cy + 24))  # perpendicular to the long axis
-    expect(page.locator("#status")).to_have_text(re.compile(r"^drew d\d+ \(RECIST\) on z \d+$"))
+    expect(page.locator("#status")).to_have_text(re.compile(r"^drew d\d+ \(RECIST\) on slice \d+$"))
     expect(page.locator(".drawn-item")).to_have_count(1)
     page.mouse.move(canvas["x"] + 5, canvas["y"] + 5)  # no hover label over the mark
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(shots / "recist.png"))
 
-    page.keyboard.press("f")
+    page.keyboard.press("f")  # proposals without a verdict remain: it asks first
+    expect(page.locator("#confirm-text")).to_contain_text(f"of {key} have no verdict")
+    page.keyboard.press("Enter")
     expect(page.locator("#status")).to_have_text(f"marked {key} fully annotated")
     expect(page.locator("#btn-fully")).to_have_class(re.compile(r"\bdone\b"))
     expect(page.locator(f'.wl-volume[data-key="{key}"] .done')).to_have_text(f"✓ {REVIEWER}")
@@ -256,3 +275,130 @@ def test_undo_restores_the_state_before_the_write(server, page, playwright_api):
     assert [v["action"] for v in mine] == ["accept", "clear"]
     assert mine[1]["replaces"] == mine[0]["id"]
     assert page.errors == []
+
+
+def _as_bob(server, **body):
+    """A verdict by a second reviewer, through the API (the page has not seen it)."""
+    answer = httpx.post(server.url + "/api/verdicts", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30,
+                        json={"base": 0, "reviewer": "bob", **body})
+    answer.raise_for_status()
+    return answer.json()["verdict"]
+
+
+def _set_min_score(page, value: float) -> None:
+    page.eval_on_selector("#min-score", "(el, v) => { el.value = v; el.dispatchEvent(new Event('input')); }",
+                          str(value))
+
+
+def _image_to_screen(page, x: float, y: float) -> tuple[float, float]:
+    """Where the centre of image pixel (x, y) is on the screen, at zoom 1 (the page's viewTransform)."""
+    return tuple(page.evaluate("([x, y]) => { const c = canvas(), r = c.getBoundingClientRect(); "
+                               "const [cx, cy] = toCanvas(viewTransform(), x, y); "
+                               "return [r.left + cx * r.width / c.width, r.top + cy * r.height / c.height]; }", [x, y]))
+
+
+def test_verify_lesions_of_every_round_with_one_score(staged_server, page, shots, playwright_api):
+    """Issue 37, item 5, as the radiologist met it: the Verify list, the score filter and labels,
+    the question before F, a conflict that says who, and a lesion someone else drew first."""
+    expect, server = playwright_api.expect, staged_server
+    page.goto(f"{server.url}/?token={TOKEN}")
+    page.fill("#reviewer", REVIEWER)
+    page.press("#reviewer", "Enter")
+    expect(page.locator("#session-info")).to_contain_text("score s = s_g · s_c^w, w 0.5 · threshold 0.500")
+
+    # Every round's harvested lesions (X once, as round 2's), the hard negatives; nothing of the holdout.
+    page.click("#tab-lesions")
+    expect(page.locator("#lesion-list .wl-lesion")).to_have_count(2)
+    expect(page.locator("#lesion-count")).to_have_text("2")
+    expect(page.locator("#negative-list .wl-lesion")).to_have_count(2)
+    rows = page.locator("#panel-lesions .wl-lesion")
+    assert [(rows.nth(i).get_attribute("data-volume"), rows.nth(i).get_attribute("data-ref")) for i in range(4)] == [
+        (server.a, "2:0"), (server.b, "1:0"), (server.a, "2:1"), (server.a, "1:1")]
+    assert server.holdout not in page.locator("#panel-lesions").inner_text()
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(shots / "verify.png"))
+
+    # Round 1's hard negative Y opens at its key slice, numbered from 1, with one score and its formula.
+    page.click('#negative-list .wl-lesion[data-ref="1:1"]')
+    expect(page.locator("#selection")).to_contain_text("proposal 1:1 · round 1 · hard negative")
+    expect(page.locator("#selection")).to_contain_text("s = s_g · s_c^w = 0.70 · 0.50^1 = 0.35")
+    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^slice 10 / 13 · "))  # z_index 9
+    page.wait_for_load_state("networkidle")
+    page.screenshot(path=str(shots / "hard_negative.png"))
+
+    # What the harvest set aside (2:2, 2:3, 2:4: below round 2's threshold 0.5) is hidden by default,
+    # in the list and on the image; the filter brings it back, in words unlike a reviewer's verdict.
+    expect(page.locator(".proposal-item")).to_have_count(3)
+    expect(page.locator("#proposal-count")).to_have_text(
+        "3 of 6 shown; hidden: 3 the harvest set aside, score below 0.50")
+    on_slice_2 = "() => { setSlice(1); return sliceShapes().filter((s) => s.target).map((s) => s.label); }"
+    assert page.evaluate(on_slice_2) == []
+    _set_min_score(page, 0)
+    expect(page.locator(".proposal-item")).to_have_count(6)
+    assert page.evaluate(on_slice_2) == ["2:2 below threshold · score 0.05"]
+    expect(page.locator('.proposal-item[data-ref="2:3"] .status')).to_have_text("below threshold")
+    _set_min_score(page, 0.5)
+
+    # A reviewer's reject reads unlike the harvest's status.
+    page.click('.proposal-item[data-ref="1:1"]')
+    page.keyboard.press("r")
+    expect(page.locator("#status")).to_have_text("rejected 1:1")
+    expect(page.locator('.proposal-item[data-ref="1:1"] .verdict')).to_have_text(f"✗ rejected by {REVIEWER}")
+
+    # Bob accepts X after this page loaded it: the page's accept says who did what, and that it was not saved.
+    _as_bob(server, volume=server.a, kind="proposal", ref="2:0", action="accept")
+    page.click('.proposal-item[data-ref="2:0"]')
+    page.keyboard.press("a")
+    expect(page.locator("#status")).to_have_text(re.compile(
+        r"^not saved: bob gave 'accept' on \S+ proposal 2:0 at .*; look again \(shown now\)$"))
+    expect(page.locator('.proposal-item[data-ref="2:0"] .verdict')).to_have_text("✓ accepted by bob")
+    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^slice 6 / "))  # X's key slice, z_index 5
+
+    # Bob draws a lesion on this slice, unseen; drawing it here is refused with a question.
+    theirs = _as_bob(server, volume=server.a, kind="drawn", ref="", action="draw", z_index=5,
+                     box_xyxy_px=[60, 20, 80, 40])
+    page.keyboard.press("b")
+    _drag(page, _image_to_screen(page, 61, 21), _image_to_screen(page, 79, 39))
+    expect(page.locator("#confirm-text")).to_have_text(
+        f"Your draw was not saved: the lesion {theirs['ref']} that bob drew (slice 6), is this lesion already. "
+        "Is it another lesion?")
+    page.keyboard.press("Escape")
+    expect(page.locator("#confirm")).to_be_hidden()
+    drawn = [v for v in _api(server, f"/api/verdicts?volume={server.a}")["verdicts"] if v["kind"] == "drawn"]
+    assert [(v["reviewer"], v["ref"]) for v in drawn] == [("bob", theirs["ref"])]
+    # ...and saved when the reviewer says it is another lesion
+    page.keyboard.press("b")
+    _drag(page, _image_to_screen(page, 61, 21), _image_to_screen(page, 79, 39))
+    expect(page.locator("#confirm")).to_be_visible()
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_have_text(re.compile(r"^drew d\d+ \(box\) on slice 6$"))
+    expect(page.locator(".drawn-item")).to_have_count(2)
+
+    # F asks while proposals have no verdict (2:1 shown, 2:2-2:4 set aside); Esc saves nothing.
+    page.keyboard.press("f")
+    expect(page.locator("#confirm-text")).to_have_text(
+        f"4 proposals of {server.a} have no verdict (1 shown, 3 set aside by the harvest below score 0.50). "
+        "Marked fully annotated, they all count as no lesion. Mark it anyway?")
+    page.screenshot(path=str(shots / "question.png"))
+    page.keyboard.press("Escape")
+    expect(page.locator("#status")).to_have_text("not saved")
+    assert not any(v["kind"] == "volume" for v in _api(server, f"/api/verdicts?volume={server.a}")["verdicts"])
+    page.keyboard.press("f")
+    page.keyboard.press("Enter")
+    expect(page.locator("#status")).to_have_text(f"marked {server.a} fully annotated")
+
+    # A holdout volume (never listed; opened here by hand) is read only: A says so and sends nothing.
+    page.evaluate("(key) => openVolume(key)", server.holdout)
+    expect(page.locator("#volume-title .holdout")).to_have_text("holdout: read only")
+    page.keyboard.press("n")
+    page.keyboard.press("a")
+    expect(page.locator("#status")).to_have_text(re.compile(r"is a holdout volume: read only"))
+    assert _api(server, f"/api/verdicts?volume={server.holdout}")["verdicts"] == []
+
+    trail = _api(server, f"/api/verdicts?volume={server.a}")["verdicts"]
+    assert [(v["reviewer"], v["action"], v["ref"]) for v in trail] == [
+        (REVIEWER, "reject", "1:1"), ("bob", "accept", "2:0"), ("bob", "draw", theirs["ref"]),
+        (REVIEWER, "draw", trail[3]["ref"]), (REVIEWER, "fully_annotated", "")]
+    # the browser logs each refused request: the conflict and the two drawings of bob's lesion, nothing else
+    refused = [e for e in page.errors if "status of 409" in e]
+    assert len(refused) == 3 and len(page.errors) == 3, page.errors

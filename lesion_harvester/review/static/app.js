@@ -25,9 +25,10 @@ function takeToken() {
 }
 
 class ApiError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, body) {
     super(detail);
     this.status = status;
+    this.body = body ?? {}; // the answer's other fields (a 409 names the verdict it met)
   }
 }
 
@@ -54,7 +55,7 @@ async function apiError(response) {
   if (body && body.detail !== undefined) {
     detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
   }
-  return new ApiError(response.status, detail);
+  return new ApiError(response.status, detail, body);
 }
 
 // ---------------------------------------------------------------- state
@@ -67,6 +68,7 @@ const state = {
   z: 0,
   level: 40,
   width: 400,
+  minScore: 0, // proposals the harvest set aside show from this score up (the #min-score slider)
   selected: null, // {kind: "proposal" | "drawn", ref}
   hovered: null, // the target under the mouse, whose label is always drawn
   tool: null, // null | "adjust" | "recist" | "box"
@@ -93,8 +95,29 @@ function setStatus(text, kind = "info") {
 const clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));
 const round1 = (x) => Math.round(x * 10) / 10;
 const fmt = (x) => (x === null || x === undefined ? "–" : x.toFixed(2));
-const scoreText = (p) => `s_g ${fmt(p.s_g)} s_c ${fmt(p.s_c)} s ${fmt(p.s)}`;
-const verdictText = (v) => (!v ? "no verdict" : v.action === "clear" ? `cleared by ${v.reviewer}` : `${v.action} by ${v.reviewer}`);
+// Slices are numbered from 1 on screen, as a PACS does; the API's z_index is 0-based.
+const sliceNo = (z) => z + 1;
+
+// The harvest's own statuses, in words that do not read like a reviewer's verdict.
+const STATUS_TEXT = {
+  harvested: "harvested", hard_negative: "hard negative", rejected: "below threshold", candidate: "not mined",
+  recist: "on a mark", marked_piece: "part of a marked lesion", fa_lesion: "on a label", fa_negative: "no label",
+};
+const statusText = (status) => STATUS_TEXT[status] ?? status;
+const VERDICT_TEXT = { accept: "✓ accepted", adjust: "✓ adjusted", reject: "✗ rejected", clear: "cleared" };
+const verdictText = (v) => (!v ? "no verdict" : `${VERDICT_TEXT[v.action] ?? v.action} by ${v.reviewer}`);
+
+// One score, the one the harvest ranked by: s = s_g · s_c^w (w: the round's fusion exponent).
+// A proposal the LPC did not score has only its objectness s_g.
+const scoreOf = (p) => p.s ?? p.s_g;
+const scoreText = (p) => (p.s === null ? `s_g ${fmt(p.s_g)}, not scored` : `score ${fmt(p.s)}`);
+const roundInfo = (r) => state.session.rounds.find((info) => info.round === r) ?? {};
+
+function scoreFormula(p) {
+  if (p.s === null) return `not scored by the LPC: objectness s_g ${fmt(p.s_g)}`;
+  const w = roundInfo(p.round).fusion_exponent;
+  return `s = s_g · s_c^w = ${fmt(p.s_g)} · ${fmt(p.s_c)}^${w ?? "?"} = ${fmt(p.s)}`;
+}
 
 // ---------------------------------------------------------------- work list
 
@@ -104,9 +127,12 @@ async function loadWorklist() {
 }
 
 function renderWorklist() {
-  const { volumes, lesions, progress } = state.worklist;
+  const { volumes, lesions, hard_negatives: negatives, progress } = state.worklist;
   $("#volume-list").replaceChildren(...volumes.map(volumeRow));
   $("#lesion-list").replaceChildren(...lesions.map(lesionRow));
+  $("#negative-list").replaceChildren(...negatives.map(lesionRow));
+  $("#lesion-count").textContent = String(lesions.length);
+  $("#negative-count").textContent = String(negatives.length);
   renderProgress(progress);
   markCurrentRows();
 }
@@ -122,11 +148,13 @@ function volumeRow(v) {
 }
 
 function lesionRow(lesion) {
+  const objectness = lesion.status === "hard_negative" && lesion.s !== null ? ` · s_g ${fmt(lesion.s_g)}` : "";
   return el(
     "li",
     { className: "wl-lesion", dataset: { volume: lesion.volume, ref: lesion.ref } },
     el("span", { className: "key" }, `${lesion.volume} · ${lesion.ref}`),
-    el("span", { className: "meta" }, scoreText(lesion)),
+    el("span", { className: "meta", title: scoreFormula(lesion) },
+      `round ${lesion.round} · slice ${sliceNo(lesion.key_z)} · ${scoreText(lesion)}${objectness}`),
     el("span", { className: `verdict ${lesion.verdict?.action ?? "none"}` }, verdictText(lesion.verdict)),
   );
 }
@@ -172,6 +200,7 @@ async function openVolume(key, proposalRef = null) {
   try {
     const volume = await fetchVolume(key);
     cancelTool();
+    dismissQuestion();
     Object.assign(state, { volume, bitmap: null, selected: null, hovered: null, view: { zoom: 1, panX: 0, panY: 0 } });
     state.z = volume.marks.length ? volume.marks[0].z_index : Math.floor(volume.shape_zyx[0] / 2);
     const slider = $("#slice-slider");
@@ -197,21 +226,42 @@ async function reloadVolume() {
 
 function renderVolumePanel() {
   const v = state.volume;
-  state.sorted = [...v.proposals].sort(byScore);
+  state.sorted = v.proposals.filter((p) => passesFilter(p) || isSelected({ kind: "proposal", ref: p.ref })).sort(byScore);
   const fully = v.fully_annotated.verdict?.action === "fully_annotated" ? v.fully_annotated.verdict : null;
   const title = el(
     "h2",
     { id: "volume-title" },
     el("span", { className: "key" }, v.key),
     el("span", { className: "badge" }, v.role),
-    v.holdout ? el("span", { className: "badge holdout", title: "its labels measure the harvest" }, "holdout: read only") : null,
+    v.closed
+      ? el("span", { className: "badge holdout", title: "its labels measure the harvest" }, `${v.holdout ? "holdout" : "validation"}: read only`)
+      : null,
     fully ? el("span", { className: "badge done" }, `✓ fully annotated by ${fully.reviewer}`) : null,
   );
   $("#volume-title").replaceWith(title);
   $("#btn-fully").classList.toggle("done", Boolean(fully));
   $("#proposal-list").replaceChildren(...state.sorted.map(proposalItem));
+  const hidden = v.proposals.length - state.sorted.length;
+  $("#proposal-count").textContent = hidden
+    ? `${state.sorted.length} of ${v.proposals.length} shown; hidden: ${hidden} the harvest set aside, score below ${fmt(state.minScore)}`
+    : `all ${v.proposals.length} shown`;
+  document.querySelector("#inspector .actions").classList.toggle("read-only", v.closed);
   $("#drawn-list").replaceChildren(...liveDrawn().map(drawnItem));
   renderSelection();
+}
+
+// What the harvest set aside (below its threshold, and no hard negative) shows only from the score
+// filter up; its picks (harvested lesions, hard negatives) and whatever has a verdict always show.
+const ALWAYS_SHOWN = new Set(["harvested", "hard_negative"]);
+const passesFilter = (p) => ALWAYS_SHOWN.has(p.status) || Boolean(p.verdict) || scoreOf(p) >= state.minScore;
+
+function setMinScore(value) {
+  state.minScore = Number(value);
+  $("#min-score").value = state.minScore;
+  $("#min-score-value").textContent = fmt(state.minScore);
+  if (!state.volume) return;
+  renderVolumePanel();
+  render();
 }
 
 // Highest s first; unclassified proposals (s null) after the classified ones, by s_g.
@@ -224,8 +274,8 @@ function proposalItem(p) {
     "li",
     { className: "proposal-item", dataset: { ref: p.ref } },
     el("span", { className: "ref" }, p.ref),
-    el("span", { className: `status ${p.status}` }, p.status),
-    el("span", { className: "meta" }, `${scoreText(p)} · z ${p.key_z}`),
+    el("span", { className: `status ${p.status}`, title: `the harvest's status (round ${p.round})` }, statusText(p.status)),
+    el("span", { className: "meta", title: scoreFormula(p) }, `${scoreText(p)} · slice ${sliceNo(p.key_z)}`),
     el("span", { className: `verdict ${p.verdict?.action ?? "none"}` }, verdictText(p.verdict)),
   );
 }
@@ -236,7 +286,7 @@ function drawnItem(d) {
     "li",
     { className: "drawn-item", dataset: { ref: d.ref } },
     el("span", { className: "ref" }, d.ref),
-    el("span", { className: "meta" }, `${kind} on z ${d.verdict.z_index} by ${d.verdict.reviewer}`),
+    el("span", { className: "meta" }, `${kind} on slice ${sliceNo(d.verdict.z_index)} by ${d.verdict.reviewer}`),
   );
 }
 
@@ -282,11 +332,16 @@ function selectionText() {
   if (sel.kind === "proposal") {
     const p = proposalByRef(sel.ref);
     const zs = p.slices.map((s) => s.z_index);
-    return [el("b", {}, `proposal ${p.ref}`), ` ${p.status}`, el("br"), scoreText(p), el("br"),
-      `key z ${p.key_z} · on z ${Math.min(...zs)}–${Math.max(...zs)}`, el("br"), verdictText(p.verdict)];
+    const threshold = roundInfo(p.round).threshold;
+    return [el("b", {}, `proposal ${p.ref}`), ` · round ${p.round} · ${statusText(p.status)}`, el("br"),
+      scoreFormula(p), el("br"),
+      el("small", { className: "muted" }, "s_g: the LPG's objectness, s_c: the LPC's lesion probability, w: the " +
+        `round's fusion exponent; threshold ${threshold === null || threshold === undefined ? "none" : fmt(threshold)}`),
+      el("br"), `key slice ${sliceNo(p.key_z)} · on slices ${sliceNo(Math.min(...zs))}–${sliceNo(Math.max(...zs))}`,
+      el("br"), verdictText(p.verdict)];
   }
   const v = drawnByRef(sel.ref).verdict;
-  return [el("b", {}, `drawn ${sel.ref}`), ` on z ${v.z_index}`, el("br"),
+  return [el("b", {}, `drawn ${sel.ref}`), ` on slice ${sliceNo(v.z_index)}`, el("br"),
     v.recist ? recistText(v.recist) : "box", el("br"), `by ${v.reviewer}`];
 }
 
@@ -396,7 +451,7 @@ function prefetch() {
 function renderSliceInfo() {
   const v = state.volume;
   const mm = (x) => `${Number(x.toFixed(2))} mm`;
-  $("#slice-info").textContent = `z ${state.z} / ${v.shape_zyx[0]} · ${mm(v.z_mm[state.z])} · interval ` +
+  $("#slice-info").textContent = `slice ${sliceNo(state.z)} / ${v.shape_zyx[0]} · ${mm(v.z_mm[state.z])} · interval ` +
     `${mm(v.spacing_zyx_mm[0])} · L ${state.level} W ${state.width}`;
 }
 
@@ -408,6 +463,7 @@ const dpr = () => window.devicePixelRatio || 1;
 const STYLE = {
   mark: { color: "#ffd400", width: 1.5 },
   candidate: { color: "#22d3ee", width: 1 },
+  setAside: { color: "#94a3b8", width: 1, dash: [2, 3] }, // what the harvest set aside, shown by the score filter
   harvested: { color: "#4ade80", width: 2.5 },
   negative: { color: "#fb923c", width: 1.5, dash: [5, 4] },
   accepted: { color: "#4ade80", width: 2 },
@@ -497,21 +553,18 @@ function sliceShapes() {
 // "proposal". The selected one is always drawn.
 function proposalVisible(p) {
   const name = { harvested: "harvested", hard_negative: "negatives" }[p.status] ?? "proposals";
-  return shown(name) || isSelected({ kind: "proposal", ref: p.ref });
+  return (shown(name) && passesFilter(p)) || isSelected({ kind: "proposal", ref: p.ref });
 }
 
 function proposalShape(p) {
   const box = proposalBoxOn(p, state.z);
   if (!box || !proposalVisible(p)) return null;
   const action = p.verdict?.action;
-  let style = { harvested: STYLE.harvested, hard_negative: STYLE.negative }[p.status] ?? STYLE.candidate;
-  let label = `${p.ref} ${scoreText(p)}`;
-  if (action === "accept" || action === "adjust") {
-    style = STYLE.accepted;
-    label = `✓ ${action === "adjust" ? "adjusted" : "accepted"} ${label}`;
-  } else if (action === "reject") {
-    style = STYLE.rejected;
-    label = `✗ rejected ${label}`;
+  let style = { harvested: STYLE.harvested, hard_negative: STYLE.negative, candidate: STYLE.candidate }[p.status] ?? STYLE.setAside;
+  let label = `${p.ref} ${statusText(p.status)} · ${scoreText(p)}`;
+  if (action === "accept" || action === "adjust" || action === "reject") {
+    style = action === "reject" ? STYLE.rejected : STYLE.accepted;
+    label = `${p.ref} ${verdictText(p.verdict)}`;
   }
   // Labels of proposals with a verdict or of the harvest's picks win the place over plain candidates.
   const rank = action ? 1 : p.status === "harvested" ? 2 : 3;
@@ -847,7 +900,7 @@ function toggleAdjust() {
   const p = proposalByRef(ref);
   const box = proposalBoxOn(p, state.z);
   if (!box) {
-    setStatus(`${ref} has no box on this slice (its key slice is z ${p.key_z})`, "error");
+    setStatus(`${ref} has no box on this slice (its key slice is ${sliceNo(p.key_z)})`, "error");
     return;
   }
   startTool("adjust", { z: state.z, ref, box: [...box] });
@@ -855,7 +908,9 @@ function toggleAdjust() {
 }
 
 function escape() {
-  if (state.tool) {
+  if (question) {
+    answerQuestion(false);
+  } else if (state.tool) {
     cancelTool();
     setStatus("cancelled");
   } else if (state.selected) {
@@ -871,6 +926,39 @@ function needVolume() {
   if (state.volume) return true;
   setStatus("open a volume first", "error");
   return false;
+}
+
+// A holdout or validation volume is shown, never written: its labels measure the harvest.
+function writable() {
+  const v = state.volume;
+  if (!v.closed) return true;
+  setStatus(`${v.key} is a ${v.holdout ? "holdout" : "validation"} volume: read only (its labels measure the harvest)`, "error");
+  return false;
+}
+
+// ---------------------------------------------------------------- questions
+
+// One question at a time, under the actions: Enter (or its button) says yes, Esc no. Opening
+// another volume drops it. question: the write that a yes makes.
+let question = null;
+
+function ask(text, yesLabel, yes) {
+  question = yes;
+  $("#confirm-text").textContent = text;
+  $("#confirm-yes").replaceChildren(`${yesLabel} `, el("kbd", {}, "Enter"));
+  $("#confirm").hidden = false;
+}
+
+function dismissQuestion() {
+  question = null;
+  $("#confirm").hidden = true;
+}
+
+function answerQuestion(yes) {
+  const write = question;
+  dismissQuestion();
+  if (yes && write) write();
+  else setStatus("not saved");
 }
 
 function selectedProposalRef() {
@@ -904,16 +992,22 @@ function currentVerdict({ kind, ref }) {
   return v.drawn.find((d) => d.ref === ref)?.verdict ?? null; // ref "" (a new lesion): none
 }
 
-// A write from the open volume's tools: based on the target's current verdict, and undoable.
+// A write from the open volume's tools: based on the target's current verdict, and undoable. If
+// the server finds the lesion verified already, the reviewer is asked whether it is another one;
+// a yes sends it again naming that one as distinct.
 function act(kind, ref, fields, describe) {
+  if (!writable()) return Promise.resolve(null);
+  const key = state.volume.key;
   return queueWrite(() => {
+    if (state.volume?.key !== key) return null; // another volume was opened meanwhile
     const before = currentVerdict({ kind, ref });
-    const body = { volume: state.volume.key, kind, ref, base: before?.id ?? 0, ...fields };
+    const body = { volume: key, kind, ref, base: before?.id ?? 0, ...fields };
+    const again = (distinct) => act(kind, ref, { ...fields, distinct_from: distinct }, describe);
     return send(body, describe, (verdict) => {
       // The target's name is ours, except that the server names a new drawn lesion.
       const target = { volume: body.volume, kind, ref: kind === "drawn" && !ref ? verdict.ref : ref };
       state.undo.push({ target, before, after: verdict });
-    });
+    }, again);
   });
 }
 
@@ -928,8 +1022,10 @@ function queueWrite(write) {
 }
 
 // POSTs a verdict; on success runs written(verdict), says what it did and shows the server's new
-// state. Resolves to the verdict, or null (the reason is in #status).
-async function send(body, describe, written) {
+// state. Resolves to the verdict, or null (the reason is in #status). A refusal because someone
+// changed the target first (409) says who and what, and that nothing was saved; one because the
+// lesion is verified already offers again(distinct_from) when given.
+async function send(body, describe, written, again = null) {
   const reviewer = reviewerName();
   if (!reviewer) return null;
   try {
@@ -939,12 +1035,28 @@ async function send(body, describe, written) {
     await refresh();
     return verdict;
   } catch (err) {
-    if (err.status === 409) {
-      setStatus("someone else changed this first: reloaded", "error");
-      await refresh();
-    } else setStatus(err.message, "error");
+    if (err.status !== 409) {
+      setStatus(err.message, "error");
+      return null;
+    }
+    await refresh();
+    const same = err.body.duplicate_of;
+    if (same) {
+      setStatus(`not saved: ${sameLesionText(same)}`, "error");
+      if (again && same.volume === state.volume?.key) {
+        if (targetExists(same)) select({ kind: same.kind, ref: same.ref }, { jump: false });
+        ask(`Your ${body.action} was not saved: ${sameLesionText(same)}. Is it another lesion?`, "Save it as another lesion",
+          () => again([...(body.distinct_from ?? []), same.ref]));
+      }
+    } else setStatus(`${err.message} (shown now)`, "error");
     return null;
   }
+}
+
+function sameLesionText(v) {
+  const what = v.kind === "drawn" ? `the lesion ${v.ref} that ${v.reviewer} drew` : `proposal ${v.ref}, ${verdictText(v)}`;
+  const z = v.z_index ?? (v.kind === "proposal" && state.volume ? proposalByRef(v.ref)?.key_z : null);
+  return `${what}${z === null || z === undefined ? "" : ` (slice ${sliceNo(z)})`}, is this lesion already`;
 }
 
 const refresh = () => Promise.all([reloadVolume(), loadWorklist()]);
@@ -957,14 +1069,14 @@ function verdictOnSelected(action, done) {
 function commitAdjust() {
   const { ref, z, box } = state.draft;
   cancelTool();
-  act("proposal", ref, { action: "adjust", z_index: z, box_xyxy_px: cleanBox(box) }, () => `adjusted ${ref} on z ${z}`);
+  act("proposal", ref, { action: "adjust", z_index: z, box_xyxy_px: cleanBox(box) }, () => `adjusted ${ref} on slice ${sliceNo(z)}`);
 }
 
 async function commitRecist() {
   const { z, long, short } = state.draft;
   cancelTool();
   const recist = { long_axis_px: long, short_axis_px: short };
-  const verdict = await act("drawn", "", { action: "draw", z_index: z, recist }, (v) => `drew ${v.ref} (RECIST) on z ${z}`);
+  const verdict = await act("drawn", "", { action: "draw", z_index: z, recist }, (v) => `drew ${v.ref} (RECIST) on slice ${sliceNo(z)}`);
   if (verdict) select({ kind: "drawn", ref: verdict.ref }, { jump: false });
 }
 
@@ -972,7 +1084,7 @@ async function commitBox() {
   const { z, box } = state.draft;
   cancelTool();
   const fields = { action: "draw", z_index: z, box_xyxy_px: cleanBox(box) };
-  const verdict = await act("drawn", "", fields, (v) => `drew ${v.ref} (box) on z ${z}`);
+  const verdict = await act("drawn", "", fields, (v) => `drew ${v.ref} (box) on slice ${sliceNo(z)}`);
   if (verdict) select({ kind: "drawn", ref: verdict.ref }, { jump: false });
 }
 
@@ -986,15 +1098,24 @@ function deleteDrawn() {
   act("drawn", ref, { action: "delete" }, () => `deleted ${ref}`);
 }
 
+// F marks the volume fully annotated: its complete labels become its marks and its accepted and
+// drawn lesions, every other proposal a non-lesion. With proposals still without a verdict, it asks.
 function markFully() {
-  if (!needVolume()) return;
+  if (!needVolume() || !writable()) return;
   const current = state.volume.fully_annotated.verdict;
   if (current?.action === "fully_annotated") {
     setStatus(`already marked fully annotated by ${current.reviewer}`);
     return;
   }
   const key = state.volume.key;
-  act("volume", "", { action: "fully_annotated" }, () => `marked ${key} fully annotated`);
+  const write = () => act("volume", "", { action: "fully_annotated" }, () => `marked ${key} fully annotated`);
+  const open = state.volume.proposals.filter((p) => !p.verdict || p.verdict.action === "clear");
+  if (!open.length) return write();
+  const shownOpen = open.filter(passesFilter).length;
+  const setAside = open.length - shownOpen;
+  ask(`${open.length} proposals of ${key} have no verdict (${shownOpen} shown` +
+    (setAside ? `, ${setAside} set aside by the harvest below score ${fmt(state.minScore)}` : "") +
+    "). Marked fully annotated, they all count as no lesion. Mark it anyway?", "Mark fully annotated", write);
 }
 
 // Undo writes the verdict that restores the state before the last write: no verdict (clear), a
@@ -1053,7 +1174,7 @@ const KEYS = {
   Backspace: deleteDrawn, // Mac keyboards have no Delete key
   f: markFully,
   u: undo,
-  Enter: () => state.tool === "adjust" && commitAdjust(),
+  Enter: () => (question ? answerQuestion(true) : state.tool === "adjust" && commitAdjust()),
   Escape: escape,
 };
 
@@ -1089,6 +1210,10 @@ function bindControls() {
   $("#order").addEventListener("change", loadWorklist);
   onRow("#volume-list", ".wl-volume", (row) => openVolume(row.dataset.key));
   onRow("#lesion-list", ".wl-lesion", (row) => openLesion(row.dataset.volume, row.dataset.ref));
+  onRow("#negative-list", ".wl-lesion", (row) => openLesion(row.dataset.volume, row.dataset.ref));
+  $("#min-score").addEventListener("input", (e) => setMinScore(e.target.value));
+  $("#confirm-yes").addEventListener("click", () => answerQuestion(true));
+  $("#confirm-no").addEventListener("click", () => answerQuestion(false));
   onRow("#proposal-list", ".proposal-item", (row) => select({ kind: "proposal", ref: row.dataset.ref }));
   onRow("#drawn-list", ".drawn-item", (row) => select({ kind: "drawn", ref: row.dataset.ref }));
   onRow("#window-presets", ".window-preset", (b) => setWindow(...state.session.windows[b.dataset.name]));
@@ -1119,7 +1244,8 @@ function openLesion(key, ref) {
 function renderSession() {
   const s = state.session;
   const threshold = s.threshold === null ? "not mined" : s.threshold.toFixed(3);
-  $("#session-info").textContent = `round ${s.round} · threshold ${threshold}`;
+  const w = roundInfo(s.round).fusion_exponent;
+  $("#session-info").textContent = `round ${s.round} · score s = s_g · s_c^w, w ${w ?? "–"} · threshold ${threshold}`;
   $("#session-info").title = `run ${s.run}\ndata ${s.data}`;
   $("#window-presets").replaceChildren(
     ...Object.keys(s.windows).map((name, i) =>
@@ -1135,6 +1261,7 @@ async function start() {
     renderSession();
     const [level, width] = state.session.windows["soft tissue"] ?? Object.values(state.session.windows)[0];
     setWindow(level, width);
+    setMinScore(state.session.threshold ?? 0); // by default, what the harvest set aside stays hidden
     await loadWorklist();
     setStatus("pick a volume or a lesion in the work list");
   } catch (err) {
