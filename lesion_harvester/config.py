@@ -51,6 +51,7 @@ Optimizer = Literal["sgd", "adamw"]
 LRSchedule = Literal["step", "cosine"]
 BackgroundVolumes = Literal["all", "fully_annotated"]
 LPCVariant = Literal["multiview", "axial", "3d"]
+NegativeSampling = Literal["uniform", "matched"]
 ThresholdRule = Literal["vm", "marks", "combined"]
 AmpDtype = Literal["float16", "bfloat16"]
 FusionChoice = Literal["admitted", "ap"]
@@ -325,6 +326,10 @@ class LPCConfig(_Checked):
     min_positives: int = 20
     loader_workers: int = 0  # processes cutting the proposals' patches, one volume each (0: in this process)
     max_per_volume: int = 50  # at most this many proposals (by s_g) per volume are classified
+    # how a batch's negatives are drawn: "uniform", or "matched" to the positives' joint distribution of
+    # s_g and size (the negatives are mostly small, low-s_g proposals, the positives mostly large marked
+    # lesions: matched, the LPC cannot rank by those two alone, which the LPG already does)
+    negatives: NegativeSampling = "uniform"
     seed: int = 0
 
 
@@ -354,6 +359,9 @@ class Table3Config(_Checked):
     trains with ``lpg_train``'s crops, augmentation and schedule, except what is set here."""
 
     epochs: int = 0  # each row's training epochs (0: lpg_train.epochs, the LPG's own)
+    # the 2D detections each row keeps for stacking when it scans the test split: low, because the
+    # HNSL compresses scores and a lesion slice under the cut is never stacked
+    score_threshold: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -561,6 +569,7 @@ _RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "retinanet.nms_iou": (lambda v: _is_number(v) and 0 < v <= 1, "an IoU in (0, 1]"),
     "retinanet.detections_per_slice": _at_least(1),
     "table3.epochs": _at_least(0),
+    "table3.score_threshold": _SCORE,
     "harvest.min_new_lesions": _at_least(0),
     "harvest.precision": (lambda v: _is_number(v) and 0 < v <= 1, "a precision in (0, 1]"),
     "harvest.verify_iou": _number_between(0, 1, "an IoU", open_low=True),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_harvester.config import Preset, fingerprint
+from lesion_harvester.config import Preset, Table3Config, fingerprint
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.api import evaluate_files, load_truth
 from lesion_harvester.evaluation.matching import covers_a_lesion
@@ -71,7 +71,7 @@ CLEANED_ROWS = (("MSCN", "R+Pclean"), ("MSCN", "R+Pclean+Nclean"),
 # the label sets of the rows above that need the complete labels -> the harvest's label set each starts from
 DIAGNOSTIC = {"Rpaper": "R", "R+O": "R", "R+Nclean": "R+N", "R+Pclean": "R+P", "R+Pclean+Nclean": "R+P+N"}
 ROW_GROUPS = {"all": ROWS, "oracle": ORACLE_ROWS}
-SCORE_THRESHOLD = 0.05  # 2D detections kept for stacking, as in the LPG's accuracy figures
+DEFAULT_SCORE_THRESHOLD = Table3Config().score_threshold  # rows scored before it was a setting used this
 
 
 def parse_rows(text: str | None) -> list[tuple[str, str]]:
@@ -150,7 +150,10 @@ def row_settings(preset: Preset, detector: str, labels: str, seed: int, split: s
     training and scan (those of its own preset, :func:`_row_preset`), its label set and the split."""
     row = _row_preset(preset, detector, seed, labels)
     network = row.retinanet if detector == "RetinaNet" else row.lpg
-    return fingerprint(row.preprocess, network, row.lpg_train, row.scan, row.stack, detector, labels, seed, split)
+    # the default cut adds nothing, so that rows scored before it was a setting keep their fingerprint
+    cut = () if row.table3.score_threshold == DEFAULT_SCORE_THRESHOLD else (row.table3.score_threshold,)
+    return fingerprint(row.preprocess, network, row.lpg_train, row.scan, row.stack, detector, labels, seed, split,
+                       *cut)
 
 
 def _train_and_scan(detector: str, labels: LabelSet, preset: Preset, folder: Path, split: str, device: str,
@@ -161,12 +164,12 @@ def _train_and_scan(detector: str, labels: LabelSet, preset: Preset, folder: Pat
         train_retinanet(labels.data, folder, preset, device, labels.fully_annotated, labels.extra_positives,
                         progress=progress)
         propose_retinanet(labels.data, TrainLayout(folder).best, detections, split, device, progress=progress,
-                          score_threshold=SCORE_THRESHOLD)
+                          score_threshold=preset.table3.score_threshold)
     else:
         train_lpg(labels.data, folder, preset, device, labels.fully_annotated, labels.extra_positives,
                   labels.hard_negatives, progress=progress, drop_known_positives=True)
         propose(labels.data, TrainLayout(folder).best, detections, split, device=device, progress=progress,
-                score_threshold=SCORE_THRESHOLD)
+                score_threshold=preset.table3.score_threshold)
     return detections
 
 

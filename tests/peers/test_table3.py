@@ -184,7 +184,8 @@ def test_a_scored_row_is_reused_only_with_the_settings_it_was_scored_with(tiny_d
     run_table3(layout.root, load_preset("tiny"), [0], rows, progress=False)
     run_table3(layout.root, load_preset("tiny"), [0], rows, progress=False)  # the same settings: reused
     assert trained == rows
-    for changed in (["lpg_train.lr=0.01"], ["stack.score_threshold=0.2"], ["table3.epochs=3"]):
+    for changed in (["lpg_train.lr=0.01"], ["stack.score_threshold=0.2"], ["table3.epochs=3"],
+                    ["table3.score_threshold=0.01"]):
         with pytest.raises(ConfigError, match="other settings"):
             run_table3(layout.root, load_preset("tiny", changed), [0], rows, progress=False)
     with pytest.raises(ConfigError, match="other settings"):  # another split is another row
@@ -193,6 +194,9 @@ def test_a_scored_row_is_reused_only_with_the_settings_it_was_scored_with(tiny_d
     run_table3(layout.root, load_preset("tiny", ["retinanet.fpn_channels=16", "lpc.epochs=3"]), [0], rows,
                progress=False)
     assert trained == rows
+    # the scan's cut at its default is no part of a row's settings (rows scored before it was a setting keep theirs)
+    assert table3.row_settings(load_preset("tiny"), "MSCN", "R", 0, "s") == table3.row_settings(
+        load_preset("tiny", ["table3.score_threshold=0.05"]), "MSCN", "R", 0, "s")
     # a row scored before the settings were recorded is reused as it is
     result = layout.table3_row("MSCN", "R", 0) / "result.json"
     result.write_text(json.dumps({k: v for k, v in json.loads(result.read_text()).items() if k != "settings"}))
