@@ -29,7 +29,7 @@ from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.patches import extract_patches
-from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc, train_lpc
+from lesion_harvester.lpc.train import load_lpc, matched_weights, predict_lpc, save_lpc, train_lpc
 from lesion_harvester.lpg.data import in_workers
 from lesion_harvester.paths import cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
@@ -96,6 +96,12 @@ class LPCExamples:
                 "negatives": int((self.vm_labels == 0).sum())}
 
 
+def size_and_score(t: Tracklet) -> tuple[float, float]:
+    """What an LPC example is matched on: the long side of its key-slice box (px) and its s_g."""
+    x1, y1, x2, y2 = t.boxes_xyxy_px[t.key_index]
+    return float(max(x2 - x1, y2 - y1)), t.score
+
+
 def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: PreparedVolumes, cfg: LPCConfig,
                     preprocess: PreprocessConfig, paths: list[Path], device: str = "cpu", seed: int = 0,
                     skip_existing: bool = False, progress: bool = True, desc: str = "LPC") -> None:
@@ -117,8 +123,14 @@ def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: Prep
         keep = [i for i, (key, _) in enumerate(examples.vm_items) if key not in held or len(folds) == 1]
         x = torch.cat([vm_x[keep], positives_x]).float()
         y = np.concatenate([examples.vm_labels[keep], np.ones(len(examples.positives), dtype=np.int64)])
+        weights = None
+        if cfg.negatives == "matched":
+            items = [examples.vm_items[i] for i in keep] + list(examples.positives)
+            features = np.array([size_and_score(t) for _, t in items]).reshape(-1, 2)
+            weights = matched_weights(features[y == 1], features[y == 0])
         model = train_lpc(x, y, cfg, device, seed=seed + f, progress=progress,
-                          desc=f"{desc} fold {f + 1}/{len(folds)}" if len(folds) > 1 else desc)
+                          desc=f"{desc} fold {f + 1}/{len(folds)}" if len(folds) > 1 else desc,
+                          negative_weights=weights)
         save_lpc(path, model, cfg, held_out=sorted(held), preprocess=to_dict(preprocess))
 
 

@@ -34,9 +34,35 @@ def _augment(x: torch.Tensor, rng: np.random.Generator, variant: str) -> torch.T
     return ((x - 0.5) * scale + 0.5).clamp(0, 1)
 
 
+def matched_weights(positives: np.ndarray, negatives: np.ndarray, bins: int = 4, floor: float = 0.01) -> np.ndarray:
+    """Sampling weights (M,) for negatives whose features ``negatives`` (M, F) make their weighted
+    distribution that of ``positives`` (P, F): each feature cut at the positives' quantiles into
+    ``bins`` bins, each negative weighted by its joint bin's share among the positives over its share
+    among the negatives (``floor`` keeps bins the positives lack in play, rarely). Sums to 1."""
+    positives, negatives = np.asarray(positives, dtype=np.float64), np.asarray(negatives, dtype=np.float64)
+    if len(positives) == 0 or len(negatives) == 0:
+        return np.full(len(negatives), 1.0 / max(len(negatives), 1))
+
+    def cells(x: np.ndarray) -> np.ndarray:
+        index = np.zeros(len(x), dtype=np.int64)
+        for f in range(positives.shape[1]):
+            edges = np.quantile(positives[:, f], np.linspace(0, 1, bins + 1)[1:-1])
+            index = index * bins + np.searchsorted(edges, x[:, f], side="right")
+        return index
+
+    n_cells = bins ** positives.shape[1]
+    pos_share = np.bincount(cells(positives), minlength=n_cells) / len(positives)
+    neg_cells = cells(negatives)
+    neg_share = np.bincount(neg_cells, minlength=n_cells) / len(negatives)
+    weights = (pos_share[neg_cells] + floor) / neg_share[neg_cells]
+    return weights / weights.sum()
+
+
 def train_lpc(patches: torch.Tensor, labels: np.ndarray, cfg: LPCConfig, device: str = "cpu", seed: int = 0,
-              progress: bool = True, desc: str = "LPC") -> LesionProposalClassifier:
-    """Train one LPC. patches: (N, ...) from extract_patches; labels: (N,) 0/1."""
+              progress: bool = True, desc: str = "LPC", negative_weights: np.ndarray | None = None
+              ) -> LesionProposalClassifier:
+    """Train one LPC. patches: (N, ...) from extract_patches; labels: (N,) 0/1; negative_weights:
+    (number of negatives,) the probability of drawing each negative, in order (default: uniform)."""
     labels = np.asarray(labels, dtype=np.int64)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     if len(pos) == 0 or len(neg) == 0:
@@ -54,7 +80,7 @@ def train_lpc(patches: torch.Tensor, labels: np.ndarray, cfg: LPCConfig, device:
     model.train()
     bar = tqdm(range(total), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
     for _ in bar:
-        idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half)])
+        idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half, p=negative_weights)])
         x = _augment(patches[idx], rng, cfg.variant).to(device)
         y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
         loss = F.binary_cross_entropy_with_logits(model(x), y)

@@ -67,7 +67,7 @@ def test_each_fold_is_trained_without_its_volumes_and_resumes(tmp_path, monkeypa
 
     trained_on = []
 
-    def fake_train(x, y, cfg, device, seed, progress, desc):  # records what each fold trains on
+    def fake_train(x, y, cfg, device, seed, progress, desc, negative_weights=None):  # records what each fold trains on
         seen.append((len(x), y.tolist(), seed, desc))
         trained_on.append(x.clone())
         torch.manual_seed(seed)

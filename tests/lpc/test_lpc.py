@@ -11,7 +11,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.geometry.preprocess import normalize_hu
 from lesion_harvester.lpc.model import LesionProposalClassifier
 from lesion_harvester.lpc.patches import extract_patches
-from lesion_harvester.lpc.train import load_lpc, predict_lpc, save_lpc
+from lesion_harvester.lpc.train import load_lpc, matched_weights, predict_lpc, save_lpc
 from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.structures import Tracklet
 
@@ -99,3 +99,16 @@ def test_imagenet_weights_load_from_a_local_file(tmp_path, close_up):
     assert torch.equal(model.branches[0].state_dict()["layer4.1.conv2.weight"], state["layer4.1.conv2.weight"])
     with pytest.raises(DataError, match="widen_factor 1.0"):
         LesionProposalClassifier(dataclasses.replace(cfg, widen_factor=0.5))
+
+
+def test_matched_negatives_take_the_positives_distribution_of_size_and_score():
+    rng = np.random.default_rng(0)
+    positives = np.column_stack([rng.uniform(20, 60, 200), rng.uniform(0.5, 1.0, 200)])  # large, high s_g
+    small = np.column_stack([rng.uniform(4, 12, 900), rng.uniform(0.1, 0.3, 900)])  # most negatives
+    alike = np.column_stack([rng.uniform(20, 60, 100), rng.uniform(0.5, 1.0, 100)])  # a few like the positives
+    weights = matched_weights(positives, np.concatenate([small, alike]))
+    assert weights.shape == (1000,) and weights.sum() == pytest.approx(1.0) and (weights > 0).all()
+    assert weights[900:].sum() > 0.9  # the tenth that looks like the positives is drawn nine times in ten
+    mean = weights @ np.concatenate([small, alike])
+    assert mean == pytest.approx(positives.mean(axis=0), rel=0.1)
+    assert matched_weights(positives, small[:0]).shape == (0,)
