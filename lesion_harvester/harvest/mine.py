@@ -33,7 +33,7 @@ from lesion_harvester.harvest.precision import (
     precision_lower_bound,
     precision_threshold,
 )
-from lesion_harvester.harvest.verify import covers_marks, dedupe, duplicates_of, on_lesions, tracklet_extent
+from lesion_harvester.harvest.verify import covers_marks, dedupe, duplicates_of, known_extents, on_lesions
 from lesion_harvester.structures import Box3D, RecistMark, Tracklet, group_by_volume
 
 
@@ -176,9 +176,8 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
     candidates = [row for row, r in zip(candidates, refused) if not r]
     items = [(row.volume, row.tracklet) for row in candidates]
     harvested = np.array([row.score or 0.0 for row in candidates]) >= threshold
-    extents = {key: list(boxes) for key, boxes in (lesions or {}).items()}
-    for key, t in marked + earlier_harvested + [item for item, hv in zip(items, harvested) if hv]:
-        extents.setdefault(key, []).append(tracklet_extent(t))
+    extents = known_extents(marked + earlier_harvested + [item for item, hv in zip(items, harvested) if hv],
+                            known=lesions)
     hard, on_lesion = select_hard_negatives(items, np.array([row.objectness for row in candidates]), ~harvested,
                                             extents, cfg.hard_min_objectness, cfg.hard_top_per_volume)
     updates = pieces + [(row.volume, row.idx, "harvested" if hv else "hard_negative" if hn else "rejected")

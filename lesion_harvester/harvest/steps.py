@@ -108,10 +108,7 @@ def pool_examples(rounds: Sequence[tuple[list[tuple[str, Tracklet]], list[tuple[
     """
     positives = dedupe([item for pos, _ in rounds for item in pos if item[0] not in held_out])
     negatives = dedupe([item for _, neg in rounds for item in neg if item[0] not in held_out], 0.1)
-    extents = known_extents(positives, {}, {})
-    for key, boxes in (lesions or {}).items():
-        extents.setdefault(key, []).extend(boxes)
-    on_lesion = on_lesions(negatives, extents)
+    on_lesion = on_lesions(negatives, known_extents(positives, known=lesions))
     return positives, [item for item, on in zip(negatives, on_lesion) if not on]
 
 

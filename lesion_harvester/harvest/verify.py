@@ -141,14 +141,16 @@ def on_lesions(items: list[tuple[str, Tracklet]], extents: dict[str, list[Box3D]
     return np.array([touches(t, extents.get(key, [])) for key, t in items], dtype=bool)
 
 
-def known_extents(tracklets: list[tuple[str, Tracklet]], labels: dict[str, list[SliceBox]],
-                  spacing_zyx_mm: dict[str, tuple[float, float, float]]) -> dict[str, list[Box3D]]:
-    """Per volume, where its known lesions lie: proposals found on lesions (:func:`tracklet_extent`)
-    and one-slice labels (:func:`label_extent`, with the volume's in-plane and slice spacing)."""
-    out: dict[str, list[Box3D]] = {}
+def known_extents(tracklets: list[tuple[str, Tracklet]], labels: dict[str, list[SliceBox]] | None = None,
+                  spacing_zyx_mm: dict[str, tuple[float, float, float]] | None = None,
+                  known: dict[str, list[Box3D]] | None = None) -> dict[str, list[Box3D]]:
+    """Per volume, where its known lesions lie: those of ``known`` (not changed), proposals found on
+    lesions (:func:`tracklet_extent`) and one-slice labels (:func:`label_extent`, with the volume's
+    in-plane and slice spacing from ``spacing_zyx_mm``)."""
+    out: dict[str, list[Box3D]] = {key: list(extents) for key, extents in (known or {}).items()}
     for key, t in tracklets:
         out.setdefault(key, []).append(tracklet_extent(t))
-    for key, boxes in labels.items():
+    for key, boxes in (labels or {}).items():
         slice_mm, pixel_mm = spacing_zyx_mm[key][0], spacing_zyx_mm[key][1]
         out.setdefault(key, []).extend(label_extent(b, pixel_mm, slice_mm) for b in boxes)
     return out
