@@ -200,7 +200,7 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
             # below the threshold with s_g high enough for a hard negative, but on a known or harvested lesion
             "n_hard_on_lesions": int(on_lesion.sum()),
             # the V_M evidence behind the threshold: new lesions and false positives above it
-            "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
+            "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp, "vm_volumes": len(volume_index),
             "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4),
             "nothing_harvested_because": reason, "threshold_rule": cfg.threshold,
             # the precision of the new proposals at or above the threshold, by each rule that can tell

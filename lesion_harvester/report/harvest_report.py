@@ -22,6 +22,7 @@ from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import EvaluationResult, evaluate_detections
 from lesion_harvester.geometry.display import DISPLAY_WINDOWS_HU, window_image
 from lesion_harvester.harvest.ledger import Ledger
+from lesion_harvester.harvest.precision import volumes_for_lower_bound
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import read_slice_boxes, read_tracklets
 from lesion_harvester.io.atomic import atomic_write_text
@@ -37,6 +38,9 @@ MARK_SCORE = 2.0  # above any fused score, so that the marks rank first
 
 # proposals on marked lesions: P_H^R and pieces of it (verification, not the LPG or LPC, set them apart)
 KNOWN = ("recist", "marked_piece")
+
+
+CERTIFY = 0.90  # the lower bound on a threshold's precision the report asks what it would take to reach
 
 
 def with_marks(marks: dict[str, list[Tracklet]], extra: dict[str, list[Tracklet]]) -> dict[str, list[Tracklet]]:
@@ -106,8 +110,7 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
             "n_hard_negatives": info["n_hard_negatives"],
             "threshold": info["threshold"],
             # what the threshold rests on: V_M's new lesions and false positives above it (older runs: None)
-            "vm_support": {k: info.get(k) for k in ("vm_new_lesions_above", "vm_false_positives_above",
-                                                     "precision_lower_bound")},
+            "vm_support": _support(info),
             "fusion_exponent": exponent,  # w of s = s_g * s_c**w (1: the paper's product, and older runs)
             # why the round had no LPC (its proposals ranked by s = s_g), or None
             "no_lpc_because": no_lpc,
@@ -152,6 +155,18 @@ def build_report(run_dir: str | Path, progress: bool = True) -> dict:
     atomic_write_text(layout.report_md, render_markdown(report, froc_rows))
     ledger.close()
     return report
+
+
+def _support(info: dict) -> dict:
+    """What a round's threshold rests on (V_M's new lesions and false positives above it, over how
+    many volumes; older runs: None), and how many fully annotated volumes with the same yield would
+    lift its 95% lower bound on the precision to 0.90 (None where no number would)."""
+    support = {k: info.get(k) for k in ("vm_new_lesions_above", "vm_false_positives_above", "precision_lower_bound",
+                                        "vm_volumes")}
+    tp, fp, volumes = support["vm_new_lesions_above"], support["vm_false_positives_above"], support["vm_volumes"]
+    support["volumes_for_0.90"] = (volumes_for_lower_bound(tp, fp, volumes, CERTIFY)
+                                   if None not in (tp, fp, volumes) else None)
+    return support
 
 
 def _variant_curves(layout: RunLayout, ledger: Ledger, r: int, holdout_keys: list[str],
@@ -226,6 +241,27 @@ def _montage(layout: RunLayout, dataset: DeepLesionDataset, ledger: Ledger, hold
     fig.suptitle("harvested lesions (blue) and RECIST marks (green, with red/blue axes): first, key and last slice",
                  fontsize=8)
     save_figure(fig, layout.fig6, dpi=90)
+
+
+def _certificate_lines(report: dict) -> list[str]:
+    """What each round's certificate is worth, and the fully annotated volumes a bound of 0.90 needs."""
+    lines = []
+    for e in report["rounds"]:
+        support = e.get("vm_support") or {}
+        volumes, needed = support.get("vm_volumes"), support.get("volumes_for_0.90")
+        if volumes is None or support.get("precision_lower_bound") is None:
+            continue
+        tp, fp = support["vm_new_lesions_above"], support["vm_false_positives_above"]
+        if needed is None:
+            how = ("no number of volumes would: "
+                   + ("no V_M lesion lies above it" if tp == 0 else f"its precision on V_M is {tp / (tp + fp):.2f}"))
+        else:
+            how = (f"about {needed} fully annotated volumes with the same yield would ({max(needed - volumes, 0)} "
+                   "more)")
+        lines.append(f"- Round {e['round']}: {tp} new lesions and {fp} false positives above the threshold on "
+                     f"{volumes} V_M volumes bound its precision at >= {support['precision_lower_bound']:.2f} (95%); "
+                     f"for >= {CERTIFY:.2f}, {how}.")
+    return ["", "What the certificate is worth:", ""] + lines if lines else []
 
 
 def _precision_table(report: dict) -> list[str]:
@@ -309,6 +345,7 @@ def render_markdown(report: dict, froc_rows) -> str:
     lines += ["", "The threshold is measured on V_M's proposals that do not cover one of V_M's original RECIST "
                   "marks (in V_H only such proposals can be harvested). With few V_M lesions above it the 95% is "
                   "an estimate; the confidence bound says how far V_M supports it."]
+    lines += _certificate_lines(report)
     lines += [f"\n**Round {e['round']} had no LPC:** {e['no_lpc_because']}; its proposals were ranked by the LPG "
               "alone (s = s_g, as if s_c = 1)." for e in report["rounds"] if e.get("no_lpc_because")]
     lines += [f"\n**Round {e['round']} harvested nothing:** {e['nothing_harvested_because']}" for e in report["rounds"]

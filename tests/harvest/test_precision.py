@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy.stats import beta
 
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.precision import (
@@ -15,7 +16,9 @@ from lesion_harvester.harvest.precision import (
     mark_rates,
     marks_evidence,
     precision_interval,
+    precision_lower_bound,
     size_bin,
+    volumes_for_lower_bound,
 )
 from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
 
@@ -162,3 +165,34 @@ def test_the_best_a_rule_can_promise():
     t, p = best_estimate(ev, "marks")
     assert p >= estimated_precision(0.5, ev, "marks") and p == estimated_precision(t, ev, "marks")
     assert best_estimate(Evidence(np.zeros(0), np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int64)), "vm") is None
+
+
+def test_volumes_a_threshold_needs_for_a_lower_bound_of_ninety_percent():
+    # six new lesions and no false positive on eight volumes: 0.05 ** (1 / k) >= 0.9 needs k >= 28.4
+    # lesions, at 0.75 a volume 38 volumes
+    needed = volumes_for_lower_bound(6, 0, 8)
+    assert needed == 38
+    assert precision_lower_bound(6, 0) == pytest.approx(0.05 ** (1 / 6))
+    scaled = [beta.ppf(0.05, 6 * n / 8, 1) for n in (needed - 1, needed)]
+    assert scaled[0] < 0.90 <= scaled[1]
+    assert volumes_for_lower_bound(57, 3, 10) > volumes_for_lower_bound(60, 0, 10)  # errors cost volumes
+    assert volumes_for_lower_bound(9, 1, 10) is None  # 0.90 seen: no number of volumes lifts the bound above it
+    assert volumes_for_lower_bound(0, 0, 10) is None and volumes_for_lower_bound(3, 0, 0) is None
+
+
+def test_the_report_says_what_each_certificate_is_worth():
+    from lesion_harvester.report.harvest_report import _certificate_lines, _support
+
+    rounds = [{"round": 1, "vm_support": _support({"vm_new_lesions_above": 6, "vm_false_positives_above": 0,
+                                                   "precision_lower_bound": precision_lower_bound(6, 0),
+                                                   "vm_volumes": 8})},
+              {"round": 2, "vm_support": _support({"vm_new_lesions_above": 4, "vm_false_positives_above": 1,
+                                                   "precision_lower_bound": precision_lower_bound(4, 1),
+                                                   "vm_volumes": 8})},
+              {"round": 3, "vm_support": _support({})}]  # a run older than the record: nothing said
+    text = "\n".join(_certificate_lines({"rounds": rounds}))
+    assert "Round 1: 6 new lesions and 0 false positives above the threshold on 8 V_M volumes" in text
+    assert "bound its precision at >= 0.61 (95%); for >= 0.90, about 38 fully annotated volumes" in text
+    assert "(30 more)" in text
+    assert "Round 2:" in text and "no number of volumes would: its precision on V_M is 0.80" in text
+    assert "Round 3" not in text

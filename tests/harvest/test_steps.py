@@ -179,7 +179,7 @@ def test_threshold_is_set_on_the_v_m_proposals_a_harvest_would_count_as_new():
     info = mine_round(vm, marks, [], [], [], HarvestConfig()).info
     # counting the mark and its piece, the 95% threshold would stop above the piece, at 0.9
     assert info["threshold"] == pytest.approx(0.8)
-    assert (info["vm_new_lesions_above"], info["vm_false_positives_above"]) == (1, 0)
+    assert (info["vm_new_lesions_above"], info["vm_false_positives_above"], info["vm_volumes"]) == (1, 0, 1)
     assert info["precision_lower_bound"] == pytest.approx(0.05)  # one correct proposal proves little
 
 
