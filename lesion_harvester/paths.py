@@ -193,6 +193,11 @@ class RunLayout:
     def fig6(self) -> Path:
         return self.root / "fig6_harvested.png"
 
+    @property
+    def selection(self) -> Path:
+        """The volumes to annotate fully next (``lesion-harvester select``), in order, with reasons."""
+        return self.root / "selection.json"
+
     # --- Table III: detectors trained on the run's label sets (peers/table3.py) ------------------------------
     @property
     def table3_dir(self) -> Path:

@@ -23,7 +23,7 @@ from lesion_harvester.errors import ConfigError, LesionHarvesterError
 
 SUBCOMMANDS = (
     "inspect", "synth", "evaluate", "marks", "train-lpg", "propose", "train-lpc", "classify", "harvest", "report",
-    "detect", "review", "export", "info", "demo",
+    "detect", "review", "export", "select", "info", "demo",
 )
 DISTRIBUTED = ("train-lpg", "propose", "detect", "harvest")  # the commands that run under torchrun
 

@@ -10,7 +10,8 @@ records the last one's id, so a resumed round reads the same ones). From their c
   for the LPG's fine-tuning (its HNSL) and the deliverables.
 
 :func:`reviewed_labels` is pure (the verdicts, proposals and marks come from the caller);
-:func:`reviews_in_ledger` reads them from a harvest's ledger.
+:func:`reviews_in_ledger` reads them from a harvest's ledger. :func:`annotate_fully` is a simulated
+annotator for studies (``benchmarks/labor_budget.py``): known complete labels given as verdicts.
 """
 
 from __future__ import annotations
@@ -114,3 +115,19 @@ def reviews_in_ledger(ledger: Ledger, marks_of: Callable[[list[str]], dict[str, 
                  for row in ledger.proposals(q, volumes=sorted({v for _, _, v in reviewed_proposals}))}
     return reviewed_labels(current, lambda q, v, i: tracklets.get((q, v, i)),
                            marks_of(sorted({v for (v, kind, _) in current if kind == "volume"})))
+
+
+def annotate_fully(ledger: Ledger, labels: dict[str, list[SliceBox]], reviewer: str = "simulated annotator") -> int:
+    """Deliver complete labels through the path a radiologist's verdicts take: in each volume of
+    ``labels`` every lesion is drawn (the marks among them are recognised as marks when the next round
+    reads the verdicts) and the volume is marked fully annotated, so that it joins V_M at the next
+    round. Returns the number of verdicts given."""
+    given = 0
+    for volume, boxes in labels.items():
+        for box in boxes:
+            ledger.add_verdict(volume, "drawn", "", "draw", reviewer, 0, z_index=int(box.z_index),
+                               box_xyxy_px=[float(v) for v in box.box_xyxy_px])
+        current = ledger.current_verdicts(volume).get((volume, "volume", ""))
+        ledger.add_verdict(volume, "volume", "", "fully_annotated", reviewer, current["id"] if current else 0)
+        given += len(boxes) + 1
+    return given

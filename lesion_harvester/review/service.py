@@ -27,6 +27,7 @@ from PIL import Image
 from lesion_harvester.errors import DataError
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
 from lesion_harvester.harvest.reviews import ACTIONS, parse_proposal_ref
+from lesion_harvester.harvest.select import read_selection
 from lesion_harvester.harvest.verify import dedupe, duplicates_of, match_known
 from lesion_harvester.io.partition import Partition, resolve_partition
 from lesion_harvester.paths import RunLayout
@@ -282,15 +283,19 @@ class ReviewService:
         marks = self.partition.dataset.marks()
         subs = self.partition.dataset.sub_volumes
         volumes = []
+        selected = read_selection(self.layout.root)  # 'lesion-harvester select': those first, in its order
         for key in sorted((k for k, role in roles.items() if role == "harvest" or (k, "volume", "") in current),
-                          key=sample_order):
+                          key=lambda k: (selected[k]["rank"], "") if k in selected else (len(selected) + 1,
+                                                                                         sample_order(k))):
             if key in self.closed_volumes:
                 continue
             done = current.get((key, "volume", ""))
             done = done if done is not None and done["action"] == "fully_annotated" else None
             volumes.append({"key": key, "slices": len(subs[key].slice_numbers), "marks": len(marks.get(key, [])),
                             "proposals": counts.get(key, 0), "fully_annotated": done is not None,
-                            "reviewed_by": None if done is None else done["reviewer"]})
+                            "reviewed_by": None if done is None else done["reviewer"],
+                            "selected": {k: selected[key][k] for k in ("rank", "strategy", "reason")}
+                            if key in selected else None})
 
         def listing(row: ProposalRow) -> dict:
             out = self._proposal_json(row, current.get((row.volume, "proposal", proposal_ref(row))))

@@ -235,3 +235,16 @@ def test_concurrent_reviewers_are_serialized(client):
     assert len(trail) == 40
     assert [v["replaces"] for v in trail] == [None] + [v["id"] for v in trail[:-1]]
     assert sorted({v["reviewer"] for v in trail}) == ["r0", "r1", "r2", "r3"]
+
+
+def test_the_annotate_fully_list_follows_select(client, run):
+    from lesion_harvester.harvest.select import select_for_run
+
+    before = client.get("/api/worklist", headers=AUTH).json()["volumes"]
+    assert len(before) >= 2 and all(v["selected"] is None for v in before)
+    chosen = select_for_run(run, 1, "lesion_rich")
+    volumes = client.get("/api/worklist", headers=AUTH).json()["volumes"]
+    assert volumes[0]["key"] == chosen[0].volume and volumes[0]["selected"]["rank"] == 1
+    assert volumes[0]["selected"]["reason"] == chosen[0].reason and volumes[1]["selected"] is None
+    rest = [v["key"] for v in before if v["key"] != chosen[0].volume]
+    assert [v["key"] for v in volumes[1:]] == rest  # the others keep their order

@@ -143,6 +143,10 @@ function volumeRow(v) {
     { className: "wl-volume", dataset: { key: v.key } },
     el("span", { className: "key" }, v.key),
     el("span", { className: "meta" }, `${v.slices} slices · ${v.marks} marks · ${v.proposals} proposals`),
+    v.selected
+      ? el("span", { className: "meta selected", title: v.selected.reason },
+        `selected #${v.selected.rank} (${v.selected.strategy}): ${v.selected.reason}`)
+      : null,
     v.fully_annotated ? el("span", { className: "done" }, `✓ ${v.reviewed_by ?? ""}`) : null,
   );
 }
