@@ -1,8 +1,9 @@
 """The harvest's deliverables, written atomically into the run folder:
 
 - ``harvested.pkl``: the newly found lesions P_H^+ of all rounds (not proposals that match existing
-  marks), as tracklets whose scores are s_g * s_c, keyed by sub-volume, like the authors'
-  MinedLesions release; a lesion found in several rounds is kept once (the latest round's);
+  marks), as tracklets whose scores are the lesion score s = s_g * s_c^w the round ranked by (each
+  2D score times s_c^w), keyed by sub-volume, like the authors' MinedLesions release; a lesion
+  found in several rounds is kept once (the latest round's);
 - ``hard_negatives.pkl``: P_H^- and the hard part of P_M^- of all rounds, deduplicated: what the
   next round's HNSL would use (:func:`lesion_harvester.harvest.steps.pool_examples`);
 - ``completed_annotations.pkl``: 3D boxes of the original marks (from the proposal that covers
@@ -28,13 +29,20 @@ from lesion_harvester.structures import Box3D, RecistMark, SliceBox, Tracklet, g
 
 @dataclass(frozen=True)
 class HarvestedLesion:
-    """One harvested lesion: its tracklet with fused scores (2D scores times s_c), the round that found it."""
+    """One harvested lesion: its tracklet with fused scores (2D scores times s_c^w), the round that found
+    it, and its scores: s_g, s_c and the lesion score s = s_g * s_c^w the round ranked by."""
 
     volume: str
     tracklet: Tracklet
     round: int
     s_g: float
     s_c: float
+    s: float
+
+
+def fused_tracklet(row: ProposalRow) -> Tracklet:
+    """A proposal's tracklet with each 2D score times s_c^w, so that its highest is the lesion score s."""
+    return row.tracklet.scaled((row.score or 0.0) / row.objectness if row.objectness > 0 else 0.0)
 
 
 def harvested_lesions(harvested_by_round: dict[int, list[ProposalRow]]) -> list[HarvestedLesion]:
@@ -42,17 +50,17 @@ def harvested_lesions(harvested_by_round: dict[int, list[ProposalRow]]) -> list[
     found, info = [], {}
     for r in sorted(harvested_by_round, reverse=True):
         for row in harvested_by_round[r]:
-            t = row.tracklet.scaled(row.lpc or 0.0)
+            t = fused_tracklet(row)
             found.append((row.volume, t))
-            info[id(t)] = (r, row.objectness, row.lpc or 0.0)
+            info[id(t)] = (r, row.objectness, row.lpc or 0.0, row.score or 0.0)
     return [HarvestedLesion(key, t, *info[id(t)]) for key, t in dedupe(found)]
 
 
 def write_round_outputs(layout: RunLayout, round_: int, harvested: list[ProposalRow],
                         hard_negatives: list[tuple[str, Tracklet]]) -> None:
-    """``round_N/harvested.pkl`` (this round's P_H^+, fused scores) and ``round_N/hard_negatives.pkl``."""
+    """``round_N/harvested.pkl`` (this round's P_H^+, fused scores s) and ``round_N/hard_negatives.pkl``."""
     write_tracklets(layout.round_harvested(round_),
-                    group_by_volume((row.volume, row.tracklet.scaled(row.lpc or 0.0)) for row in harvested))
+                    group_by_volume((row.volume, fused_tracklet(row)) for row in harvested))
     write_tracklets(layout.round_hard_negatives(round_), group_by_volume(hard_negatives))
 
 
@@ -102,4 +110,4 @@ def write_harvested_csv(path: Path, lesions: list[HarvestedLesion]) -> None:
             b = t.box_3d()
             writer.writerow([lesion.volume, lesion.round, *(round(v, 2) for v in b.box_xyxy_px), int(b.z_range[0]),
                              int(b.z_range[1]), t.key_z, round(lesion.s_g, 4), round(lesion.s_c, 4),
-                             round(lesion.s_g * lesion.s_c, 4), len(t.z_indices)])
+                             round(lesion.s, 4), len(t.z_indices)])

@@ -487,7 +487,7 @@ def write_outputs(run: HarvestRun) -> None:
     known = group_by_volume((row.volume, row.tracklet)
                             for row in ledger.proposals(max(rounds), statuses=(RECIST, FA_LESION)))
     # the lesions reviewers verified in V_H join the completed annotations (V_M's are in its labels)
-    verified = [HarvestedLesion(key, t, 0, 1.0, 1.0) for key, t in run.reviewed.positives
+    verified = [HarvestedLesion(key, t, 0, 1.0, 1.0, 1.0) for key, t in run.reviewed.positives
                 if key not in run.inputs.fully_annotated]
     completed = completed_annotations(run.inputs.fully_annotated, run.inputs.harvest, run.inputs.marks, known,
                                       lesions + verified)

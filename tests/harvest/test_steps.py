@@ -8,7 +8,12 @@ from lesion_harvester.config import HarvestConfig, LPCConfig, load_preset
 from lesion_harvester.geometry.preprocess import normalize_hu
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.mine import hard_negatives_of, mine_round
-from lesion_harvester.harvest.outputs import completed_annotations, harvested_lesions, write_round_outputs
+from lesion_harvester.harvest.outputs import (
+    completed_annotations,
+    harvested_lesions,
+    write_harvested_csv,
+    write_round_outputs,
+)
 from lesion_harvester.harvest.steps import (
     classifiable,
     fuse,
@@ -210,9 +215,9 @@ def test_a_lesion_reviewers_rejected_is_not_harvested_again():
 
 
 def test_outputs_keep_each_lesion_once_with_fused_scores(tmp_path):
-    r1 = _row("vh", 0, _t(0, 0.8), "harvested", lpc=0.5)
-    r2 = _row("vh", 3, _t(0, 0.9), "harvested", lpc=0.9)  # the same lesion, found again in round 2
-    other = _row("vh", 4, _t(100, 0.6), "harvested", lpc=0.5)
+    r1 = _row("vh", 0, _t(0, 0.8), "harvested", lpc=0.5, score=0.4)  # s = s_g * s_c (w = 1)
+    r2 = _row("vh", 3, _t(0, 0.9), "harvested", lpc=0.9, score=0.81)  # the same lesion, found again in round 2
+    other = _row("vh", 4, _t(100, 0.6), "harvested", lpc=0.5, score=0.3)
     r2 = ProposalRow(2, r2.volume, r2.idx, r2.tracklet, r2.objectness, r2.lpc, r2.score, r2.status)
     lesions = harvested_lesions({1: [r1], 2: [r2, other]})
     assert [(x.round, x.tracklet.score) for x in lesions] == [(2, pytest.approx(0.81)), (2, pytest.approx(0.3))]
@@ -221,6 +226,12 @@ def test_outputs_keep_each_lesion_once_with_fused_scores(tmp_path):
     assert [t.score for t in read_tracklets(layout.round_harvested(2))["vh"]] == [pytest.approx(0.81),
                                                                                   pytest.approx(0.3)]
     assert len(read_tracklets(layout.round_hard_negatives(2))["vh"]) == 1
+    # a round that ranked by the LPG alone (w = 0, s = s_g): its lesions carry s_g, not s_g * s_c
+    alone = _row("vh", 5, _t(200, 0.7), "harvested", lpc=0.2, score=0.7)
+    (lesion,) = harvested_lesions({3: [alone]})
+    assert (lesion.tracklet.score, lesion.s, lesion.s_c) == (pytest.approx(0.7), 0.7, 0.2)
+    write_harvested_csv(tmp_path / "h.csv", [lesion])
+    assert (tmp_path / "h.csv").read_text().splitlines()[1].split(",")[-4:-1] == ["0.7", "0.2", "0.7"]
     marks = {"vh": [_mark("vh", 0, (200.0, 0.0, 205.0, 5.0))]}
     known = {"vh": [Tracklet(np.array([0, 1]), np.array([[200.0, 0, 205, 5], [200.0, 0, 206, 6]]), np.ones(2))]}
     completed = completed_annotations({"vm": [SliceBox(3, (0.0, 0.0, 5.0, 5.0))]}, ["vh"], marks, known, lesions)
