@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from lesion_harvester.errors import DataError
+from lesion_harvester.harvest.ledger import Ledger
+from lesion_harvester.io.annotations import read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.structures import Tracklet
@@ -288,3 +290,38 @@ def test_bench_scale_runs_one_and_two_processes_and_samples_memory(tiny_checkpoi
     assert results["memory_over_volumes"]["rss_mb_after"]["100%"] > 0
     assert results["projection_paper_512"]["deeplesion_hours"] > 0
     assert "end to end on" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_labor_budget_runs_each_budget_and_strategy_from_one_start(tiny_dataset, tmp_path):
+    tool = _load("labor_budget")
+    out = tmp_path / "budget"
+    assert tool.main([str(tiny_dataset), "--out", str(out), "--budgets", "25", "--strategies", "random,lesion_rich",
+                      "--preset", "tiny", "--set", "harvest.lpc_variants=false", "--set", "lpc.epochs=1", "-q"]) == 0
+    results = json.loads((out / "labor_budget.json").read_text())
+    runs = {(r["strategy"], r["budget_percent"]): r for r in results["runs"]}
+    assert set(runs) == {("none", 0.0), ("random", 25.0), ("lesion_rich", 25.0)}
+    assert runs[("none", 0.0)]["annotated_volumes"] == 0
+    for key in (("random", 25.0), ("lesion_rich", 25.0)):
+        run = runs[key]
+        assert run["round"] == 2 and run["annotated_volumes"] == run["budget_volumes"] == 1
+        assert run["annotated_lesions"] >= run["annotated_new_lesions"] >= 0
+        folder = out / tiny_dataset.name / f"{key[0]}_25"
+        ledger = Ledger(folder / "ledger.sqlite")
+        try:  # the selected volume joined V_M through the simulated annotator's verdicts
+            assert ledger.step_info(2, "reviews")["joined_v_m"] == [json.loads(
+                (folder / "selection.json").read_text())["volumes"][0]["volume"]]
+        finally:
+            ledger.close()
+    assert (out / "labor_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a rerun reads every run back (nothing selected or annotated twice)
+    assert tool.main([str(tiny_dataset), "--out", str(out), "--budgets", "25", "--strategies", "random,lesion_rich",
+                      "--preset", "tiny", "--set", "harvest.lpc_variants=false", "--set", "lpc.epochs=1", "-q"]) == 0
+    folder = out / tiny_dataset.name / "random_25"
+    picked = json.loads((folder / "selection.json").read_text())["volumes"][0]["volume"]
+    labels = read_slice_boxes(tiny_dataset / "ground_truth" / "complete.pkl").get(picked, [])
+    ledger = Ledger(folder / "ledger.sqlite")
+    try:
+        assert len(ledger.verdicts()) == len(labels) + 1  # each lesion drawn once, the volume marked once
+    finally:
+        ledger.close()

@@ -80,3 +80,29 @@ def plot_table3(table: dict, fp_rates: tuple[str, ...], path: str | Path) -> Non
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside the curves, not on them
     fig.subplots_adjust(left=0.09, right=0.66)
     save_figure(fig, path)
+
+
+def plot_budget(curves: dict[str, dict[float, list[tuple[float, float]]]], path: str | Path,
+                title: str = "labor budget") -> None:
+    """Two panels against the share of V_H annotated (%): the harvest's gain in recall at 90% precision
+    over the marks, and its harvested lesions' true precision; one line per strategy (the mean over
+    seeds), its band the range over seeds. ``curves``: {strategy: {budget %: [(gain, precision), ...]}}."""
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    for strategy, by_budget in curves.items():
+        budgets = sorted(by_budget)
+        for ax, k in zip(axes, (0, 1)):
+            values = [np.array([v[k] for v in by_budget[b] if v[k] is not None], dtype=float) for b in budgets]
+            mean = [v.mean() if len(v) else np.nan for v in values]
+            line = ax.plot(budgets, mean, "o-", label=strategy)[0]
+            ax.fill_between(budgets, [v.min() if len(v) else np.nan for v in values],
+                            [v.max() if len(v) else np.nan for v in values], color=line.get_color(), alpha=0.2)
+    for ax, label in zip(axes, ("recall at 90% precision on V_H^test, gain over the marks",
+                                "harvested lesions' true precision (all of V_H)")):
+        ax.set_xlabel("volumes of V_H annotated fully (%)")
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[1].axhline(0.9, color="grey", lw=0.8, ls="--")
+    fig.suptitle(title)
+    save_figure(fig, path)
