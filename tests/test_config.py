@@ -70,6 +70,40 @@ def test_resolved_presets_and_fingerprints_are_unchanged(name):
     assert got == PINNED[name], f"{name} resolves differently now: {text}"
 
 
+# The fingerprints that run folders and checkpoints record, as computed before the settings moved to
+# lesion_harvester/settings (issue 35, item 3): every section of each preset (and of one with settings
+# of each kind changed), a harvest's ledger, an LPG training's last.pt and a Table III row. A changed
+# one makes every resumed job refuse its folder, so a change here is a deliberate migration.
+FINGERPRINTS = {
+    "tiny": ("6588518b5396a1f36df15ca753cc93d70f9c18f1", "b9d8a6e9ffcf7568", "e7379fabb84c5f3a", "6149d347912e4524"),
+    "demo": ("24b193757c92184fd36587a72c3197fe98ea7151", "4039e279aefa3887", "79568ccc31d4ed53", "f2d772426fbb7776"),
+    "bench": ("b799edd341de1c79f1fa9bf61750048f77bac1fd", "d7817d8a2c8e513f", "dc37a1794a68d3c5", "06ff99ac3b5b9594"),
+    "paper": ("cfb70cab5e3e5d291585016cd818007abc11e0d2", "51117bab44297483", "0283eca85cd2cca5", "081b9d4d324c4713"),
+    "tiny changed": ("82387d1b3b2c6a160dc5a1c7cd4a9989b26638e0", "1e6b24754fecccc8", "31222e5bff4c7811",
+                     "92361213afc28940"),
+}
+CHANGED = ["lpg_train.soft_negative_above=0.4", "harvest.fusion_exponents=[1.0, 0.5]", "lpc.windows_hu=[[-100, 200]]",
+           "lpg.num_slices=3", "preprocess.context_mode=exact", "harvest.rounds=1", "scan.flip_test=true",
+           "lpg_train.lr=1e-3"]
+
+
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_the_fingerprints_runs_record_are_unchanged(name):
+    from pathlib import Path
+
+    from lesion_harvester.config import fingerprint
+    from lesion_harvester.harvest.rounds import harvest_fingerprint
+    from lesion_harvester.lpg import train
+    from lesion_harvester.peers.table3 import row_settings
+
+    preset = apply_overrides(load_preset("tiny"), CHANGED) if name == "tiny changed" else load_preset(name)
+    sections = [getattr(preset, f.name) for f in dataclasses.fields(preset) if f.name != "name"]
+    data = "/nonexistent/data"
+    got = (fingerprint(*sections, digits=40), harvest_fingerprint(preset, Path(data), None, None),
+           train._fingerprint(preset, data, [None, None]), row_settings(preset, "MSCN", "R+P", 1, "test"))
+    assert got == FINGERPRINTS[name]
+
+
 def test_unknown_key_lists_known_keys(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("synth:\n  image_sise_px: 64\n")
