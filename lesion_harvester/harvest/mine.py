@@ -66,8 +66,8 @@ def choose_fusion_exponent(objectness: np.ndarray, probability: np.ndarray, is_l
     Why: the paper multiplies the scores assuming that the LPG and the LPC err independently. After
     a round of hard-negative fine-tuning the LPG has learnt from the LPC's own verdicts and the
     product counts them twice; and an LPC trained from scratch on about a hundred positives ranks
-    worse than the LPG (demo seed 0, round 1: out-of-fold AP on V_M 0.215 for s_c against 0.565 for
-    s_g), so the product drags the LPG's ranking down.
+    far worse than the LPG by out-of-fold AP on V_M (benchmarks/RESULTS.md, 'Harvest (demo)'), so the
+    product drags the LPG's ranking down.
     """
     is_lesion = np.asarray(is_lesion, dtype=bool)
     table = []

@@ -10,8 +10,9 @@
   of lesions of that size that carry a mark, measured on V_M (complete labels against its marks).
   Divided by the number of new proposals above s (those covering no mark, pieces of marked lesions
   left out), that is their precision. Why held-out marks: a model that trained on a mark proposes
-  that very lesion more often than an unmarked one of its size (measured: 1.3-2.4x at s_g >= 0.5 on
-  the demo), which would overstate the unmarked lesions found.
+  that very lesion more often than an unmarked one of its size (measured on the demo:
+  benchmarks/RESULTS.md, 'Harvest quality (issue 15, blocked)'), which would overstate the
+  unmarked lesions found.
 - ``combined``: both counts pooled, (V_M lesions + estimated V_H lesions) over (V_M + V_H new
   proposals) above s.
 

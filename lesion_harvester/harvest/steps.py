@@ -208,8 +208,8 @@ def fuse(threshold_rows: list[ProposalRow], threshold_marks: dict[str, list[Reci
     The V_M proposals covering one of V_M's original marks (``threshold_marks``) are left out of the
     choice, as :func:`~lesion_harvester.harvest.mine.mine_round` leaves them out of the threshold: in
     V_H only proposals that cover no mark can be harvested, and the marked lesions, which every model
-    trained on, sit at the top of the ranking (on demo seed 1 they gave w = 1 a threshold admitting 4
-    lesions where the mine step, without them, found none).
+    trained on, sit at the top of the ranking: counted, they credited an exponent with lesions that
+    the mine step, without them, did not find (benchmarks/RESULTS.md, 'Harvest (demo)').
 
     Returns ((volume, idx, s_c, s) per scored row, w, the table of the exponents tried).
     """

@@ -301,7 +301,8 @@ def dl_info_rows(volumes: list[SynthVolume]) -> list[DLInfoRow]:
 
 
 def dataset_stats(volumes: list[SynthVolume]) -> dict:
-    """The statistics the README documents for each preset."""
+    """The statistics of a dataset (``stats.json``); each preset's are in benchmarks/RESULTS.md,
+    'Synthetic benchmark generation'."""
     slices = np.array([v.num_slices for v in volumes])
     counts = np.array([len(v.lesions) for v in volumes])
     sizes = np.array([lesion.long_mm for v in volumes for lesion in v.lesions])
