@@ -94,6 +94,17 @@ def duplicates_of(candidates: list[tuple[str, Tracklet]], known: list[tuple[str,
                     dtype=bool)
 
 
+def same_lesion(a: Tracklet, b: Tracklet) -> bool:
+    """Whether two lesions of one volume are one: by the harvest's rule for two tracklets
+    (:func:`duplicates_of`: one-slice-extended 3D boxes), or, where one lies on a single slice (a
+    drawn or adjusted box), by verification's (the other's box on that slice at IoU >= 0.5:
+    :func:`match_known`); the 3D rule alone misses a box drawn on one slice of a long lesion."""
+    if duplicates_of([("", a)], [("", b)])[0]:
+        return True
+    return any(len(x.z_indices) == 1 and bool(match_known([y], [SliceBox(x.key_z, tuple(x.boxes_xyxy_px[0]))])[0])
+               for x, y in ((a, b), (b, a)))
+
+
 def covers_marks(proposals: list[tuple[str, Tracklet]], marks: dict[str, list[RecistMark]],
                  iou: float = 0.5) -> np.ndarray:
     """(N,) bool: proposals (volume key, tracklet) that cover one of their volume's RECIST ``marks``,

@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from lesion_harvester.harvest.reviews import reviews_in_ledger, with_reviews
+from lesion_harvester.harvest.verify import same_lesion
 from lesion_harvester.io.annotations import write_slice_boxes, write_slice_boxes_csv
-from lesion_harvester.review.service import ReviewService, same_lesion
+from lesion_harvester.review.service import ReviewService
 from lesion_harvester.structures import SliceBox, Tracklet
 
 

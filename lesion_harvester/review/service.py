@@ -28,10 +28,10 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
 from lesion_harvester.harvest.reviews import ACTIONS, parse_proposal_ref
 from lesion_harvester.harvest.select import read_selection
-from lesion_harvester.harvest.verify import dedupe, duplicates_of, match_known
+from lesion_harvester.harvest.verify import dedupe, duplicates_of, same_lesion
 from lesion_harvester.io.partition import Partition, resolve_partition
 from lesion_harvester.paths import RunLayout
-from lesion_harvester.structures import SliceBox, Tracklet, Volume
+from lesion_harvester.structures import Tracklet, Volume
 
 WINDOWS_HU = {"soft tissue": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800.0)}  # level, width
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -98,18 +98,6 @@ def one_per_lesion(rows: list[ProposalRow]) -> list[ProposalRow]:
     """``rows`` less those that are a lesion of an earlier row (:func:`~lesion_harvester.harvest.verify.dedupe`)."""
     kept = {id(t) for _, t in dedupe([(row.volume, row.tracklet) for row in rows])}
     return [row for row in rows if id(row.tracklet) in kept]
-
-
-def same_lesion(a: Tracklet, b: Tracklet) -> bool:
-    """Whether two lesions of one volume are one: by the harvest's rule for two tracklets
-    (:func:`~lesion_harvester.harvest.verify.duplicates_of`: one-slice-extended 3D boxes), or, where
-    one lies on a single slice (a drawn or adjusted box), by verification's (the other's box on that
-    slice at IoU >= 0.5: :func:`~lesion_harvester.harvest.verify.match_known`); the 3D rule alone
-    misses a box drawn on one slice of a long lesion."""
-    if duplicates_of([("", a)], [("", b)])[0]:
-        return True
-    return any(len(x.z_indices) == 1 and bool(match_known([y], [SliceBox(x.key_z, tuple(x.boxes_xyxy_px[0]))])[0])
-               for x, y in ((a, b), (b, a)))
 
 
 class ReviewService:
