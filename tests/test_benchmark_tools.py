@@ -325,3 +325,20 @@ def test_labor_budget_runs_each_budget_and_strategy_from_one_start(tiny_dataset,
         assert len(ledger.verdicts()) == len(labels) + 1  # each lesion drawn once, the volume marked once
     finally:
         ledger.close()
+
+
+def test_operating_point_check_reproduces_the_stored_point_on_its_own_volumes(tiny_checkpoint, tiny_dataset, tmp_path):
+    from lesion_harvester.lpg.checkpoint import checkpoint_operating_point
+
+    point = checkpoint_operating_point(tiny_checkpoint)
+    if point is None:
+        pytest.skip("the tiny checkpoint's validation volumes hold no lesion: no operating point to check")
+    tool = _load("operating_point_check")
+    out = tmp_path / "check.json"
+    # on the validation volumes the point was measured on, the scan gives what the checkpoint promised
+    assert tool.main([str(tiny_dataset), str(tiny_checkpoint), "--split", "validation", "--fp-per-volume", "1",
+                      "--out", str(tmp_path), "--json", str(out), "-q"]) == 0
+    (entry,) = json.loads(out.read_text())["checkpoints"]
+    assert entry["fp_per_volume"] == pytest.approx(entry["promised_fp_per_volume"], abs=1e-3)
+    assert entry["sensitivity"] == pytest.approx(entry["promised_sensitivity"], abs=1e-3)
+    assert entry["fp_per_volume"] <= 1.0 + 1e-9
