@@ -362,6 +362,24 @@ def test_checkpoint_style_from_dict_names_the_source():
     assert str(err.value) == "run/last.pt config: optimizer: 'sdg' is not one of 'sgd', 'adamw'"
 
 
+def test_a_rule_declared_on_a_field_is_checked_however_the_dataclass_is_built():
+    from typing import Annotated
+
+    from lesion_harvester.settings.schema import at_least, check_settings, when_read
+
+    @dataclasses.dataclass(frozen=True)
+    class Section:
+        epochs: Annotated[int, at_least(1)] = 2
+        rounds: Annotated[int, when_read(at_least(1))] = 0  # checked only when read
+
+    assert check_settings(Section()) is None
+    assert check_settings(Section(epochs=0)) == ("epochs", "expected an integer >= 1, got 0")
+    assert check_settings(Section(), at_load=True) == ("rounds", "expected an integer >= 1, got 0")
+    with pytest.raises(ConfigError, match=r"^x\.yaml: s\.epochs: expected an integer >= 1, got 0$"):
+        from_dict(Section, {"epochs": 0, "rounds": 1}, "x.yaml", "s")
+    assert from_dict(Section, {"rounds": 1}) == Section(rounds=1)
+
+
 # --- base: ---------------------------------------------------------------------------------------
 
 

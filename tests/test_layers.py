@@ -76,7 +76,19 @@ def test_io_imports_no_pipeline_code():
     assert not bad, bad
 
 
+def test_settings_are_below_the_pipeline():
+    # lesion_harvester.settings checks, reads and fingerprints any dataclass of sections: it imports
+    # neither the pipeline's own settings (config imports it) nor pipeline code; config imports no
+    # pipeline code either
+    bad = [(m, t) for m, targets in GRAPH.items() for t in targets
+           if (_package(m) == "settings" and (t == "lesion_harvester.config" or _package(t) in PIPELINE_CODE))
+           or (m == "lesion_harvester.config" and _package(t) in PIPELINE_CODE)]
+    assert not bad, bad
+
+
 def test_the_graph_is_read():
     # guards the tests above against a parser that finds nothing
     assert "lesion_harvester.harvest.steps" in GRAPH["lesion_harvester.harvest.rounds"]
     assert "lesion_harvester.structures" in GRAPH["lesion_harvester.io.annotations"]
+    assert {"lesion_harvester.settings.schema", "lesion_harvester.settings.files",
+            "lesion_harvester.settings.fingerprint"} <= GRAPH["lesion_harvester.config"]
