@@ -14,7 +14,8 @@ arguments, ``dataclasses.replace``): unknown keys are rejected with the list of 
 (a ``Literal`` field) with its allowed values, a number out of range with the range (the
 ``Annotated`` rule of its field), each as one line naming the key (:func:`check_settings`), so a
 typo ends the run before any work. Every run writes the resolved configuration next to its outputs
-(:func:`dump_config`).
+(:func:`dump_config`). The whole LPG's size is bounded where a model is built, by counting the
+model itself (:func:`lesion_harvester.lpg.model.check_size`).
 
 How rules are checked, files layered and runs fingerprinted lives in :mod:`lesion_harvester.settings`;
 this module declares the pipeline's settings and is where callers import all of it from. (No
@@ -64,7 +65,8 @@ __all__ = [
 
 PRESETS = ("tiny", "demo", "bench", "paper")
 # The largest LPG a configuration may describe: 14x the paper's 7.1 million parameters, 400 MB of
-# float32 weights (more is a typo or a hostile checkpoint, not a model this pipeline trains)
+# float32 weights (more is a typo or a hostile checkpoint, not a model this pipeline trains).
+# Checked by lpg.model on the model itself, laid out on the meta device
 MAX_MSCN_PARAMETERS = 100_000_000
 
 # The choices of the settings that take one of a few values; checked whenever a config is built
@@ -99,7 +101,7 @@ Score = Annotated[float, number_between(0, 1, "a score")]
 IoU = Annotated[float, number_between(0, 1, "an IoU")]
 Share = Annotated[float, number_between(0, 1, "a share")]
 # a size of a network, bounded so that no setting can ask for terabytes before a model is built
-# (as sizes multiply, MSCNConfig also bounds the whole LPG's parameter count)
+# (as sizes multiply, lpg.model also bounds the whole LPG's parameter count)
 Channels = Annotated[int, int_between(1, 4096, "a channel count")]
 HUWindow = Annotated[tuple[float, float], Rule(_is_window, "[low, high] in HU with low < high")]
 
@@ -208,7 +210,9 @@ class PreprocessConfig(_Checked):
 @dataclass(frozen=True)
 class MSCNConfig(_Checked):
     """Architecture of the multi-slice CenterNet. The defaults are the paper's: DenseNet-121
-    (init 64, growth 32, blocks 6/12/24, truncated after block 3), 9 slices, a 512-channel neck."""
+    (init 64, growth 32, blocks 6/12/24, truncated after block 3), 9 slices, a 512-channel neck.
+    Each size has its range here; their product, the whole model's size, is bounded where a model
+    is built (:func:`lesion_harvester.lpg.model.check_size`)."""
 
     num_slices: NumSlices = 9  # 9: MSCN with 3D context fusion; 3: the plain CenterNet of Table III
     init_features: Channels = 64
@@ -223,53 +227,6 @@ class MSCNConfig(_Checked):
     # stride-2 map, for lesions only a few pixels wide (more head compute, finer centres and sizes)
     output_stride: OutputStride = 4
     pretrained_path: str | None = None  # a local torchvision DenseNet-121 state dict (ImageNet)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        # each size is bounded, but their product is what fills memory (init_features: 200000 asked
-        # for 640 GB): the whole model is bounded before anything is built
-        if self.parameter_count() > MAX_MSCN_PARAMETERS:
-            raise InvalidSetting("lpg", "", f"these sizes describe an LPG of {self.parameter_count():,} "
-                                 f"parameters, more than the {MAX_MSCN_PARAMETERS:,} allowed (the paper's has "
-                                 f"{MSCNConfig.paper_parameters():,})")
-
-    def parameter_count(self) -> int:
-        """Parameters of the MSCN these settings describe (:mod:`lesion_harvester.lpg.model`; the same as a
-        built model's count, tested), so that a size can be refused before a model is built."""
-        if not (len(self.block_config) == 3 and all(isinstance(v, int) and v > 0 for v in (
-                self.init_features, self.growth_rate, self.bn_size, self.neck_channels, self.head_channels,
-                *self.block_config))):
-            return 0  # the ranges of check_settings report such settings
-        g, inner = self.growth_rate, self.bn_size * self.growth_rate
-        n, h, k = self.neck_channels, self.head_channels, self.num_slices // 3
-
-        def dense_block(c: int, layers: int) -> tuple[int, int]:  # (parameters, channels out)
-            total = 0
-            for _ in range(layers):  # norm, 1x1 conv to bn_size * growth, norm, 3x3 conv to growth
-                total += 2 * c + c * inner + 2 * inner + 9 * inner * g
-                c += g
-            return total, c
-
-        def transition(c: int) -> tuple[int, int]:  # norm, 1x1 conv halving the channels
-            return 2 * c + c * (c // 2), c // 2
-
-        total = 3 * 49 * self.init_features + 2 * self.init_features  # conv0 (7x7, no bias), norm0
-        p1, c1 = dense_block(self.init_features, self.block_config[0])
-        pt1, c = transition(c1)
-        p2, c2 = dense_block(c, self.block_config[1])
-        pt2, ct2 = transition(c2)
-        p3, c3 = dense_block(ct2, self.block_config[2])
-        total += p1 + pt1 + p2 + pt2 + p3
-        total += sum((c_in + 1) * n for c_in in (c1, c2, c3))  # the neck's 1x1 laterals
-        if self.output_stride == 2:
-            total += (self.init_features + 1) * n
-        if k > 1:  # fusions (a) and (b)
-            total += (ct2 * k + 1) * ct2 + (n * k + 1) * n
-        return total + sum((9 * n + 1) * h + (h + 1) * out for out in (1, 2, 2))  # heatmap, size, offset heads
-
-    @staticmethod
-    def paper_parameters() -> int:
-        return MSCNConfig().parameter_count()
 
 
 @dataclass(frozen=True)

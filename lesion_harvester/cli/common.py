@@ -13,8 +13,9 @@ import sys
 
 from tqdm import tqdm
 
-from lesion_harvester.config import PRESETS, Preset, load_preset
+from lesion_harvester.config import PRESETS, InvalidSetting, Preset, load_preset
 from lesion_harvester.device import DEVICE_CHOICES_HELP
+from lesion_harvester.errors import ConfigError
 from lesion_harvester.io.logs import debug_of_this_package_only
 
 
@@ -45,8 +46,20 @@ def add_preset_options(p: argparse.ArgumentParser, default: str = "demo") -> Non
                         "(repeatable; the value is read as YAML)")
 
 
-def preset_from_args(args: argparse.Namespace) -> Preset:
-    return load_preset(args.preset, args.overrides)
+def preset_from_args(args: argparse.Namespace, builds_lpg: bool = False) -> Preset:
+    """The preset of ``--preset`` and ``--set``. With ``builds_lpg`` (a command that trains an LPG),
+    the whole LPG's size is checked too, before any data is read: it is counted on the model itself
+    (:func:`lesion_harvester.lpg.model.check_size`), which reading a preset does not load."""
+    preset = load_preset(args.preset, args.overrides)
+    if builds_lpg:
+        from lesion_harvester.lpg.model import check_size
+
+        try:
+            check_size(preset.lpg)
+        except InvalidSetting as exc:  # named as loading names a setting: the file, or --set that changed it
+            where = "--set" if any(o.strip().startswith("lpg.") for o in args.overrides) else args.preset
+            raise ConfigError(f"{where}: {exc}") from None
+    return preset
 
 
 def add_device_option(p: argparse.ArgumentParser) -> None:

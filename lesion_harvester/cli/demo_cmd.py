@@ -68,7 +68,7 @@ def run(args) -> int:
     from lesion_harvester.synth.dataset import write_synthetic_dataset
 
     started = time.time()
-    preset = with_rounds(preset_from_args(args), args.rounds)
+    preset = with_rounds(preset_from_args(args, builds_lpg=True), args.rounds)
     out = Path(args.out)
     data = out / "data"
     with log_to_file(out / "demo.log", args.command_line):

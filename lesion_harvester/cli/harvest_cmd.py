@@ -71,7 +71,7 @@ def run(args) -> int:
     from lesion_harvester.harvest.rounds import harvest
     from lesion_harvester.report.harvest_report import build_report
 
-    preset = with_rounds(preset_from_args(args), args.rounds)
+    preset = with_rounds(preset_from_args(args, builds_lpg=True), args.rounds)
     logging.getLogger(__name__).info("command: %s", shlex.join(args.command_line))
     device, dist = device_and_ranks(args)
     try:

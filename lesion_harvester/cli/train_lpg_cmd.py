@@ -60,7 +60,7 @@ def run(args) -> int:
     from lesion_harvester.paths import TrainLayout
 
     data, inputs = _inputs(args)
-    preset = preset_from_args(args)
+    preset = preset_from_args(args, builds_lpg=True)
     device, dist = device_and_ranks(args)
     summary = train_lpg(data, args.out, preset, device=device, init=args.init, cache_dir=args.cache_dir,
                         progress=not args.quiet, drop_known_positives=True, dist=dist, **inputs)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from lesion_harvester.config import MSCNConfig, PreprocessConfig, StackConfig, from_dict, to_dict
-from lesion_harvester.errors import DataError
+from lesion_harvester.config import InvalidSetting, MSCNConfig, PreprocessConfig, StackConfig, from_dict, to_dict
+from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
 
@@ -51,13 +51,17 @@ def checkpoint_stack(path: str | Path, payload: dict | None = None) -> StackConf
 def load_model(path: str | Path, device: str = "cpu", payload: dict | None = None):
     """(MSCN in eval mode, its MSCNConfig, its PreprocessConfig) from a checkpoint; ``payload``: the
     checkpoint already loaded from ``path``."""
-    from lesion_harvester.lpg.model import MSCN, check_weights_fit
+    from lesion_harvester.lpg.model import MSCN, check_size, check_weights_fit
 
     payload = payload if payload is not None else load_checkpoint(path)
-    # the settings are checked (sizes bounded) and compared with the weights before anything is
-    # built: a model_config of init_features 200000 would otherwise ask for 640 GB
+    # the settings are checked (each size in its range, then the whole model's) and compared with the
+    # weights before anything is built: a model_config of init_features 200000 would otherwise ask for 640 GB
     model_cfg = from_dict(MSCNConfig, {**_settings(payload, "model_config", path), "pretrained_path": None},
                           f"{path} model_config")
+    try:
+        check_size(model_cfg)
+    except InvalidSetting as exc:
+        raise ConfigError(f"{path} model_config: {exc.problem}") from None
     pre = from_dict(PreprocessConfig, _settings(payload, "preprocess", path), f"{path} preprocess")
     check_weights_fit(model_cfg, payload.get("state_dict"), path)
     model = MSCN(model_cfg)

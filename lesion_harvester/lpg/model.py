@@ -20,6 +20,7 @@ compute it once and reuse it for every target slice that uses the triplet
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import replace
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet
 
-from lesion_harvester.config import MSCNConfig
+from lesion_harvester.config import MAX_MSCN_PARAMETERS, InvalidSetting, MSCNConfig
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.torch_files import load_weights_only
 
@@ -65,6 +66,8 @@ class MSCN(nn.Module):
 
     def __init__(self, cfg: MSCNConfig):
         super().__init__()
+        if torch.get_default_device().type != "meta":  # laid out on the meta device, a model takes no memory
+            check_size(cfg)
         self.stride = cfg.output_stride
         if cfg.num_slices % 3 or cfg.num_slices < 3:
             raise ValueError(f"num_slices must be a multiple of 3, got {cfg.num_slices}")
@@ -144,6 +147,24 @@ class MSCN(nn.Module):
         per = [feats.index(slice(i, None, k)) for i in range(k)]  # triplet i of every sample
         sides = [None if i == k // 2 or k == 1 else self.side_neck(per[i]) for i in range(k)]
         return self.target_heads([t.t2 for t in per], per[k // 2], sides)
+
+
+@functools.lru_cache(maxsize=32)  # every real build counts first; a checkpoint's load counts once
+def parameter_count(cfg: MSCNConfig) -> int:
+    """Parameters of the MSCN ``cfg`` describes, counted on the model itself laid out on the meta
+    device (shapes only, no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in MSCN(replace(cfg, pretrained_path=None)).parameters())
+
+
+def check_size(cfg: MSCNConfig) -> None:
+    """An :class:`InvalidSetting` of section ``lpg`` unless the MSCN ``cfg`` describes has at most
+    ``MAX_MSCN_PARAMETERS`` parameters. Each size has its range, but their product is what fills
+    memory (init_features 1000, growth_rate 256 and 64 layers per block: 4.4 billion parameters)."""
+    count = parameter_count(cfg)
+    if count > MAX_MSCN_PARAMETERS:
+        raise InvalidSetting("lpg", "", f"these sizes describe an LPG of {count:,} parameters, more than the "
+                             f"{MAX_MSCN_PARAMETERS:,} allowed (the paper's has {parameter_count(MSCNConfig()):,})")
 
 
 def check_weights_fit(cfg: MSCNConfig, state_dict, path: str | Path) -> None:

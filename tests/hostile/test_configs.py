@@ -197,19 +197,48 @@ def test_the_whole_lpg_is_bounded_not_only_each_size(tmp_path, capsys):
                            "  block_config: [64, 64, 64]\n")
     line = _train_with(capsys, tmp_path, path)
     assert f"{path}: lpg: these sizes describe an LPG of 4,440,137,651 parameters, more than the 100,000,000" in line
-    assert MSCNConfig().parameter_count() < config.MAX_MSCN_PARAMETERS  # the paper's fits
+    from lesion_harvester.lpg.model import parameter_count
+
+    assert parameter_count(MSCNConfig()) < config.MAX_MSCN_PARAMETERS  # the paper's fits
+    # the same sizes given with --set are named as such
+    line = _train_with(capsys, tmp_path, "tiny", "--set", "lpg.init_features=1000", "--set", "lpg.growth_rate=256",
+                       "--set", "lpg.block_config=[64, 64, 64]")
+    assert "error: --set: lpg: these sizes describe an LPG of 4,440,137,651 parameters" in line, line
 
 
 @pytest.mark.parametrize("variant", [{}, {"num_slices": 3}, {"output_stride": 2}])
 def test_the_parameter_count_is_that_of_the_model_built(variant):
     import torch
 
-    from lesion_harvester.lpg.model import MSCN
+    from lesion_harvester.lpg.model import MSCN, parameter_count
 
     cfg = dataclasses.replace(load_preset("tiny").lpg, **variant)
     with torch.device("meta"):  # shapes only
         built = sum(p.numel() for p in MSCN(cfg).parameters())
-    assert cfg.parameter_count() == built
+    assert parameter_count(cfg) == built == sum(p.numel() for p in MSCN(cfg).parameters())
+
+
+def test_a_model_too_large_is_refused_however_it_is_built():
+    import torch
+
+    from lesion_harvester.lpg.model import MSCN, parameter_count
+
+    # each size in its range, so the settings themselves build; the model they describe does not
+    huge = MSCNConfig(init_features=1000, growth_rate=256, block_config=(64, 64, 64))
+    with pytest.raises(config.InvalidSetting, match=r"^lpg: these sizes describe an LPG of 4,477,208,979 param"):
+        MSCN(huge)  # refused before the 18 GB of weights are taken
+    with torch.device("meta"):  # laid out without memory, it is allowed (that is how it is counted)
+        assert sum(p.numel() for p in MSCN(huge).parameters()) == parameter_count(huge) == 4_477_208_979
+
+
+def test_reading_a_preset_loads_no_torch():
+    # the whole LPG's size is counted on the model (torch) only where one is built or a checkpoint read
+    import subprocess
+    import sys
+
+    code = ("import sys; from lesion_harvester.config import load_preset, PRESETS; "
+            "[load_preset(name, ['lpg.init_features=1000']) for name in PRESETS]; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_the_presets_settings_are_all_in_range():
