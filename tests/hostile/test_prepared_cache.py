@@ -64,8 +64,13 @@ def _cache(tmp_path, verify: bool = False) -> PreparedCache:
     return PreparedCache(tmp_path / "cache", load_preset("tiny").preprocess, verify=verify)
 
 
-def _get(cache: PreparedCache, data: Path, key: str = KEY) -> np.ndarray:
-    return np.array(cache.get(open_volumes(data), key).image, dtype=np.float32)
+def _get(cache: PreparedCache, data: Path, key: str | None = KEY) -> np.ndarray:
+    """The prepared image of ``key`` of ``data`` (None: its only volume, e.g. a DICOM series, which is
+    named by its series description and number)."""
+    source = open_volumes(data)
+    if key is None:
+        (key,) = source.keys
+    return np.array(cache.get(source, key).image, dtype=np.float32)
 
 
 def _entry(cache: PreparedCache, key: str = KEY) -> tuple[Path, Path]:
@@ -207,10 +212,10 @@ def test_a_dicom_series_that_lost_a_slice_is_not_served_from_the_cache(tmp_path)
     hu[4:12, 4:12] = 40
     paths = write_dicom_series(tmp_path / "series", hu, np.diag([0.8, 0.8, 2.0, 1.0]), shuffle_seed=None)
     cache = _cache(tmp_path)
-    _get(cache, tmp_path / "series", "series")
+    _get(cache, tmp_path / "series", None)
     paths[2].unlink()
     with pytest.raises(DataError, match="series: uneven slice positions .* missing slices"):
-        _get(cache, tmp_path / "series", "series")
+        _get(cache, tmp_path / "series", None)
 
 
 def test_a_slice_added_to_a_dicom_series_is_not_missed(tmp_path):
@@ -223,12 +228,12 @@ def test_a_slice_added_to_a_dicom_series_is_not_missed(tmp_path):
     affine = np.diag([0.8, 0.8, 2.0, 1.0])
     (first, *_rest) = write_dicom_series(tmp_path / "series", hu, affine, skip=(4,), shuffle_seed=None)
     cache = _cache(tmp_path)
-    assert _get(cache, tmp_path / "series", "series").shape[0] == 4
+    assert _get(cache, tmp_path / "series", None).shape[0] == 4
     (late,) = write_dicom_series(tmp_path / "late", hu, affine, skip=(0, 1, 2, 3), shuffle_seed=None)
     ds = pydicom.dcmread(late)
     ds.SeriesInstanceUID = pydicom.dcmread(first).SeriesInstanceUID  # the series' fifth slice, exported late
     ds.save_as(tmp_path / "series" / "slice0099")
-    assert _get(cache, tmp_path / "series", "series").shape[0] == 5
+    assert _get(cache, tmp_path / "series", None).shape[0] == 5
 
 
 def test_a_cache_that_cannot_be_written_serves_the_volume_from_memory(data, tmp_path, monkeypatch, caplog):
