@@ -1,4 +1,4 @@
-"""The nouns of the pipeline: a CT volume, RECIST marks, 2D and 3D boxes, tracklets.
+"""The nouns of the pipeline: a CT volume, RECIST marks, 2D and 3D boxes, tracklets, a label set.
 
 Every stage (stacking, verification, the LPG and LPC, evaluation, the harvest) works on these
 types; ``io/`` reads and writes them, and nothing here opens a file.
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import TypeVar
 
 import numpy as np
@@ -425,6 +425,30 @@ class Findings:
 SliceBoxes = dict[str, list[SliceBox]]
 Boxes3D = dict[str, list[Box3D]]
 Tracklets = dict[str, list[Tracklet]]
+
+
+@dataclass(frozen=True)
+class LabelSet:
+    """What a detector trains on: a dataset's RECIST marks and V_M's complete labels, with optional
+    extra lesions and hard negatives (each a tracklet, 3D-box or 2D-box pickle, as given).
+
+    The label sets of the paper's Table III are read from a harvest run folder
+    (:func:`lesion_harvester.harvest.label_sets.label_set`); ``train-lpg`` makes one of the files given
+    one by one.
+
+    Attributes:
+        name: the set's name in Table III (``R``, ``R+P``, ...), "" for files given one by one.
+        data: the DeepLesion-layout dataset folder.
+        fully_annotated: V_M's complete labels (None: the synthetic layout's own, ``splits.json``).
+        extra_positives: more lesions (``harvested.pkl`` for R+P and R+P+N).
+        hard_negatives: hard negatives, trained through the HNSL (``hard_negatives.pkl`` for R+N and R+P+N).
+    """
+
+    name: str
+    data: Path
+    fully_annotated: str | None = None
+    extra_positives: str | None = None
+    hard_negatives: str | None = None
 
 
 def group_by_volume(items: Iterable[tuple[str, T]]) -> dict[str, list[T]]:

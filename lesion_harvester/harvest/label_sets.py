@@ -14,25 +14,14 @@ already is left out by the LPG's training sources (``drop_known_positives``), so
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.paths import RunLayout
+from lesion_harvester.structures import LabelSet
 
 LABEL_SETS = ("R", "R+P", "R+N", "R+P+N")
-
-
-@dataclass(frozen=True)
-class LabelSet:
-    """What an LPG (or a peer detector) trains on for one row of Table III."""
-
-    name: str
-    data: Path  # the harvested dataset
-    fully_annotated: str | None  # V_M's labels as the harvest was given them (None: the synthetic layout's own)
-    extra_positives: str | None  # harvested.pkl for R+P and R+P+N
-    hard_negatives: str | None  # hard_negatives.pkl for R+N and R+P+N
 
 
 def label_set(run_dir: str | Path, name: str) -> LabelSet:

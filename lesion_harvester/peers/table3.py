@@ -39,7 +39,7 @@ from lesion_harvester.config import Preset, Table3Config, fingerprint
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.api import evaluate_files, load_truth
 from lesion_harvester.evaluation.matching import covers_a_lesion
-from lesion_harvester.harvest.label_sets import LabelSet, label_set
+from lesion_harvester.harvest.label_sets import label_set
 from lesion_harvester.harvest.verify import touches
 from lesion_harvester.io.annotations import (
     read_any_boxes,
@@ -58,6 +58,7 @@ from lesion_harvester.paths import ROW_LOCK_FILE, RunLayout, TrainLayout
 from lesion_harvester.peers.retinanet import propose_retinanet, train_retinanet
 from lesion_harvester.report.plots import plot_table3
 from lesion_harvester.report.table3 import FP_RATES, render_table3
+from lesion_harvester.structures import LabelSet
 
 log = logging.getLogger(__name__)
 
