@@ -93,14 +93,14 @@ def test_the_fingerprints_runs_record_are_unchanged(name):
 
     from lesion_harvester.config import fingerprint
     from lesion_harvester.harvest.rounds import harvest_fingerprint
-    from lesion_harvester.lpg import train
+    from lesion_harvester.lpg.model import MSCN
     from lesion_harvester.peers.table3 import row_settings
 
     preset = apply_overrides(load_preset("tiny"), CHANGED) if name == "tiny changed" else load_preset(name)
     sections = [getattr(preset, f.name) for f in dataclasses.fields(preset) if f.name != "name"]
     data = "/nonexistent/data"
     got = (fingerprint(*sections, digits=40), harvest_fingerprint(preset, Path(data), None, None),
-           train._fingerprint(preset, data, [None, None]), row_settings(preset, "MSCN", "R+P", 1, "test"))
+           MSCN.training_fingerprint(preset, data, [None, None]), row_settings(preset, "MSCN", "R+P", 1, "test"))
     assert got == FINGERPRINTS[name]
 
 

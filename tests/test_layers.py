@@ -11,7 +11,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lesion_harvester"
 # the pipeline's stages in order: a stage may import earlier stages, never a later one
-STAGES = ("stacking", "lpg", "lpc", "harvest", "report", "peers", "detect", "review", "cli")
+# (detectors: the contract every detector keeps, which the LPG's MSCN and the peers implement)
+STAGES = ("detectors", "stacking", "lpg", "lpc", "harvest", "report", "peers", "detect", "review", "cli")
 PIPELINE_CODE = ("synth", "evaluation", *STAGES)  # what io/ must not import: it reads and writes, nothing more
 
 

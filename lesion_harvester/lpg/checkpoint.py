@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from lesion_harvester.config import InvalidSetting, MSCNConfig, PreprocessConfig, StackConfig, from_dict, to_dict
-from lesion_harvester.errors import ConfigError, DataError
+from lesion_harvester.config import PreprocessConfig, StackConfig, from_dict, to_dict
+from lesion_harvester.detectors.base import DetectionModel
+from lesion_harvester.errors import DataError
 from lesion_harvester.io.atomic import atomic_write
-from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
+from lesion_harvester.io.torch_files import check_format, load_weights_only, written_with
 
 FORMAT = "lesion-harvester-lpg/1"
 OPERATING_RATES = (0.5, 1.0, 2.0, 4.0)  # false positives per volume at which an LPG's score is measured
@@ -34,11 +35,12 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = ()) -> dict:
     return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "LPG checkpoint", required)
 
 
-def model_payload(model, model_cfg: MSCNConfig, pre: PreprocessConfig, stack: StackConfig, **extra) -> dict:
-    """A checkpoint that describes itself: its format, the versions it is written with, the model,
-    preprocessing and stacking settings, the weights and ``extra`` (epoch, training data, ...)."""
-    return {"format": FORMAT, "written_with": written_with(), "model_config": to_dict(model_cfg),
-            "preprocess": to_dict(pre), "stack": to_dict(stack), "state_dict": model.state_dict(), **extra}
+def model_payload(model: DetectionModel, settings, pre: PreprocessConfig, stack: StackConfig, **extra) -> dict:
+    """A checkpoint that describes itself: the detector's format, the versions it is written with, its
+    settings (under its ``SETTINGS_KEY``: ``model_config`` for the LPG), the preprocessing and
+    stacking settings, the weights and ``extra`` (epoch, training data, ...)."""
+    return {"format": model.FORMAT, "written_with": written_with(), model.SETTINGS_KEY: to_dict(settings),
+            "preprocess": to_dict(pre), "stack": to_dict(stack), "state_dict": model.weights().state_dict(), **extra}
 
 
 def checkpoint_stack(path: str | Path, payload: dict | None = None) -> StackConfig:
@@ -48,29 +50,8 @@ def checkpoint_stack(path: str | Path, payload: dict | None = None) -> StackConf
     return from_dict(StackConfig, payload.get("stack") or {}, f"{path} stack")
 
 
-def load_model(path: str | Path, device: str = "cpu", payload: dict | None = None):
-    """(MSCN in eval mode, its MSCNConfig, its PreprocessConfig) from a checkpoint; ``payload``: the
-    checkpoint already loaded from ``path``."""
-    from lesion_harvester.lpg.model import MSCN, check_size, check_weights_fit
-
-    payload = payload if payload is not None else load_checkpoint(path)
-    # the settings are checked (each size in its range, then the whole model's) and compared with the
-    # weights before anything is built: a model_config of init_features 200000 would otherwise ask for 640 GB
-    model_cfg = from_dict(MSCNConfig, {**_settings(payload, "model_config", path), "pretrained_path": None},
-                          f"{path} model_config")
-    try:
-        check_size(model_cfg)
-    except InvalidSetting as exc:
-        raise ConfigError(f"{path} model_config: {exc.problem}") from None
-    pre = from_dict(PreprocessConfig, _settings(payload, "preprocess", path), f"{path} preprocess")
-    check_weights_fit(model_cfg, payload.get("state_dict"), path)
-    model = MSCN(model_cfg)
-    load_state(model, payload, path, "LPG checkpoint")
-    return model.to(device).eval(), model_cfg, pre
-
-
-def _settings(payload: dict, key: str, path: str | Path) -> dict:
-    """The settings section ``key`` of a checkpoint, or a DataError naming the file."""
+def checkpoint_settings(payload: dict, key: str, path: str | Path) -> dict:
+    """The settings section ``key`` of an LPG checkpoint, or a DataError naming the file."""
     section = payload.get(key)
     if not isinstance(section, dict):
         raise DataError(path, f"LPG checkpoint without its '{key}' settings (found {type(section).__name__})",

@@ -1,20 +1,24 @@
-"""LPG training data: the labelled slices, and the sampler that cuts training crops from
-prepared volumes (:mod:`lesion_harvester.preprocessing`) with MULAN-style jitter.
+"""Detector training data: the labelled slices, and the sampler that cuts training crops from
+prepared volumes (:mod:`lesion_harvester.preprocessing`) with MULAN-style jitter. The crops are the
+same for every detector; each builds its own targets from them
+(:meth:`~lesion_harvester.detectors.base.DetectionModel.build_targets`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
+from lesion_harvester.detectors.base import Crop
 from lesion_harvester.geometry.preprocess import rewindow
-from lesion_harvester.lpg.targets import build_targets
 from lesion_harvester.preprocessing import AIR_VALUE, PreparedVolume, network_air
 
 log = logging.getLogger(__name__)
@@ -66,6 +70,7 @@ class TrainingData:
 
 
 HardBackground = list[tuple[str, int, np.ndarray]]  # (volume key, z_index, box_xyxy_px) of mined false positives
+TargetBuilder = Callable[[list[Crop]], Any]  # a batch's crops -> the detector's targets
 
 
 class CropSampler:
@@ -76,7 +81,7 @@ class CropSampler:
     """
 
     def __init__(self, data: TrainingData, prepared: dict[str, PreparedVolume], num_slices: int,
-                 pre: PreprocessConfig, crop: LPGTrainConfig, rng: np.random.Generator | None = None, stride: int = 4,
+                 pre: PreprocessConfig, crop: LPGTrainConfig, rng: np.random.Generator | None = None,
                  hard_background: HardBackground | None = None):
         self.slices = data.slice_boxes()
         self.slice_list = list(self.slices.values())
@@ -95,8 +100,7 @@ class CropSampler:
         self.num_slices = num_slices
         self.pre = pre
         self.crop = crop
-        self.rng = rng if rng is not None else np.random.default_rng(0)  # batch_of() sets one per sample
-        self.stride = stride
+        self.rng = rng if rng is not None else np.random.default_rng(0)  # crops() sets one per sample
         self.positions = {k: v.context_positions(num_slices, pre) for k, v in prepared.items()}
         self.air = network_air(pre)
 
@@ -151,8 +155,8 @@ class CropSampler:
         y0 = int(round(cy - src * self.rng.uniform(0.2, 0.8)))
         return pv, record.z_index, y0, x0, src, scale, record
 
-    def sample(self) -> tuple[np.ndarray, dict]:
-        """One crop: input (S, C, C) float32 and its CenterNet targets (and the positive boxes)."""
+    def sample(self) -> Crop:
+        """One crop: input (S, C, C) float32 and its boxes in pixels of the crop."""
         picked = None
         if not self.slice_list or self.rng.random() < self.crop.background_fraction:
             picked = self._background()
@@ -192,11 +196,7 @@ class CropSampler:
         positives = place(record.positives if record is not None else None)
         negatives = place(record.negatives if record is not None else None)
         image = self._augment(image, (positives, negatives), out_h, out_w)
-        targets = build_targets(positives, (out_h // self.stride, out_w // self.stride), self.stride,
-                                self.crop.max_objects, negatives)
-        targets["complete"] = np.float32(pv.key in self.complete_keys)  # every lesion of the crop labelled
-        targets["boxes_xyxy_px"] = positives  # (N, 4) in pixels of the crop, for box-based detectors
-        return image.numpy(), targets
+        return Crop(image.numpy(), positives, negatives, pv.key in self.complete_keys)
 
     def _augment(self, image: torch.Tensor, boxes: tuple[np.ndarray, ...], out_h: int, out_w: int) -> torch.Tensor:
         """Flips, transposes and intensity changes; boxes (in place) follow the geometry."""
@@ -227,32 +227,27 @@ class CropSampler:
             image = image + torch.randn(image.shape, generator=generator) * sigma
         return image.contiguous()
 
-    def batch(self, n: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """n samples drawn one after another from the sampler's own generator."""
-        return self.batch_of([self.rng] * n)
-
-    def batch_of(self, rngs: list[np.random.Generator]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One sample per generator; whole slices of different sizes are padded (air, and zero
-        targets) to the largest."""
-        samples = []
+    def crops(self, rngs: list[np.random.Generator]) -> list[Crop]:
+        """One crop per generator, drawn in order."""
+        crops = []
         for rng in rngs:
             self.rng = rng
-            samples.append(self.sample())
-        h = max(s[0].shape[1] for s in samples)
-        w = max(s[0].shape[2] for s in samples)
-        images, heatmaps, inds = [], [], []
-        for image, t in samples:
-            ih, iw = image.shape[1:]
-            images.append(np.pad(image, ((0, 0), (0, h - ih), (0, w - iw)), constant_values=self.air))
-            hm = t["hm"]
-            pad = ((0, 0), (0, h // self.stride - hm.shape[1]), (0, w // self.stride - hm.shape[2]))
-            heatmaps.append(np.pad(hm, pad))
-            row, col = np.divmod(t["ind"], hm.shape[2])  # re-index centres for the padded width
-            inds.append(row * (w // self.stride) + col)
-        targets = {k: torch.from_numpy(np.stack([s[1][k] for s in samples])) for k in ("wh", "reg", "mask", "complete")}
-        targets["hm"] = torch.from_numpy(np.stack(heatmaps))
-        targets["ind"] = torch.from_numpy(np.stack(inds))
-        return torch.from_numpy(np.stack(images)), targets
+            crops.append(self.sample())
+        return crops
+
+    def batch_of(self, rngs: list[np.random.Generator], build_targets: TargetBuilder) -> tuple[torch.Tensor, Any]:
+        """One crop per generator: (images (B, S, H, W), ``build_targets`` of the crops); whole slices
+        of different sizes are padded with air to the largest."""
+        crops = self.crops(rngs)
+        h = max(c.image.shape[1] for c in crops)
+        w = max(c.image.shape[2] for c in crops)
+        images = [np.pad(c.image, ((0, 0), (0, h - c.image.shape[1]), (0, w - c.image.shape[2])),
+                         constant_values=self.air) for c in crops]
+        return torch.from_numpy(np.stack(images)), build_targets(crops)
+
+    def batch(self, n: int, build_targets: TargetBuilder) -> tuple[torch.Tensor, Any]:
+        """:meth:`batch_of` n crops drawn one after another from the sampler's own generator."""
+        return self.batch_of([self.rng] * n, build_targets)
 
 
 def sample_rng(seed: int, epoch: int, batch_index: int, sample_index: int) -> np.random.Generator:
@@ -262,8 +257,8 @@ def sample_rng(seed: int, epoch: int, batch_index: int, sample_index: int) -> np
 
 
 class EpochBatches(torch.utils.data.IterableDataset):
-    """Exactly ``count`` batches of one epoch; sample j of batch i is drawn with
-    :func:`sample_rng` (seed, epoch, i, j).
+    """Exactly ``count`` batches of one epoch (images and ``build_targets`` of their crops); sample j
+    of batch i is drawn with :func:`sample_rng` (seed, epoch, i, j).
 
     So the batches are the same in this process, in any number of ``DataLoader`` workers (worker w
     of W draws the batches i = w, w + W, ..., which the loader hands out in order), and after a
@@ -272,10 +267,10 @@ class EpochBatches(torch.utils.data.IterableDataset):
     one-process batch.
     """
 
-    def __init__(self, make_sampler, seed: int, epoch: int, count: int, batch_size: int,
+    def __init__(self, make_sampler, build_targets: TargetBuilder, seed: int, epoch: int, count: int, batch_size: int,
                  samples: tuple[int, int] | None = None):
         super().__init__()
-        self.make_sampler, self.seed, self.epoch = make_sampler, seed, epoch
+        self.make_sampler, self.build_targets, self.seed, self.epoch = make_sampler, build_targets, seed, epoch
         self.count = count
         self.samples = samples or (0, batch_size)
 
@@ -285,7 +280,8 @@ class EpochBatches(torch.utils.data.IterableDataset):
         sampler = self.make_sampler()
         first, stop = self.samples
         for i in range(worker, self.count, workers):
-            yield sampler.batch_of([sample_rng(self.seed, self.epoch, i, j) for j in range(first, stop)])
+            yield sampler.batch_of([sample_rng(self.seed, self.epoch, i, j) for j in range(first, stop)],
+                                   self.build_targets)
 
 
 def in_workers(dataset: torch.utils.data.Dataset, workers: int, prefetch_factor: int = 2,
@@ -296,13 +292,13 @@ def in_workers(dataset: torch.utils.data.Dataset, workers: int, prefetch_factor:
                                        multiprocessing_context="fork", pin_memory=pin_memory)
 
 
-def epoch_loader(make_sampler, seed: int, epoch: int, count: int, batch_size: int, workers: int = 1,
-                 samples: tuple[int, int] | None = None, pin_memory: bool = False):
+def epoch_loader(make_sampler, build_targets: TargetBuilder, seed: int, epoch: int, count: int, batch_size: int,
+                 workers: int = 1, samples: tuple[int, int] | None = None, pin_memory: bool = False):
     """Batches of one epoch (:class:`EpochBatches`), prepared in ``workers`` background processes
     (0: in this process). Sampling is Python-heavy; in a thread it would hold the interpreter lock
     that the training loop needs for every tensor operation. ``pin_memory``: page-locked batches,
     for faster copies to a GPU."""
-    dataset = EpochBatches(make_sampler, seed, epoch, count, batch_size, samples)
+    dataset = EpochBatches(make_sampler, build_targets, seed, epoch, count, batch_size, samples)
     if workers <= 0:
         return iter(dataset)
     return iter(in_workers(dataset, workers, prefetch_factor=4, pin_memory=pin_memory))

@@ -15,24 +15,53 @@ CenterNet heads (heatmap, size, offset) sit.
 
 Everything a triplet computes without fusion depends only on that triplet, so a volume scan can
 compute it once and reuse it for every target slice that uses the triplet
-(:meth:`MSCN.triplet_features`, :meth:`MSCN.side_neck`, :meth:`MSCN.target_heads`).
+(:meth:`MSCN.triplet_features`, :meth:`MSCN.side_neck`, :meth:`MSCN.target_heads`): target slice z
+uses the triplets centred at z - 3s, z and z + 3s (s = the context step in slices); a triplet's
+features before fusion (a), and its whole neck when it sits beside the target, are computed once per
+volume (:meth:`MSCN.outputs`). With ``context_mode: shared`` every triplet centre falls on a whole
+slice and the reuse is complete. The result equals the per-slice ("naive") computation up to float
+rounding.
+
+The MSCN is a :class:`~lesion_harvester.detectors.base.DetectionModel`: CenterNet targets
+(:mod:`.targets`), losses (:mod:`.losses`) and decoding (:mod:`.decode`), checkpoints of format
+``lesion-harvester-lpg/1`` (:mod:`.checkpoint`). :class:`CenterNet` is the paper's plain 3-slice
+CenterNet of Table III, the same model on one triplet.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets import DenseNet
 
-from lesion_harvester.config import MAX_MSCN_PARAMETERS, InvalidSetting, MSCNConfig
-from lesion_harvester.errors import DataError
-from lesion_harvester.io.torch_files import load_weights_only
+from lesion_harvester.config import (
+    MAX_MSCN_PARAMETERS,
+    InvalidSetting,
+    LPGTrainConfig,
+    MSCNConfig,
+    PreprocessConfig,
+    Preset,
+    ScanConfig,
+    StackConfig,
+    from_dict,
+    settings_fingerprint,
+)
+from lesion_harvester.detectors.base import Crop, DetectionModel, SliceDetections
+from lesion_harvester.errors import ConfigError, DataError
+from lesion_harvester.geometry.preprocess import gather_slices
+from lesion_harvester.io.torch_files import load_state, load_weights_only
+from lesion_harvester.lpg.checkpoint import FORMAT, checkpoint_settings, checkpoint_stack, model_payload
+from lesion_harvester.lpg.decode import decode
+from lesion_harvester.lpg.losses import centernet_loss, clamped_sigmoid, loss_counts
+from lesion_harvester.lpg.targets import batch_targets
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +89,13 @@ def _head(in_ch: int, mid: int, out_ch: int, bias: float | None = None) -> nn.Se
     return head
 
 
-class MSCN(nn.Module):
+class MSCN(DetectionModel):
     """The LPG network. ``forward(x)`` returns (heatmap logits, size, offset), each (B, C, H/s, W/s)
     with s = ``stride`` (the preset's ``output_stride``, 4 or 2)."""
+
+    FORMAT = FORMAT
+    WHAT = "LPG"
+    SETTINGS_KEY = "model_config"
 
     def __init__(self, cfg: MSCNConfig):
         super().__init__()
@@ -147,6 +180,154 @@ class MSCN(nn.Module):
         per = [feats.index(slice(i, None, k)) for i in range(k)]  # triplet i of every sample
         sides = [None if i == k // 2 or k == 1 else self.side_neck(per[i]) for i in range(k)]
         return self.target_heads([t.t2 for t in per], per[k // 2], sides)
+
+    # --- the detector: settings, checkpoints, targets, loss, decoding -------------------------------
+    @property
+    def num_slices(self) -> int:
+        return self.cfg.num_slices
+
+    @classmethod
+    def settings(cls, preset: Preset) -> MSCNConfig:
+        return preset.lpg
+
+    @classmethod
+    def training_fingerprint(cls, preset: Preset, data: str | Path, inputs: list) -> str:
+        # the LPG's own recipe since its first checkpoints, so that a training killed before this
+        # interface existed still resumes
+        return settings_fingerprint(Preset(preprocess=preset.preprocess, lpg=preset.lpg, lpg_train=preset.lpg_train),
+                                    str(Path(data).resolve()), inputs)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu",
+             payload: dict | None = None) -> tuple[MSCN, PreprocessConfig, StackConfig]:
+        payload = payload if payload is not None else cls.read_checkpoint(path)
+        model, _, pre = load_model(path, device, payload)
+        return model, pre, checkpoint_stack(path, payload)
+
+    def payload(self, pre: PreprocessConfig, stack: StackConfig, **extra) -> dict:
+        return model_payload(self, self.cfg, pre, stack, **extra)
+
+    def load_weights(self, payload: dict, path: str | Path) -> None:
+        check_weights_fit(self.cfg, payload.get("state_dict"), path)  # one line naming the first odd tensor
+        self.load_state_dict(payload["state_dict"])
+
+    def build_targets(self, crops: list[Crop], train: LPGTrainConfig) -> dict[str, torch.Tensor]:
+        return batch_targets(crops, self.stride, train.max_objects)
+
+    def loss(self, outputs, targets: dict[str, torch.Tensor], train: LPGTrainConfig,
+             totals: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        return centernet_loss(outputs, targets, soft_negative_above=train.soft_negative_above, counts=totals)
+
+    def loss_totals(self, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loss_counts(targets)
+
+    def detect_slices(self, volume: torch.Tensor, positions: np.ndarray, targets: list[int],
+                      scan: ScanConfig) -> Iterator[SliceDetections]:
+        """Top-K peaks of each target slice (``scan.top_k``), triplets shared as ``scan.shared`` says."""
+        for chunk, (hm, wh, reg) in self.outputs(volume, positions, targets, scan, scan.shared):
+            boxes, scores = decode(hm, wh, reg, scan.top_k, self.stride)
+            yield chunk, boxes.float().cpu().numpy(), scores.float().cpu().numpy()
+
+    def compile_parts(self) -> MSCN:
+        for name in ("forward", "triplet_features", "side_neck", "target_heads"):
+            setattr(self, name, torch.compile(getattr(self, name), dynamic=True))
+        return self
+
+    # --- scanning a volume: each triplet computed once -------------------------------------------
+    def outputs(self, volume: torch.Tensor, positions: np.ndarray, targets: list[int], scan: ScanConfig,
+                shared: bool) -> Iterator:
+        """Yields (target indices, (hm logits, wh, reg)) batch by batch; with ``scan.flip_test`` the
+        heatmap probabilities and sizes are averaged with those of the left-right mirrored volume,
+        mirrored back (offsets stay the plain pass's, as in CenterNet)."""
+        plain = self._forward_targets(volume, positions, targets, scan.batch_slices, shared)
+        if not scan.flip_test:
+            yield from plain
+            return
+        # mirrored after padding to a multiple of 16, so that output cells mirror onto output cells
+        mirrored = self._forward_targets(volume.flip(-1), positions, targets, scan.batch_slices, shared)
+        for (chunk, (hm, wh, reg)), (_, (hm_m, wh_m, _)) in zip(plain, mirrored):
+            heat = (clamped_sigmoid(hm) + clamped_sigmoid(hm_m).flip(-1)) / 2
+            yield chunk, (torch.logit(heat), (wh.float() + wh_m.float().flip(-1)) / 2, reg)
+
+    def _forward_targets(self, volume: torch.Tensor, positions: np.ndarray, targets: list[int], batch_slices: int,
+                         shared: bool) -> Iterator:
+        """Yields (target indices, (hm logits, wh, reg)) batch by batch."""
+        k = self.num_triplets
+        batch = max(1, batch_slices)
+        if not shared or k == 1:
+            for start in range(0, len(targets), batch):
+                chunk = targets[start:start + batch]
+                x = torch.stack([gather_slices(volume, positions[z]) for z in chunk])
+                yield chunk, self(x)
+            return
+        keys = {z: [tuple(np.round(positions[z, 3 * j: 3 * j + 3] * 1e4).astype(np.int64).tolist()) for j in range(k)]
+                for z in targets}
+        key_positions = {key: positions[z, 3 * j: 3 * j + 3] for z in targets for j, key in enumerate(keys[z])}
+        last_use: dict[tuple, int] = {}
+        for i, z in enumerate(targets):
+            for key in keys[z]:
+                last_use[key] = i
+        features: dict[tuple, Triplet] = {}
+        side_necks: dict[tuple, torch.Tensor] = {}
+        centre = k // 2
+        for start in range(0, len(targets), batch):
+            chunk = targets[start:start + batch]
+            needed = list(dict.fromkeys(key for z in chunk for key in keys[z]))
+            missing = [key for key in needed if key not in features]
+            for m in range(0, len(missing), batch):
+                group = missing[m:m + batch]
+                x3 = torch.stack([gather_slices(volume, key_positions[key]) for key in group])
+                computed = self.triplet_features(x3)
+                for i, key in enumerate(group):
+                    features[key] = computed.index(slice(i, i + 1))
+            sides = list(dict.fromkeys(keys[z][j] for z in chunk for j in range(k) if j != centre))
+            sides = [key for key in sides if key not in side_necks]
+            for m in range(0, len(sides), batch):
+                group = sides[m:m + batch]
+                necks = self.side_neck(_cat([features[key] for key in group]))
+                for i, key in enumerate(group):
+                    side_necks[key] = necks[i:i + 1]
+            t2s = [torch.cat([features[keys[z][j]].t2 for z in chunk]) for j in range(k)]
+            centre_triplets = _cat([features[keys[z][centre]] for z in chunk])
+            side_j = [None if j == centre else torch.cat([side_necks[keys[z][j]] for z in chunk]) for j in range(k)]
+            yield chunk, self.target_heads(t2s, centre_triplets, side_j)
+            done = start + len(chunk) - 1
+            for key in [key for key, last in last_use.items() if last <= done and key in features]:
+                features.pop(key)
+                side_necks.pop(key, None)
+
+
+class CenterNet(MSCN):
+    """The paper's plain CenterNet of Table III: the MSCN on 3 slices (one triplet, no fusion)."""
+
+    @classmethod
+    def configure(cls, preset: Preset) -> Preset:
+        return replace(preset, lpg=replace(preset.lpg, num_slices=3))
+
+
+def _cat(triplets: list[Triplet]) -> Triplet:
+    return Triplet(*(None if getattr(triplets[0], f) is None else torch.cat([getattr(t, f) for t in triplets])
+                     for f in Triplet.__slots__))
+
+
+def load_model(path: str | Path, device: str = "cpu", payload: dict | None = None) -> tuple[MSCN, MSCNConfig,
+                                                                                         PreprocessConfig]:
+    """(MSCN in eval mode, its MSCNConfig, its PreprocessConfig) from a checkpoint; ``payload``: the
+    checkpoint already loaded from ``path``."""
+    payload = payload if payload is not None else MSCN.read_checkpoint(path)
+    # the settings are checked (each size in its range, then the whole model's) and compared with the
+    # weights before anything is built: a model_config of init_features 200000 would otherwise ask for 640 GB
+    model_cfg = from_dict(MSCNConfig, {**checkpoint_settings(payload, "model_config", path), "pretrained_path": None},
+                          f"{path} model_config")
+    try:
+        check_size(model_cfg)
+    except InvalidSetting as exc:
+        raise ConfigError(f"{path} model_config: {exc.problem}") from None
+    pre = from_dict(PreprocessConfig, checkpoint_settings(payload, "preprocess", path), f"{path} preprocess")
+    check_weights_fit(model_cfg, payload.get("state_dict"), path)
+    model = MSCN(model_cfg)
+    load_state(model, payload, path, "LPG checkpoint")
+    return model.to(device).eval(), model_cfg, pre
 
 
 @functools.lru_cache(maxsize=32)  # every real build counts first; a checkpoint's load counts once

@@ -1,4 +1,4 @@
-"""``propose``: scan volumes with a trained LPG and write 3D proposals (tracklets), resumably.
+"""``propose``: scan volumes with a trained LPG (or another detector) and write 3D proposals (tracklets), resumably.
 
 While running, each finished volume's proposals are saved in ``OUT.partial/``; a rerun with the
 same checkpoint and settings skips them, so a killed scan continues where it stopped. The final
@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig, fingerprint
+from lesion_harvester.detectors.base import DetectionModel
 from lesion_harvester.device import resolve_device
 from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import DataError
@@ -29,6 +30,7 @@ from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.locks import locked_output
 from lesion_harvester.io.partial import PartialResults, file_digest
 from lesion_harvester.io.prepared_cache import PreparedCache
+from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import scan_volumes, scanner_from_checkpoint
 from lesion_harvester.paths import cache_dir_for, output_lock, partial_dir
 from lesion_harvester.structures import Tracklet
@@ -40,18 +42,18 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
             stack: StackConfig | None = None, scan: ScanConfig | None = None, device: str = "auto",
             cache_dir: str | Path | None = None, progress: bool = True,
             keys: list[str] | None = None, score_threshold: float | None = None,
-            dist: Distributed = ALONE) -> dict[str, list[Tracklet]]:
-    """Scan every slice of the selected volumes (a split, or explicit ``keys``); returns and writes
-    {volume key: tracklets}. ``stack`` defaults to the settings stored in the checkpoint;
-    ``score_threshold`` replaces its t_G. ``dist``: this process's rank under torchrun (every rank
-    returns the whole result)."""
+            dist: Distributed = ALONE, detector: type[DetectionModel] = MSCN) -> dict[str, list[Tracklet]]:
+    """Scan every slice of the selected volumes (a split, or explicit ``keys``) with the ``detector`` of
+    ``checkpoint`` (the LPG by default); returns and writes {volume key: tracklets}. ``stack`` defaults
+    to the settings stored in the checkpoint; ``score_threshold`` replaces its t_G. ``dist``: this
+    process's rank under torchrun (every rank returns the whole result)."""
     device = dist.device(resolve_device(device))
     if dist.is_main:
         check_outputs(out)  # before the checkpoint is read
     if score_threshold is not None:  # checked as the setting it replaces: a NaN would keep nothing, and succeed
         StackConfig(score_threshold=score_threshold)
     scan = scan or ScanConfig()
-    scanner, pre, stored_stack = scanner_from_checkpoint(checkpoint, device, scan)
+    scanner, pre, stored_stack = scanner_from_checkpoint(checkpoint, device, scan, detector)
     stack = stack or stored_stack
     if score_threshold is not None:
         stack = replace(stack, score_threshold=score_threshold)

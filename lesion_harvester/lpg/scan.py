@@ -1,12 +1,10 @@
-"""Scan every slice of a volume with the LPG and stack the 2D proposals into 3D proposals.
+"""Scan every slice of a volume with a detector and stack the 2D proposals into 3D proposals.
 
-Shared computation: target slice z uses the triplets centred at z - 3s, z and z + 3s (s = the
-context step in slices). A triplet's features before fusion (a), and its whole neck when it sits
-beside the target, do not depend on the target, so each distinct triplet (identified by its three
-slice positions) is computed once per volume and reused; per target only fusion (a), dense block 3
-of the fused centre, the centre's top-down neck, fusion (b) and the heads remain. With
-``context_mode: shared`` every triplet centre falls on a whole slice and the reuse is complete.
-The result equals the per-slice ("naive") computation up to float rounding.
+One path for every :class:`~lesion_harvester.detectors.base.DetectionModel`: the volume in the
+network's window, padded to the detector's multiple; each slice's context positions; the detector's
+2D boxes (:meth:`~lesion_harvester.detectors.base.DetectionModel.detect_slices`; the MSCN computes
+each triplet once per volume, :mod:`.model`) mapped back to the original pixels; the 2D proposals
+stacked into tracklets.
 """
 
 from __future__ import annotations
@@ -22,12 +20,11 @@ import torch
 from tqdm import tqdm
 
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig
-from lesion_harvester.geometry.preprocess import gather_slices, pad_to_multiple, rewindow
-from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model
+from lesion_harvester.detectors.base import DetectionModel
+from lesion_harvester.geometry.preprocess import pad_to_multiple, rewindow
 from lesion_harvester.lpg.data import in_workers
-from lesion_harvester.lpg.decode import decode
 from lesion_harvester.lpg.losses import clamped_sigmoid
-from lesion_harvester.lpg.model import MSCN, Triplet
+from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.preprocessing import PreparedVolume, network_air
 from lesion_harvester.stacking.stack import stack_proposals
 from lesion_harvester.structures import Tracklet
@@ -41,11 +38,6 @@ class SliceProposals:
 
     boxes_xyxy_px: np.ndarray
     scores: np.ndarray
-
-
-def _cat(triplets: list[Triplet]) -> Triplet:
-    return Triplet(*(None if getattr(triplets[0], f) is None else torch.cat([getattr(t, f) for t in triplets])
-                     for f in Triplet.__slots__))
 
 
 def network_volume(pv: PreparedVolume, pre: PreprocessConfig, device: torch.device | str = "cpu",
@@ -73,102 +65,39 @@ def slice_proposals(pv: PreparedVolume, boxes_xyxy_px: np.ndarray, scores: np.nd
 
 
 class Scanner:
-    """Runs an MSCN over prepared volumes. ``model`` must be in eval mode."""
+    """Runs a detector over prepared volumes. ``model`` must be in eval mode."""
 
-    def __init__(self, model: MSCN, pre: PreprocessConfig, scan: ScanConfig, device: str = "cpu"):
+    def __init__(self, model: DetectionModel, pre: PreprocessConfig, scan: ScanConfig, device: str = "cpu"):
         self.model, self.pre, self.scan, self.device = model, pre, scan, torch.device(device)
-        self.autocast = self.device.type == "cuda" and scan.amp
+        self.autocast = self.device.type == "cuda" and scan.amp and model.amp
         self.amp_dtype = getattr(torch, scan.amp_dtype)
         if scan.channels_last:
             self.model = model.to(memory_format=torch.channels_last)
         if scan.compile:
-            self.model = compiled_parts(model)
+            self.model = model.compile_parts()
 
     def _volume_tensor(self, pv: PreparedVolume) -> torch.Tensor:
-        return network_volume(pv, self.pre, self.device)
-
-    def _outputs(self, pv: PreparedVolume, targets: list[int], shared: bool) -> Iterator:
-        """Yields (target indices, (hm logits, wh, reg)) batch by batch; with ``flip_test`` the
-        heatmap probabilities and sizes are averaged with those of the left-right mirrored volume,
-        mirrored back (offsets stay the plain pass's, as in CenterNet)."""
-        plain = self._forward_targets(pv, targets, shared)
-        if not self.scan.flip_test:
-            yield from plain
-            return
-        mirrored = self._forward_targets(pv, targets, shared, mirror=True)
-        for (chunk, (hm, wh, reg)), (_, (hm_m, wh_m, _)) in zip(plain, mirrored):
-            heat = (clamped_sigmoid(hm) + clamped_sigmoid(hm_m).flip(-1)) / 2
-            yield chunk, (torch.logit(heat), (wh.float() + wh_m.float().flip(-1)) / 2, reg)
-
-    def _forward_targets(self, pv: PreparedVolume, targets: list[int], shared: bool,
-                         mirror: bool = False) -> Iterator:
-        """Yields (target indices, (hm logits, wh, reg)) batch by batch, of the mirrored volume if asked."""
-        volume = self._volume_tensor(pv)
-        if mirror:  # after padding to a multiple of 16, so that output cells mirror onto output cells
-            volume = volume.flip(-1)
-        positions = pv.context_positions(self.model.cfg.num_slices, self.pre)
-        k = self.model.num_triplets
-        batch = max(1, self.scan.batch_slices)
-        if not shared or k == 1:
-            for start in range(0, len(targets), batch):
-                chunk = targets[start:start + batch]
-                x = torch.stack([gather_slices(volume, positions[z]) for z in chunk])
-                yield chunk, self.model(x)
-            return
-        keys = {z: [tuple(np.round(positions[z, 3 * j: 3 * j + 3] * 1e4).astype(np.int64).tolist()) for j in range(k)]
-                for z in targets}
-        key_positions = {key: positions[z, 3 * j: 3 * j + 3] for z in targets for j, key in enumerate(keys[z])}
-        last_use: dict[tuple, int] = {}
-        for i, z in enumerate(targets):
-            for key in keys[z]:
-                last_use[key] = i
-        features: dict[tuple, Triplet] = {}
-        side_necks: dict[tuple, torch.Tensor] = {}
-        centre = k // 2
-        for start in range(0, len(targets), batch):
-            chunk = targets[start:start + batch]
-            needed = list(dict.fromkeys(key for z in chunk for key in keys[z]))
-            missing = [key for key in needed if key not in features]
-            for m in range(0, len(missing), batch):
-                group = missing[m:m + batch]
-                x3 = torch.stack([gather_slices(volume, key_positions[key]) for key in group])
-                computed = self.model.triplet_features(x3)
-                for i, key in enumerate(group):
-                    features[key] = computed.index(slice(i, i + 1))
-            sides = list(dict.fromkeys(keys[z][j] for z in chunk for j in range(k) if j != centre))
-            sides = [key for key in sides if key not in side_necks]
-            for m in range(0, len(sides), batch):
-                group = sides[m:m + batch]
-                necks = self.model.side_neck(_cat([features[key] for key in group]))
-                for i, key in enumerate(group):
-                    side_necks[key] = necks[i:i + 1]
-            t2s = [torch.cat([features[keys[z][j]].t2 for z in chunk]) for j in range(k)]
-            centre_triplets = _cat([features[keys[z][centre]] for z in chunk])
-            side_j = [None if j == centre else torch.cat([side_necks[keys[z][j]] for z in chunk]) for j in range(k)]
-            yield chunk, self.model.target_heads(t2s, centre_triplets, side_j)
-            done = start + len(chunk) - 1
-            for key in [key for key, last in last_use.items() if last <= done and key in features]:
-                features.pop(key)
-                side_necks.pop(key, None)
+        return network_volume(pv, self.pre, self.device, self.model.size_divisible)
 
     @torch.no_grad()
     def heatmaps(self, pv: PreparedVolume, shared: bool, targets: list[int] | None = None) -> np.ndarray:
-        """(T, h, w) heatmap probabilities of the target slices (default all), for checks and benchmarks."""
+        """(T, h, w) heatmap probabilities of the target slices (default all), for checks and benchmarks
+        of the MSCN (:meth:`~lesion_harvester.lpg.model.MSCN.outputs`)."""
         targets = list(range(pv.num_slices)) if targets is None else targets
+        positions = pv.context_positions(self.model.num_slices, self.pre)
         out = []
-        for _, (hm, _, _) in self._outputs(pv, targets, shared):
+        for _, (hm, _, _) in self.model.outputs(self._volume_tensor(pv), positions, targets, self.scan, shared):
             out.append(clamped_sigmoid(hm)[:, 0].float().cpu().numpy())
         return np.concatenate(out)
 
     @torch.no_grad()
     def predict(self, pv: PreparedVolume, targets: list[int] | None = None) -> dict[int, SliceProposals]:
-        """Top-K 2D proposals of each target slice (default all), in original pixels."""
+        """The detector's 2D proposals of each target slice (default all), in original pixels."""
         targets = list(range(pv.num_slices)) if targets is None else targets
+        positions = pv.context_positions(self.model.num_slices, self.pre)
         result = {}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
-            for chunk, (hm, wh, reg) in self._outputs(pv, targets, self.scan.shared):
-                boxes, scores = decode(hm, wh, reg, self.scan.top_k, self.model.stride)
-                boxes, scores = boxes.float().cpu().numpy(), scores.float().cpu().numpy()
+            for chunk, boxes, scores in self.model.detect_slices(self._volume_tensor(pv), positions, targets, self.scan):
                 for i, z in enumerate(chunk):
                     result[z] = slice_proposals(pv, boxes[i], scores[i])
         return result
@@ -180,20 +109,12 @@ class Scanner:
         return stack_proposals(ordered, stack)
 
 
-def compiled_parts(model: MSCN) -> MSCN:
-    """``model`` with the entry points a scan calls compiled by ``torch.compile`` (dynamic shapes:
-    volumes differ in slice count and size)."""
-    for name in ("forward", "triplet_features", "side_neck", "target_heads"):
-        setattr(model, name, torch.compile(getattr(model, name), dynamic=True))
-    return model
-
-
-def scanner_from_checkpoint(path: str | Path, device: str, scan: ScanConfig | None = None
-                            ) -> tuple[Scanner, PreprocessConfig, StackConfig]:
-    """(a Scanner of the checkpoint's LPG, its preprocessing, the stacking settings stored with it)."""
-    payload = load_checkpoint(path)
-    model, _, pre = load_model(path, device, payload)
-    return Scanner(model, pre, scan or ScanConfig(), device), pre, checkpoint_stack(path, payload)
+def scanner_from_checkpoint(path: str | Path, device: str, scan: ScanConfig | None = None,
+                            detector: type[DetectionModel] = MSCN) -> tuple[Scanner, PreprocessConfig, StackConfig]:
+    """(a Scanner of the ``detector`` of the checkpoint at ``path`` (the LPG by default), its preprocessing,
+    the stacking settings stored with it)."""
+    model, pre, stack = detector.load(path, device)
+    return Scanner(model, pre, scan or ScanConfig(), device), pre, stack
 
 
 class _Preparing(torch.utils.data.Dataset):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
+
+from lesion_harvester.detectors.base import Crop
 
 
 def to_output(u: np.ndarray | float, stride: int):
@@ -97,3 +100,28 @@ def build_targets(boxes_xyxy: np.ndarray, out_hw: tuple[int, int], stride: int =
     for k, (flat, size, offset) in enumerate(objects[:max_objects]):
         ind[k], wh[k], reg[k], mask[k] = flat, size, offset, 1.0
     return {"hm": heatmap[None], "ind": ind, "wh": wh, "reg": reg, "mask": mask}
+
+
+def batch_targets(crops: list[Crop], stride: int, max_objects: int) -> dict[str, torch.Tensor]:
+    """:func:`build_targets` of each crop (its positives, and its hard negatives through the HNSL),
+    stacked: ``hm`` (B, 1, H, W), ``ind`` (B, K), ``wh`` and ``reg`` (B, K, 2), ``mask`` (B, K) and
+    ``complete`` (B,) (whether the crop's volume has every lesion labelled). Crops smaller than the
+    largest (whole slices of other sizes) get zero targets in the padding, and their centre indices
+    count in the padded width."""
+    h = max(c.image.shape[1] for c in crops)
+    w = max(c.image.shape[2] for c in crops)
+    per_crop, heatmaps, inds = [], [], []
+    for crop in crops:
+        ih, iw = crop.image.shape[1:]
+        t = build_targets(crop.positives, (ih // stride, iw // stride), stride, max_objects, crop.negatives)
+        hm = t["hm"]
+        pad = ((0, 0), (0, h // stride - hm.shape[1]), (0, w // stride - hm.shape[2]))
+        heatmaps.append(np.pad(hm, pad))
+        row, col = np.divmod(t["ind"], hm.shape[2])  # re-index centres for the padded width
+        inds.append(row * (w // stride) + col)
+        per_crop.append(t)
+    targets = {k: torch.from_numpy(np.stack([t[k] for t in per_crop])) for k in ("wh", "reg", "mask")}
+    targets["complete"] = torch.from_numpy(np.array([c.complete for c in crops], dtype=np.float32))
+    targets["hm"] = torch.from_numpy(np.stack(heatmaps))
+    targets["ind"] = torch.from_numpy(np.stack(inds))
+    return targets

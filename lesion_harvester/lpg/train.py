@@ -1,4 +1,6 @@
-"""Train the LPG: crops (or whole slices) with MULAN-style augmentation, validation FROC each epoch.
+"""Train a detector (the LPG, or any :class:`~lesion_harvester.detectors.base.DetectionModel`): crops
+(or whole slices) with MULAN-style augmentation, validation FROC each epoch. One loop for every
+detector (:func:`train_detector`); :func:`train_lpg` is the LPG's, with its inputs one by one.
 
 Outputs in CKPT_DIR: ``best.pt`` (the epoch with the best mean sensitivity at 0.5/1/2/4 FPs per
 validation slice, MULAN's rule, with its operating point: the score at 0.5, 1, 2 and 4 false positives
@@ -12,19 +14,21 @@ result as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from lesion_harvester.config import LPGTrainConfig, Preset, ScanConfig, StackConfig, dump_config, settings_fingerprint
+from lesion_harvester.config import LPGTrainConfig, Preset, ScanConfig, StackConfig, dump_config
+from lesion_harvester.detectors.base import DetectionModel
 from lesion_harvester.device import resolve_device
 from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import ConfigError, DataError
@@ -42,21 +46,18 @@ from lesion_harvester.lpg.checkpoint import (
     checkpoint_stack,
     describe_rate,
     load_checkpoint,
-    load_model,
-    model_payload,
     rate_key,
     save_checkpoint,
     store_operating_point,
 )
 from lesion_harvester.lpg.data import CropSampler, HardBackground, TrainingData, epoch_loader
 from lesion_harvester.lpg.ddp import distributed_model
-from lesion_harvester.lpg.losses import centernet_loss, loss_counts
-from lesion_harvester.lpg.model import MSCN, check_weights_fit
+from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import Scanner
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.paths import TrainLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
-from lesion_harvester.structures import SliceBox, Tracklet
+from lesion_harvester.structures import LabelSet, SliceBox, Tracklet
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def measure_operating_point(checkpoint: str | Path, data: str | Path | None = No
     if not any(part.validation.values()):
         raise DataError(data, "no validation volumes with lesions to measure an operating point on")
     device = resolve_device(device)
-    model, _, pre = load_model(checkpoint, device, payload)
+    model, pre, _ = MSCN.load(checkpoint, device, payload)
     cache = PreparedCache(cache_dir_for(data, cache_dir), pre)
     scanner = Scanner(model, pre, ScanConfig(), device)
     folder = TrainLayout(Path(checkpoint).parent)
@@ -284,7 +285,7 @@ def measure_operating_point(checkpoint: str | Path, data: str | Path | None = No
 
 def best_score(history: list[dict]) -> float | None:
     """The best validation score of ``history``; None when no epoch had one."""
-    scores = [e["score"] for e in history if e["score"] is not None]
+    scores = [e["score"] for e in history if e.get("score") is not None]
     return max(scores) if scores else None
 
 
@@ -293,7 +294,7 @@ def kept_epoch(history: list[dict], keep: str) -> int | None:
     score, or the last one when ``keep`` is "last" or no epoch had a score."""
     if not history:
         return None
-    scored = [e for e in history if e["score"] is not None]
+    scored = [e for e in history if e.get("score") is not None]
     if keep == "last" or not scored:
         return history[-1]["epoch"]
     return max(scored, key=lambda e: (e["score"], -e["epoch"]))["epoch"]
@@ -307,15 +308,34 @@ def describe_training_data(data: str | Path, inputs: list) -> dict:
             "inputs": [None if i is None else str(i) for i in inputs]}
 
 
-def _fingerprint(preset: Preset, data, extra) -> str:
-    """What a resumed training must share with the run it continues: the settings that shape the
-    LPG and its training (not those of the LPC or the harvest), the data and the extra inputs."""
-    return settings_fingerprint(Preset(preprocess=preset.preprocess, lpg=preset.lpg, lpg_train=preset.lpg_train),
-                                str(Path(data).resolve()), extra)
-
-
 # what last.pt must hold to resume a training
 RESUME_ENTRIES = ("state_dict", "optimizer", "scheduler", "history", "epoch", "rng_torch", "fingerprint")
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """How a training runs, apart from what it trains (the detector, its settings) and on what (its labels).
+
+    Attributes:
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        init: a checkpoint of the same detector whose weights it starts from (fine-tuning).
+        cache_dir: where prepared volumes are kept (:func:`lesion_harvester.paths.cache_dir_for`).
+        progress: progress bars.
+        exclude_volumes: training volumes it must not see (a harvest's calibration volumes).
+        drop_known_positives: leave out the extra positives that are marked or labelled lesions
+            already (:mod:`.sources`), so that no lesion counts twice.
+        dist: this rank under torchrun. Each rank draws its share of every batch and DDP averages
+            the gradients (batch norm over the global batch), so N processes train what one process
+            does; validation and hard-background mining are shared out by volume; only the main rank writes.
+    """
+
+    device: str = "auto"
+    init: str | None = None
+    cache_dir: str | Path | None = None
+    progress: bool = True
+    exclude_volumes: tuple[str, ...] = ()
+    drop_known_positives: bool = False
+    dist: Distributed = ALONE
 
 
 def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str = "auto",
@@ -323,74 +343,85 @@ def train_lpg(data: str | Path, out_dir: str | Path, preset: Preset, device: str
               hard_negatives: str | None = None, init: str | None = None, cache_dir: str | Path | None = None,
               progress: bool = True, exclude_volumes: list[str] | None = None,
               drop_known_positives: bool = False, dist: Distributed = ALONE) -> dict:
-    """Train (or resume training) an LPG into ``out_dir``; returns the training summary. The log
-    records of the training are appended to ``out_dir/train.log``. ``exclude_volumes``: training
-    volumes the LPG must not see (e.g. a harvest's calibration volumes); ``drop_known_positives``:
-    leave out the extra positives that are marked or labelled lesions already (:mod:`.sources`).
+    """Train (or resume training) the LPG (the MSCN of ``preset.lpg``) into ``out_dir`` on the marks and
+    labels of ``data`` and the annotation files given; :func:`train_detector` with them as a label set."""
+    labels = LabelSet("", Path(data), fully_annotated, extra_positives, hard_negatives)
+    return train_detector(MSCN, labels, preset, out_dir, TrainingOptions(
+        device, init, cache_dir, progress, tuple(exclude_volumes or ()), drop_known_positives, dist))
 
-    ``dist``: this rank under torchrun. Each rank draws its share of every batch and DDP averages
-    the gradients (batch norm over the global batch), so N processes train what one process does;
-    validation and hard-background mining are shared out by volume; only the main rank writes."""
-    device = dist.device(resolve_device(device))  # before anything is written
+
+def train_detector(detector: type[DetectionModel], labels: LabelSet, preset: Preset, out_dir: str | Path,
+                   options: TrainingOptions = TrainingOptions()) -> dict:
+    """Train (or resume training) a ``detector`` on ``labels`` into ``out_dir``; returns the training
+    summary. ``preset``: the detector's settings (``detector.configure`` adjusts them), ``lpg_train``
+    (crops, augmentation, schedule), ``preprocess``, ``scan`` (validation) and ``stack`` (stored with
+    the checkpoints). The log records of the training are appended to ``out_dir/train.log``."""
+    preset = detector.configure(preset)
+    dist = options.dist
+    if labels.hard_negatives and not detector.hard_negatives:
+        raise ConfigError(f"the {detector.WHAT} has no hard negative loss; train it on a label set without hard "
+                          f"negatives (not {labels.hard_negatives})")
+    if dist.active and not detector.distributed:
+        raise ConfigError(f"the {detector.WHAT} trains as one process; run it without torchrun")
+    device = dist.device(resolve_device(options.device))  # before anything is written
     layout = TrainLayout(Path(out_dir))
     # the folder is made (or found writable) and locked before any work; under torchrun rank 0 holds
     # the lock for every rank (they train one model into one folder)
     with (locked_output(layout.lock, layout.root, take=dist.is_main),
           log_to_file(layout.log) if dist.is_main else contextlib.nullcontext()):
-        log.info("training the LPG on %s into %s (preset %s, device %s%s)", data, layout.root, preset.name, device,
-                 f", {dist.world_size} processes" if dist.active else "")
-        return _train(data, layout, preset, device, fully_annotated, extra_positives, hard_negatives, init,
-                      cache_dir, progress, sorted(exclude_volumes or []), drop_known_positives, dist)
+        log.info("training the %s on %s into %s (preset %s, device %s%s)", detector.WHAT, labels.data, layout.root,
+                 preset.name, device, f", {dist.world_size} processes" if dist.active else "")
+        return _train(detector, labels, preset, layout, device, options)
 
 
-def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, fully_annotated: str | None,
-           extra_positives: str | None, hard_negatives: str | None, init: str | None,
-           cache_dir: str | Path | None, progress: bool, exclude_volumes: list[str],
-           drop_known_positives: bool, dist: Distributed) -> dict:
-    cfg = preset.lpg_train
+def _train(detector: type[DetectionModel], labels: LabelSet, preset: Preset, layout: TrainLayout, device: str,
+           options: TrainingOptions) -> dict:
+    cfg, dist, data = preset.lpg_train, options.dist, labels.data
     samples = dist.batch_share(cfg.batch_size)  # before any work: a batch the ranks cannot share is an error
-    progress = progress and dist.is_main
+    progress = options.progress and dist.is_main
+    exclude_volumes = sorted(options.exclude_volumes)
     start_time = time.time()
     torch.manual_seed(cfg.seed)
-    sources = build_sources(data, fully_annotated, extra_positives, hard_negatives, exclude_volumes,
-                            drop_known_positives)
-    if any(sources.validation.values()):
+    sources = build_sources(data, labels.fully_annotated, labels.extra_positives, labels.hard_negatives,
+                            exclude_volumes, options.drop_known_positives)
+    validation = sources.validation if detector.validated else {}
+    if any(validation.values()):
         log.info("validation: %s", sources.validation_source)  # the harvest warns when they are held out
-    else:
+    elif detector.validated:
         log.warning("%s: no validation volumes with lesions, so no epoch can be chosen: best.pt will be the "
                     "latest epoch", data)
-    cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
-    keys = list(dict.fromkeys(sources.training.volume_keys + list(sources.validation)))
+    cache = PreparedCache(cache_dir_for(data, options.cache_dir), preset.preprocess)
+    keys = list(dict.fromkeys(sources.training.volume_keys + list(validation)))
     if dist.active and cache.dir is not None:  # each rank prepares its share into the cache first
         for k in dist.shard(keys):
             cache.get(sources.source, k)
         dist.barrier()
     prepared = {k: cache.get(sources.source, k) for k in tqdm(keys, desc="preparing volumes", unit="vol",
                                                               disable=not progress)}
-    model = MSCN(preset.lpg).to(device)
-    if init:
-        payload = load_checkpoint(init)
-        check_weights_fit(preset.lpg, payload.get("state_dict"), init)  # one line naming the first odd tensor
-        model.load_state_dict(payload["state_dict"])
+    model = detector.build(preset).to(device)
+    if options.init:
+        model.load_weights(detector.read_checkpoint(options.init), options.init)
     net = distributed_model(model, device) if dist.active else model  # what the training step runs
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
-    use_amp = cfg.amp and device.startswith("cuda")
+    use_amp = cfg.amp and device.startswith("cuda") and detector.amp
     amp_dtype = getattr(torch, cfg.amp_dtype)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)  # bf16 needs none
-    inputs = [fully_annotated, extra_positives, hard_negatives, init] + ([exclude_volumes] if exclude_volumes else [])
-    inputs += ["drop_known_positives"] if drop_known_positives and extra_positives else []  # older ones stay valid
-    fingerprint = _fingerprint(preset, data, inputs)
+    inputs = [labels.fully_annotated, labels.extra_positives, labels.hard_negatives, options.init]
+    inputs += [exclude_volumes] if exclude_volumes else []
+    # named only where it acts, so that the fingerprints of older runs stay valid
+    inputs += ["drop_known_positives"] if options.drop_known_positives and labels.extra_positives else []
+    fingerprint = detector.training_fingerprint(preset, data, inputs)
     training_data = describe_training_data(data, inputs)
     history: list[dict] = []
     start_epoch = 0
     hard_background: HardBackground = []
     if layout.last.is_file():
-        state = load_checkpoint(layout.last, RESUME_ENTRIES)
+        state = detector.read_checkpoint(layout.last, RESUME_ENTRIES)
         if state.get("fingerprint") != fingerprint:
             raise ConfigError(f"{layout.last}: this folder holds a run with other settings or data; "
                               "use a new --out folder (or delete it to start over)")
-        model.load_state_dict(state["state_dict"])
+        model.load_weights(state, layout.last)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"] + 1
@@ -400,8 +431,9 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     if dist.is_main:
         dump_config(preset, layout.config)
     fully_annotated = {k: v for k, v in sources.fully_annotated_truth.items() if k in prepared}
+    keep = cfg.keep_epoch if detector.validated else "last"
     for epoch in range(start_epoch, cfg.epochs):
-        if cfg.mine_hard_background and epoch > 0 and fully_annotated:
+        if detector.validated and cfg.mine_hard_background and epoch > 0 and fully_annotated:
             model.eval()
             hard_background = mine_hard_background(
                 scanner, prepared, fully_annotated, sources.training, cfg.mine_min_score, cfg.mine_per_slice, dist)
@@ -409,24 +441,25 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
         model.train()
 
         def make_sampler(_hard=hard_background):
-            return CropSampler(sources.training, prepared, preset.lpg.num_slices, preset.preprocess, cfg,
-                               stride=preset.lpg.output_stride, hard_background=_hard)
+            return CropSampler(sources.training, prepared, model.num_slices, preset.preprocess, cfg,
+                               hard_background=_hard)
 
-        batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size, cfg.loader_workers,
-                               samples, pin_memory=device.startswith("cuda"))
+        batches = epoch_loader(make_sampler, functools.partial(model.build_targets, train=cfg), cfg.seed, epoch,
+                               cfg.iters_per_epoch, cfg.batch_size, cfg.loader_workers, samples,
+                               pin_memory=device.startswith("cuda"))
         bar = tqdm(batches, total=cfg.iters_per_epoch,
                    desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="it", disable=not progress, dynamic_ncols=True)
         running = None
         epoch_start = time.time()
         for x, targets in bar:
             x = x.to(device, non_blocking=True)
-            targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
+            targets = _to_device(targets, device)
             with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
                 outputs = net(x)
             # under DDP: normalised by the whole batch's objects, the ranks' losses sum to the one-process
             # loss; DDP averages their gradients, hence the factor
-            counts = dist.all_sum(loss_counts(targets)) if dist.active else None
-            loss, parts = centernet_loss(outputs, targets, soft_negative_above=cfg.soft_negative_above, counts=counts)
+            totals = dist.all_sum(model.loss_totals(targets)) if dist.active else None
+            loss, parts = model.loss(outputs, targets, cfg, totals)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss * dist.world_size).backward()
             scaler.unscale_(optimizer)
@@ -436,32 +469,36 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
             scheduler.step()
             value = float(dist.all_sum(loss.detach()))
             running = value if running is None else 0.95 * running + 0.05 * value
-            bar.set_postfix(loss=f"{running:.3f}", hm=f"{parts['hm']:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{running:.3f}", **{k: f"{v:.3f}" for k, v in parts.items()},
+                            lr=f"{scheduler.get_last_lr()[0]:.2e}")
         bar.close()
         model.eval()
-        val = validate(scanner, prepared, sources.validation, dist)
-        entry = {"epoch": epoch + 1, "loss": running, "train_s": round(time.time() - epoch_start, 1),
-                 "hard_background": len(hard_background), **val}
+        entry = {"epoch": epoch + 1, "loss": running, "train_s": round(time.time() - epoch_start, 1)}
+        if detector.validated:
+            entry |= {"hard_background": len(hard_background), **validate(scanner, prepared, validation, dist)}
         history.append(entry)
-        improved = kept_epoch(history, cfg.keep_epoch) == epoch + 1  # best.pt is replaced by this epoch
-        if val["score"] is None:  # nothing to choose on: a checkpoint is never selected on an empty set
+        improved = kept_epoch(history, keep) == epoch + 1  # best.pt is replaced by this epoch
+        score = entry.get("score")
+        if not detector.validated:
+            log.info("epoch %d: loss %.3f", epoch + 1, running)
+        elif score is None:  # nothing to choose on: a checkpoint is never selected on an empty set
             log.info("epoch %d: loss %.3f (no validation slices: best.pt is the latest epoch)", epoch + 1, running)
         else:
             note = " (best.pt keeps the last epoch)" if cfg.keep_epoch == "last" else " (best)" if improved else ""
-            log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, val["score"], note)
-        common = {"epoch": epoch, "score": val["score"], "fingerprint": fingerprint, "preset": preset.name,
+            log.info("epoch %d: loss %.3f, validation mean sensitivity %.3f%s", epoch + 1, running, score, note)
+        common = {"epoch": epoch, "score": score, "fingerprint": fingerprint, "preset": preset.name,
                   "training_data": training_data}
         if improved and dist.is_main:
-            save_checkpoint(layout.best, model_payload(model, preset.lpg, preset.preprocess, preset.stack, **common))
+            save_checkpoint(layout.best, model.payload(preset.preprocess, preset.stack, **common))
         if dist.is_main:
-            save_checkpoint(layout.last, model_payload(
-                model, preset.lpg, preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
+            save_checkpoint(layout.last, model.payload(
+                preset.preprocess, preset.stack, **common, optimizer=optimizer.state_dict(),
                 scheduler=scheduler.state_dict(), history=history, best_score=best_score(history),
                 rng_torch=torch.get_rng_state()))
         dist.barrier()  # an epoch ends when its checkpoint is on disk
-    operating = (_kept_operating_point(layout, scanner, prepared, sources.validation, sources.validation_source,
-                                       preset.stack, data, dist) if history else None)
-    summary = {"best_score": best_score(history), "kept_epoch": kept_epoch(history, cfg.keep_epoch),
+    operating = (_kept_operating_point(layout, scanner, prepared, validation, sources.validation_source,
+                                       preset.stack, data, dist) if history and detector.validated else None)
+    summary = {"best_score": best_score(history), "kept_epoch": kept_epoch(history, keep),
                "operating_point": operating,
                "epochs": len(history), "history": history,
                "elapsed_s": round(time.time() - start_time, 1), "device": device, "processes": dist.world_size,
@@ -469,3 +506,14 @@ def _train(data: str | Path, layout: TrainLayout, preset: Preset, device: str, f
     if dist.is_main:
         atomic_write_text(layout.train_log, json.dumps(summary, indent=1))
     return summary
+
+
+def _to_device(targets, device: str):
+    """A batch's targets (tensors, or dicts and lists of them) on ``device``."""
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device, non_blocking=True)
+    if isinstance(targets, dict):
+        return {k: _to_device(v, device) for k, v in targets.items()}
+    if isinstance(targets, (list, tuple)):
+        return [_to_device(v, device) for v in targets]
+    return targets

@@ -165,12 +165,9 @@ class _BoxBatches:
     def __init__(self, sampler: CropSampler):
         self.sampler = sampler
 
-    def batch_of(self, rngs: list[np.random.Generator]):
-        samples = []
-        for rng in rngs:
-            self.sampler.rng = rng
-            samples.append(self.sampler.sample())
-        return np.stack([s[0] for s in samples]), [s[1]["boxes_xyxy_px"] for s in samples]
+    def batch_of(self, rngs: list[np.random.Generator], build_targets=None):
+        crops = self.sampler.crops(rngs)
+        return np.stack([c.image for c in crops]), [c.positives for c in crops]
 
 
 def _payload(detector: ATSSRetinaNetDetector, preset: Preset, **extra) -> dict:
@@ -222,7 +219,7 @@ def train_retinanet(data: str | Path, out_dir: str | Path, preset: Preset, devic
             def make_sampler():
                 return _BoxBatches(CropSampler(sources.training, prepared, NUM_SLICES, preset.preprocess, cfg))
 
-            batches = epoch_loader(make_sampler, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size,
+            batches = epoch_loader(make_sampler, None, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size,
                                    cfg.loader_workers)
             bar = tqdm(batches, total=cfg.iters_per_epoch, desc=f"RetinaNet epoch {epoch + 1}/{cfg.epochs}",
                        unit="it", disable=not progress, dynamic_ncols=True)

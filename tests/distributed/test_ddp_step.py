@@ -9,7 +9,6 @@ from lesion_harvester.config import LPGTrainConfig, load_preset
 from lesion_harvester.distributed import Distributed
 from lesion_harvester.lpg.data import CropSampler, SliceRecord, TrainingData, epoch_loader
 from lesion_harvester.lpg.ddp import distributed_model
-from lesion_harvester.lpg.losses import centernet_loss, loss_counts
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.preprocessing import PreparedVolume
 
@@ -33,9 +32,11 @@ def _step(ranks: Distributed) -> dict:
     model = MSCN(load_preset("tiny").lpg)
     net = distributed_model(model, "cpu") if ranks.active else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    x, targets = next(epoch_loader(_sampler, 0, 0, 1, BATCH, 0, ranks.batch_share(BATCH)))
-    counts = ranks.all_sum(loss_counts(targets)) if ranks.active else None
-    loss, _ = centernet_loss(net(x), targets, counts=counts)
+    cfg = _sampler().crop
+    x, targets = next(epoch_loader(_sampler, lambda crops: model.build_targets(crops, cfg), 0, 0, 1, BATCH, 0,
+                                   ranks.batch_share(BATCH)))
+    totals = ranks.all_sum(model.loss_totals(targets)) if ranks.active else None
+    loss, _ = model.loss(net(x), targets, cfg, totals)
     (loss * ranks.world_size).backward()
     optimizer.step()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -138,7 +138,7 @@ def _peak_growth_mb(action) -> float:
 
 def test_absurd_model_sizes_are_refused_before_the_model_is_built(tmp_path, capsys, payload):
     from lesion_harvester.errors import LesionHarvesterError
-    from lesion_harvester.lpg.checkpoint import load_model
+    from lesion_harvester.lpg.model import load_model
 
     hostile = {
         # init_features 200000 tried to allocate 640 GB: out of its range

@@ -7,6 +7,7 @@ import pytest
 
 from lesion_harvester.config import LPGTrainConfig, PreprocessConfig
 from lesion_harvester.lpg.data import CropSampler, SliceRecord, TrainingData, epoch_loader
+from lesion_harvester.lpg.targets import batch_targets
 from lesion_harvester.preprocessing import PreparedVolume
 
 
@@ -14,6 +15,17 @@ def _volume():
     image = np.full((5, 64, 64), -50, np.float16)
     image[:, 10:20, 30:50] = 100  # a bright 20 x 10 px "lesion" on every slice
     return PreparedVolume("v", image, (0, 0), 1.0, (2.0, 1.0, 1.0), (5, 64, 64))
+
+
+def centernet(crops):
+    """The MSCN's targets at stride 4 (what the sampler's crops are turned into for the LPG)."""
+    return batch_targets(crops, 4, 32)
+
+
+def _one(sampler):
+    """One crop of ``sampler``: its image and its CenterNet targets (batch of one)."""
+    crop = sampler.sample()
+    return crop.image, {k: v[0].numpy() for k, v in centernet([crop]).items()}
 
 
 def _sampler(**overrides):
@@ -27,7 +39,7 @@ def _sampler(**overrides):
 def test_targets_frame_the_lesion_after_augmentation(overrides):
     sampler = _sampler(**overrides)
     for _ in range(24):
-        x, t = sampler.sample()
+        x, t = _one(sampler)
         iy, ix = divmod(int(t["ind"][0]), 8)
         cx, cy = (ix + t["reg"][0][0] + 0.5) * 4 - 0.5, (iy + t["reg"][0][1] + 0.5) * 4 - 0.5
         w, h = t["wh"][0] * 4
@@ -40,9 +52,9 @@ def test_targets_frame_the_lesion_after_augmentation(overrides):
 
 def test_intensity_jitter_changes_contrast_and_noise_adds_seeded_noise():
     # the first crop's geometry is drawn before any intensity change, so all three see the same pixels
-    plain, _ = _sampler().sample()
-    jittered, _ = _sampler(intensity_jitter=0.2).sample()
-    noisy, _ = _sampler(noise_hu=10.0).sample()
+    plain = _sampler().sample().image
+    jittered = _sampler(intensity_jitter=0.2).sample().image
+    noisy = _sampler(noise_hu=10.0).sample().image
     assert plain.shape == jittered.shape == noisy.shape == (9, 32, 32)
     # jitter: an affine map of the plain crop, contrast in [0.8, 1.2], and not the identity
     slope, offset = np.polyfit(plain.ravel(), jittered.ravel(), 1)
@@ -53,10 +65,10 @@ def test_intensity_jitter_changes_contrast_and_noise_adds_seeded_noise():
     assert 0 < residual.std() <= 10 * 255 / 4095 and abs(residual.mean()) < 0.2 * residual.std() + 1e-3
     assert abs(np.corrcoef(residual[4, :, :-1].ravel(), residual[4, :, 1:].ravel())[0, 1]) < 0.2
     # seeded: the same seed gives the same noise, another seed other noise
-    again, _ = _sampler(noise_hu=10.0).sample()
+    again = _sampler(noise_hu=10.0).sample().image
     other = _sampler(noise_hu=10.0)
     other.rng = np.random.default_rng(1)
-    assert np.array_equal(noisy, again) and not np.array_equal(noisy, other.sample()[0])
+    assert np.array_equal(noisy, again) and not np.array_equal(noisy, other.sample().image)
 
 
 def test_background_crops_avoid_known_lesions():
@@ -79,10 +91,10 @@ def test_batches_do_not_depend_on_the_workers_or_the_ranks_that_draw_them():
     def make():
         return _sampler(rotate90=True, noise_hu=5.0, background_fraction=0.3)
 
-    in_process = list(epoch_loader(make, seed=3, epoch=1, count=5, batch_size=4, workers=0))
-    one_worker = list(epoch_loader(make, seed=3, epoch=1, count=5, batch_size=4, workers=1))
-    two_workers = list(epoch_loader(make, seed=3, epoch=1, count=5, batch_size=4, workers=2))
-    other_epoch = list(epoch_loader(make, seed=3, epoch=2, count=5, batch_size=4, workers=0))
+    in_process = list(epoch_loader(make, centernet, seed=3, epoch=1, count=5, batch_size=4, workers=0))
+    one_worker = list(epoch_loader(make, centernet, seed=3, epoch=1, count=5, batch_size=4, workers=1))
+    two_workers = list(epoch_loader(make, centernet, seed=3, epoch=1, count=5, batch_size=4, workers=2))
+    other_epoch = list(epoch_loader(make, centernet, seed=3, epoch=2, count=5, batch_size=4, workers=0))
     assert len(one_worker) == len(two_workers) == 5
     for a, b, c in zip(in_process, one_worker, two_workers):
         assert np.array_equal(a[0], b[0]) and np.array_equal(a[0], c[0])
@@ -90,7 +102,7 @@ def test_batches_do_not_depend_on_the_workers_or_the_ranks_that_draw_them():
     assert not np.array_equal(in_process[0][0], other_epoch[0][0])
     assert not np.array_equal(in_process[0][0], in_process[1][0])  # every batch is drawn anew
     # two ranks, each drawing half of every batch: together the one-process batches
-    halves = [list(epoch_loader(make, seed=3, epoch=1, count=5, batch_size=4, workers=w, samples=share))
+    halves = [list(epoch_loader(make, centernet, seed=3, epoch=1, count=5, batch_size=4, workers=w, samples=share))
               for w, share in ((0, (0, 2)), (1, (2, 4)))]
     for whole, first, second in zip(in_process, *halves):
         assert np.array_equal(whole[0], np.concatenate([first[0], second[0]]))
@@ -116,7 +128,7 @@ def test_crops_reach_the_network_in_the_presets_window():
     sampler = CropSampler(TrainingData(["v"], [record]), {"v": _volume()}, 9, PreprocessConfig(window_hu=window),
                           LPGTrainConfig(crop_px=32, scale_jitter=(1.0, 1.0), background_fraction=0.0),
                           np.random.default_rng(0))
-    x, _ = sampler.batch(2)
+    x, _ = sampler.batch(2, centernet)
     stored = np.array([-50.0, 100.0])  # the volume's two values, in the stored encoding
     expected = normalize_hu(stored_to_hu(stored), window, 50.0)
     assert sorted(np.unique(x.numpy().round(3)).tolist()) == pytest.approx(sorted(expected.tolist()), abs=1e-3)
@@ -155,6 +167,6 @@ def test_crops_say_whether_their_volume_is_fully_annotated():
     cfg = LPGTrainConfig(crop_px=16, background_fraction=0.5, scale_jitter=(1.0, 1.0))
     volumes = {"v": _volume(), "w": dataclasses.replace(_volume(), key="w")}
     sampler = CropSampler(data, volumes, 9, PreprocessConfig(), cfg, np.random.default_rng(3))
-    _, targets = sampler.batch(12)
+    _, targets = sampler.batch(12, centernet)
     assert targets["complete"].shape == (12,)
     assert set(targets["complete"].tolist()) == {0.0, 1.0}  # background crops of v, crops of w

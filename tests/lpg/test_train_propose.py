@@ -13,7 +13,8 @@ from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.lpg import propose as propose_module
 from lesion_harvester.lpg import train as train_module
-from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, load_model, save_checkpoint
+from lesion_harvester.lpg.checkpoint import checkpoint_stack, load_checkpoint, save_checkpoint
+from lesion_harvester.lpg.model import load_model
 from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import train_lpg
 

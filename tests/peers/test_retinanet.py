@@ -100,10 +100,10 @@ def test_a_killed_training_resumes_to_the_same_weights(tiny_dataset, tmp_path, m
     train_retinanet(tiny_dataset, tmp_path / "whole", preset, device="cpu", progress=False)
     real_loader = retinanet.epoch_loader
 
-    def killed_in_epoch_2(make_sampler, seed, epoch, *args):
+    def killed_in_epoch_2(make_sampler, build_targets, seed, epoch, *args):
         if epoch == 1:
             raise KeyboardInterrupt  # as if the process died after epoch 1 was saved
-        return real_loader(make_sampler, seed, epoch, *args)
+        return real_loader(make_sampler, build_targets, seed, epoch, *args)
 
     monkeypatch.setattr(retinanet, "epoch_loader", killed_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
