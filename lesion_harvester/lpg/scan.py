@@ -97,7 +97,8 @@ class Scanner:
         positions = pv.context_positions(self.model.num_slices, self.pre)
         result = {}
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.autocast):
-            for chunk, boxes, scores in self.model.detect_slices(self._volume_tensor(pv), positions, targets, self.scan):
+            volume = self._volume_tensor(pv)
+            for chunk, boxes, scores in self.model.detect_slices(volume, positions, targets, self.scan):
                 for i, z in enumerate(chunk):
                     result[z] = slice_proposals(pv, boxes[i], scores[i])
         return result

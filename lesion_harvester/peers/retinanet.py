@@ -17,18 +17,17 @@ anchor-based one-stage detector that users already train is MONAI's RetinaNet
   here, so its first coordinate is the *row*: ``(row_min, col_min, row_max, col_max)``, continuous,
   pixel i spanning [i, i + 1) (width max - min). So ``x1..x2, y1..y2`` is ``(y1, x1, y2 + 1, x2 + 1)``:
   :func:`to_monai_boxes`, :func:`from_monai_boxes`.
-- training on the LPG's crops (:class:`~lesion_harvester.lpg.data.CropSampler` with 3 slices, the
-  preset's ``lpg_train`` augmentation and schedule, no HNSL: an anchor-based detector has no such
-  loss) and scanning every slice of a volume, stacked by the project's Kalman tracker.
+- :class:`RetinaNetModel`, the detector contract of :mod:`lesion_harvester.detectors.base` over
+  MONAI's detector: trained by the LPG's loop on its crops (3 slices, the preset's ``lpg_train``
+  augmentation and schedule; no HNSL: an anchor-based detector has no such loss; no per-epoch
+  validation: ``best.pt`` is the last epoch) and scanned over every slice of a volume by the LPG's
+  scanner, stacked by the project's Kalman tracker.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
-import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,39 +36,25 @@ import torch.nn as nn
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNet
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+from monai.apps.detection.utils.detector_utils import check_training_targets, preprocess_images
+from monai.apps.detection.utils.predict_utils import ensure_dict_value_to_list_
 from monai.networks.blocks.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 from monai.networks.nets import resnet
-from tqdm import tqdm
 
 from lesion_harvester.config import (
+    LPGTrainConfig,
     PreprocessConfig,
     Preset,
     RetinaNetConfig,
+    ScanConfig,
     StackConfig,
     fingerprint,
     from_dict,
-    to_dict,
 )
-from lesion_harvester.device import resolve_device
-from lesion_harvester.errors import ConfigError
+from lesion_harvester.detectors.base import Crop, DetectionModel, SliceDetections
 from lesion_harvester.geometry.preprocess import gather_slices
-from lesion_harvester.io.atomic import atomic_write_text
-from lesion_harvester.io.logs import log_to_file
-from lesion_harvester.io.partial import file_digest
-from lesion_harvester.io.prepared_cache import PreparedCache
-from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
-from lesion_harvester.lpg.checkpoint import save_checkpoint
-from lesion_harvester.lpg.data import CropSampler, epoch_loader
-from lesion_harvester.lpg.propose import scan_to_file
-from lesion_harvester.lpg.scan import SliceProposals, network_volume, slice_proposals
-from lesion_harvester.lpg.sources import build_sources
-from lesion_harvester.lpg.train import lr_factor, make_optimizer
-from lesion_harvester.paths import TrainLayout, cache_dir_for
-from lesion_harvester.preprocessing import PreparedVolume
-from lesion_harvester.stacking.stack import stack_proposals
-from lesion_harvester.structures import Tracklet
-
-log = logging.getLogger(__name__)
+from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only
+from lesion_harvester.lpg.checkpoint import model_payload
 
 FORMAT = "lesion-harvester-retinanet/1"
 NUM_SLICES = 3  # the slice context of the 3-slice CenterNet: slices z-1, z, z+1 as channels
@@ -158,149 +143,114 @@ def monai_targets(boxes_xyxy_px: list[np.ndarray]) -> list[dict[str, torch.Tenso
     return [{"boxes": to_monai_boxes(b), "labels": torch.zeros(len(b), dtype=torch.long)} for b in boxes_xyxy_px]
 
 
-# --- training --------------------------------------------------------------------------------------------
-class _BoxBatches:
-    """Batches of (images (B, 3, C, C), [boxes (N_i, 4)]) from the LPG's crop sampler."""
+# --- the detector contract -------------------------------------------------------------------------------
+class RetinaNetModel(DetectionModel):
+    """MONAI's RetinaNet as a :class:`~lesion_harvester.detectors.base.DetectionModel`.
 
-    def __init__(self, sampler: CropSampler):
-        self.sampler = sampler
+    ``forward(x)`` (x: (B, 3, H, W)) returns MONAI's head outputs with the padded images they were
+    computed on; :meth:`loss` and :meth:`decode` run the rest of ``RetinaNetDetector.forward`` through
+    its own methods (anchors, matching and losses in training; box selection in evaluation), the
+    same calls in the same order (tested equal to calling the detector). Checkpoints hold
+    ``detector.network``'s weights under the format ``lesion-harvester-retinanet/1``.
+    """
 
-    def batch_of(self, rngs: list[np.random.Generator], build_targets=None):
-        crops = self.sampler.crops(rngs)
-        return np.stack([c.image for c in crops]), [c.positives for c in crops]
+    FORMAT = FORMAT
+    WHAT = "RetinaNet"
+    validated = False  # best.pt is the last epoch (its Table III rows were trained so)
+    hard_negatives = False  # an anchor-based detector has no HNSL
+    distributed = False  # MONAI's losses are normalised by each process's own batch
+    amp = False  # trained and scanned in float32, as before it shared the LPG's loop
+    size_divisible = SIZE_DIVISIBLE
+    num_slices = NUM_SLICES
 
+    def __init__(self, cfg: RetinaNetConfig):
+        super().__init__()
+        self.config = cfg
+        self.detector = build_detector(cfg)
 
-def _payload(detector: ATSSRetinaNetDetector, preset: Preset, **extra) -> dict:
-    return {"format": FORMAT, "written_with": written_with(), "config": to_dict(preset.retinanet),
-            "preprocess": to_dict(preset.preprocess),
-            "stack": to_dict(preset.stack), "state_dict": detector.network.state_dict(), **extra}
+    @classmethod
+    def settings(cls, preset: Preset) -> RetinaNetConfig:
+        return preset.retinanet
 
+    @classmethod
+    def training_fingerprint(cls, preset: Preset, data: str | Path, inputs: list) -> str:
+        # the peer's recipe before it shared the LPG's loop (which always left known positives out), so
+        # that a training killed then still resumes; initial weights and excluded volumes count where given
+        fully_annotated, extra_positives, _hard_negatives, *more = inputs
+        more = [x for x in more if x and x != "drop_known_positives"]
+        return fingerprint(preset.retinanet, preset.lpg_train, preset.preprocess, str(Path(data).resolve()),
+                           fully_annotated, extra_positives, *more)
 
-def train_retinanet(data: str | Path, out_dir: str | Path, preset: Preset, device: str = "auto",
-                    fully_annotated: str | None = None, extra_positives: str | None = None,
-                    cache_dir: str | Path | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the RetinaNet peer into ``out_dir`` (``best.pt`` = the last epoch, there
-    being no per-epoch validation for it; ``last.pt`` for resuming; ``train_log.json``); returns the
-    summary. Trains on the marks, V_M's labels and ``extra_positives`` (a label set of Table III)."""
-    device = resolve_device(device)
-    layout = TrainLayout(Path(out_dir))
-    cfg = preset.lpg_train
-    with log_to_file(layout.log):
-        log.info("training the RetinaNet peer on %s into %s (preset %s, device %s)", data, layout.root,
-                 preset.name, device)
-        start_time = time.time()
-        torch.manual_seed(cfg.seed)
-        sources = build_sources(data, fully_annotated, extra_positives, None, drop_known_positives=True)
-        cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
-        prepared = {k: cache.get(sources.source, k) for k in tqdm(sources.training.volume_keys,
-                                                                  desc="preparing volumes", unit="vol",
-                                                                  disable=not progress)}
-        detector = build_detector(preset.retinanet).to(device)
-        optimizer = make_optimizer(detector.network, cfg)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg))
-        # what a resumed training must share with the one it continues
-        identity = fingerprint(preset.retinanet, cfg, preset.preprocess, str(Path(data).resolve()), fully_annotated,
-                               extra_positives)
-        history, start_epoch = [], 0
-        if layout.last.is_file():
-            state = load_retinanet_checkpoint(layout.last)
-            if state.get("identity") != identity:
-                raise ConfigError(f"{layout.last}: this folder holds a run with other settings or data; "
-                                  "use a new --out folder (or delete it to start over)")
-            detector.network.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history, start_epoch = state["history"], state["epoch"] + 1
-            torch.set_rng_state(state["rng_torch"])
-            log.info("resuming %s after epoch %d", layout.root, start_epoch)
-        for epoch in range(start_epoch, cfg.epochs):
-            detector.train()
+    @classmethod
+    def read_checkpoint(cls, path: str | Path, required: tuple[str, ...] = ()) -> dict:
+        payload = load_weights_only(path, "checkpoint")
+        if isinstance(payload, dict) and "identity" in payload:  # last.pt of the peer's own loop named it so
+            payload.setdefault("fingerprint", payload["identity"])
+        return check_format(payload, path, FORMAT, "RetinaNet checkpoint",
+                            ("config", "preprocess", "stack", "state_dict", *required))
 
-            def make_sampler():
-                return _BoxBatches(CropSampler(sources.training, prepared, NUM_SLICES, preset.preprocess, cfg))
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu",
+             payload: dict | None = None) -> tuple[RetinaNetModel, PreprocessConfig, StackConfig]:
+        payload = payload if payload is not None else cls.read_checkpoint(path)
+        model = cls(from_dict(RetinaNetConfig, payload["config"], f"{path} config"))
+        pre = from_dict(PreprocessConfig, payload["preprocess"], f"{path} preprocess")
+        stack = from_dict(StackConfig, payload["stack"], f"{path} stack")
+        model.load_weights(payload, path)
+        return model.to(device).eval(), pre, stack
 
-            batches = epoch_loader(make_sampler, None, cfg.seed, epoch, cfg.iters_per_epoch, cfg.batch_size,
-                                   cfg.loader_workers)
-            bar = tqdm(batches, total=cfg.iters_per_epoch, desc=f"RetinaNet epoch {epoch + 1}/{cfg.epochs}",
-                       unit="it", disable=not progress, dynamic_ncols=True)
-            running, epoch_start = None, time.time()
-            for images, boxes in bar:
-                images = torch.as_tensor(images, device=device)
-                targets = [{k: v.to(device) for k, v in t.items()} for t in monai_targets(list(boxes))]
-                losses = detector(images, targets)
-                loss = losses[detector.cls_key] + losses[detector.box_reg_key]
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(detector.network.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                value = float(loss.detach())
-                running = value if running is None else 0.95 * running + 0.05 * value
-                bar.set_postfix(loss=f"{running:.3f}")
-            bar.close()
-            history.append({"epoch": epoch + 1, "loss": running, "train_s": round(time.time() - epoch_start, 1)})
-            log.info("epoch %d: loss %.3f", epoch + 1, running)
-            save_checkpoint(layout.best, _payload(detector, preset, epoch=epoch))
-            save_checkpoint(layout.last, _payload(
-                detector, preset, epoch=epoch, identity=identity, optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(), history=history, rng_torch=torch.get_rng_state()))
-        summary = {"epochs": len(history), "history": history, "elapsed_s": round(time.time() - start_time, 1),
-                   "device": device, "training_slices": len(sources.training.records)}
-        atomic_write_text(layout.train_log, json.dumps(summary, indent=1))
-        return summary
+    def payload(self, pre: PreprocessConfig, stack: StackConfig, **extra) -> dict:
+        return model_payload(self, self.config, pre, stack, **extra)
 
+    def load_weights(self, payload: dict, path: str | Path) -> None:
+        load_state(self.detector.network, payload, path, "RetinaNet checkpoint")
 
-# --- scanning -------------------------------------------------------------------------------------------
-def load_retinanet_checkpoint(path: str | Path) -> dict:
-    return check_format(load_weights_only(path, "checkpoint"), path, FORMAT, "RetinaNet checkpoint",
-                        ("config", "preprocess", "stack", "state_dict"))
+    def weights(self) -> nn.Module:
+        return self.detector.network
 
+    def build_targets(self, crops: list[Crop], train: LPGTrainConfig) -> list[dict[str, torch.Tensor]]:
+        return monai_targets([crop.positives for crop in crops])
 
-class RetinaNetScanner:
-    """Runs the peer over prepared volumes, every slice with its two neighbours as channels; the
-    same interface as the LPG's :class:`~lesion_harvester.lpg.scan.Scanner` for
-    :func:`~lesion_harvester.lpg.propose.scan_to_file`."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list, dict[str, list[torch.Tensor]]]:
+        """x: (B, 3, H, W) -> (the images padded to a multiple of 32, their sizes before padding,
+        {cls_key: [(B, A, h, w) per level], box_reg_key: [(B, 4A, h, w) per level]})."""
+        d = self.detector
+        images, image_sizes = preprocess_images(x, d.spatial_dims, d.size_divisible)
+        head = d.network(images)
+        ensure_dict_value_to_list_(head)
+        return images, image_sizes, head
 
-    def __init__(self, detector: ATSSRetinaNetDetector, pre: PreprocessConfig, batch_slices: int = 8,
-                 device: str = "cpu"):
-        self.detector, self.pre, self.batch, self.device = detector.eval(), pre, batch_slices, torch.device(device)
+    def _anchored(self, images: torch.Tensor, head: dict) -> tuple[dict[str, torch.Tensor], list[int]]:
+        """The head outputs per anchor (MONAI's layout), once the anchors of ``images`` are generated."""
+        d = self.detector
+        d.generate_anchors(images, head)
+        locations = [x.shape[2:].numel() for x in head[d.cls_key]]
+        return {key: d._reshape_maps(head[key]) for key in (d.cls_key, d.box_reg_key)}, locations
 
-    @torch.no_grad()
-    def predict(self, pv: PreparedVolume) -> dict[int, SliceProposals]:
-        """2D detections of every slice, in original pixels."""
-        volume = network_volume(pv, self.pre, self.device, SIZE_DIVISIBLE)
-        positions = pv.context_positions(NUM_SLICES, self.pre)
-        result = {}
-        for start in range(0, pv.num_slices, self.batch):
-            chunk = list(range(start, min(start + self.batch, pv.num_slices)))
-            x = torch.stack([gather_slices(volume, positions[z]) for z in chunk])
-            for z, found in zip(chunk, self.detector(x)):
-                boxes = from_monai_boxes(found[self.detector.target_box_key])
-                scores = found[self.detector.pred_score_key].float().cpu().numpy().astype(np.float64)
-                result[z] = slice_proposals(pv, boxes, scores)
-        return result
+    def loss(self, outputs, targets: list[dict[str, torch.Tensor]], train: LPGTrainConfig,
+             totals: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        d = self.detector
+        images, _, head = outputs
+        targets = check_training_targets(images, targets, d.spatial_dims, d.target_label_key, d.target_box_key)
+        per_anchor, locations = self._anchored(images, head)
+        losses = d.compute_loss(per_anchor, targets, d.anchors, locations)
+        return losses[d.cls_key] + losses[d.box_reg_key], {"cls": float(losses[d.cls_key].detach()),
+                                                           "box": float(losses[d.box_reg_key].detach())}
 
-    def propose(self, pv: PreparedVolume, stack: StackConfig) -> list[Tracklet]:
-        per_slice = self.predict(pv)
-        return stack_proposals([(per_slice[z].boxes_xyxy_px, per_slice[z].scores) for z in range(pv.num_slices)],
-                               stack)
+    def decode(self, outputs) -> list[dict[str, torch.Tensor]]:
+        """MONAI's detections of each image of ``forward``'s ``outputs`` (boxes, labels, scores)."""
+        images, image_sizes, head = outputs
+        per_anchor, locations = self._anchored(images, head)
+        return self.detector.postprocess_detections(per_anchor, self.detector.anchors, image_sizes, locations)
 
-
-def propose_retinanet(data: str | Path, checkpoint: str | Path, out: str | Path, split: str | None = None,
-                      device: str = "auto", batch_slices: int = 8, cache_dir: str | Path | None = None,
-                      progress: bool = True, score_threshold: float | None = None) -> dict[str, list[Tracklet]]:
-    """3D proposals of the peer on a split (resumable, as ``propose``), stacked with the stacking
-    settings of the preset it was trained with (``score_threshold`` replaces their t_G); returns and
-    writes {volume key: tracklets}."""
-    device = resolve_device(device)
-    payload = load_retinanet_checkpoint(checkpoint)
-    cfg = from_dict(RetinaNetConfig, payload["config"], f"{checkpoint} config")
-    pre = from_dict(PreprocessConfig, payload["preprocess"], f"{checkpoint} preprocess")
-    stack = from_dict(StackConfig, payload["stack"], f"{checkpoint} stack")
-    if score_threshold is not None:
-        stack = dataclasses.replace(stack, score_threshold=score_threshold)
-    detector = build_detector(cfg)
-    load_state(detector.network, payload, checkpoint, "RetinaNet checkpoint")
-    scanner = RetinaNetScanner(detector.to(device), pre, batch_slices, device)
-    return scan_to_file(data, scanner, pre, stack, out, file_digest(checkpoint), [], split, None, cache_dir,
-                        progress)
+    def detect_slices(self, volume: torch.Tensor, positions: np.ndarray, targets: list[int],
+                      scan: ScanConfig) -> Iterator[SliceDetections]:
+        """MONAI's box selection on each target slice (``retinanet.score_threshold``, NMS and
+        ``detections_per_slice``); ``scan.batch_slices`` slices at a time."""
+        d = self.detector
+        batch = max(1, scan.batch_slices)
+        for start in range(0, len(targets), batch):
+            chunk = targets[start:start + batch]
+            found = self.decode(self(torch.stack([gather_slices(volume, positions[z]) for z in chunk])))
+            yield (chunk, [from_monai_boxes(f[d.target_box_key]) for f in found],
+                   [f[d.pred_score_key].float().cpu().numpy().astype(np.float64) for f in found])

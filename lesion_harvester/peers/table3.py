@@ -53,9 +53,9 @@ from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.io.locks import OutputLock, OutputLocked
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.lpg.propose import propose
-from lesion_harvester.lpg.train import train_lpg
+from lesion_harvester.lpg.train import TrainingOptions, train_detector
 from lesion_harvester.paths import ROW_LOCK_FILE, RunLayout, TrainLayout
-from lesion_harvester.peers.retinanet import propose_retinanet, train_retinanet
+from lesion_harvester.peers.detectors import DETECTORS
 from lesion_harvester.report.plots import plot_table3
 from lesion_harvester.report.table3 import FP_RATES, render_table3
 from lesion_harvester.structures import LabelSet
@@ -139,18 +139,20 @@ def adds_nothing(labels: LabelSet) -> bool:
 
 
 def _row_preset(preset: Preset, detector: str, seed: int, labels: str = "R") -> Preset:
-    lpg = dataclasses.replace(preset.lpg, num_slices=3) if detector == "CenterNet" else preset.lpg
+    """The preset of a row: the detector's (:meth:`~lesion_harvester.detectors.base.DetectionModel.configure`),
+    with the row's training seed and the table's epochs."""
+    preset = DETECTORS.get(detector).configure(preset)
     train = dataclasses.replace(preset.lpg_train, seed=seed, epochs=preset.table3.epochs or preset.lpg_train.epochs)
     if labels == "Rpaper":  # the paper's R: the marks and V_M's labels, no hard background mined on V_M
         train = dataclasses.replace(train, mine_hard_background=False)
-    return dataclasses.replace(preset, lpg=lpg, lpg_train=train)
+    return dataclasses.replace(preset, lpg_train=train)
 
 
 def row_settings(preset: Preset, detector: str, labels: str, seed: int, split: str) -> str:
     """What a scored row must share with the table that reuses it: the settings that shape its
     training and scan (those of its own preset, :func:`_row_preset`), its label set and the split."""
     row = _row_preset(preset, detector, seed, labels)
-    network = row.retinanet if detector == "RetinaNet" else row.lpg
+    network = DETECTORS.get(detector).settings(row)
     # the default cut adds nothing, so that rows scored before it was a setting keep their fingerprint
     cut = () if row.table3.score_threshold == DEFAULT_SCORE_THRESHOLD else (row.table3.score_threshold,)
     return fingerprint(row.preprocess, network, row.lpg_train, row.scan, row.stack, detector, labels, seed, split,
@@ -161,16 +163,10 @@ def _train_and_scan(detector: str, labels: LabelSet, preset: Preset, folder: Pat
                     progress: bool) -> Path:
     """Train one row into ``folder`` and scan ``split``; returns the detections file."""
     detections = folder / f"{split}.pkl"
-    if detector == "RetinaNet":
-        train_retinanet(labels.data, folder, preset, device, labels.fully_annotated, labels.extra_positives,
-                        progress=progress)
-        propose_retinanet(labels.data, TrainLayout(folder).best, detections, split, device, progress=progress,
-                          score_threshold=preset.table3.score_threshold)
-    else:
-        train_lpg(labels.data, folder, preset, device, labels.fully_annotated, labels.extra_positives,
-                  labels.hard_negatives, progress=progress, drop_known_positives=True)
-        propose(labels.data, TrainLayout(folder).best, detections, split, device=device, progress=progress,
-                score_threshold=preset.table3.score_threshold)
+    model = DETECTORS.get(detector)
+    train_detector(model, labels, preset, folder, TrainingOptions(device, progress=progress, drop_known_positives=True))
+    propose(labels.data, TrainLayout(folder).best, detections, split, device=device, progress=progress,
+            score_threshold=preset.table3.score_threshold, detector=model)
     return detections
 
 
