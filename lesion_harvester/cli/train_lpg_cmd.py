@@ -15,6 +15,7 @@ from lesion_harvester.cli.common import (
 )
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.harvest.label_sets import LABEL_SETS, label_set
+from lesion_harvester.structures import LabelSet
 
 
 def add_parser(sub) -> None:
@@ -29,11 +30,15 @@ def add_parser(sub) -> None:
         "harvest run folder: R (the marks and V_M's labels, as round 1), R+P (and the harvested lesions,\n"
         "harvested.pkl) or R+P+N (and the hard negatives, hard_negatives.pkl, through the HNSL); DATA and\n"
         "V_M's labels are then the harvest's own. Extra positives that are marked lesions already are left out.\n\n"
+        "--detector NAME trains another registered detector on the same crops and schedule: CenterNet (the\n"
+        "MSCN on 3 slices, Table III's) or RetinaNet (MONAI's, the peer of Table III; no hard negatives, and\n"
+        "best.pt is its last epoch); propose scans any of them.\n\n"
         "Under torchrun each process draws its share of every batch (DistributedDataParallel, batch norm\n"
         "over the whole batch): N processes train what one does; the batch size must be a multiple of N.",
         ["lesion-harvester train-lpg data/bench --out runs/lpg --preset bench",
          "lesion-harvester train-lpg --from-harvest runs/harvest --labels R+P+N --out runs/lpg_rpn --preset bench",
          "lesion-harvester train-lpg --from-harvest runs/harvest --labels R --out runs/cn_r --set lpg.num_slices=3",
+         "lesion-harvester train-lpg --from-harvest runs/harvest --labels R+P --out runs/rn_rp --detector RetinaNet",
          "lesion-harvester train-lpg data/demo --out runs/quick --set lpg_train.epochs=2 --device cpu",
          "lesion-harvester train-lpg DeepLesion/ --out runs/dl --preset paper --fully-annotated Revised-Train744.pkl",
          "torchrun --nproc-per-node 4 $(which lesion-harvester) train-lpg DeepLesion/ --out runs/dl --preset paper "
@@ -50,20 +55,24 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", default=None, choices=LABEL_SETS,
                    help="Table III label set of --from-harvest: R, R+P (harvested lesions), R+P+N (and hard negatives)")
     p.add_argument("--init", default=None, help="start from this checkpoint's weights (fine-tuning)")
+    p.add_argument("--detector", default="MSCN",
+                   help="the detector to train: MSCN (the LPG, default), CenterNet, RetinaNet")
     add_device_option(p)
     add_cache_option(p)
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from lesion_harvester.lpg.train import train_lpg
+    from lesion_harvester.lpg.train import TrainingOptions, train_detector
     from lesion_harvester.paths import TrainLayout
+    from lesion_harvester.peers.detectors import DETECTORS
 
-    data, inputs = _inputs(args)
+    labels = _labels(args)
     preset = preset_from_args(args, builds_lpg=True)
+    detector = DETECTORS.get(args.detector)
     device, dist = device_and_ranks(args)
-    summary = train_lpg(data, args.out, preset, device=device, init=args.init, cache_dir=args.cache_dir,
-                        progress=not args.quiet, drop_known_positives=True, dist=dist, **inputs)
+    summary = train_detector(detector, labels, preset, args.out, TrainingOptions(
+        device, args.init, args.cache_dir, progress=not args.quiet, drop_known_positives=True, dist=dist))
     if not dist.is_main:
         return 0
     last = summary["history"][-1] if summary["history"] else {}
@@ -74,7 +83,7 @@ def run(args) -> int:
     return 0
 
 
-def _inputs(args) -> tuple[str, dict]:
+def _labels(args) -> LabelSet:
     """DATA and the annotation files: given one by one, or a label set of a harvest run."""
     given = {"fully_annotated": args.fully_annotated, "extra_positives": args.extra_positives,
              "hard_negatives": args.hard_negatives}
@@ -83,7 +92,7 @@ def _inputs(args) -> tuple[str, dict]:
             raise ConfigError("--labels needs --from-harvest RUN")
         if args.data is None:
             raise ConfigError("give DATA (a DeepLesion-layout folder) or --from-harvest RUN --labels SET")
-        return args.data, given
+        return LabelSet("", Path(args.data), **given)
     used = [f"--{k.replace('_', '-')}" for k, v in given.items() if v]
     if used:
         raise ConfigError(f"--from-harvest reads V_M's labels and the label set from the run; drop {', '.join(used)}")
@@ -92,5 +101,4 @@ def _inputs(args) -> tuple[str, dict]:
     chosen = label_set(args.from_harvest, args.labels)
     if args.data is not None and Path(args.data).resolve() != chosen.data.resolve():
         raise ConfigError(f"{args.from_harvest} harvested {chosen.data}, not {args.data}; leave DATA out")
-    return str(chosen.data), {"fully_annotated": chosen.fully_annotated, "extra_positives": chosen.extra_positives,
-                              "hard_negatives": chosen.hard_negatives}
+    return chosen

@@ -48,10 +48,7 @@ def propose(data: str | Path, checkpoint: str | Path, out: str | Path, split: st
     to the settings stored in the checkpoint; ``score_threshold`` replaces its t_G. ``dist``: this
     process's rank under torchrun (every rank returns the whole result)."""
     device = dist.device(resolve_device(device))
-    if dist.is_main:
-        check_outputs(out)  # before the checkpoint is read
-    if score_threshold is not None:  # checked as the setting it replaces: a NaN would keep nothing, and succeed
-        StackConfig(score_threshold=score_threshold)
+    check_request(out, score_threshold, dist)
     scan = scan or ScanConfig()
     scanner, pre, stored_stack = scanner_from_checkpoint(checkpoint, device, scan, detector)
     stack = stack or stored_stack
@@ -79,6 +76,15 @@ def scan_to_file(data: str | Path, scanner, pre: PreprocessConfig, stack: StackC
     with locked_output(output_lock(out), out, take=dist.is_main):
         return _scan_to_file(data, scanner, pre, stack, out, model_id, settings, split, keys, cache_dir, progress,
                              dist, workers)
+
+
+def check_request(out: str | Path, score_threshold: float | None = None, dist: Distributed = ALONE) -> None:
+    """What :func:`propose` checks before the checkpoint is read: the outputs (:func:`check_outputs`)
+    and the cut given, as the setting it replaces (a NaN would keep nothing, and succeed)."""
+    if dist.is_main:
+        check_outputs(out)
+    if score_threshold is not None:
+        StackConfig(score_threshold=score_threshold)
 
 
 def check_outputs(out: str | Path) -> None:

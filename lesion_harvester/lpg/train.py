@@ -221,7 +221,7 @@ def _kept_operating_point(layout: TrainLayout, scanner: Scanner, prepared: dict[
     """best.pt's operating point: the one it holds, or measured now on the validation volumes and
     stored in it (so that a rerun after a kill measures it once). ``scanner`` runs the training's model,
     which gets best.pt's weights."""
-    payload = load_checkpoint(layout.best)
+    payload = scanner.model.read_checkpoint(layout.best)
     stored = checkpoint_operating_point(layout.best, payload)
     if stored is not None:
         return stored
@@ -229,7 +229,7 @@ def _kept_operating_point(layout: TrainLayout, scanner: Scanner, prepared: dict[
         log.warning("%s: no validation lesions, so no operating point (detect --fp-per-volume needs one; measure "
                     "it later with lesion-harvester info %s --measure-operating-point DATA)", data, layout.best)
         return None
-    scanner.model.load_state_dict(payload["state_dict"])
+    scanner.model.load_weights(payload, layout.best)
     scanner.model.eval()
     point = {**operating_point(scanner, prepared.__getitem__, validation, stack, dist), "truth": validation_source,
              "data": str(Path(data).resolve()), "epoch": int(payload.get("epoch", -1)) + 1}
