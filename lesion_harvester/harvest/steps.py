@@ -11,7 +11,7 @@ every step here can be called (and tested) on its own:
 4. :func:`lpc_examples` and :func:`lesion_harvester.lpc.api.train_lpc_folds`: the LPC, K-fold over V_M;
 5. :func:`lpc_probabilities` and :func:`fuse`: s_c of every classifiable proposal, and s = s_g * s_c**w;
 6. mining: :func:`lesion_harvester.harvest.mine.mine_round`;
-7. :func:`lpc_variant_scores` (round 1): the axial and 3D LPCs of the paper's Fig. 5b.
+7. :func:`lpc_variant_scores` (round 1): the axial and 3D LPCs of the paper's Fig. 5b (:data:`FIG5B_VARIANTS`).
 
 :func:`train_lpc_on_proposals` is steps 3-4 outside a harvest (``lesion-harvester train-lpc``).
 """
@@ -46,11 +46,13 @@ from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.api import LPCExamples, PreparedVolumes, proposal_patches, train_lpc_folds
 from lesion_harvester.lpc.model import LesionProposalClassifier
 from lesion_harvester.lpc.train import predict_lpc, train_lpc
+from lesion_harvester.lpc.variants import VARIANTS
 from lesion_harvester.paths import cache_dir_for
 from lesion_harvester.structures import Box3D, RecistMark, SliceBox, Tracklet, group_by_volume
 
 POSITIVE = (FA_LESION, RECIST, "harvested")  # statuses whose proposals fine-tune the LPG as lesions
 CLASSIFY_CHUNK = 2000  # V_H proposals classified at a time, to bound the patches in memory
+FIG5B_VARIANTS = ("axial", "3d")  # the LPC variants the paper's Fig. 5b compares with the multi-view LPC
 
 
 # --- step 1: the LPG ------------------------------------------------------------------------------------
@@ -233,9 +235,9 @@ def lpc_variant_scores(examples: LPCExamples, targets: list[ProposalRow], volume
     """Train the axial 2D and the 3D LPC on ``examples`` (all of V_M; ``epochs`` each, 0: as ``cfg``)
     and score ``targets`` with each: {variant: {"volume#idx": s_c}}."""
     result = {}
-    for variant in ("axial", "3d"):
-        variant_cfg = dataclasses.replace(cfg, variant=variant, pretrained_path=None, epochs=epochs or cfg.epochs,
-                                          patch_px=cfg.patch_px if variant != "3d" else max(16, cfg.patch_px // 2))
+    for variant in FIG5B_VARIANTS:
+        variant_cfg = VARIANTS.get(variant).comparison_settings(dataclasses.replace(
+            cfg, variant=variant, pretrained_path=None, epochs=epochs or cfg.epochs))
         x = torch.cat([proposal_patches(examples.vm_items, volumes, variant_cfg, progress),
                        proposal_patches(examples.positives, volumes, variant_cfg, progress)]).float()
         y = np.concatenate([examples.vm_labels, np.ones(len(examples.positives))]).astype(np.int64)

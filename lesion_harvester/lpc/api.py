@@ -57,8 +57,8 @@ def proposal_patches(items: Sequence[tuple[str, Tracklet]], volumes: PreparedVol
                      progress: bool = False) -> torch.Tensor:
     """The LPC input of each (volume key, tracklet), in the order given.
 
-    Returns float16 (N, V, C, P, P) for the 2D variants, (N, C, P, P, P) for ``3d``
-    (:func:`~lesion_harvester.lpc.patches.extract_patches`); an empty tensor for no items.
+    Returns float16 (N, V, C, *[P] * D), the variant's views (:func:`~lesion_harvester.lpc.patches.extract_patches`);
+    an empty tensor for no items.
     Stored in float16 to halve the memory of many patches; the models read them as float32.
     With ``cfg.loader_workers`` > 0, that many processes read the volumes and cut their patches.
     """

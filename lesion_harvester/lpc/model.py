@@ -13,10 +13,9 @@ from lesion_harvester.config import LPCConfig
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.torch_files import load_weights_only
 from lesion_harvester.lpc.patches import patch_channels
+from lesion_harvester.lpc.variants import VARIANTS
 
 log = logging.getLogger(__name__)
-
-VIEWS = {"multiview": 3, "axial": 1, "3d": 1}
 
 
 def _resnet18(spatial_dims: int, channels: int, widen: float) -> ResNet:
@@ -26,16 +25,17 @@ def _resnet18(spatial_dims: int, channels: int, widen: float) -> ResNet:
 
 
 class LesionProposalClassifier(nn.Module):
-    """``forward(x) -> logits (N,)``: x is (N, V, C, P, P) for 2D variants, (N, C, P, P, P) for 3d."""
+    """``forward(x) -> logits (N,)``: x is (N, V, C, *[P] * D), the patches of ``cfg.variant``
+    (:func:`~lesion_harvester.lpc.patches.extract_patches`): one ResNet-18 per view, in the variant's
+    D dimensions, and a linear classifier on their pooled features."""
 
     def __init__(self, cfg: LPCConfig):
         super().__init__()
-        if cfg.variant not in VIEWS:
-            raise ValueError(f"unknown LPC variant '{cfg.variant}'; expected one of {sorted(VIEWS)}")
+        variant = VARIANTS.get(cfg.variant)
         self.cfg = cfg
         channels = patch_channels(cfg)
-        dims = 3 if cfg.variant == "3d" else 2
-        self.branches = nn.ModuleList(_resnet18(dims, channels, cfg.widen_factor) for _ in range(VIEWS[cfg.variant]))
+        dims = variant.spatial_dims
+        self.branches = nn.ModuleList(_resnet18(dims, channels, cfg.widen_factor) for _ in range(variant.views))
         features = int(512 * cfg.widen_factor)
         self.fc = nn.Linear(features * len(self.branches), 1)
         if cfg.pretrained_path:
@@ -45,10 +45,7 @@ class LesionProposalClassifier(nn.Module):
                 load_imagenet_resnet18(branch, cfg.pretrained_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.variant == "3d":
-            features = [self.branches[0](x)]
-        else:
-            features = [branch(x[:, v]) for v, branch in enumerate(self.branches)]
+        features = [branch(x[:, v]) for v, branch in enumerate(self.branches)]
         return self.fc(torch.cat(features, dim=1))[:, 0]
 
 

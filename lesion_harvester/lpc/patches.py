@@ -1,4 +1,5 @@
-"""Patches around 3D proposals for the LPC: axial, coronal and sagittal views (or a 3D cube).
+"""Patches around 3D proposals for the LPC: axial, coronal and sagittal views (or a 3D cube, as the
+variant places them: :mod:`.variants`).
 
 A proposal's in-plane extent (its 3D box), padded by ``pad_px`` original pixels, is made square
 and isotropic in millimetres and sampled on a ``patch_px`` grid centred on the box centre and the
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from lesion_harvester.config import LPCConfig
 from lesion_harvester.geometry.preprocess import stored_to_hu
+from lesion_harvester.lpc.variants import VARIANTS
 from lesion_harvester.preprocessing import AIR_VALUE, PreparedVolume
 from lesion_harvester.structures import Tracklet
 
@@ -39,45 +41,29 @@ def patch_channels(cfg: LPCConfig) -> int:
 
 
 def extract_patches(pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfig) -> torch.Tensor:
-    """Patches of a volume's proposals.
-
-    Returns (N, 3, C, P, P) for ``multiview`` (axial, coronal, sagittal), (N, 1, C, P, P) for
-    ``axial`` and (N, C, P, P, P) for ``3d``; C = ``patch_channels(cfg)``, values scaled to [0, 1].
+    """Patches of a volume's proposals: (N, V, C, *[P] * D), the V views of ``cfg.variant`` (3 for
+    ``multiview``: axial, coronal, sagittal; 1 for ``axial`` and ``3d``), each a D-dimensional grid of
+    side P (D = 3 for ``3d``, else 2); C = ``patch_channels(cfg)``, values scaled to [0, 1].
     The context patch (extent + ``pad_px``) comes first; the close-up (extent + ``close_up_pad_px``)
     repeats the windows at a finer grid, so that a small lesion spans more than a few samples.
     """
     pads = (cfg.pad_px, cfg.close_up_pad_px) if cfg.close_up_pad_px else (cfg.pad_px,)
-    return torch.cat([_extract(pv, tracklets, cfg, pad) for pad in pads], dim=1 if cfg.variant == "3d" else 2)
+    return torch.cat([_extract(pv, tracklets, cfg, pad) for pad in pads], dim=2)
 
 
 def _extract(pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfig, pad_px: float) -> torch.Tensor:
-    n = len(tracklets)
+    variant = VARIANTS.get(cfg.variant)
     p = cfg.patch_px
-    channels = len(cfg.windows_hu)
-    if n == 0:
-        views = 3 if cfg.variant == "multiview" else 1
-        shape = (0, channels, p, p, p) if cfg.variant == "3d" else (0, views, channels, p, p)
-        return torch.zeros(shape)
+    if not tracklets:
+        return torch.zeros((0, variant.views, len(cfg.windows_hu)) + (p,) * variant.spatial_dims)
     volume = torch.from_numpy(np.asarray(pv.image, dtype=np.float32))[None, None]  # (1, 1, Z, H, W)
     z_size, h, w = pv.image.shape
-    t = torch.linspace(-1.0, 1.0, p)
-    grids = []
+    grid = torch.linspace(-1.0, 1.0, p)
+    points = []
     for tr in tracklets:
         cx, cy, cz, half_xy, half_z = proposal_geometry(tr, pv, pad_px)
-        if cfg.variant == "3d":
-            gz, gy, gx = torch.meshgrid(t, t, t, indexing="ij")
-            pts = torch.stack([cx + gx * half_xy, cy + gy * half_xy, cz + gz * half_z], dim=-1)
-        else:
-            a, b = torch.meshgrid(t, t, indexing="ij")  # rows, columns of a view
-            axial = torch.stack([cx + b * half_xy, cy + a * half_xy, torch.full_like(a, cz)], dim=-1)
-            if cfg.variant == "axial":
-                pts = axial[None]
-            else:
-                coronal = torch.stack([cx + b * half_xy, torch.full_like(a, cy), cz + a * half_z], dim=-1)
-                sagittal = torch.stack([torch.full_like(a, cx), cy + b * half_xy, cz + a * half_z], dim=-1)
-                pts = torch.stack([axial, coronal, sagittal])
-        grids.append(pts)
-    pts = torch.stack(grids)  # (N, V, P, P, 3) or (N, P, P, P, 3), voxel (x, y, z)
+        points.append(variant.points((cx, cy, cz), half_xy, half_z, grid))
+    pts = torch.stack(points)  # (N, V, *[P] * D, 3), voxel (x, y, z)
     # grid_sample wants coordinates in [-1, 1] with align_corners=True: -1 = first voxel, 1 = last
     norm = torch.tensor([max(w - 1, 1), max(h - 1, 1), max(z_size - 1, 1)], dtype=torch.float32)
     coords = pts / norm * 2 - 1
@@ -88,6 +74,4 @@ def _extract(pv: PreparedVolume, tracklets: list[Tracklet], cfg: LPCConfig, pad_
     values = sampled.reshape(pts.shape[:-1]) + AIR_VALUE  # air outside the volume
     hu = stored_to_hu(values)
     windows = [((hu - lo) / (hi - lo)).clamp(0, 1) for lo, hi in cfg.windows_hu]
-    if cfg.variant == "3d":
-        return torch.stack(windows, dim=1)  # (N, C, P, P, P)
-    return torch.stack(windows, dim=2)  # (N, V, C, P, P)
+    return torch.stack(windows, dim=2)  # (N, V, C, *[P] * D)

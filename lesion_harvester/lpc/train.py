@@ -24,10 +24,10 @@ from lesion_harvester.lpc.model import LesionProposalClassifier
 FORMAT = "lesion-harvester-lpc/1"
 
 
-def _augment(x: torch.Tensor, rng: np.random.Generator, variant: str) -> torch.Tensor:
-    """Random flips of each spatial axis and a small contrast change (labels do not move)."""
-    dims = (2, 3, 4) if variant == "3d" else (3, 4)
-    for d in dims:
+def _augment(x: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Random flips of each spatial axis of patches (N, V, C, *spatial) and a small contrast change
+    (labels do not move)."""
+    for d in range(3, x.dim()):
         if rng.random() < 0.5:
             x = x.flip(d)
     scale = torch.from_numpy(rng.uniform(0.9, 1.1, size=(x.shape[0],) + (1,) * (x.dim() - 1)).astype(np.float32))
@@ -81,7 +81,7 @@ def train_lpc(patches: torch.Tensor, labels: np.ndarray, cfg: LPCConfig, device:
     bar = tqdm(range(total), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
     for _ in bar:
         idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half, p=negative_weights)])
-        x = _augment(patches[idx], rng, cfg.variant).to(device)
+        x = _augment(patches[idx], rng).to(device)
         y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
         loss = F.binary_cross_entropy_with_logits(model(x), y)
         optimizer.zero_grad(set_to_none=True)

@@ -28,6 +28,7 @@ from lesion_harvester.io.annotations import read_slice_boxes, read_tracklets
 from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.figures import save_figure
+from lesion_harvester.lpc.variants import VARIANTS
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.report.plots import plot_pr
 from lesion_harvester.report.table3 import render_table3
@@ -186,7 +187,7 @@ def _variant_curves(layout: RunLayout, ledger: Ledger, r: int, holdout_keys: lis
     curves["s_c multi-view"] = curve(lambda row: row.lpc or 0.0)
     curves["s_g*s_c multi-view"] = curve(lambda row: row.score or 0.0)
     for name, scores in variants.items():
-        label = "axial" if name == "axial" else "3D"
+        label = VARIANTS.get(name).label
         curves[f"s_c {label}"] = curve(lambda row, s=scores: s.get(f"{row.volume}#{row.idx}", 0.0))
         curves[f"s_g*s_c {label}"] = curve(lambda row, s=scores: row.objectness * s.get(f"{row.volume}#{row.idx}", 0.0))
     return curves

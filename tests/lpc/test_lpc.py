@@ -45,7 +45,7 @@ def test_the_close_up_adds_a_finer_patch_after_the_context(variant):
     both = LPCConfig(variant=variant, patch_px=16, pad_px=16, close_up_pad_px=2, windows_hu=window)
     plain = extract_patches(_volume_with_a_lesion(), [_tracklet()], context)
     two = extract_patches(_volume_with_a_lesion(), [_tracklet()], both)
-    axis = 1 if variant == "3d" else 2
+    axis = 2  # (N, V, C, *P): every variant's channels
     assert two.shape[axis] == 2 and torch.equal(two.narrow(axis, 0, 1), plain)
     # the 8 px lesion fills a larger share of the close-up (8 of 12 px across) than of the context (8 of 40)
     lesion = (two > 0.7).float()
@@ -55,7 +55,7 @@ def test_the_close_up_adds_a_finer_patch_after_the_context(variant):
 
 
 @pytest.mark.parametrize("variant, shape", [("multiview", (2, 3, 3, 16, 16)), ("axial", (2, 1, 3, 16, 16)),
-                                            ("3d", (2, 3, 16, 16, 16))])
+                                            ("3d", (2, 1, 3, 16, 16, 16))])
 def test_every_variant_gives_one_probability_per_proposal(variant, shape):
     cfg = LPCConfig(variant=variant, patch_px=16, widen_factor=0.25)
     patches = extract_patches(_volume_with_a_lesion(), [_tracklet(), _tracklet()], cfg)
@@ -112,3 +112,17 @@ def test_matched_negatives_take_the_positives_distribution_of_size_and_score():
     mean = weights @ np.concatenate([small, alike])
     assert mean == pytest.approx(positives.mean(axis=0), rel=0.1)
     assert matched_weights(positives, small[:0]).shape == (0,)
+
+
+def test_the_variants_registered_are_the_choices_of_the_setting():
+    import typing
+
+    from lesion_harvester.config import LPCVariant
+    from lesion_harvester.lpc.variants import VARIANTS
+
+    assert VARIANTS.names() == list(typing.get_args(LPCVariant))
+    for name, variant in VARIANTS.items():  # the patches each variant makes are the ones its network reads
+        cfg = LPCConfig(variant=name, patch_px=16, widen_factor=0.25)
+        patches = extract_patches(_volume_with_a_lesion(), [_tracklet()], cfg)
+        assert patches.shape == (1, variant.views, 3) + (16,) * variant.spatial_dims
+        assert len(LesionProposalClassifier(cfg).branches) == variant.views
