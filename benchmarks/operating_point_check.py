@@ -1,7 +1,7 @@
 """Does an LPG's stored operating point hold on volumes it never saw? ``detect --fp-per-volume`` checked.
 
     python benchmarks/operating_point_check.py DATA CKPT [CKPT ...] [--split detection_test]
-        [--fp-per-volume 1] [--out DIR] [--device cpu] [--json OUT]
+        [--fp-per-volume 1] [--out DIR] [--cache-dir DIR] [--device cpu] [--json OUT]
 
 Each CKPT is an LPG ``best.pt`` carrying an operating point (measured on its validation volumes when it
 was trained, or by ``lesion-harvester info CKPT --measure-operating-point``). Its split of DATA is
@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="detection_test")
     parser.add_argument("--fp-per-volume", type=float, default=1.0)
     parser.add_argument("--out", default=None, help="where the scans go (default: beside each checkpoint)")
+    parser.add_argument("--cache-dir", default=None, help="prepared volumes (default: DATA's own cache folder)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("-q", "--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(args.out) if args.out else checkpoint.parent
         scanned = folder / f"operating_point_{args.split}.pkl"
         if not scanned.is_file():
-            propose(data, checkpoint, scanned, args.split, device=resolve_device(args.device),
+            propose(data, checkpoint, scanned, args.split, device=resolve_device(args.device), cache_dir=args.cache_dir,
                     progress=not args.quiet, score_threshold=OPERATING_POINT_MIN_SCORE)
         kept = {k: [t for t in ts if t.score >= promised["score"]] for k, ts in read_tracklets(scanned).items()}
         result = evaluate_detections(truth, {k: kept.get(k, []) for k in truth})

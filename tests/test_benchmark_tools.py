@@ -336,8 +336,9 @@ def test_operating_point_check_reproduces_the_stored_point_on_its_own_volumes(ti
     tool = _load("operating_point_check")
     out = tmp_path / "check.json"
     # on the validation volumes the point was measured on, the scan gives what the checkpoint promised
+    # a cache of its own: the dataset's shared one holds whatever earlier tests prepared there
     assert tool.main([str(tiny_dataset), str(tiny_checkpoint), "--split", "validation", "--fp-per-volume", "1",
-                      "--out", str(tmp_path), "--json", str(out), "-q"]) == 0
+                      "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "-q"]) == 0
     (entry,) = json.loads(out.read_text())["checkpoints"]
     assert entry["fp_per_volume"] == pytest.approx(entry["promised_fp_per_volume"], abs=1e-3)
     assert entry["sensitivity"] == pytest.approx(entry["promised_sensitivity"], abs=1e-3)
