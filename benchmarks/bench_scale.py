@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from lesion_harvester.config import ScanConfig, load_preset
+from lesion_harvester.dataset.prepared_cache import PreparedCache
 from lesion_harvester.io.annotations import write_tracklets
 from lesion_harvester.io.loader import open_volumes
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.checkpoint import model_payload, save_checkpoint
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import Scanner, scanner_from_checkpoint

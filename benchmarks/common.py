@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.errors import LesionHarvesterError
-from lesion_harvester.io.atomic import atomic_write_text
+from lesion_harvester.storage.atomic import atomic_write_text
 
 QUOTE = "> "  # the prefix of the lines to quote: `python benchmarks/X.py ... | grep '^> '`
 

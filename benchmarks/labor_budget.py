@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.config import load_preset
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
@@ -39,7 +40,6 @@ from lesion_harvester.harvest.rounds import harvest
 from lesion_harvester.harvest.select import STRATEGIES, read_selection, select_for_run
 from lesion_harvester.io.annotations import read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset
-from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.report.harvest_report import build_report
 from lesion_harvester.report.plots import plot_budget

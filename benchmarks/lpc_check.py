@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.config import fingerprint, load_preset
+from lesion_harvester.dataset.prepared_cache import PreparedCache
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
@@ -36,8 +38,6 @@ from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.mine import average_precision
 from lesion_harvester.harvest.steps import classifiable, lpc_examples, lpc_folds, lpc_probabilities
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, covers_marks
-from lesion_harvester.io.partition import resolve_partition
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.api import train_lpc_folds
 from lesion_harvester.lpc.train import load_lpc
 from lesion_harvester.paths import RunLayout, cache_dir_for

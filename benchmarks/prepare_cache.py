@@ -16,7 +16,7 @@ from multiprocessing import Pool
 from pathlib import Path
 
 from lesion_harvester.config import load_preset
-from lesion_harvester.io.prepared_cache import PreparedCache
+from lesion_harvester.dataset.prepared_cache import PreparedCache
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.paths import cache_dir_for
 

@@ -10,7 +10,7 @@ rows: the validation volumes become training volumes), and the complete labels a
 named like the authors' releases: ``fully_annotated.pkl`` (V_M, as Revised-Train744.pkl),
 ``holdout.pkl`` (V_H^test, as Revised-Train100.pkl) and ``test.pkl`` (V_D^test, as
 Revised-Test1071.pkl). No ``splits.json``, no ``ground_truth/``: the harvest takes the real-layout
-path (io/partition.py). Scores against all of DATA's complete labels still read DATA's files.
+path (dataset/roles.py). Scores against all of DATA's complete labels still read DATA's files.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import read_slice_boxes, write_slice_boxes
-from lesion_harvester.io.atomic import atomic_directory
 from lesion_harvester.io.deeplesion import read_dl_info, write_dl_info
 from lesion_harvester.io.splits import read_splits
+from lesion_harvester.storage.atomic import atomic_directory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common

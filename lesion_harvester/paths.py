@@ -6,7 +6,7 @@
 - an LPG training folder (:class:`TrainLayout`): ``best.pt``, ``last.pt``, ``train_log.json``,
   ``config.yaml``, ``train.log``;
 - a resumable scan's partial folder beside its output: ``OUT.partial/``;
-- the lock of an output (:mod:`lesion_harvester.io.locks`): ``.lock`` inside a run or training folder,
+- the lock of an output (:mod:`lesion_harvester.storage.locks`): ``.lock`` inside a run or training folder,
   ``.NAME.lock`` beside a file output (``.dets.pkl.lock``), removed when that command ends (a killed one's is
   taken over by the next);
 - a harvest run folder (:class:`RunLayout`): the ledger, one folder per round, the deliverables,
@@ -88,7 +88,7 @@ class TrainLayout:
 
     @property
     def lock(self) -> Path:
-        """Held while a training writes this folder (:mod:`lesion_harvester.io.locks`)."""
+        """Held while a training writes this folder (:mod:`lesion_harvester.storage.locks`)."""
         return self.root / LOCK_FILE
 
 
@@ -116,7 +116,7 @@ class RunLayout:
 
     @property
     def lock(self) -> Path:
-        """Held while a harvest writes this run folder (:mod:`lesion_harvester.io.locks`)."""
+        """Held while a harvest writes this run folder (:mod:`lesion_harvester.storage.locks`)."""
         return self.root / LOCK_FILE
 
     @property

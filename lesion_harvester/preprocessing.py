@@ -3,7 +3,7 @@
 Preparing a volume once (MULAN's body crop, in-plane resampling and HU windowing) and keeping it
 as float16 makes every later 9-slice context a cheap slice-and-interpolate, for LPG training
 crops, whole-volume scans and LPC patches alike. Prepared volumes are cached on disk by
-:class:`lesion_harvester.io.prepared_cache.PreparedCache`.
+:class:`lesion_harvester.dataset.prepared_cache.PreparedCache`.
 
 Frames: ``PreparedVolume.image`` is indexed (z, y', x') in pixels of the body-cropped, resampled
 slice; :meth:`PreparedVolume.to_prepared` and :meth:`PreparedVolume.to_original` convert

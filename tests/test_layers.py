@@ -77,6 +77,38 @@ def test_io_imports_no_pipeline_code():
     assert not bad, bad
 
 
+# every module of the package, by its top-level name, in layers from the bottom: a module may import
+# its own layer and those below, never one above (io/ reads and writes formats; what decides the
+# volumes' roles and caches prepared volumes sits above it, with the settings it needs)
+LAYERS = (
+    ("errors", "registry", "paths", "configs", ""),  # configs: the preset YAMLs; "": the package's __init__
+    ("geometry",),
+    ("structures",),
+    ("storage",),
+    ("io",),
+    ("settings",),
+    ("config",),
+    ("device", "distributed", "preprocessing"),
+    ("dataset",),
+    ("synth", "evaluation"),
+    *((stage,) for stage in STAGES),
+)
+LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
+
+
+def test_every_module_has_a_layer_and_imports_none_above_it():
+    unlisted = sorted(m for m in GRAPH if _package(m) not in LAYER_OF)
+    assert not unlisted, f"modules in no layer of tests/test_layers.py: {unlisted}"
+    bad = [(m, t) for m, targets in GRAPH.items() for t in targets if LAYER_OF[_package(t)] > LAYER_OF[_package(m)]]
+    assert not bad, bad
+
+
+def test_io_imports_no_settings_preprocessing_or_models():
+    above = {"settings", "config", "preprocessing", "dataset", "detectors", "lpg", "lpc", "peers"}
+    bad = [(m, t) for m, targets in GRAPH.items() for t in targets if _package(m) == "io" and _package(t) in above]
+    assert not bad, bad
+
+
 def test_settings_are_below_the_pipeline():
     # lesion_harvester.settings checks, reads and fingerprints any dataclass of sections: it imports
     # neither the pipeline's own settings (config imports it) nor pipeline code; config imports no

@@ -44,7 +44,7 @@ def format_table(result) -> str:
 
 def run(args) -> int:
     from lesion_harvester.evaluation.api import evaluate_files
-    from lesion_harvester.io.atomic import atomic_write_text
+    from lesion_harvester.storage.atomic import atomic_write_text
 
     volumes = None
     if args.split:

@@ -26,7 +26,6 @@ from tqdm import tqdm
 from lesion_harvester import __version__
 from lesion_harvester.detect.findings import CSV_COLUMNS, findings_document, input_record, label_map_ijk
 from lesion_harvester.distributed import ALONE, Distributed
-from lesion_harvester.io.atomic import atomic_directory
 from lesion_harvester.io.dicom import write_dicom_seg
 from lesion_harvester.io.findings import (
     read_detect_index,
@@ -38,6 +37,7 @@ from lesion_harvester.io.findings import (
 from lesion_harvester.io.loader import VolumeSource, open_volumes
 from lesion_harvester.io.nifti import write_label_map
 from lesion_harvester.paths import DetectLayout
+from lesion_harvester.storage.atomic import atomic_directory
 from lesion_harvester.structures import Findings
 
 if TYPE_CHECKING:  # the detector's module loads the LPG's libraries, which a rerun with nothing to do skips

@@ -22,8 +22,8 @@ from pathlib import Path
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.verify import best_match, dedupe
 from lesion_harvester.io.annotations import write_boxes_3d, write_tracklets
-from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.paths import RunLayout
+from lesion_harvester.storage.atomic import atomic_write
 from lesion_harvester.structures import Box3D, RecistMark, SliceBox, Tracklet, group_by_volume
 
 

@@ -20,9 +20,9 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from lesion_harvester.dataset.roles import Partition
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.verify import match_known
-from lesion_harvester.io.partition import Partition
 from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
 
 PROPOSAL_ACTIONS = ("accept", "reject", "adjust", "clear")

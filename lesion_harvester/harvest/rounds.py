@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lesion_harvester.config import Preset, Table3Config, dump_config, settings_fingerprint
+from lesion_harvester.dataset.prepared_cache import PreparedCache
+from lesion_harvester.dataset.roles import Partition, resolve_partition
 from lesion_harvester.device import resolve_device
 from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import ConfigError
@@ -54,17 +56,15 @@ from lesion_harvester.harvest.precision import MarksEvidence, mark_rates, marks_
 from lesion_harvester.harvest.reviews import ReviewedLabels, reviews_in_ledger, with_reviews
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, known_extents, verify_proposals
 from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
-from lesion_harvester.io.atomic import atomic_write_text, ensure_folder
-from lesion_harvester.io.locks import OutputLock
 from lesion_harvester.io.logs import log_to_file
-from lesion_harvester.io.partition import Partition, resolve_partition
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.api import LPCExamples, train_lpc_folds
 from lesion_harvester.lpc.train import load_lpc
 from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import train_lpg
 from lesion_harvester.paths import RunLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
+from lesion_harvester.storage.atomic import atomic_write_text, ensure_folder
+from lesion_harvester.storage.locks import OutputLock
 from lesion_harvester.structures import Box3D, RecistMark, Tracklet, group_by_volume
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     """Open (or create) the run folder of a harvest of ``data``; a folder holding a harvest with
     other settings or data is refused. Every check that can fail runs before anything is written.
     Under torchrun the main rank creates the folder and the ledger before the others open them.
-    ``lock``: hold the run folder's lock (:mod:`lesion_harvester.io.locks`) until :meth:`HarvestRun.close`,
+    ``lock``: hold the run folder's lock (:mod:`lesion_harvester.storage.locks`) until :meth:`HarvestRun.close`,
     as :func:`harvest` does; a folder locked by another process is refused (its holder named)."""
     data, layout = Path(data), RunLayout(Path(run_dir))
     device = dist.device(resolve_device(device))

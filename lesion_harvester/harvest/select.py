@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.errors import DataError
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
-from lesion_harvester.io.atomic import atomic_write_text
-from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.paths import RunLayout
+from lesion_harvester.storage.atomic import atomic_write_text
 from lesion_harvester.structures import group_by_volume
 
 STRATEGIES = ("random", "uncertainty", "disagreement", "lesion_rich", "coverage")

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 from lesion_harvester.config import LPCConfig, Preset
+from lesion_harvester.dataset.prepared_cache import PreparedCache
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.harvest.ledger import ProposalRow
@@ -41,8 +43,6 @@ from lesion_harvester.harvest.verify import (
     verify_proposals,
 )
 from lesion_harvester.io.annotations import read_tracklets
-from lesion_harvester.io.partition import resolve_partition
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.api import LPCExamples, PreparedVolumes, proposal_patches, train_lpc_folds
 from lesion_harvester.lpc.model import LesionProposalClassifier
 from lesion_harvester.lpc.train import predict_lpc, train_lpc

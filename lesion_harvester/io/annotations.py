@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.safe_pickle import safe_load_pickle
+from lesion_harvester.storage.atomic import atomic_write
 from lesion_harvester.structures import Box3D, Boxes3D, SliceBox, SliceBoxes, Tracklet, Tracklets
 
 PICKLE_PROTOCOL = 2  # the protocol of the released files

@@ -280,7 +280,7 @@ def read_dl_info(path: str | Path) -> list[DLInfoRow]:
 
 def write_dl_info(path: str | Path, rows: list[DLInfoRow]) -> None:
     """Write rows as DL_info.csv (the 18 standard columns in the standard order), atomically."""
-    from lesion_harvester.io.atomic import atomic_write
+    from lesion_harvester.storage.atomic import atomic_write
 
     with atomic_write(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")

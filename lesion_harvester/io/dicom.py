@@ -32,10 +32,10 @@ from pydicom.errors import InvalidDicomError
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.geometry.frames import RAS_TO_LPS
 from lesion_harvester.geometry.preprocess import AIR_HU  # padding outside the field of view is read as air
-from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.hu import check_voxel_count, volume_from_grid
 from lesion_harvester.io.lfs import LFS_FIX, git_lfs_pointer
 from lesion_harvester.paths import safe_name
+from lesion_harvester.storage.atomic import atomic_write
 from lesion_harvester.structures import Volume
 
 log = logging.getLogger(__name__)

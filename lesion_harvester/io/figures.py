@@ -11,7 +11,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from lesion_harvester.io.atomic import atomic_write_bytes
+from lesion_harvester.storage.atomic import atomic_write_bytes
 
 
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> None:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.atomic import atomic_files, atomic_write_text
+from lesion_harvester.storage.atomic import atomic_files, atomic_write_text
 
 
 def write_findings_json(path: str | Path, document: dict) -> None:

@@ -13,9 +13,9 @@ import numpy as np
 from nibabel.openers import ImageOpener
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.hu import check_voxel_count, volume_from_grid
 from lesion_harvester.io.lfs import check_not_lfs_pointer
+from lesion_harvester.storage.atomic import atomic_write
 from lesion_harvester.structures import Volume
 
 GUNZIP_CHUNK = 2**20  # bytes decompressed per step (a read allocates a whole step first)

@@ -15,8 +15,8 @@ import pickle
 import shutil
 from pathlib import Path
 
-from lesion_harvester.io.atomic import atomic_write_bytes, atomic_write_text, ensure_folder
 from lesion_harvester.io.safe_pickle import safe_load_pickle
+from lesion_harvester.storage.atomic import atomic_write_bytes, atomic_write_text, ensure_folder
 from lesion_harvester.structures import Tracklet
 
 log = logging.getLogger(__name__)

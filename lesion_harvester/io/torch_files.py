@@ -1,6 +1,6 @@
 """Reading ``.pt`` files safely: ``torch.load(weights_only=True)`` only, so a file runs no code.
 
-Writing goes through :func:`lesion_harvester.io.atomic.atomic_write` (``torch.save`` accepts the
+Writing goes through :func:`lesion_harvester.storage.atomic.atomic_write` (``torch.save`` accepts the
 open handle), so a reader never sees half a checkpoint.
 """
 

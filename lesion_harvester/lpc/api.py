@@ -22,17 +22,17 @@ import torch
 from tqdm import tqdm
 
 from lesion_harvester.config import LPCConfig, PreprocessConfig, from_dict, to_dict
+from lesion_harvester.dataset.prepared_cache import PreparedCache
 from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import read_tracklets, write_tracklets
-from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.loader import open_volumes
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpc.patches import extract_patches
 from lesion_harvester.lpc.train import load_lpc, matched_weights, predict_lpc, save_lpc, train_lpc
 from lesion_harvester.lpg.data import in_workers
 from lesion_harvester.paths import cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
+from lesion_harvester.storage.atomic import atomic_write
 from lesion_harvester.structures import Tracklet, group_by_volume
 
 PreparedVolumes = Callable[[str], PreparedVolume]  # volume key -> its prepared volume (e.g. from a cache)

@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from lesion_harvester.config import LPCConfig, from_dict, to_dict
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.torch_files import check_format, load_state, load_weights_only, written_with
 from lesion_harvester.lpc.model import LesionProposalClassifier
+from lesion_harvester.storage.atomic import atomic_write
 
 FORMAT = "lesion-harvester-lpc/1"
 

@@ -17,8 +17,8 @@ import torch
 from lesion_harvester.config import PreprocessConfig, StackConfig, from_dict, to_dict
 from lesion_harvester.detectors.base import DetectionModel
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.atomic import atomic_write
 from lesion_harvester.io.torch_files import check_format, load_weights_only, written_with
+from lesion_harvester.storage.atomic import atomic_write
 
 FORMAT = "lesion-harvester-lpg/1"
 OPERATING_RATES = (0.5, 1.0, 2.0, 4.0)  # false positives per volume at which an LPG's score is measured

@@ -20,19 +20,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from lesion_harvester.config import PreprocessConfig, ScanConfig, StackConfig, fingerprint
+from lesion_harvester.dataset.prepared_cache import PreparedCache
 from lesion_harvester.detectors.base import DetectionModel
 from lesion_harvester.device import resolve_device
 from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import write_tracklets, write_tracklets_csv
-from lesion_harvester.io.atomic import atomic_files, check_output_file
 from lesion_harvester.io.loader import open_volumes
-from lesion_harvester.io.locks import locked_output
 from lesion_harvester.io.partial import PartialResults, file_digest
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.model import MSCN
 from lesion_harvester.lpg.scan import scan_volumes, scanner_from_checkpoint
 from lesion_harvester.paths import cache_dir_for, output_lock, partial_dir
+from lesion_harvester.storage.atomic import atomic_files, check_output_file
+from lesion_harvester.storage.locks import locked_output
 from lesion_harvester.structures import Tracklet
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@
   fine-tuning keeps them: it adds the slice of highest objectness of the proposals on known
   lesions on purpose (paper III-E).
 
-Training volumes are V_M and V_H, validation volumes as :mod:`lesion_harvester.io.partition`
+Training volumes are V_M and V_H, validation volumes as :mod:`lesion_harvester.dataset.roles`
 decides them (the same rule as the harvest's).
 """
 
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.matching import VolumeTruth, overlaps
 from lesion_harvester.geometry.boxes import z_reach_slices
 from lesion_harvester.io.annotations import outside_volume, read_any_boxes
 from lesion_harvester.io.deeplesion import BOX_PADDING_PX, DeepLesionDataset
 from lesion_harvester.io.loader import VolumeSource
-from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.lpg.data import SliceRecord, TrainingData
 from lesion_harvester.structures import SliceBox, Tracklet
 

@@ -28,18 +28,16 @@ import torch
 from tqdm import tqdm
 
 from lesion_harvester.config import LPGTrainConfig, Preset, ScanConfig, StackConfig, dump_config
+from lesion_harvester.dataset.prepared_cache import PreparedCache
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.detectors.base import DetectionModel
 from lesion_harvester.device import resolve_device
 from lesion_harvester.distributed import ALONE, Distributed
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import evaluate_detections
-from lesion_harvester.io.atomic import atomic_write_text
-from lesion_harvester.io.locks import locked_output
 from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.io.partial import file_digest
-from lesion_harvester.io.partition import resolve_partition
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.checkpoint import (
     OPERATING_RATES,
     checkpoint_operating_point,
@@ -57,6 +55,8 @@ from lesion_harvester.lpg.scan import Scanner
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.paths import TrainLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
+from lesion_harvester.storage.atomic import atomic_write_text
+from lesion_harvester.storage.locks import locked_output
 from lesion_harvester.structures import LabelSet, SliceBox, Tracklet
 
 log = logging.getLogger(__name__)

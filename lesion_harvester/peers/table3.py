@@ -49,8 +49,6 @@ from lesion_harvester.io.annotations import (
     write_slice_boxes,
     write_tracklets,
 )
-from lesion_harvester.io.atomic import atomic_write_text
-from lesion_harvester.io.locks import OutputLock, OutputLocked
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.lpg.propose import propose
 from lesion_harvester.lpg.train import TrainingOptions, train_detector
@@ -58,6 +56,8 @@ from lesion_harvester.paths import ROW_LOCK_FILE, RunLayout, TrainLayout
 from lesion_harvester.peers.detectors import DETECTORS
 from lesion_harvester.report.plots import plot_table3
 from lesion_harvester.report.table3 import FP_RATES, render_table3
+from lesion_harvester.storage.atomic import atomic_write_text
+from lesion_harvester.storage.locks import OutputLock, OutputLocked
 from lesion_harvester.structures import LabelSet
 
 log = logging.getLogger(__name__)

@@ -25,13 +25,13 @@ from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.precision import volumes_for_lower_bound
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import read_slice_boxes, read_tracklets
-from lesion_harvester.io.atomic import atomic_write_text
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.io.figures import save_figure
 from lesion_harvester.lpc.variants import VARIANTS
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.report.plots import plot_pr
 from lesion_harvester.report.table3 import render_table3
+from lesion_harvester.storage.atomic import atomic_write_text
 from lesion_harvester.structures import SliceBox, Tracklet, group_by_volume, marks_to_tracklets
 
 MARK_SCORE = 2.0  # above any fused score, so that the marks rank first

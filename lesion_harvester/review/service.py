@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from lesion_harvester.dataset.roles import Partition, resolve_partition
 from lesion_harvester.errors import DataError
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
 from lesion_harvester.harvest.reviews import ACTIONS, parse_proposal_ref
 from lesion_harvester.harvest.select import read_selection
 from lesion_harvester.harvest.verify import dedupe, duplicates_of, same_lesion
-from lesion_harvester.io.partition import Partition, resolve_partition
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.structures import Tracklet, Volume
 

@@ -181,7 +181,7 @@ def apply_overrides(preset: T, overrides: Iterable[str]) -> T:
 
 def dump_config(obj, path: str | Path) -> None:
     """Write the resolved configuration as YAML, atomically."""
-    from lesion_harvester.io.atomic import atomic_write_text
+    from lesion_harvester.storage.atomic import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 

@@ -15,7 +15,7 @@ Each volume is generated from its own seed ``(seed, index)``, so the result does
 the number of worker processes. The folder is built under a temporary name (``.OUT.XXXX.partial``
 beside OUT) and renamed at the end: an interrupted run leaves nothing half-written, and the hidden
 folder a killed run leaves is removed by the next run into the same OUT
-(:func:`lesion_harvester.io.atomic.atomic_directory`).
+(:func:`lesion_harvester.storage.atomic.atomic_directory`).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from lesion_harvester.config import SynthConfig, dump_config
 from lesion_harvester.io.annotations import write_boxes_3d, write_slice_boxes
-from lesion_harvester.io.atomic import atomic_directory, atomic_write_text
 from lesion_harvester.io.deeplesion import DLInfoRow, sub_volume_key, write_dl_info
 from lesion_harvester.io.png16 import write_png_hu
+from lesion_harvester.storage.atomic import atomic_directory, atomic_write_text
 from lesion_harvester.structures import Box3D, SliceBox
 from lesion_harvester.synth.anatomy import Solid, sample_patient
 from lesion_harvester.synth.lesions import (
@@ -426,7 +426,7 @@ def _volume_json(v: SynthVolume) -> dict:
 def _write_lesion_table(path: Path, volumes: list[SynthVolume]) -> None:
     import csv
 
-    from lesion_harvester.io.atomic import atomic_write
+    from lesion_harvester.storage.atomic import atomic_write
 
     with atomic_write(path, "w") as handle:
         writer = csv.writer(handle, lineterminator="\n")

@@ -16,12 +16,12 @@ from torch import nn
 
 from lesion_harvester.cli.main import main
 from lesion_harvester.config import LPGTrainConfig, PreprocessConfig, Preset, ScanConfig, StackConfig, from_dict
+from lesion_harvester.dataset.prepared_cache import PreparedCache
 from lesion_harvester.detectors.base import Crop, DetectionModel, SliceDetections
 from lesion_harvester.errors import ConfigError
 from lesion_harvester.geometry.preprocess import gather_slices
 from lesion_harvester.io.annotations import read_tracklets
 from lesion_harvester.io.loader import open_volumes
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.lpg.checkpoint import model_payload
 from lesion_harvester.lpg.decode import decode
 from lesion_harvester.lpg.losses import centernet_loss, loss_counts

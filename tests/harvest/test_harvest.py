@@ -243,8 +243,8 @@ def test_the_real_release_layout_without_validation_rows(tiny_dataset, tmp_path,
     set out of V_H instead of choosing the LPG on an empty one, and says why a round harvests nothing."""
     import importlib.util
 
+    from lesion_harvester.dataset.roles import resolve_partition
     from lesion_harvester.io.deeplesion import read_dl_info
-    from lesion_harvester.io.partition import resolve_partition
     from tests.conftest import ROOT
 
     spec = importlib.util.spec_from_file_location("release_layout", ROOT / "benchmarks" / "release_layout.py")

@@ -7,12 +7,12 @@ import shutil
 
 import numpy as np
 
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.reviews import reviewed_labels
 from lesion_harvester.harvest.rounds import harvest
 from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
-from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.structures import RecistMark, SliceBox, Tracklet
 from tests.conftest import tiny_harvest_preset

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from lesion_harvester.cli.main import main
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.errors import DataError
 from lesion_harvester.harvest.ledger import Ledger, ProposalRow
 from lesion_harvester.harvest.reviews import annotate_fully
 from lesion_harvester.harvest.rounds import harvest
 from lesion_harvester.harvest.select import STRATEGIES, select_for_run, select_volumes
 from lesion_harvester.io.annotations import read_slice_boxes
-from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.structures import Tracklet
 from tests.conftest import tiny_harvest_preset

@@ -188,7 +188,7 @@ def test_fully_annotated_labels_outside_their_volume_name_their_file(tmp_path):
 
 
 def test_splits_naming_a_volume_absent_from_dl_info(tmp_path, capsys):
-    # was a KeyError in io/partition.py
+    # was a KeyError in dataset/roles.py
     splits = {**SPLITS, "harvest": [*SPLITS["harvest"], "999999_01_01_001-010"]}
     data = make_dataset(tmp_path / "data", splits=splits)
     line = cli_error(capsys, ["train-lpg", data, "--out", tmp_path / "lpg", "--preset", "tiny", "-q"])

@@ -22,8 +22,8 @@ import pytest
 
 from lesion_harvester.cli.main import main
 from lesion_harvester.distributed import Distributed
-from lesion_harvester.io.locks import OutputLock, OutputLocked, locked_output
 from lesion_harvester.paths import RunLayout, TrainLayout, output_lock
+from lesion_harvester.storage.locks import OutputLock, OutputLocked, locked_output
 from tests.hostile.common import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]

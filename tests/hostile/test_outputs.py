@@ -25,8 +25,8 @@ import pytest
 
 from lesion_harvester.cli.main import main
 from lesion_harvester.errors import DataError
-from lesion_harvester.io import atomic
 from lesion_harvester.io.annotations import read_tracklets
+from lesion_harvester.storage import atomic
 from tests.hostile.common import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]

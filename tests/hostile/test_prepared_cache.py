@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from lesion_harvester.config import load_preset
+from lesion_harvester.dataset import prepared_cache
+from lesion_harvester.dataset.prepared_cache import PreparedCache
 from lesion_harvester.errors import DataError
-from lesion_harvester.io import deeplesion, prepared_cache
+from lesion_harvester.io import deeplesion
 from lesion_harvester.io.deeplesion import DLInfoRow, write_dl_info
 from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.io.png16 import write_png_hu
-from lesion_harvester.io.prepared_cache import PreparedCache
 
 SERIES = "000001_01_01"
 KEY = f"{SERIES}_001-004"
@@ -166,13 +167,13 @@ def test_a_damaged_entry_is_prepared_again_with_a_warning_naming_it(data, tmp_pa
     before = _get(cache, data)
     npy, meta = _entry(cache)
     damage(npy, meta)
-    with caplog.at_level(logging.WARNING, logger="lesion_harvester.io.prepared_cache"):
+    with caplog.at_level(logging.WARNING, logger="lesion_harvester.dataset.prepared_cache"):
         np.testing.assert_array_equal(_get(cache, data), before)
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     named = meta if "json" in damage.__name__ else npy
     assert len(warnings) == 1 and warnings[0].startswith(f"{named}: damaged"), warnings
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="lesion_harvester.io.prepared_cache"):
+    with caplog.at_level(logging.INFO, logger="lesion_harvester.dataset.prepared_cache"):
         np.testing.assert_array_equal(_get(cache, data), before)  # whole again: read back without a word
     assert caplog.records == []
     _no_temporary_files(cache)
@@ -247,7 +248,7 @@ def test_a_cache_that_cannot_be_written_serves_the_volume_from_memory(data, tmp_
     expected = _get(_cache(tmp_path / "reference"), data)
     cache = _cache(tmp_path)
     monkeypatch.setattr(prepared_cache, "atomic_write", full_disk)
-    with caplog.at_level(logging.WARNING, logger="lesion_harvester.io.prepared_cache"):
+    with caplog.at_level(logging.WARNING, logger="lesion_harvester.dataset.prepared_cache"):
         np.testing.assert_array_equal(_get(cache, data), expected)
     assert "cannot write the prepared volume to the cache" in caplog.text
     assert list(cache.dir.iterdir()) == []

@@ -17,12 +17,12 @@ from lesion_harvester.io.annotations import (
     write_tracklets,
 )
 from lesion_harvester.io.deeplesion import DeepLesionDataset
-from lesion_harvester.io.locks import OutputLock
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.paths import ROW_LOCK_FILE
 from lesion_harvester.peers import table3
 from lesion_harvester.peers.table3 import DIAGNOSTIC, ROWS, adds_nothing, diagnostic_label_set, parse_rows, run_table3
 from lesion_harvester.report.table3 import render_table3
+from lesion_harvester.storage.locks import OutputLock
 from lesion_harvester.structures import Box3D, SliceBox
 from tests.conftest import label_run
 

@@ -59,7 +59,7 @@ def test_export_writes_the_given_v_m_when_nothing_was_reviewed(tiny_harvest_run,
     assert main(["export", str(run), "--reviewed", str(out), "--data", str(tiny_dataset), "--annot-suffix"]) == 0
     assert "0 reviewed" in capsys.readouterr().out
     labels = read_slice_boxes(out)
-    from lesion_harvester.io.partition import resolve_partition
+    from lesion_harvester.dataset.roles import resolve_partition
 
     assert labels == resolve_partition(tiny_dataset).fully_annotated
     assert (tmp_path / "v_m.csv").is_file()

@@ -2,9 +2,9 @@
 
 import pytest
 
+from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import read_slice_boxes, write_slice_boxes
-from lesion_harvester.io.partition import resolve_partition
 from lesion_harvester.io.splits import read_splits
 from lesion_harvester.lpg.sources import build_sources
 
@@ -55,7 +55,7 @@ def test_files_naming_unknown_volumes_are_refused_with_the_file_named(tiny_datas
 
 
 def test_held_out_validation_is_a_stable_tenth():
-    from lesion_harvester.io.partition import held_out_validation
+    from lesion_harvester.dataset.roles import held_out_validation
 
     keys = [f"{i:06d}_01_01_001-030" for i in range(60)]
     chosen = held_out_validation(keys)

@@ -33,9 +33,9 @@ import numpy as np
 
 from lesion_harvester.config import PreprocessConfig
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.atomic import atomic_write, atomic_write_text
 from lesion_harvester.io.loader import VolumeSource
 from lesion_harvester.preprocessing import PreparedVolume, prepare_volume
+from lesion_harvester.storage.atomic import atomic_write, atomic_write_text
 from lesion_harvester.structures import Volume
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lesion_harvester.errors import DataError
-from lesion_harvester.io.atomic import ensure_folder, write_error
+from lesion_harvester.storage.atomic import ensure_folder, write_error
 
 
 class OutputLocked(DataError):

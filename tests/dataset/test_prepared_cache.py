@@ -5,8 +5,8 @@ import multiprocessing
 import numpy as np
 
 from lesion_harvester.config import load_preset
+from lesion_harvester.dataset.prepared_cache import PreparedCache
 from lesion_harvester.io.loader import open_volumes
-from lesion_harvester.io.prepared_cache import PreparedCache
 from lesion_harvester.paths import CACHE_FOLDER, cache_dir_for
 
 
