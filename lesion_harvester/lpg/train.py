@@ -169,10 +169,11 @@ def scores_at_fp_rates(scores: np.ndarray, fp_per_volume: np.ndarray, sensitivit
         sensitivity: (D,) the share of lesions found among them.
         lowest: the lowest score a detection could have (the threshold when there is none).
     Returns:
-        {rate ("0.5", "1", ...): {"score", "fp_per_volume", "sensitivity", "reached"}}: the lowest score
-        s whose detections (those scoring s or more; ties enter together) make at most ``rate`` false
-        positives per volume, and what they make and find. ``reached`` is False where even every
-        detection makes fewer (s is then the lowest score measured); where the top-scoring
+        {rate ("0.5", "1", ...): {"score", "fp_per_volume", "sensitivity", "reached"}}: a score s whose
+        detections (those scoring s or more; ties enter together) are the most that make at most ``rate``
+        false positives per volume, and what they make and find; s lies halfway between the last score
+        kept and the next lower one (or ``lowest``). ``reached`` is False where even every
+        detection makes fewer (s is then below the lowest score measured); where the top-scoring
         detections alone make more, s lies just above the top score and keeps nothing (``keeps_none``).
     """
     n = len(scores)
@@ -188,7 +189,10 @@ def scores_at_fp_rates(scores: np.ndarray, fp_per_volume: np.ndarray, sensitivit
                      "reached": True, "keeps_none": True}
         else:
             k = int(within[-1])
-            entry = {"score": float(scores[k]), "fp_per_volume": float(fp_per_volume[k]),
+            # halfway to the next lower score: the same detections pass, and a rescan whose scores drift
+            # by float noise (other threads, another machine) still keeps the last one and not the next
+            below = float(scores[k + 1]) if k + 1 < n else float(lowest)
+            entry = {"score": (float(scores[k]) + below) / 2, "fp_per_volume": float(fp_per_volume[k]),
                      "sensitivity": float(sensitivity[k]), "reached": k < n - 1}
         out[rate_key(rate)] = entry
     return out

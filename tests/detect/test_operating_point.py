@@ -24,10 +24,12 @@ def test_scores_at_fp_rates_hand_computed():
     fp_per_volume = np.array([0.0, 0.5, 1.0, 1.0, 1.5])
     sensitivity = np.array([0.25, 0.25, 0.25, 0.5, 0.5])
     rates = scores_at_fp_rates(scores, fp_per_volume, sensitivity, lowest=0.05, rates=(0.25, 0.5, 1.0, 2.0))
-    assert rates["0.25"] == {"score": 0.9, "fp_per_volume": 0.0, "sensitivity": 0.25, "reached": True}
-    assert rates["0.5"]["score"] == 0.9  # the tied 0.8s enter together and make 1 FP per volume
-    assert rates["1"] == {"score": 0.5, "fp_per_volume": 1.0, "sensitivity": 0.5, "reached": True}
-    assert rates["2"] == {"score": 0.3, "fp_per_volume": 1.5, "sensitivity": 0.5, "reached": False}
+    # each score lies halfway between the last detection kept and the next lower one (or ``lowest``)
+    assert rates["0.25"] == {"score": pytest.approx(0.85), "fp_per_volume": 0.0, "sensitivity": 0.25,
+                             "reached": True}
+    assert rates["0.5"]["score"] == pytest.approx(0.85)  # the tied 0.8s enter together and make 1 FP per volume
+    assert rates["1"] == {"score": pytest.approx(0.4), "fp_per_volume": 1.0, "sensitivity": 0.5, "reached": True}
+    assert rates["2"] == {"score": pytest.approx(0.175), "fp_per_volume": 1.5, "sensitivity": 0.5, "reached": False}
     none = scores_at_fp_rates(np.array([0.9]), np.array([1.0]), np.array([0.0]), lowest=0.05, rates=(0.5,))["0.5"]
     assert none["keeps_none"] and none["score"] > 0.9 and none["sensitivity"] == 0.0
     empty = scores_at_fp_rates(np.zeros(0), np.zeros(0), np.zeros(0), lowest=0.05, rates=(1.0,))["1"]
