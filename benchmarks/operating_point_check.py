@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--split", default="detection_test")
     parser.add_argument("--fp-per-volume", type=float, default=1.0)
-    parser.add_argument("--out", default=None, help="where the scans go (default: beside each checkpoint)")
+    parser.add_argument("--out", default=None, help="where the scans go, one per checkpoint (default: beside each)")
     parser.add_argument("--cache-dir", default=None, help="prepared volumes (default: DATA's own cache folder)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("-q", "--quiet", action="store_true")
@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(checkpoint, f"carries no operating point at {args.fp_per_volume:g} false positives per "
                                         "volume: lesion-harvester info CKPT --measure-operating-point DATA")
         promised = point["rates"][rate]
+        # with --out, one scan per checkpoint: each is named by its folder (round_1/lpg/best.pt -> round_1_lpg_best)
         folder = Path(args.out) if args.out else checkpoint.parent
-        scanned = folder / f"operating_point_{args.split}.pkl"
+        stem = "_".join(checkpoint.resolve().with_suffix("").parts[-3:]) + "_" if args.out else ""
+        scanned = folder / f"{stem}operating_point_{args.split}.pkl"
         if not scanned.is_file():
             propose(data, checkpoint, scanned, args.split, device=resolve_device(args.device), cache_dir=args.cache_dir,
                     progress=not args.quiet, score_threshold=OPERATING_POINT_MIN_SCORE)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -337,9 +338,17 @@ def test_operating_point_check_reproduces_the_stored_point_on_its_own_volumes(ti
     out = tmp_path / "check.json"
     # on the validation volumes the point was measured on, the scan gives what the checkpoint promised
     # a cache of its own: the dataset's shared one holds whatever earlier tests prepared there
-    assert tool.main([str(tiny_dataset), str(tiny_checkpoint), "--split", "validation", "--fp-per-volume", "1",
-                      "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "-q"]) == 0
-    (entry,) = json.loads(out.read_text())["checkpoints"]
+    # a second checkpoint (a copy elsewhere) gets a scan of its own in --out, never the first one's
+    copy = tmp_path / "round_3" / "lpg" / "best.pt"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(tiny_checkpoint, copy)
+    scans = tmp_path / "scans"
+    assert tool.main([str(tiny_dataset), str(tiny_checkpoint), str(copy), "--split", "validation", "--fp-per-volume",
+                      "1", "--out", str(scans), "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "-q"]) == 0
+    assert len(list(scans.glob("*operating_point_validation.pkl"))) == 2
+    entry, second = json.loads(out.read_text())["checkpoints"]
+    same = {k: v for k, v in entry.items() if k != "checkpoint"}
+    assert {k: v for k, v in second.items() if k != "checkpoint"} == same
     assert entry["fp_per_volume"] == pytest.approx(entry["promised_fp_per_volume"], abs=1e-3)
     assert entry["sensitivity"] == pytest.approx(entry["promised_sensitivity"], abs=1e-3)
     assert entry["fp_per_volume"] <= 1.0 + 1e-9
