@@ -36,7 +36,7 @@ from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.mine import average_precision
-from lesion_harvester.harvest.steps import classifiable, lpc_examples, lpc_folds, lpc_probabilities
+from lesion_harvester.harvest.steps import classifiable, lpc_examples, lpc_folds, lpc_probabilities, pretraining_items
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, covers_marks
 from lesion_harvester.lpc.api import train_lpc_folds
 from lesion_harvester.lpc.train import load_lpc
@@ -81,11 +81,14 @@ def main(argv: list[str] | None = None) -> int:
         vm = ledger.proposals(r, statuses=(FA_LESION, FA_NEGATIVE))
         marked = ledger.proposals(r, statuses=(RECIST,))
         test = [row for row in ledger.proposals(r, volumes=sorted(holdout)) if row.status != RECIST]
+        # what lpc.pretrain learns from, as the harvest chooses it: V_H's proposals outside V_M and V_H^test
+        unlabelled = pretraining_items([(row.volume, row.tracklet) for row in ledger.proposals(r)],
+                                       set(part.fully_annotated) | holdout, preset.lpc)
     finally:
         ledger.close()
     examples = lpc_examples([(row.volume, row.tracklet, row.status) for row in vm],
                             [(row.volume, row.tracklet) for row in marked], part.fully_annotated, part.marks,
-                            preset.lpc.min_positives)
+                            preset.lpc.min_positives, unlabelled)
     folds = lpc_folds(list(part.fully_annotated), preset.lpc.folds)
     out = Path(args.out) if args.out else layout.root / "lpc_check" / f"round_{r}" / fingerprint(preset.lpc)[:12]
     out.mkdir(parents=True, exist_ok=True)

@@ -56,8 +56,9 @@ from lesion_harvester.settings.schema import (
 
 __all__ = [
     "MAX_MSCN_PARAMETERS", "PRESETS", "AmpDtype", "BackgroundVolumes", "ContextMode", "FusionChoice", "HarvestConfig",
-    "InvalidSetting", "KeptEpoch", "LPCConfig", "LPCVariant", "LPGTrainConfig", "LRSchedule", "MSCNConfig",
-    "NegativeSampling", "NumSlices", "Optimizer", "OutputStride", "PreprocessConfig", "Preset", "ResNetDepth",
+    "InvalidSetting", "KeptEpoch", "LPCConfig", "LPCPretraining", "LPCVariant", "LPGTrainConfig", "LRSchedule",
+    "MSCNConfig", "NegativeSampling", "NumSlices", "Optimizer", "OutputStride", "PreprocessConfig", "Preset",
+    "ResNetDepth",
     "RetinaNetConfig", "ScanConfig", "StackConfig", "SynthConfig", "Table3Config", "ThresholdRule",
     "apply_overrides", "check_settings", "choice_fields", "dump_config", "fingerprint", "from_dict", "load_preset",
     "non_default", "settings_fingerprint", "to_dict",
@@ -78,6 +79,7 @@ LRSchedule = Literal["step", "cosine"]
 BackgroundVolumes = Literal["all", "fully_annotated"]
 LPCVariant = Literal["multiview", "axial", "3d"]
 NegativeSampling = Literal["uniform", "matched"]
+LPCPretraining = Literal["none", "lpg_scores"]
 ThresholdRule = Literal["vm", "marks", "combined"]
 AmpDtype = Literal["float16", "bfloat16"]
 FusionChoice = Literal["admitted", "ap"]
@@ -343,6 +345,11 @@ class LPCConfig(_Checked):
     # s_g and size (the negatives are mostly small, low-s_g proposals, the positives mostly large marked
     # lesions: matched, the LPC cannot rank by those two alone, which the LPG already does)
     negatives: NegativeSampling = "uniform"
+    # "lpg_scores": before it sees V_M, the LPC learns the LPG's s_g on V_H's own proposals (this domain's
+    # images, no label and no download), and every fold starts from that; "none": from scratch
+    pretrain: LPCPretraining = "none"
+    pretrain_epochs: PositiveInt = 4
+    pretrain_per_volume: PositiveInt = 20  # the V_H proposals (top by s_g) of each volume it learns from
     seed: Seed = 0
 
 

@@ -370,9 +370,14 @@ def round_lpc_examples(run: HarvestRun, r: int) -> LPCExamples:
     vm = run.ledger.proposals(r, statuses=VM_STATUSES)
     marked = [row for row in run.ledger.proposals(r, statuses=(RECIST,)) if row.volume not in held]
     marks = {k: v for k, v in run.inputs.marks.items() if k not in held}
+    unlabelled = []
+    if run.preset.lpc.pretrain != "none":  # V_H's proposals, none of V_M's or V_H^test's
+        closed = set(run.inputs.fully_annotated) | set(run.inputs.holdout)
+        unlabelled = steps.pretraining_items([(row.volume, row.tracklet) for row in run.ledger.proposals(r)],
+                                             closed, run.preset.lpc)
     return steps.lpc_examples([(row.volume, row.tracklet, row.status) for row in vm],
                               [(row.volume, row.tracklet) for row in marked], run.inputs.fully_annotated,
-                              marks, run.preset.lpc.min_positives)
+                              marks, run.preset.lpc.min_positives, unlabelled)
 
 
 def _lpc(run: HarvestRun, r: int) -> None:

@@ -117,7 +117,7 @@ def pool_examples(rounds: Sequence[tuple[list[tuple[str, Tracklet]], list[tuple[
 # --- step 4: LPC training examples ------------------------------------------------------------------------
 def lpc_examples(vm_rows: list[tuple[str, Tracklet, str]], marked: list[tuple[str, Tracklet]],
                  fully_annotated: dict[str, list[SliceBox]], marks: dict[str, list[RecistMark]],
-                 min_positives: int) -> LPCExamples:
+                 min_positives: int, unlabelled: list[tuple[str, Tracklet]] | None = None) -> LPCExamples:
     """The LPC's training examples from verified proposals.
 
     Args:
@@ -126,6 +126,7 @@ def lpc_examples(vm_rows: list[tuple[str, Tracklet, str]], marked: list[tuple[st
         fully_annotated, marks: V_M's complete labels and V_H's RECIST marks: with fewer verified
             positives than ``min_positives`` (a weak early LPG), these known lesion boxes join the
             positives as one-slice proposals.
+        unlabelled: the V_H proposals LPC pretraining learns from (:func:`pretraining_items`).
     """
     labels = np.array([status == FA_LESION for _, _, status in vm_rows], dtype=np.int64)
     positives = list(marked)
@@ -133,7 +134,20 @@ def lpc_examples(vm_rows: list[tuple[str, Tracklet, str]], marked: list[tuple[st
         known = [(k, b) for k, boxes in fully_annotated.items() for b in boxes]
         known += [(k, m.slice_box()) for k, ms in marks.items() for m in ms]
         positives += [(k, Tracklet.single_slice(b.z_index, b.box_xyxy_px, 1.0)) for k, b in known]
-    return LPCExamples([(key, t) for key, t, _ in vm_rows], labels, positives)
+    return LPCExamples([(key, t) for key, t, _ in vm_rows], labels, positives, list(unlabelled or []))
+
+
+def pretraining_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], cfg: LPCConfig
+                      ) -> list[tuple[str, Tracklet]]:
+    """What ``lpc.pretrain: lpg_scores`` learns from: the (volume, tracklet) ``proposals`` outside the
+    ``exclude`` volumes (V_M, and V_H^test in a harvest) with s_g >= ``cfg.min_objectness``, at most
+    ``cfg.pretrain_per_volume`` per volume by s_g; none unless pretraining is on."""
+    if cfg.pretrain == "none":
+        return []
+    by_volume = group_by_volume((key, t) for key, t in proposals
+                                if key not in exclude and t.score >= cfg.min_objectness)
+    return [(key, t) for key, kept in by_volume.items()
+            for t in sorted(kept, key=lambda t: -t.score)[:cfg.pretrain_per_volume]]
 
 
 def lpc_shortfall(examples: LPCExamples, folds: list[list[str]]) -> str | None:
@@ -267,7 +281,9 @@ def train_lpc_on_proposals(data: str | Path, proposals: str | Path, out: str | P
     marked = [(key, t) for key, ts in tracklets.items() for t, s in zip(ts, statuses[key]) if s == RECIST]
     if not vm_rows and not marked:
         raise DataError(proposals, "no proposal in the fully annotated or harvest volumes of this dataset")
-    examples = lpc_examples(vm_rows, marked, part.fully_annotated, part.marks, preset.lpc.min_positives)
+    unlabelled = pretraining_items([(key, t) for key, ts in tracklets.items() for t in ts],
+                                   set(part.fully_annotated), preset.lpc)
+    examples = lpc_examples(vm_rows, marked, part.fully_annotated, part.marks, preset.lpc.min_positives, unlabelled)
     cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
     train_lpc_folds(examples, [[]], lambda key: cache.get(part.source, key), preset.lpc, preset.preprocess,
                     [Path(out)], device, seed=preset.lpc.seed, progress=progress)

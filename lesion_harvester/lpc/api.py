@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import read_tracklets, write_tracklets
 from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.lpc.patches import extract_patches
-from lesion_harvester.lpc.train import load_lpc, matched_weights, predict_lpc, save_lpc, train_lpc
+from lesion_harvester.lpc.train import load_lpc, matched_weights, predict_lpc, pretrain_lpc, save_lpc, train_lpc
 from lesion_harvester.lpg.data import in_workers
 from lesion_harvester.paths import cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
@@ -85,11 +85,14 @@ class LPCExamples:
         vm_labels: (N_M,) int64, 1 for P_M^R (a complete label covers it), 0 for P_M^-.
         positives: (volume key, tracklet) of V_H proposals covering a RECIST mark (P_H^R), always
             positives and in every fold's training set.
+        unlabelled: (volume key, tracklet) of V_H proposals that ``lpc.pretrain`` learns the s_g of
+            before any fold trains (never a V_M volume, so no fold's held-out volume is seen).
     """
 
     vm_items: list[tuple[str, Tracklet]]
     vm_labels: np.ndarray
     positives: list[tuple[str, Tracklet]]
+    unlabelled: list[tuple[str, Tracklet]] = field(default_factory=list)
 
     def counts(self) -> dict:
         return {"positives": int(self.vm_labels.sum()) + len(self.positives),
@@ -114,6 +117,11 @@ def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: Prep
     """
     if len(paths) != len(folds):
         raise ValueError(f"{len(folds)} folds but {len(paths)} output paths")
+    if skip_existing and all(path.is_file() for path in paths):
+        return
+    init = None
+    if cfg.pretrain == "lpg_scores":
+        init = _pretrained(examples, volumes, cfg, device, seed, progress, desc)
     vm_x = proposal_patches(examples.vm_items, volumes, cfg, progress)
     positives_x = proposal_patches(examples.positives, volumes, cfg, progress)
     for f, (fold, path) in enumerate(zip(folds, paths)):
@@ -130,8 +138,20 @@ def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: Prep
             weights = matched_weights(features[y == 1], features[y == 0])
         model = train_lpc(x, y, cfg, device, seed=seed + f, progress=progress,
                           desc=f"{desc} fold {f + 1}/{len(folds)}" if len(folds) > 1 else desc,
-                          negative_weights=weights)
-        save_lpc(path, model, cfg, held_out=sorted(held), preprocess=to_dict(preprocess))
+                          negative_weights=weights, init=init)
+        save_lpc(path, model, cfg, held_out=sorted(held), preprocess=to_dict(preprocess),
+                 pretrained_on=list(dict.fromkeys(k for k, _ in examples.unlabelled)) if init is not None else [])
+
+
+def _pretrained(examples: LPCExamples, volumes: PreparedVolumes, cfg: LPCConfig, device: str, seed: int,
+                progress: bool, desc: str) -> dict[str, torch.Tensor]:
+    """The weights every fold starts from under ``lpc.pretrain: lpg_scores``."""
+    vm_volumes = {key for key, _ in examples.vm_items}
+    if not examples.unlabelled or any(key in vm_volumes for key, _ in examples.unlabelled):
+        raise ValueError("LPC pretraining needs unlabelled proposals, none of them in a V_M volume")
+    x = proposal_patches(examples.unlabelled, volumes, cfg, progress)
+    return pretrain_lpc(x, np.array([t.score for _, t in examples.unlabelled]), cfg, device, seed=seed + 1000,
+                        progress=progress, desc=f"{desc} pretraining")
 
 
 def classify_proposals(data: str | Path, checkpoint: str | Path, proposals: str | Path, out: str | Path,

@@ -58,11 +58,48 @@ def matched_weights(positives: np.ndarray, negatives: np.ndarray, bins: int = 4,
     return weights / weights.sum()
 
 
+def _cosine(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / total, 1))))
+
+
+def pretrain_lpc(patches: torch.Tensor, objectness: np.ndarray, cfg: LPCConfig, device: str = "cpu", seed: int = 0,
+                 progress: bool = True, desc: str = "LPC pretraining") -> dict[str, torch.Tensor]:
+    """Teach a fresh LPC the LPG's judgement on this domain's unlabelled proposals, before it sees a label.
+
+    patches: (N, ...) from extract_patches, of proposals no label decides (V_H's, none of V_M's);
+    objectness: (N,) their s_g, the soft target of a binary cross-entropy. ``cfg.pretrain_epochs``
+    passes over them in random batches. Returns the model's state dict, the start of each fold's
+    training (:func:`train_lpc` ``init``).
+    """
+    targets = torch.as_tensor(np.clip(np.asarray(objectness, dtype=np.float32), 0, 1))
+    if len(targets) != len(patches) or len(targets) == 0:
+        raise ValueError(f"pretraining needs one s_g per patch and some patches: {len(targets)} and {len(patches)}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = LesionProposalClassifier(cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total = cfg.pretrain_epochs * max(1, math.ceil(len(targets) / cfg.batch_size))
+    scheduler = _cosine(optimizer, total)
+    model.train()
+    bar = tqdm(range(total), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+        idx = rng.choice(len(targets), min(cfg.batch_size, len(targets)), replace=False)
+        x = _augment(patches[idx].float(), rng).to(device)
+        loss = F.binary_cross_entropy_with_logits(model(x), targets[idx].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def train_lpc(patches: torch.Tensor, labels: np.ndarray, cfg: LPCConfig, device: str = "cpu", seed: int = 0,
-              progress: bool = True, desc: str = "LPC", negative_weights: np.ndarray | None = None
-              ) -> LesionProposalClassifier:
+              progress: bool = True, desc: str = "LPC", negative_weights: np.ndarray | None = None,
+              init: dict[str, torch.Tensor] | None = None) -> LesionProposalClassifier:
     """Train one LPC. patches: (N, ...) from extract_patches; labels: (N,) 0/1; negative_weights:
-    (number of negatives,) the probability of drawing each negative, in order (default: uniform)."""
+    (number of negatives,) the probability of drawing each negative, in order (default: uniform);
+    init: the weights it starts from (:func:`pretrain_lpc`; default: random)."""
     labels = np.asarray(labels, dtype=np.int64)
     pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     if len(pos) == 0 or len(neg) == 0:
@@ -70,13 +107,15 @@ def train_lpc(patches: torch.Tensor, labels: np.ndarray, cfg: LPCConfig, device:
                               "(verification needs proposals that match marks and others that do not)")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = LesionProposalClassifier(cfg).to(device)
+    model = LesionProposalClassifier(cfg)
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     half = max(1, cfg.batch_size // 2)
     iters_per_epoch = max(1, math.ceil(2 * max(len(pos), len(neg)) / cfg.batch_size / 2))
     total = cfg.epochs * iters_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / total, 1))))
+    scheduler = _cosine(optimizer, total)
     model.train()
     bar = tqdm(range(total), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
     for _ in bar:

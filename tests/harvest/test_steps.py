@@ -22,6 +22,7 @@ from lesion_harvester.harvest.steps import (
     lpc_probabilities,
     lpg_preset,
     pool_examples,
+    pretraining_items,
 )
 from lesion_harvester.harvest.verify import label_extent, verify_proposals
 from lesion_harvester.io.annotations import read_tracklets
@@ -74,6 +75,15 @@ def test_classifiable_keeps_the_top_proposals_per_volume():
     rows = [_row("a", 0, _t(0, 0.2)), _row("a", 1, _t(10, 0.9)), _row("a", 2, _t(20, 0.5)),
             _row("a", 3, _t(30, 0.7)), _row("b", 0, _t(0, 0.4))]
     assert [(r.volume, r.idx) for r in classifiable(rows, cfg)] == [("a", 1), ("a", 3), ("b", 0)]
+
+
+def test_pretraining_learns_from_the_top_proposals_of_open_volumes_only():
+    proposals = [("vm", _t(0, 0.9)), ("h", _t(0, 0.2)), ("h", _t(10, 0.9)), ("h", _t(20, 0.05)),
+                 ("h", _t(30, 0.5)), ("test", _t(0, 0.8)), ("g", _t(0, 0.3))]
+    cfg = LPCConfig(min_objectness=0.1, pretrain="lpg_scores", pretrain_per_volume=2)
+    kept = pretraining_items(proposals, {"vm", "test"}, cfg)
+    assert [(key, t.score) for key, t in kept] == [("h", 0.9), ("h", 0.5), ("g", 0.3)]
+    assert pretraining_items(proposals, {"vm", "test"}, LPCConfig()) == []  # off by default
 
 
 def test_fuse_picks_the_exponent_on_v_m_and_scores_unclassified_proposals_zero():

@@ -67,7 +67,8 @@ def test_each_fold_is_trained_without_its_volumes_and_resumes(tmp_path, monkeypa
 
     trained_on = []
 
-    def fake_train(x, y, cfg, device, seed, progress, desc, negative_weights=None):  # records what each fold trains on
+    def fake_train(x, y, cfg, device, seed, progress, desc, negative_weights=None, init=None):  # what each fold sees
+        assert init is None  # pretraining is off by default
         seen.append((len(x), y.tolist(), seed, desc))
         trained_on.append(x.clone())
         torch.manual_seed(seed)
@@ -98,6 +99,43 @@ def test_each_fold_is_trained_without_its_volumes_and_resumes(tmp_path, monkeypa
     assert seen == [(5, [1, 0, 1, 0, 1], 7, "LPC")]  # one fold holds nothing out
     with pytest.raises(ValueError, match="2 folds but 1 output paths"):
         train_lpc_folds(_examples(), [["a"], ["b"]], VOLUMES.__getitem__, CFG, pre, paths[:1])
+
+
+def test_pretraining_learns_the_lpg_scores_of_unlabelled_proposals_and_each_fold_starts_there(tmp_path,
+                                                                                                monkeypatch):
+    import dataclasses
+
+    import lesion_harvester.lpc.api as api
+    from lesion_harvester.lpc.train import pretrain_lpc
+
+    cfg = dataclasses.replace(CFG, pretrain="lpg_scores", pretrain_epochs=40, lr=0.003)
+    # c's lesion scored high by the LPG, its background low: pretraining must learn to tell them apart
+    unlabelled = [("c", _at(30, 0.95)), ("c", _at(30.5, 0.9)), ("c", _at(2, 0.05)), ("c", _at(50, 0.1))]
+    x = proposal_patches(unlabelled, VOLUMES.__getitem__, cfg)
+    state = pretrain_lpc(x, np.array([t.score for _, t in unlabelled]), cfg, seed=3, progress=False)
+    model = LesionProposalClassifier(cfg)
+    model.load_state_dict(state)
+    s_c = predict_lpc(model, x.float())
+    assert min(s_c[:2]) > max(s_c[2:])
+    with pytest.raises(ValueError, match="one s_g per patch"):
+        pretrain_lpc(x, np.array([0.5]), cfg, progress=False)
+
+    starts = []
+
+    def fake_train(x, y, cfg, device, seed, progress, desc, negative_weights=None, init=None):
+        starts.append(init)
+        return LesionProposalClassifier(cfg)
+
+    monkeypatch.setattr(api, "train_lpc", fake_train)
+    examples = dataclasses.replace(_examples(), unlabelled=unlabelled)
+    paths = [tmp_path / "fold0.pt", tmp_path / "fold1.pt"]
+    train_lpc_folds(examples, [["a"], ["b"]], VOLUMES.__getitem__, cfg, PreprocessConfig(), paths, progress=False)
+    # both folds start from one pretrained LPC, which saw only volume c (no fold's held-out volume)
+    assert starts[0] is starts[1] and set(starts[0]) == set(LesionProposalClassifier(cfg).state_dict())
+    assert load_lpc(paths[0])[2]["pretrained_on"] == ["c"]
+    with pytest.raises(ValueError, match="none of them in a V_M volume"):
+        train_lpc_folds(dataclasses.replace(_examples(), unlabelled=[("a", _at(10))]), [["a"], ["b"]],
+                        VOLUMES.__getitem__, cfg, PreprocessConfig(), [tmp_path / "x0.pt", tmp_path / "x1.pt"])
 
 
 def test_classify_writes_fused_scores_and_a_csv(tiny_dataset, tmp_path):
