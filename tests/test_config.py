@@ -202,6 +202,7 @@ def test_the_choice_settings_are_the_expected_ones():
         "lpg_train.keep_epoch": ("validation", "last"),
         "lpc.variant": ("multiview", "axial", "3d"),
         "lpc.negatives": ("uniform", "matched"),
+        "lpc.pretrain": ("none", "lpg_scores"),
         "harvest.threshold": ("vm", "marks", "combined"),
         "harvest.fusion_choice": ("admitted", "ap"),
         "lpg.output_stride": (4, 2),
