@@ -141,16 +141,18 @@ def main(argv: list[str] | None = None) -> int:
                      "open_volumes": len(candidates), **measure(data, run, truth, complete, marks)}
             results["runs"].append(entry)
             for s in strategies if strategy == "none" else [strategy]:  # budget 0 starts every line
-                curves[s].setdefault(budget, []).append((entry["gain_r90p"], entry["true_precision"]))
+                curves[s].setdefault(budget, []).append((entry["gain_r90p"], entry["true_precision"],
+                                                         entry["harvested"]))
     plot_budget(curves, out / "labor_budget.png", title=f"labor budget ({args.preset}, {len(args.data)} data seeds)")
     results["figure"] = str(out / "labor_budget.png")
     lines = []
     for s in strategies:
         for b in sorted(curves[s]):
-            gains = [g for g, _ in curves[s][b]]
-            precisions = [p for _, p in curves[s][b] if p is not None]
+            gains = [g for g, _, _ in curves[s][b]]
+            precisions = [p for _, p, _ in curves[s][b] if p is not None]
+            harvested = sum(n for _, _, n in curves[s][b])
             lines.append(f"{s} at {b:g}% of V_H: R@90P gain {np.mean(gains):+.3f} (range {min(gains):+.3f} to "
-                         f"{max(gains):+.3f}), harvested lesions "
+                         f"{max(gains):+.3f}), {harvested} lesions harvested, "
                          + (f"{np.mean(precisions):.3f} precise" if precisions else "none") + f" ({len(gains)} seeds)")
     common.report(results, args.json or str(out / "labor_budget.json"), *lines)
     return 0

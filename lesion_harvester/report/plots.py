@@ -86,7 +86,9 @@ def plot_budget(curves: dict[str, dict[float, list[tuple[float, float]]]], path:
                 title: str = "labor budget") -> None:
     """Two panels against the share of V_H annotated (%): the harvest's gain in recall at 90% precision
     over the marks, and its harvested lesions' true precision; one line per strategy (the mean over
-    seeds), its band the range over seeds. ``curves``: {strategy: {budget %: [(gain, precision), ...]}}."""
+    seeds), its band the range over seeds. ``curves``: {strategy: {budget %: [(gain, precision), ...]}};
+    a third element, the number of lesions harvested, is written beside each precision (the seeds'
+    sum), since a precision of a handful of lesions says little."""
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     for strategy, by_budget in curves.items():
@@ -97,6 +99,12 @@ def plot_budget(curves: dict[str, dict[float, list[tuple[float, float]]]], path:
             line = ax.plot(budgets, mean, "o-", label=strategy)[0]
             ax.fill_between(budgets, [v.min() if len(v) else np.nan for v in values],
                             [v.max() if len(v) else np.nan for v in values], color=line.get_color(), alpha=0.2)
+            if k == 1:
+                for b, m in zip(budgets, mean):
+                    counts = [v[2] for v in by_budget[b] if len(v) > 2 and v[2] is not None]
+                    if counts and np.isfinite(m):
+                        ax.annotate(f"n={sum(counts)}", (b, m), textcoords="offset points", xytext=(4, 4),
+                                    fontsize=7, color=line.get_color())
     for ax, label in zip(axes, ("recall at 90% precision on V_H^test, gain over the marks",
                                 "harvested lesions' true precision (all of V_H)")):
         ax.set_xlabel("volumes of V_H annotated fully (%)")
