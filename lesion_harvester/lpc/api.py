@@ -24,7 +24,7 @@ from tqdm import tqdm
 from lesion_harvester.config import LPCConfig, PreprocessConfig, from_dict, to_dict
 from lesion_harvester.dataset.prepared_cache import PreparedCache
 from lesion_harvester.device import resolve_device
-from lesion_harvester.errors import DataError
+from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.io.annotations import read_tracklets, write_tracklets
 from lesion_harvester.io.loader import open_volumes
 from lesion_harvester.lpc.patches import extract_patches
@@ -146,9 +146,12 @@ def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: Prep
 def _pretrained(examples: LPCExamples, volumes: PreparedVolumes, cfg: LPCConfig, device: str, seed: int,
                 progress: bool, desc: str) -> dict[str, torch.Tensor]:
     """The weights every fold starts from under ``lpc.pretrain: lpg_scores``."""
+    if not examples.unlabelled:
+        raise ConfigError("lpc.pretrain: lpg_scores needs proposals in V_H volumes to learn from, and there are "
+                          "none above lpc.min_objectness (set lpc.pretrain: none)")
     vm_volumes = {key for key, _ in examples.vm_items}
-    if not examples.unlabelled or any(key in vm_volumes for key, _ in examples.unlabelled):
-        raise ValueError("LPC pretraining needs unlabelled proposals, none of them in a V_M volume")
+    if any(key in vm_volumes for key, _ in examples.unlabelled):  # a fold would have seen its held-out volume
+        raise ValueError("LPC pretraining was given proposals of a V_M volume")
     x = proposal_patches(examples.unlabelled, volumes, cfg, progress)
     return pretrain_lpc(x, np.array([t.score for _, t in examples.unlabelled]), cfg, device, seed=seed + 1000,
                         progress=progress, desc=f"{desc} pretraining")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lesion_harvester.config import LPCConfig, PreprocessConfig, load_preset, to_dict
-from lesion_harvester.errors import DataError
+from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.geometry.preprocess import normalize_hu
 from lesion_harvester.io.annotations import read_tracklets, write_tracklets
 from lesion_harvester.io.loader import open_volumes
@@ -133,7 +133,10 @@ def test_pretraining_learns_the_lpg_scores_of_unlabelled_proposals_and_each_fold
     # both folds start from one pretrained LPC, which saw only volume c (no fold's held-out volume)
     assert starts[0] is starts[1] and set(starts[0]) == set(LesionProposalClassifier(cfg).state_dict())
     assert load_lpc(paths[0])[2]["pretrained_on"] == ["c"]
-    with pytest.raises(ValueError, match="none of them in a V_M volume"):
+    with pytest.raises(ConfigError, match="lpc.pretrain: lpg_scores needs proposals in V_H"):
+        train_lpc_folds(_examples(), [["a"], ["b"]], VOLUMES.__getitem__, cfg, PreprocessConfig(),
+                        [tmp_path / "y0.pt", tmp_path / "y1.pt"])
+    with pytest.raises(ValueError, match="proposals of a V_M volume"):
         train_lpc_folds(dataclasses.replace(_examples(), unlabelled=[("a", _at(10))]), [["a"], ["b"]],
                         VOLUMES.__getitem__, cfg, PreprocessConfig(), [tmp_path / "x0.pt", tmp_path / "x1.pt"])
 
