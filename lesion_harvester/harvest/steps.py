@@ -19,8 +19,9 @@ every step here can be called (and tested) on its own:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -49,6 +50,8 @@ from lesion_harvester.lpc.train import predict_lpc, train_lpc
 from lesion_harvester.lpc.variants import VARIANTS
 from lesion_harvester.paths import cache_dir_for
 from lesion_harvester.structures import Box3D, RecistMark, SliceBox, Tracklet, group_by_volume
+
+T = TypeVar("T")
 
 POSITIVE = (FA_LESION, RECIST, "harvested")  # statuses whose proposals fine-tune the LPG as lesions
 CLASSIFY_CHUNK = 2000  # V_H proposals classified at a time, to bound the patches in memory
@@ -144,10 +147,8 @@ def pretraining_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], 
     ``cfg.pretrain_per_volume`` per volume by s_g; none unless pretraining is on."""
     if cfg.pretrain == "none":
         return []
-    by_volume = group_by_volume((key, t) for key, t in proposals
-                                if key not in exclude and t.score >= cfg.min_objectness)
-    return [(key, t) for key, kept in by_volume.items()
-            for t in sorted(kept, key=lambda t: -t.score)[:cfg.pretrain_per_volume]]
+    return _top_per_volume(((key, t) for key, t in proposals if key not in exclude),
+                           lambda t: t.score >= cfg.min_objectness, lambda t: -t.score, cfg.pretrain_per_volume)
 
 
 def lpc_shortfall(examples: LPCExamples, folds: list[list[str]]) -> str | None:
@@ -182,11 +183,16 @@ def lpc_folds(fully_annotated: list[str], folds: int) -> list[list[str]]:
 # --- step 5: classification and the fused score -------------------------------------------------------------
 def classifiable(rows: list[ProposalRow], cfg: LPCConfig) -> list[ProposalRow]:
     """Proposals the LPC scores: s_g >= min_objectness, at most max_per_volume per volume (by s_g)."""
-    by_volume = group_by_volume((row.volume, row) for row in rows if row.objectness >= cfg.min_objectness)
-    out = []
-    for members in by_volume.values():
-        out += sorted(members, key=lambda row: (-row.objectness, row.idx))[: cfg.max_per_volume]
-    return out
+    return [row for _, row in _top_per_volume(((row.volume, row) for row in rows),
+                                              lambda row: row.objectness >= cfg.min_objectness,
+                                              lambda row: (-row.objectness, row.idx), cfg.max_per_volume)]
+
+
+def _top_per_volume(items: Iterable[tuple[str, T]], keep: Callable[[T], bool], rank: Callable[[T], Any],
+                    k: int) -> list[tuple[str, T]]:
+    """(volume, item) pairs whose item passes ``keep``: the ``k`` first of each volume by ``rank``."""
+    by_volume = group_by_volume((key, item) for key, item in items if keep(item))
+    return [(key, item) for key, members in by_volume.items() for item in sorted(members, key=rank)[:k]]
 
 
 def lpc_probabilities(models: list[LesionProposalClassifier], folds: list[list[str]], vm_rows: list[ProposalRow],
