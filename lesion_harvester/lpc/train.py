@@ -8,6 +8,7 @@ balanced (half positives, half negatives, drawn with replacement).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,23 @@ def matched_weights(positives: np.ndarray, negatives: np.ndarray, bins: int = 4,
     return weights / weights.sum()
 
 
-def _cosine(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / total, 1))))
+def _fit(model: LesionProposalClassifier, cfg: LPCConfig, total: int,
+         batch: Callable[[], tuple[torch.Tensor, torch.Tensor]], device: str, progress: bool, desc: str) -> None:
+    """``total`` AdamW steps of a binary cross-entropy on ``batch()``'s (patches, targets), with a
+    cosine learning rate and a progress bar: the loop of both pretraining and training."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: 0.5 * (1 + math.cos(math.pi * min(i / total, 1))))
+    model.train()
+    bar = tqdm(range(total), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
+    for _ in bar:
+        x, y = batch()
+        loss = F.binary_cross_entropy_with_logits(model(x.to(device)), y.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
 
 
 def pretrain_lpc(patches: torch.Tensor, objectness: np.ndarray, cfg: LPCConfig, device: str = "cpu", seed: int = 0,
@@ -77,20 +93,13 @@ def pretrain_lpc(patches: torch.Tensor, objectness: np.ndarray, cfg: LPCConfig, 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = LesionProposalClassifier(cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total = cfg.pretrain_epochs * max(1, math.ceil(len(targets) / cfg.batch_size))
-    scheduler = _cosine(optimizer, total)
-    model.train()
-    bar = tqdm(range(total), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         idx = rng.choice(len(targets), min(cfg.batch_size, len(targets)), replace=False)
-        x = _augment(patches[idx].float(), rng).to(device)
-        loss = F.binary_cross_entropy_with_logits(model(x), targets[idx].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        return _augment(patches[idx].float(), rng), targets[idx]
+
+    _fit(model, cfg, cfg.pretrain_epochs * max(1, math.ceil(len(targets) / cfg.batch_size)), batch, device,
+         progress, desc)
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
@@ -111,23 +120,14 @@ def train_lpc(patches: torch.Tensor, labels: np.ndarray, cfg: LPCConfig, device:
     if init is not None:
         model.load_state_dict(init)
     model = model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     half = max(1, cfg.batch_size // 2)
-    iters_per_epoch = max(1, math.ceil(2 * max(len(pos), len(neg)) / cfg.batch_size / 2))
-    total = cfg.epochs * iters_per_epoch
-    scheduler = _cosine(optimizer, total)
-    model.train()
-    bar = tqdm(range(total), desc=desc, unit="it", disable=not progress, dynamic_ncols=True)
-    for _ in bar:
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.concatenate([rng.choice(pos, half), rng.choice(neg, half, p=negative_weights)])
-        x = _augment(patches[idx], rng).to(device)
-        y = torch.from_numpy(labels[idx].astype(np.float32)).to(device)
-        loss = F.binary_cross_entropy_with_logits(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        return _augment(patches[idx], rng), torch.from_numpy(labels[idx].astype(np.float32))
+
+    iters_per_epoch = max(1, math.ceil(2 * max(len(pos), len(neg)) / cfg.batch_size / 2))
+    _fit(model, cfg, cfg.epochs * iters_per_epoch, batch, device, progress, desc)
     return model.eval()
 
 
