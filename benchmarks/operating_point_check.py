@@ -61,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         # with --out, one scan per checkpoint: each is named by its folder (round_1/lpg/best.pt -> round_1_lpg_best)
         folder = Path(args.out) if args.out else checkpoint.parent
         stem = "_".join(checkpoint.resolve().with_suffix("").parts[-3:]) + "_" if args.out else ""
-        scanned = folder / f"{stem}operating_point_{args.split}.pkl"
+        # stacked down to the floor the point was measured with, as detect does (named by it: a point
+        # measured again by a harvest, at its t_G, needs a scan of its own)
+        floor = float(point.get("stack_score_threshold", OPERATING_POINT_MIN_SCORE))
+        scanned = folder / f"{stem}operating_point_{args.split}_stack{floor:g}.pkl"
         if not scanned.is_file():
             propose(data, checkpoint, scanned, args.split, device=resolve_device(args.device), cache_dir=args.cache_dir,
-                    progress=not args.quiet, score_threshold=OPERATING_POINT_MIN_SCORE)
+                    progress=not args.quiet, score_threshold=floor)
         kept = {k: [t for t in ts if t.score >= promised["score"]] for k, ts in read_tracklets(scanned).items()}
         result = evaluate_detections(truth, {k: kept.get(k, []) for k in truth})
         fp = float(result.fp_per_volume[-1]) if len(result.fp_per_volume) else 0.0

@@ -144,6 +144,10 @@ class RunLayout:
     def proposals(self, round_: int) -> Path:
         return self.round_dir(round_) / "proposals.pkl"
 
+    def validation_proposals(self, round_: int) -> Path:
+        """The round's LPG's scan of the validation volumes, for its operating point."""
+        return self.round_dir(round_) / "validation_proposals.pkl"
+
     def lpc_fold(self, round_: int, fold: int) -> Path:
         return self.round_dir(round_) / "lpc" / f"fold{fold}.pt"
 

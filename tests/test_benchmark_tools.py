@@ -345,7 +345,7 @@ def test_operating_point_check_reproduces_the_stored_point_on_its_own_volumes(ti
     scans = tmp_path / "scans"
     assert tool.main([str(tiny_dataset), str(tiny_checkpoint), str(copy), "--split", "validation", "--fp-per-volume",
                       "1", "--out", str(scans), "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "-q"]) == 0
-    assert len(list(scans.glob("*operating_point_validation.pkl"))) == 2
+    assert len(list(scans.glob("*operating_point_validation_stack*.pkl"))) == 2
     entry, second = json.loads(out.read_text())["checkpoints"]
     same = {k: v for k, v in entry.items() if k != "checkpoint"}
     assert {k: v for k, v in second.items() if k != "checkpoint"} == same

@@ -45,6 +45,7 @@ class Partition:
     holdout_file: str  # where the holdout labels were read ("" when none)
     validation_source: str = ""  # where the validation volumes come from, for messages and reports
     validation_held_out: bool = False  # the dataset named none: they are held out of V_H
+    validation_complete: bool = False  # the validation labels are complete (not RECIST marks alone)
 
     @property
     def training_keys(self) -> list[str]:
@@ -122,7 +123,7 @@ def resolve_partition(data: str | Path, fully_annotated: str | Path | None = Non
                              f"({data} names no validation volumes with lesions; they are still harvested)")
     return Partition(source, dataset, fa, harvest, validation, held,
                      None if fully_annotated is None else str(fully_annotated), holdout_file, validation_source,
-                     held_out)
+                     held_out, validation_complete=synthetic and not held_out)
 
 
 def held_out_validation(keys: list[str], fraction: float = HELD_OUT_VALIDATION_FRACTION,

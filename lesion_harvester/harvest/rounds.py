@@ -16,6 +16,10 @@ training too, and the threshold is set on them alone. With ``harvest.calibration
 volumes' RECIST marks train no LPG and no LPC: they tell how often the harvest finds a lesion, from
 which the precision above a threshold is estimated (``harvest.threshold``, harvest/precision.py).
 
+After each scan the round's LPG's operating point (``detect --fp-per-volume``) is measured again on
+every volume with complete labels that no LPG learnt them from (V_H^test, and the validation volumes
+where their labels are complete), more than the training's validation volumes alone.
+
 Each round first fixes the reviewers' verdicts it uses (``lesion-harvester review``;
 :mod:`lesion_harvester.harvest.reviews`): volumes marked fully annotated join V_M for this round on,
 accepted and drawn lesions join the fine-tuning positives, rejected proposals its hard negatives.
@@ -59,13 +63,14 @@ from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
 from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.lpc.api import LPCExamples, train_lpc_folds
 from lesion_harvester.lpc.train import load_lpc
+from lesion_harvester.lpg.checkpoint import checkpoint_operating_point, store_operating_point
 from lesion_harvester.lpg.propose import propose
-from lesion_harvester.lpg.train import train_lpg
+from lesion_harvester.lpg.train import describe_operating_point, operating_point_of, train_lpg
 from lesion_harvester.paths import RunLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.storage.atomic import atomic_write_text, ensure_folder
 from lesion_harvester.storage.locks import OutputLock
-from lesion_harvester.structures import Box3D, RecistMark, Tracklet, group_by_volume
+from lesion_harvester.structures import Box3D, RecistMark, SliceBox, Tracklet, group_by_volume
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +356,53 @@ def _scan(run: HarvestRun, r: int) -> None:
             run.ledger.finish_step(db, r, "scan", {"proposals": n})
 
 
+def operating_truth(inputs: Partition) -> tuple[dict[str, list[SliceBox]], str]:
+    """The volumes on which a round's LPG's operating point is measured, with their labels, and a
+    description: every volume with complete labels whose complete labels no LPG learnt (V_H^test,
+    and the validation volumes where their labels are complete, not RECIST marks alone), so that
+    an unmarked lesion never counts as a false positive. ({}, "") when there are none."""
+    truth = dict(inputs.holdout)
+    parts = [f"V_H^test ({len(truth)} volumes)"] if truth else []
+    if inputs.validation_complete and inputs.validation:
+        truth.update(inputs.validation)
+        parts.append(f"the validation volumes ({len(inputs.validation)})")
+    if not any(truth.values()):
+        return {}, ""
+    return truth, " and ".join(parts) + " with their complete labels, scanned as the harvest scans"
+
+
+def _operating_point(run: HarvestRun, r: int) -> None:
+    """Measure round ``r``'s LPG's operating point again, on :func:`operating_truth`'s volumes
+    (V_H^test's from the round's scan, the validation volumes scanned alike), and store it in its
+    ``best.pt`` for ``detect --fp-per-volume``: the training measured it on the validation volumes
+    alone (12 on the bench: the 1-FP point then rests on 12 false positives). Where there are no
+    complete labels beyond V_M's, the training's point stays."""
+    truth, description = operating_truth(run.inputs)
+    checkpoint = run.layout.lpg(r).best
+    detections: dict[str, list[Tracklet]] = {}
+    validation = [k for k in run.inputs.validation if k in truth]
+    if validation:  # every rank scans its share
+        detections = propose(run.data, checkpoint, run.layout.validation_proposals(r), stack=run.preset.stack,
+                             scan=run.preset.scan, device=run.device, progress=run.progress, keys=validation,
+                             dist=run.dist)
+    if not run.dist.is_main:
+        return
+    info: dict = {"measured": False}
+    if truth:
+        for row in run.ledger.proposals(r, volumes=list(run.inputs.holdout)):
+            detections.setdefault(row.volume, []).append(row.tracklet)
+        stored = checkpoint_operating_point(checkpoint)
+        point = {**operating_point_of(detections, truth, run.preset.stack.score_threshold), "truth": description,
+                 "data": str(Path(run.data).resolve()), "harvest_round": r,
+                 "replaces": None if stored is None else {k: stored.get(k) for k in ("truth", "volumes", "lesions")}}
+        store_operating_point(checkpoint, point)
+        log.info("operating point of %s: %s", checkpoint, describe_operating_point(point))
+        info = {"measured": True, "volumes": point["volumes"], "lesions": point["lesions"],
+                "score_at_1_fp": point["rates"]["1"]["score"]}
+    with run.ledger.transaction() as db:
+        run.ledger.finish_step(db, r, "operating_point", info)
+
+
 def _verify(run: HarvestRun, r: int) -> None:
     rows = group_by_volume((row.volume, row) for row in run.ledger.proposals(r))
     statuses = verify_proposals({key: [row.tracklet for row in members] for key, members in rows.items()},
@@ -474,9 +526,10 @@ def _lpc_variants(run: HarvestRun, r: int) -> None:
 
 # the steps of a round, in order; each records its name in the ledger when it finishes
 ROUND_STEPS: dict[str, Callable[[HarvestRun, int], None]] = {
-    "lpg": _lpg, "scan": _scan, "verify": _verify, "lpc": _lpc, "classify": _classify, "mine": _mine,
+    "lpg": _lpg, "scan": _scan, "operating_point": _operating_point, "verify": _verify, "lpc": _lpc,
+    "classify": _classify, "mine": _mine,
 }
-SHARED_STEPS = ("lpg", "scan")  # run by every rank under torchrun; the others by the main rank alone
+SHARED_STEPS = ("lpg", "scan", "operating_point")  # run by every rank under torchrun; the others by the main rank alone
 
 
 def write_outputs(run: HarvestRun) -> None:

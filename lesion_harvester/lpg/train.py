@@ -207,10 +207,20 @@ def operating_point(scanner: Scanner, prepare: Callable[[str], PreparedVolume], 
     measuring = replace(stack, score_threshold=min(stack.score_threshold, OPERATING_POINT_MIN_SCORE))
     mine = {key: scanner.propose(prepare(key), measuring) for key in dist.shard(list(truth))}
     detections = _in_order(list(truth), dist.gather(mine)) if dist.active else mine
-    result = evaluate_detections({k: VolumeTruth.from_slice_boxes(v) for k, v in truth.items()}, detections)
-    return {"rates": scores_at_fp_rates(result.scores, result.fp_per_volume, result.recall, measuring.score_threshold),
+    return operating_point_of(detections, truth, measuring.score_threshold)
+
+
+def operating_point_of(detections: dict[str, list[Tracklet]], truth: dict[str, list[SliceBox]],
+                       stack_score_threshold: float) -> dict:
+    """The operating point (:func:`scores_at_fp_rates`, P3D) of ``detections`` on every volume of
+    ``truth``, whose labels must be complete (an unlabelled lesion would count as a false positive);
+    the detections are tracklets stacked from 2D boxes down to ``stack_score_threshold``, which
+    ``detect`` then stacks down to as well."""
+    result = evaluate_detections({k: VolumeTruth.from_slice_boxes(v) for k, v in truth.items()},
+                                 {k: detections.get(k, []) for k in truth})
+    return {"rates": scores_at_fp_rates(result.scores, result.fp_per_volume, result.recall, stack_score_threshold),
             "metric": "p3d", "volumes": result.n_volumes, "lesions": result.n_gt,
-            "stack_score_threshold": measuring.score_threshold}
+            "stack_score_threshold": float(stack_score_threshold)}
 
 
 def describe_operating_point(point: dict) -> str:

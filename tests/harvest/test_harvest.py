@@ -1,5 +1,6 @@
 """A tiny end-to-end harvest, and resuming it after the process is killed mid-round."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,9 +13,14 @@ import numpy as np
 import pytest
 
 from lesion_harvester.cli.main import main
+from lesion_harvester.dataset.roles import Partition
+from lesion_harvester.harvest.rounds import operating_truth
 from lesion_harvester.harvest.verify import known_extents, on_lesions
 from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.lpg.checkpoint import checkpoint_operating_point
+from lesion_harvester.lpg.train import operating_point_of
+from lesion_harvester.structures import SliceBox
 
 
 def _ledger_rows(run):
@@ -60,6 +66,7 @@ def test_tiny_harvest_end_to_end(tiny_dataset, tmp_path, capsys):
     proposals = read_tracklets(run / "round_1" / "proposals.pkl")
     assert per_round[1] == sum(len(v) for v in proposals.values())
     _hard_negatives_keep_the_rule(run, tiny_dataset, splits)
+    _operating_points_rest_on_the_complete_labels(run, tiny_dataset, splits)
     # rebuilding the report gives the same numbers
     assert main(["report", str(run)]) == 0
     assert json.loads((run / "report.json").read_text())["rounds"] == report["rounds"]
@@ -91,6 +98,36 @@ def _hard_negatives_keep_the_rule(run, data, splits):
     negatives = [(k, t) for k, ts in read_tracklets(run / "hard_negatives.pkl").items() for t in ts]
     known = known_extents(harvested, labels, spacing)
     assert not on_lesions(negatives, known).any()
+
+
+def _operating_points_rest_on_the_complete_labels(run, data, splits):
+    """Each round's LPG carries the operating point of its scan of V_H^test and of the validation
+    volumes (complete labels), the same as measured again from the files the harvest wrote."""
+    complete = read_slice_boxes(data / "ground_truth" / "complete.pkl")
+    truth = {k: complete.get(k, []) for k in splits["harvest_test"] + splits["validation"]}
+    for r in (1, 2):
+        point = checkpoint_operating_point(run / f"round_{r}" / "lpg" / "best.pt")
+        assert point["harvest_round"] == r and point["volumes"] == len(truth)
+        assert point["stack_score_threshold"] == pytest.approx(0.1)  # the tiny preset's t_G: what the scan used
+        scanned = read_tracklets(run / f"round_{r}" / "proposals.pkl")
+        detections = {k: scanned.get(k, []) for k in splits["harvest_test"]}
+        detections.update(read_tracklets(run / f"round_{r}" / "validation_proposals.pkl"))
+        again = operating_point_of(detections, truth, point["stack_score_threshold"])
+        assert again["lesions"] == point["lesions"] and list(again["rates"]) == list(point["rates"])
+        for rate, entry in point["rates"].items():  # the ledger keeps the scores to float32's precision
+            assert again["rates"][rate] == {**entry, "score": pytest.approx(entry["score"], abs=1e-5)}
+        assert point["replaces"]["truth"].startswith("splits.json 'validation'")  # the training's, on 1 volume
+
+
+def test_operating_points_are_measured_on_complete_labels_only():
+    box = [SliceBox(3, (10.0, 10.0, 20.0, 20.0))]
+    base = Partition(None, None, {"vm": box}, ["h1", "h2"], {"val": box}, {"h1": box}, None, "")
+    truth, said = operating_truth(base)  # validation labels are RECIST marks: an unmarked lesion would be an FP
+    assert list(truth) == ["h1"] and said.startswith("V_H^test (1 volumes)")
+    truth, said = operating_truth(dataclasses.replace(base, validation_complete=True))
+    assert list(truth) == ["h1", "val"] and "validation volumes (1)" in said
+    assert "vm" not in truth  # V_M's complete labels trained the LPG
+    assert operating_truth(dataclasses.replace(base, holdout={})) == ({}, "")
 
 
 @pytest.mark.slow
