@@ -53,6 +53,20 @@ class Partition:
         keys = list(self.fully_annotated) + [k for k in self.harvest if k not in self.fully_annotated]
         return [k for k in keys if k not in self.validation]
 
+    def operating_point_truth(self) -> tuple[dict[str, list[SliceBox]], str]:
+        """The volumes on which a harvest round's LPG's operating point is measured, with their labels,
+        and a description: every volume with complete labels whose complete labels no LPG learns
+        (V_H^test, and the validation volumes where their labels are complete, not RECIST marks
+        alone), so that an unmarked lesion never counts as a false positive. ({}, "") when none."""
+        truth = dict(self.holdout)
+        parts = [f"V_H^test ({len(truth)} volumes)"] if truth else []
+        if self.validation_complete and self.validation:
+            truth.update(self.validation)
+            parts.append(f"the validation volumes ({len(self.validation)})")
+        if not any(truth.values()):
+            return {}, ""
+        return truth, " and ".join(parts) + " with their complete labels, scanned as the harvest scans"
+
     @cached_property
     def marks(self) -> dict[str, list[RecistMark]]:
         """The RECIST marks of V_H."""

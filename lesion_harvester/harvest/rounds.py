@@ -70,7 +70,7 @@ from lesion_harvester.paths import RunLayout, cache_dir_for
 from lesion_harvester.preprocessing import PreparedVolume
 from lesion_harvester.storage.atomic import atomic_write_text, ensure_folder
 from lesion_harvester.storage.locks import OutputLock
-from lesion_harvester.structures import Box3D, RecistMark, SliceBox, Tracklet, group_by_volume
+from lesion_harvester.structures import Box3D, RecistMark, Tracklet, group_by_volume
 
 log = logging.getLogger(__name__)
 
@@ -356,28 +356,13 @@ def _scan(run: HarvestRun, r: int) -> None:
             run.ledger.finish_step(db, r, "scan", {"proposals": n})
 
 
-def operating_truth(inputs: Partition) -> tuple[dict[str, list[SliceBox]], str]:
-    """The volumes on which a round's LPG's operating point is measured, with their labels, and a
-    description: every volume with complete labels whose complete labels no LPG learnt (V_H^test,
-    and the validation volumes where their labels are complete, not RECIST marks alone), so that
-    an unmarked lesion never counts as a false positive. ({}, "") when there are none."""
-    truth = dict(inputs.holdout)
-    parts = [f"V_H^test ({len(truth)} volumes)"] if truth else []
-    if inputs.validation_complete and inputs.validation:
-        truth.update(inputs.validation)
-        parts.append(f"the validation volumes ({len(inputs.validation)})")
-    if not any(truth.values()):
-        return {}, ""
-    return truth, " and ".join(parts) + " with their complete labels, scanned as the harvest scans"
-
-
 def _operating_point(run: HarvestRun, r: int) -> None:
-    """Measure round ``r``'s LPG's operating point again, on :func:`operating_truth`'s volumes
+    """Measure round ``r``'s LPG's operating point again, on :meth:`Partition.operating_point_truth`'s volumes
     (V_H^test's from the round's scan, the validation volumes scanned alike), and store it in its
     ``best.pt`` for ``detect --fp-per-volume``: the training measured it on the validation volumes
     alone (12 on the bench: the 1-FP point then rests on 12 false positives). Where there are no
     complete labels beyond V_M's, the training's point stays."""
-    truth, description = operating_truth(run.inputs)
+    truth, description = run.inputs.operating_point_truth()
     checkpoint = run.layout.lpg(r).best
     detections: dict[str, list[Tracklet]] = {}
     validation = [k for k in run.inputs.validation if k in truth]

@@ -14,7 +14,6 @@ import pytest
 
 from lesion_harvester.cli.main import main
 from lesion_harvester.dataset.roles import Partition
-from lesion_harvester.harvest.rounds import operating_truth
 from lesion_harvester.harvest.verify import known_extents, on_lesions
 from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
@@ -122,12 +121,12 @@ def _operating_points_rest_on_the_complete_labels(run, data, splits):
 def test_operating_points_are_measured_on_complete_labels_only():
     box = [SliceBox(3, (10.0, 10.0, 20.0, 20.0))]
     base = Partition(None, None, {"vm": box}, ["h1", "h2"], {"val": box}, {"h1": box}, None, "")
-    truth, said = operating_truth(base)  # validation labels are RECIST marks: an unmarked lesion would be an FP
+    truth, said = base.operating_point_truth()  # validation labels are RECIST marks: an unmarked lesion would be an FP
     assert list(truth) == ["h1"] and said.startswith("V_H^test (1 volumes)")
-    truth, said = operating_truth(dataclasses.replace(base, validation_complete=True))
+    truth, said = dataclasses.replace(base, validation_complete=True).operating_point_truth()
     assert list(truth) == ["h1", "val"] and "validation volumes (1)" in said
     assert "vm" not in truth  # V_M's complete labels trained the LPG
-    assert operating_truth(dataclasses.replace(base, holdout={})) == ({}, "")
+    assert dataclasses.replace(base, holdout={}).operating_point_truth() == ({}, "")
 
 
 @pytest.mark.slow
