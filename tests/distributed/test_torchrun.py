@@ -135,7 +135,7 @@ def test_a_harvest_under_two_ranks_finishes_and_resumes_after_a_rank_dies(tiny_d
         per_round = dict(db.execute("SELECT round, COUNT(*) FROM proposals GROUP BY round").fetchall())
     finally:
         db.close()
-    expected = {(r, s) for r in (1, 2) for s in ("lpg", "scan", "verify", "lpc", "classify", "mine")}
+    expected = {(r, s) for r in (1, 2) for s in ("lpg", "scan", "operating_point", "verify", "lpc", "classify", "mine")}
     assert set(steps) >= expected and len(steps) == len(set(steps))  # every step once
     with open(run / "round_1" / "proposals.pkl", "rb") as handle:
         assert per_round[1] == sum(len(v) for v in pickle.load(handle).values())  # nothing lost or doubled
