@@ -88,7 +88,12 @@ def _key_slice_records(path: str | Path, known: set[str], negative: bool,
             empty = np.zeros((0, 4))
             z = int(t.z_indices[i])
             records.append(SliceRecord(key, z, empty if negative else box, box if negative else empty))
-            extents.setdefault(key, []).append((int(t.z_indices.min()), int(t.z_indices.max()), t.box_3d().box_xyxy_px))
+            # at least as far as a mark of its size reaches: a lesion given on one slice (the complete
+            # labels, a 2D box) continues on its neighbours, which must not become background crops
+            dz, dy, _ = dataset.sub_volumes[key].spacing_zyx_mm
+            reach = z_reach_slices(box[0], dy, dz)
+            extents.setdefault(key, []).append((min(int(t.z_indices.min()), z - reach),
+                                                max(int(t.z_indices.max()), z + reach), t.box_3d().box_xyxy_px))
     if skipped:
         log.warning("%s: %d boxes in volumes outside the training set were ignored", path, skipped)
     if duplicates:

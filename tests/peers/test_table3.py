@@ -8,6 +8,7 @@ import pytest
 
 from lesion_harvester.config import load_preset
 from lesion_harvester.errors import ConfigError
+from lesion_harvester.geometry.boxes import z_reach_slices
 from lesion_harvester.harvest.label_sets import label_set
 from lesion_harvester.io.annotations import (
     read_slice_boxes,
@@ -109,6 +110,14 @@ def test_oracle_label_sets(tiny_dataset, tmp_path):
     o = build_sources(oracle.data, None, oracle.extra_positives, drop_known_positives=True)
     added = [b for x in o.training.records[len(r.training.records):] for b in x.positives]
     assert len(added) == len(complete[key]) - len(marks[key])
+    # each added lesion, given on its key slice alone, is kept out of background crops as far above
+    # and below as a mark of its size: on its neighbours it would otherwise be taught as background
+    dz, dy, _ = DeepLesionDataset(tiny_dataset).sub_volumes[key].spacing_zyx_mm
+    extents = o.training.exclusions[key][len(r.training.exclusions[key]):]
+    for record, (z_lo, z_hi, _) in zip(o.training.records[len(r.training.records):], extents):
+        reach = z_reach_slices(record.positives[0], dy, dz)
+        assert (z_lo, z_hi) == (record.z_index - reach, record.z_index + reach)
+    assert any(z_hi > z_lo for z_lo, z_hi, _ in extents)
     # Rpaper: R's labels, its own row (no hard background mined), never reused as R's
     paper = diagnostic_label_set("Rpaper", label_set(layout.root, "R"), truth_path, training, layout)
     assert (paper.extra_positives, paper.hard_negatives) == (None, None) and not adds_nothing(paper)
