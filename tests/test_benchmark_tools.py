@@ -352,3 +352,26 @@ def test_operating_point_check_reproduces_the_stored_point_on_its_own_volumes(ti
     assert entry["fp_per_volume"] == pytest.approx(entry["promised_fp_per_volume"], abs=1e-3)
     assert entry["sensitivity"] == pytest.approx(entry["promised_sensitivity"], abs=1e-3)
     assert entry["fp_per_volume"] <= 1.0 + 1e-9
+
+
+def test_crop_labels_counts_the_lesions_a_crop_shows_without_their_label():
+    tool = _load("crop_labels")
+    lesions = np.array([[10.0, 10.0, 20.0, 20.0], [100.0, 100.0, 110.0, 110.0]])
+    labelled = np.array([[11.0, 11.0, 21.0, 21.0]])
+    assert not tool.shows_unlabelled_lesion(lesions, labelled, 0, 0, 64)  # the one inside is labelled
+    assert tool.shows_unlabelled_lesion(lesions, np.zeros((0, 4)), 0, 0, 64)  # ... unless it is not
+    assert tool.shows_unlabelled_lesion(lesions, labelled, 64, 64, 64)  # the second, with no label
+    assert not tool.shows_unlabelled_lesion(lesions, labelled, 200, 200, 64)  # nothing in this crop
+
+
+def test_crop_labels_with_every_lesion_labelled_keeps_background_crops_clean(tiny_dataset, tmp_path):
+    tool = _load("crop_labels")
+    complete = tmp_path / "complete.pkl"  # R+O's positives: every lesion, on its key slice
+    shutil.copy(tiny_dataset / "ground_truth" / "complete.pkl", complete)
+    out = tmp_path / "crops.json"
+    assert tool.main([str(tiny_dataset), "--extra-positives", str(complete), "--preset", "tiny", "--crops", "200",
+                      "--json", str(out)]) == 0
+    crops = json.loads(out.read_text())["crops"]
+    assert crops["background"]["n"] + crops["around_object"]["n"] == 200
+    # each lesion is kept out of background crops as far as a mark of its size reaches
+    assert crops["background"]["n"] > 0 and crops["background"]["unlabelled_lesion_share"] == 0.0

@@ -155,14 +155,19 @@ class CropSampler:
         y0 = int(round(cy - src * self.rng.uniform(0.2, 0.8)))
         return pv, record.z_index, y0, x0, src, scale, record
 
-    def sample(self) -> Crop:
-        """One crop: input (S, C, C) float32 and its boxes in pixels of the crop."""
-        picked = None
+    def pick(self) -> tuple[tuple, bool]:
+        """Where the next crop is cut, and whether it is a background crop (else one around an object):
+        ((prepared volume, z_index, y0, x0, side in prepared pixels, scale, the slice's SliceRecord
+        or None), background). :meth:`sample` cuts it; ``benchmarks/crop_labels.py`` counts what it shows."""
         if not self.slice_list or self.rng.random() < self.crop.background_fraction:
             picked = self._background()
-        if picked is None:
-            picked = self._around_object()
-        pv, z, y0, x0, src, scale, record = picked
+            if picked is not None:
+                return picked, True
+        return self._around_object(), False
+
+    def sample(self) -> Crop:
+        """One crop: input (S, C, C) float32 and its boxes in pixels of the crop."""
+        (pv, z, y0, x0, src, scale, record), _ = self.pick()
         if self.crop.crop_px:
             src_h = src_w = src
             out_h = out_w = self.crop.crop_px
