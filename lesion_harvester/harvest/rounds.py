@@ -377,9 +377,11 @@ def _operating_point(run: HarvestRun, r: int) -> None:
         for row in run.ledger.proposals(r, volumes=list(run.inputs.holdout)):
             detections.setdefault(row.volume, []).append(row.tracklet)
         stored = checkpoint_operating_point(checkpoint)
+        # what the training measured (kept through a rerun of this step after a kill)
+        replaces = (stored.get("replaces") if stored and stored.get("harvest_round") == r
+                    else None if stored is None else {k: stored.get(k) for k in ("truth", "volumes", "lesions")})
         point = {**operating_point_of(detections, truth, run.preset.stack.score_threshold), "truth": description,
-                 "data": str(Path(run.data).resolve()), "harvest_round": r,
-                 "replaces": None if stored is None else {k: stored.get(k) for k in ("truth", "volumes", "lesions")}}
+                 "data": str(Path(run.data).resolve()), "harvest_round": r, "replaces": replaces}
         store_operating_point(checkpoint, point)
         log.info("operating point of %s: %s", checkpoint, describe_operating_point(point))
         info = {"measured": True, "volumes": point["volumes"], "lesions": point["lesions"],
