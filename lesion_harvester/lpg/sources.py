@@ -62,12 +62,21 @@ def check_inside(path: str | Path, key: str, tracklets: list[Tracklet], dataset:
                                   "slices 0-based offsets in the sub-volume")
 
 
+def _reach(dataset: DeepLesionDataset, key: str, z_index: int, box_xyxy_px) -> tuple[int, int]:
+    """The slices (first, last) that a lesion boxed on slice ``z_index`` of volume ``key`` may reach:
+    half its longer side up and down (:func:`~lesion_harvester.geometry.boxes.z_reach_slices`)."""
+    dz, dy, _ = dataset.sub_volumes[key].spacing_zyx_mm
+    reach = z_reach_slices(box_xyxy_px, dy, dz)
+    return z_index - reach, z_index + reach
+
+
 def _key_slice_records(path: str | Path, known: set[str], negative: bool,
                        known_boxes: dict[str, list[SliceBox]] | None,
                        dataset: DeepLesionDataset) -> tuple[list[SliceRecord], dict]:
     """The key-slice records of a file of extra boxes, each checked against its volume; with
     ``known_boxes`` a positive that covers one of its volume's known boxes at P3D IoU >= DUPLICATE_IOU
-    (the rule by which the harvest's verification finds the proposals on marked lesions) is left out."""
+    (the rule by which the harvest's verification finds the proposals on marked lesions) is left out.
+    Returns the records and, per volume, where each positive's lesion lies: (first slice, last slice, box)."""
     tracklets = read_any_boxes(path)
     for key, items in tracklets.items():
         if key in known:
@@ -88,12 +97,12 @@ def _key_slice_records(path: str | Path, known: set[str], negative: bool,
             empty = np.zeros((0, 4))
             z = int(t.z_indices[i])
             records.append(SliceRecord(key, z, empty if negative else box, box if negative else empty))
-            # at least as far as a mark of its size reaches: a lesion given on one slice (the complete
-            # labels, a 2D box) continues on its neighbours, which must not become background crops
-            dz, dy, _ = dataset.sub_volumes[key].spacing_zyx_mm
-            reach = z_reach_slices(box[0], dy, dz)
-            extents.setdefault(key, []).append((min(int(t.z_indices.min()), z - reach),
-                                                max(int(t.z_indices.max()), z + reach), t.box_3d().box_xyxy_px))
+            if not negative:  # where a positive's lesion lies, kept out of background crops
+                # at least as far as a mark of its size reaches: a lesion given on one slice (the complete
+                # labels, a 2D box) continues on its neighbours, which must not become background crops
+                z_lo, z_hi = _reach(dataset, key, z, box[0])
+                extents.setdefault(key, []).append((min(int(t.z_indices.min()), z_lo),
+                                                    max(int(t.z_indices.max()), z_hi), t.box_3d().box_xyxy_px))
     if skipped:
         log.warning("%s: %d boxes in volumes outside the training set were ignored", path, skipped)
     if duplicates:
@@ -121,20 +130,18 @@ def build_sources(root: str | Path, fully_annotated: str | Path | None = None,
                                             for b in fa_truth[key]], dataset, "lesion")
         boxes = fa_truth[key] if key in fa_truth else [m.slice_box() for m in marks.get(key, [])]
         known_boxes[key] = boxes
-        dz, dy, _ = dataset.sub_volumes[key].spacing_zyx_mm
         for b in boxes:
             records.append(SliceRecord(key, b.z_index, np.array([b.box_xyxy_px]), empty))
-            reach = z_reach_slices(b.box_xyxy_px, dy, dz)
-            exclusions.setdefault(key, []).append((b.z_index - reach, b.z_index + reach, np.array(b.box_xyxy_px)))
+            exclusions.setdefault(key, []).append((*_reach(dataset, key, b.z_index, b.box_xyxy_px),
+                                                   np.array(b.box_xyxy_px)))
     known = set(train_keys)
     for path, negative in ((extra_positives, False), (hard_negatives, True)):
         if path:
             extra, extents = _key_slice_records(path, known, negative,
                                                 known_boxes if drop_known_positives else None, dataset)
             records += extra
-            if not negative:
-                for key, items in extents.items():
-                    exclusions.setdefault(key, []).extend((lo, hi, np.array(box)) for lo, hi, box in items)
+            for key, items in extents.items():  # a positive's lesion (hard negatives have none)
+                exclusions.setdefault(key, []).extend((lo, hi, np.array(box)) for lo, hi, box in items)
     if not records:
         raise DataError(root, "no training boxes: no RECIST marks or complete labels in the training volumes")
     training = TrainingData(train_keys, records, exclusions, complete_keys=[k for k in train_keys if k in fa_truth])
