@@ -404,6 +404,11 @@ class HarvestConfig(_Checked):
     # hard negatives (Sec. III-D): of the proposals under the threshold, those with s_g >= this...
     hard_min_objectness: Score = 0.5
     hard_top_per_volume: NonNegativeInt = 5  # ...at most this many per volume (the highest s_g); none on a known lesion
+    # beyond the paper (1.0 and 0: off): only those whose LPC probability s_c is at most this, and that
+    # span at most this many slices; the s_g >= 0.5 leftovers are often unmarked lesions, the one-slice
+    # ones the LPC rejects rarely (harvest/mine.py select_hard_negatives)
+    hard_max_lpc: Score = 1.0
+    hard_max_slices: NonNegativeInt = 0
     # lesion score s_g * s_c**w, w chosen per round among these as the one whose 95%-precision
     # threshold admits the most V_M lesions; (1.0,) is the paper's s_g * s_c
     fusion_exponents: Annotated[tuple[float, ...], each(

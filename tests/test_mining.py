@@ -91,6 +91,26 @@ def test_hard_negatives_are_the_top_five_of_those_at_or_above_one_half():
     assert np.flatnonzero(hard).tolist() == [2, 3, 4, 5, 6]
 
 
+def test_the_lpc_and_slice_vetoes_remove_candidates_before_the_top_five_are_taken():
+    # seven leftovers with s_g >= 0.5 in one volume; the LPC calls 1 and 3 lesions (s_c 0.9, 0.51),
+    # 4 spans three slices: with both vetoes they give their places to 5 and 6
+    s_g = np.array([0.95, 0.9, 0.8, 0.7, 0.6, 0.55, 0.5])
+    s_c = np.array([0.1, 0.9, 0.5, 0.51, 0.0, 0.2, 0.3])
+    items = [("a", _far(i, s)) for i, s in enumerate(s_g)]
+    items[4] = ("a", Tracklet(np.array([3, 4, 5]), np.array([[160.0, 0, 170, 10]] * 3), np.full(3, 0.6)))
+    eligible = np.ones(7, dtype=bool)
+    assert np.flatnonzero(select_hard_negatives(items, s_g, eligible, {})[0]).tolist() == [0, 1, 2, 3, 4]
+    hard, _ = select_hard_negatives(items, s_g, eligible, {}, probability=s_c, max_probability=0.5)
+    assert np.flatnonzero(hard).tolist() == [0, 2, 4, 5, 6]  # s_c = 0.5 is at the bound: kept
+    hard, _ = select_hard_negatives(items, s_g, eligible, {}, max_slices=1)
+    assert np.flatnonzero(hard).tolist() == [0, 1, 2, 3, 5]
+    hard, _ = select_hard_negatives(items, s_g, eligible, {}, probability=s_c, max_probability=0.5, max_slices=1)
+    assert np.flatnonzero(hard).tolist() == [0, 2, 5, 6]
+    # max_slices=3 admits the three-slice proposal again; max_probability=1 ignores s_c
+    hard, _ = select_hard_negatives(items, s_g, eligible, {}, probability=s_c, max_probability=1.0, max_slices=3)
+    assert np.flatnonzero(hard).tolist() == [0, 1, 2, 3, 4]
+
+
 def test_a_proposal_on_a_lesion_is_never_a_hard_negative_and_takes_no_place():
     lesion = Box3D((40.0, 0.0, 50.0, 10.0), (2.0, 6.0))  # where proposal 1 lies, on slices 2-6
     s_g = np.array([0.9, 0.85, 0.8, 0.7, 0.65, 0.6, 0.55])

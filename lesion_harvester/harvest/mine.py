@@ -9,7 +9,8 @@
 - harvested positives P_H^+: proposals of V_H (not matching a mark) with s >= threshold;
 - hard negatives P_H^- (Sec. III-D): of the rest, those with s_g >= 0.5, at most five per volume (the
   highest s_g), and never one that touches a known or harvested lesion
-  (:func:`~lesion_harvester.harvest.verify.touches`); P_M^-'s hard part by the same rule.
+  (:func:`~lesion_harvester.harvest.verify.touches`); P_M^-'s hard part by the same rule; optionally
+  only those the LPC rejects and the stacker found on few slices (:func:`select_hard_negatives`).
 
 :func:`mine_round` is the harvest's mining step: all of the above for one round's proposals.
 """
@@ -85,11 +86,19 @@ def choose_fusion_exponent(objectness: np.ndarray, probability: np.ndarray, is_l
 
 def select_hard_negatives(items: list[tuple[str, Tracklet]], objectness: np.ndarray, eligible: np.ndarray,
                           lesions: dict[str, list[Box3D]], min_objectness: float = 0.5,
-                          top_per_volume: int = 5) -> tuple[np.ndarray, np.ndarray]:
+                          top_per_volume: int = 5, probability: np.ndarray | None = None,
+                          max_probability: float = 1.0, max_slices: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The hard negatives among proposals (paper Sec. III-D): of the ``eligible`` ones (below the
     threshold), those with s_g >= ``min_objectness``, at most ``top_per_volume`` per volume by s_g
     (ties: the earlier given). A proposal touching one of its volume's ``lesions`` (known, harvested,
     verified: :func:`~lesion_harvester.harvest.verify.touches`) is never one, and does not take a place.
+
+    Two vetoes beyond the paper (off at their defaults; ``harvest.hard_max_lpc`` and
+    ``harvest.hard_max_slices``): the LPC's ``probability`` s_c (N,) must be at most
+    ``max_probability``, and the tracklet may span at most ``max_slices`` slices (0: any). Why: the
+    s_g >= 0.5 leftovers are often unmarked lesions; the ones the LPC rejects and that the stacker
+    found on a single slice (a mimic that its neighbouring slices do not confirm) are rarely
+    (benchmarks/RESULTS.md, 'The harvest as the paper defines it'). A vetoed proposal takes no place.
 
     Args:
         items: (volume, tracklet) of each proposal; objectness (N,) its s_g; eligible (N,) bool.
@@ -97,6 +106,10 @@ def select_hard_negatives(items: list[tuple[str, Tracklet]], objectness: np.ndar
     """
     objectness = np.asarray(objectness, dtype=np.float64)
     pool = np.asarray(eligible, dtype=bool) & (objectness >= min_objectness)
+    if probability is not None and max_probability < 1.0:
+        pool &= np.asarray(probability, dtype=np.float64) <= max_probability
+    if max_slices > 0:
+        pool &= np.array([len(t.z_indices) <= max_slices for _, t in items], dtype=bool)
     on_lesion = np.zeros(len(items), dtype=bool)
     index = np.flatnonzero(pool)
     on_lesion[index] = on_lesions([items[i] for i in index], lesions)
@@ -105,6 +118,14 @@ def select_hard_negatives(items: list[tuple[str, Tracklet]], objectness: np.ndar
     for members in by_volume.values():
         hard[sorted(members, key=lambda i: (-objectness[i], i))[:top_per_volume]] = True
     return hard, on_lesion
+
+
+def hard_rule(rows: list[ProposalRow], cfg: HarvestConfig) -> dict:
+    """The settings of :func:`select_hard_negatives` for ``rows``: the harvest's, and each row's s_c
+    (0 where the LPC scored none, as :func:`~lesion_harvester.harvest.steps.fuse` counts it)."""
+    return {"min_objectness": cfg.hard_min_objectness, "top_per_volume": cfg.hard_top_per_volume,
+            "probability": np.array([row.lpc or 0.0 for row in rows]), "max_probability": cfg.hard_max_lpc,
+            "max_slices": cfg.hard_max_slices}
 
 
 def hard_negatives_of(hard_negative_rows: list[ProposalRow], fa_negative_rows: list[ProposalRow],
@@ -117,8 +138,7 @@ def hard_negatives_of(hard_negative_rows: list[ProposalRow], fa_negative_rows: l
     """
     items = [(row.volume, row.tracklet) for row in fa_negative_rows]
     hard, _ = select_hard_negatives(items, np.array([row.objectness for row in fa_negative_rows]),
-                                    np.ones(len(items), dtype=bool), lesions, cfg.hard_min_objectness,
-                                    cfg.hard_top_per_volume)
+                                    np.ones(len(items), dtype=bool), lesions, **hard_rule(fa_negative_rows, cfg))
     return [(row.volume, row.tracklet) for row in hard_negative_rows] + [item for item, h in zip(items, hard) if h]
 
 
@@ -179,7 +199,7 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
     extents = known_extents(marked + earlier_harvested + [item for item, hv in zip(items, harvested) if hv],
                             known=lesions)
     hard, on_lesion = select_hard_negatives(items, np.array([row.objectness for row in candidates]), ~harvested,
-                                            extents, cfg.hard_min_objectness, cfg.hard_top_per_volume)
+                                            extents, **hard_rule(candidates, cfg))
     updates = pieces + [(row.volume, row.idx, "harvested" if hv else "hard_negative" if hn else "rejected")
                         for row, hv, hn in zip(candidates, harvested, hard)]
     new = [item for item, hv in zip(items, harvested) if hv]

@@ -171,6 +171,24 @@ def test_mining_never_makes_a_hard_negative_of_a_lesion_found_this_round_or_befo
     assert result.info["n_hard_on_lesions"] == 3 and result.info["n_hard_negatives"] == 1
 
 
+def test_the_harvest_settings_veto_hard_negatives_the_lpc_accepts_or_that_span_several_slices():
+    cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=5, hard_max_lpc=0.5, hard_max_slices=1)
+    vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9), _row("vm", 1, _t(50, 0.2), "fa_negative", 1.0, 0.2)]
+    three = Tracklet(np.array([2, 3, 4]), np.array([[100.0, 100, 110, 110]] * 3), np.full(3, 0.7))
+    candidates = [_row("vh", 0, _t(200, 0.8), lpc=0.9, score=0.72),   # the LPC calls it a lesion: vetoed
+                  _row("vh", 1, three, lpc=0.1, score=0.07),           # three slices: vetoed
+                  _row("vh", 2, _t(300, 0.6), lpc=None, score=0.0),    # never classified (s_c 0): kept
+                  _row("vh", 3, _t(400, 0.6), lpc=0.5, score=0.3)]     # at the bound: kept
+    result = mine_round(vm, {}, candidates, [], [], cfg)
+    assert sorted(result.updates) == [("vh", 0, "rejected"), ("vh", 1, "rejected"), ("vh", 2, "hard_negative"),
+                                      ("vh", 3, "hard_negative")]
+    # V_M's hard part by the same rule
+    fa_negative = [ProposalRow(1, "vm", i, row.tracklet, row.objectness, row.lpc, row.score, "fa_negative")
+                   for i, row in enumerate(candidates)]
+    assert [t for _, t in hard_negatives_of([], fa_negative, cfg, {})] == [candidates[2].tracklet,
+                                                                           candidates[3].tracklet]
+
+
 def test_pooled_examples_keep_the_latest_round_once_and_nothing_of_held_out_volumes():
     later, earlier = _t(0, 0.9), _t(0, 0.5)  # one lesion found in two rounds
     negative, its_repeat, other = _t(100, 0.4), _t(101, 0.3), _t(200, 0.4)
