@@ -33,7 +33,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
-from lesion_harvester.harvest.precision import precision_lower_bound
+from lesion_harvester.harvest.precision import Evidence, estimated_precision, precision_interval, precision_lower_bound
 from lesion_harvester.harvest.verify import covers_marks, touches
 from lesion_harvester.io.annotations import read_boxes_3d, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
@@ -103,6 +103,22 @@ def lesion_shares(items: dict[str, list], is_lesion, groups: dict[str, set[str]]
 
 
 @common.guarded
+def rate_estimate(vm_rows: list, candidate_rows: list, vh_volumes: int, threshold: float | None) -> dict | None:
+    """The rule ``rate`` (harvest/precision.py) at a round's ``threshold``, recomputed from the ledger
+    for runs that did not record it: V_M's new proposals (``vm_rows``, those on V_M's marks left out)
+    and V_H's new proposals (``candidate_rows``: harvested, hard negatives, rejected)."""
+    if threshold is None or not vm_rows or not candidate_rows:
+        return None
+    index = {key: i for i, key in enumerate(sorted({row.volume for row in vm_rows}))}
+    ev = Evidence(np.array([row.score or 0.0 for row in vm_rows]),
+                  np.array([row.status == "fa_lesion" for row in vm_rows]),
+                  np.array([index[row.volume] for row in vm_rows]),
+                  vh_scores=np.array([row.score or 0.0 for row in candidate_rows]), vh_volumes=vh_volumes)
+    point, interval = estimated_precision(threshold, ev, "rate"), precision_interval(threshold, ev, "rate")
+    return {"precision": None if point is None else round(point, 4),
+            "interval": None if interval is None else [round(v, 4) for v in interval], "recomputed": True}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
     parser.add_argument("data")
@@ -162,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
               if not covers]
         vh = [row for row in ledger.proposals(r, volumes=v_h) if row.status not in ("recist", "marked_piece")
               and (row.score or 0.0) >= min(FP_SCORES)]
+        estimates = dict(info.get("estimates", {}))
+        if "rate" not in estimates:  # runs before the rule: recomputed from what the ledger holds
+            new_vh = ledger.proposals(r, volumes=v_h, statuses=("harvested", "hard_negative", "rejected"))
+            estimates["rate"] = rate_estimate(vm, new_vh, len(v_h), threshold)
         fp_vm = false_positives_per_volume([row.score or 0.0 for row in vm],
                                            [row.status == "fa_negative" for row in vm], len(v_m))
         fp_vh = false_positives_per_volume([row.score for row in vh], [not is_lesion(row) for row in vh], len(v_h))
@@ -170,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
                        "n_harvested": len(harvested),
                        "harvested_precision": round(float(np.mean(real)), 4) if real else None,
                        # what the harvest estimated of that precision, by each rule it could use
-                       "threshold_rule": info.get("threshold_rule", "vm"), "estimates": info.get("estimates", {}),
+                       "threshold_rule": info.get("threshold_rule", "vm"), "estimates": estimates,
                        "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh},
                        "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r)),
                        "label_kinds": kinds_of({"harvested": layout.round_harvested(r),
@@ -185,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     for e in rounds:
         t = "none" if e["threshold"] is None else f"{e['threshold']:.3f}"
         p = "-" if e["harvested_precision"] is None else f"{e['harvested_precision']:.3f}"
-        estimates = ", ".join(f"{rule} {v['precision']:.3f}" for rule, v in e["estimates"].items()
-                              if v.get("precision") is not None)
+        estimates = ", ".join(f"{rule} {v['precision']:.3f}" + (f" [{v['interval'][0]:.2f}, {v['interval'][1]:.2f}]"
+                                                                 if v.get("interval") else "")
+                              for rule, v in e["estimates"].items() if v and v.get("precision") is not None)
         lines.append(f"round {e['round']}: threshold {t} ({e['threshold_rule']}), V_M above it "
                      f"{e['vm_new_lesions_above']} new lesions / {e['vm_false_positives_above']} FP (precision >= "
                      f"{e['vm_precision_lower_bound']:.2f}); harvested {e['n_harvested']}, of which lesions {p}"

@@ -154,7 +154,7 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
                marked: list[tuple[str, Tracklet]], earlier_harvested: list[tuple[str, Tracklet]],
                cfg: HarvestConfig, marks: MarksEvidence | None = None,
                reviewer_rejected: list[tuple[str, Tracklet]] | None = None,
-               lesions: dict[str, list[Box3D]] | None = None) -> MineResult:
+               lesions: dict[str, list[Box3D]] | None = None, vh_volumes: int | None = None) -> MineResult:
     """The mining step of one round.
 
     Args:
@@ -175,16 +175,9 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
             :func:`~lesion_harvester.harvest.verify.known_extents`). With ``marked``, the earlier
             rounds' and this round's harvested lesions, no hard negative may touch them
             (:func:`select_hard_negatives`); the candidates that would have been are ``rejected``.
+        vh_volumes: the number of V_H volumes (default: those with a candidate), for the estimate
+            ``rate`` (:mod:`lesion_harvester.harvest.precision`).
     """
-    vm_score = np.array([row.score or 0.0 for row in vm_rows])
-    vm_lesion = np.array([row.status == "fa_lesion" for row in vm_rows], dtype=bool)
-    new_in_vm = ~covers_marks([(row.volume, row.tracklet) for row in vm_rows], vm_marks, cfg.verify_iou)
-    volume_index = {key: i for i, key in enumerate(sorted({row.volume for row in vm_rows}))}
-    evidence = Evidence(vm_score[new_in_vm], vm_lesion[new_in_vm],
-                        np.array([volume_index[row.volume] for row in vm_rows], dtype=np.int64)[new_in_vm], marks)
-    threshold = choose_threshold(evidence, cfg.threshold, cfg.precision)
-    above = new_in_vm & (vm_score >= threshold)
-    vm_tp, vm_fp = int((above & vm_lesion).sum()), int((above & ~vm_lesion).sum())
     # a piece of a marked lesion (it missed the mark's slice, so verification left it a candidate)
     # is neither a new lesion nor a negative
     known = duplicates_of([(row.volume, row.tracklet) for row in candidates], marked)
@@ -194,6 +187,17 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
                if reviewer_rejected and candidates else np.zeros(len(candidates), dtype=bool))
     pieces += [(row.volume, row.idx, "hard_negative") for row, r in zip(candidates, refused) if r]
     candidates = [row for row, r in zip(candidates, refused) if not r]
+    vm_score = np.array([row.score or 0.0 for row in vm_rows])
+    vm_lesion = np.array([row.status == "fa_lesion" for row in vm_rows], dtype=bool)
+    new_in_vm = ~covers_marks([(row.volume, row.tracklet) for row in vm_rows], vm_marks, cfg.verify_iou)
+    volume_index = {key: i for i, key in enumerate(sorted({row.volume for row in vm_rows}))}
+    evidence = Evidence(vm_score[new_in_vm], vm_lesion[new_in_vm],
+                        np.array([volume_index[row.volume] for row in vm_rows], dtype=np.int64)[new_in_vm], marks,
+                        np.array([row.score or 0.0 for row in candidates]),
+                        len({row.volume for row in candidates}) if vh_volumes is None else vh_volumes)
+    threshold = choose_threshold(evidence, cfg.threshold, cfg.precision)
+    above = new_in_vm & (vm_score >= threshold)
+    vm_tp, vm_fp = int((above & vm_lesion).sum()), int((above & ~vm_lesion).sum())
     items = [(row.volume, row.tracklet) for row in candidates]
     harvested = np.array([row.score or 0.0 for row in candidates]) >= threshold
     extents = known_extents(marked + earlier_harvested + [item for item, hv in zip(items, harvested) if hv],
@@ -205,7 +209,8 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
     new = [item for item, hv in zip(items, harvested) if hv]
     n_new = len(dedupe(earlier_harvested + dedupe(new))) - len(dedupe(earlier_harvested))
     reason = None
-    if not harvested.any() and not np.isfinite(threshold) and cfg.threshold != "vm" and evidence.has_marks:
+    if not harvested.any() and not np.isfinite(threshold) and cfg.threshold != "vm" and (
+            evidence.has_rate if cfg.threshold == "rate" else evidence.has_marks):
         best = best_estimate(evidence, cfg.threshold)
         reason = (f"no threshold reaches {cfg.precision:.0%} precision as the '{cfg.threshold}' rule estimates it"
                   + (f" (at most {best[1]:.2f}, at s = {best[0]:.3f})" if best else "") + ": the LPG and the LPC "
@@ -236,7 +241,8 @@ def precision_estimates(evidence: Evidence, threshold: float, precision: float) 
     def rounded(value):
         return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
-    rules = RULES if evidence.has_marks else ("vm",)
+    rules = [rule for rule in RULES if rule == "vm" or (rule == "rate" and evidence.has_rate)
+             or (rule in ("marks", "combined") and evidence.has_marks)]
     out = {}
     for rule in rules:
         point = estimated_precision(threshold, evidence, rule) if np.isfinite(threshold) else None

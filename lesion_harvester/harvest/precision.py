@@ -15,6 +15,13 @@
   unmarked lesions found.
 - ``combined``: both counts pooled, (V_M lesions + estimated V_H lesions) over (V_M + V_H new
   proposals) above s.
+- ``rate``: V_H's own count of new proposals above s, N_H(s), less the false positives that V_M's
+  rate per volume predicts for V_H's volumes: 1 - r(s) |V_H| / N_H(s). The paper's rule reads the
+  precision off the few V_M proposals above s (six lesions and no false positive read as 1.000 on
+  the bench, where the harvested lesions were 0.66 real); this one needs only V_M's false positives,
+  thousands of them, and where they thin out above s their tail is fitted (:func:`false_positive_rate`),
+  so the threshold's own handful does not decide. It inherits V_M's in-sample bias: after a round of
+  fine-tuning on V_M's own false positives V_M keeps about half of V_H's per volume.
 
 For ``marks`` and ``combined`` the threshold is the lowest s at which the estimated precision of
 everything above s (what would be harvested) reaches the target. Every rule's estimate comes with a
@@ -41,8 +48,10 @@ from lesion_harvester.io.deeplesion import BOX_PADDING_PX
 from lesion_harvester.structures import RecistMark, SliceBox
 
 SIZE_EDGES_MM = (10.0, 20.0, 40.0)  # size bins: < 10, 10-20, 20-40, >= 40 mm
-RULES = ("vm", "marks", "combined")
+RULES = ("vm", "marks", "combined", "rate")
 BOOTSTRAP = 200
+TAIL_QUANTILE = 0.95  # V_M's false positives above this quantile of their scores are fitted (rule "rate")
+TAIL_MIN = 10  # fewer false positives than this in the tail: no fit, the empirical rate only
 
 
 def size_bin(long_side_mm: np.ndarray | float) -> np.ndarray:
@@ -105,16 +114,24 @@ class Evidence:
             covering V_M's own marks left out): fused score, whether a complete label covers it,
             V_M volume index (for the bootstrap).
         marks: the calibration volumes' proposals, if there are calibration volumes.
+        vh_scores: (M,) fused scores of V_H's new proposals (the candidates, pieces of marked lesions
+            left out), and vh_volumes the number of V_H volumes, for the rule ``rate``.
     """
 
     vm_scores: np.ndarray
     vm_lesion: np.ndarray
     vm_volume: np.ndarray
     marks: MarksEvidence | None = None
+    vh_scores: np.ndarray | None = None
+    vh_volumes: int = 0
 
     @property
     def has_marks(self) -> bool:
         return self.marks is not None and len(self.marks.scores) > 0
+
+    @property
+    def has_rate(self) -> bool:
+        return self.vh_scores is not None and self.vh_volumes > 0 and bool((~self.vm_lesion).any())
 
 
 def _count_at_or_above(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -139,6 +156,41 @@ def _counts_above(thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray, cal
     return vm_tp, vm_n, vh_tp, vh_n
 
 
+def false_positive_rate(thresholds: np.ndarray, false_scores: np.ndarray, volumes: int) -> np.ndarray:
+    """(T,) false positives per volume at or above each threshold, from ``false_scores`` (V_M's) over
+    ``volumes`` volumes: counted up to the ``TAIL_QUANTILE`` of the scores, above it an exponential
+    tail fitted to the scores beyond that point (the mean excess), so that a threshold above V_M's
+    last false positive is still told how many V_H's volumes will bring."""
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    rate = _count_at_or_above(false_scores, thresholds) / max(volumes, 1)
+    if len(false_scores) == 0:
+        return rate
+    u = float(np.quantile(false_scores, TAIL_QUANTILE))
+    excess = false_scores[false_scores >= u] - u
+    if len(excess) < TAIL_MIN or excess.mean() <= 0:
+        return rate
+    above = thresholds > u
+    rate[above] = len(excess) / max(volumes, 1) * np.exp(-(thresholds[above] - u) / excess.mean())
+    return rate
+
+
+def _rate_counts(thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(estimated lesions, new proposals) of V_H at or above each of ``thresholds`` by the rule ``rate``."""
+    n = _count_at_or_above(ev.vh_scores, thresholds).astype(np.float64)
+    volumes = len(np.unique(ev.vm_volume))  # a bootstrap sample draws as many volumes (vm_rows may repeat one)
+    false_scores = ev.vm_scores[vm_rows][~ev.vm_lesion[vm_rows]]
+    expected_false = false_positive_rate(thresholds, false_scores, volumes) * ev.vh_volumes
+    return np.clip(n - expected_false, 0.0, None), n
+
+
+def _counts(rule: str, thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray, cal_rows: np.ndarray,
+            rate_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(lesions, new proposals) at or above each of ``thresholds`` (T,) as ``rule`` counts them."""
+    if rule == "rate":
+        return _rate_counts(thresholds, ev, vm_rows)
+    return _rule_counts(rule, *_counts_above(thresholds, ev, vm_rows, cal_rows, rate_rows))
+
+
 def _rule_counts(rule: str, vm_tp, vm_n, vh_tp, vh_n):
     """(lesions, new proposals) that ``rule`` counts, from the four counts of :func:`_counts_above`."""
     if rule == "vm":
@@ -155,9 +207,7 @@ def _precision_curve(thresholds: np.ndarray, ev: Evidence, rule: str, vm_rows: n
     """(T,) the estimated precision of the new proposals at or above each threshold; NaN where none."""
     vm_rows = np.arange(len(ev.vm_scores)) if vm_rows is None else vm_rows
     cal_rows = np.arange(len(ev.marks.scores) if ev.has_marks else 0) if cal_rows is None else cal_rows
-    vm_tp, vm_n, vh_tp, vh_n = _counts_above(np.asarray(thresholds, dtype=np.float64), ev, vm_rows, cal_rows,
-                                             rate_rows)
-    tp, n = _rule_counts(rule, vm_tp, vm_n, vh_tp, vh_n)
+    tp, n = _counts(rule, np.asarray(thresholds, dtype=np.float64), ev, vm_rows, cal_rows, rate_rows)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(n > 0, np.minimum(tp / n, 1.0), np.nan)
 
@@ -235,13 +285,14 @@ def volumes_for_lower_bound(new_lesions: int, false_positives: int, volumes: int
 def _candidate_thresholds(ev: Evidence, rule: str) -> np.ndarray:
     """The scores a threshold of ``rule`` can take (ascending): those of the proposals it counts."""
     parts = ([ev.vm_scores] if rule in ("vm", "combined") else []) + (
-        [ev.marks.scores] if rule in ("marks", "combined") and ev.has_marks else [])
+        [ev.marks.scores] if rule in ("marks", "combined") and ev.has_marks else []) + (
+        [ev.vh_scores] if rule == "rate" and ev.has_rate else [])
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0)
 
 
 def choose_threshold(ev: Evidence, rule: str, precision: float) -> float:
     """The threshold of ``rule`` (see the module docstring); +inf when none reaches ``precision``."""
-    if rule == "vm" or not ev.has_marks:
+    if rule == "vm" or (rule in ("marks", "combined") and not ev.has_marks) or (rule == "rate" and not ev.has_rate):
         return precision_threshold(ev.vm_scores, ev.vm_lesion, precision)
     thresholds = _candidate_thresholds(ev, rule)  # ascending: the lowest whose set above reaches the precision
     reached = np.flatnonzero(_precision_curve(thresholds, ev, rule) >= precision)
@@ -283,7 +334,7 @@ def precision_interval(threshold: float, ev: Evidence, rule: str, seed: int = 0,
     if not np.isfinite(threshold):
         return None
     everything = np.arange(len(ev.vm_scores)), np.arange(len(ev.marks.scores) if ev.has_marks else 0)
-    tp, n = (float(c[0]) for c in _rule_counts(rule, *_counts_above(np.array([threshold]), ev, *everything, None)))
+    tp, n = (float(c[0]) for c in _counts(rule, np.array([threshold]), ev, *everything, None))
     if n == 0:
         return None
     lo, hi = binomial_interval(min(tp, n), n, confidence)

@@ -475,7 +475,8 @@ def _mine(run: HarvestRun, r: int) -> None:
     marked = [(row.volume, row.tracklet) for row in ledger.proposals(r, statuses=(RECIST,))]
     earlier = [(row.volume, row.tracklet) for q in range(1, r) for row in ledger.proposals(q, statuses=("harvested",))]
     result = mine_round(vm, vm_marks, ledger.proposals(r, statuses=("candidate",)), marked, earlier,
-                        run.preset.harvest, _marks_evidence(run, r), run.reviewed.negatives, run.known_lesions())
+                        run.preset.harvest, _marks_evidence(run, r), run.reviewed.negatives, run.known_lesions(),
+                        vh_volumes=len(ledger.volumes("harvest")))
     with ledger.transaction() as db:
         ledger.set_statuses(db, r, result.updates)
         ledger.finish_step(db, r, "mine", {**result.info, "n_fa_negative": ledger.count(r, FA_NEGATIVE)})

@@ -22,7 +22,7 @@ from lesion_harvester.evaluation.matching import VolumeTruth
 from lesion_harvester.evaluation.metrics import EvaluationResult, evaluate_detections
 from lesion_harvester.geometry.display import DISPLAY_WINDOWS_HU, window_image
 from lesion_harvester.harvest.ledger import Ledger
-from lesion_harvester.harvest.precision import volumes_for_lower_bound
+from lesion_harvester.harvest.precision import RULES, volumes_for_lower_bound
 from lesion_harvester.harvest.verify import match_known
 from lesion_harvester.io.annotations import read_slice_boxes, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
@@ -268,8 +268,7 @@ def _certificate_lines(report: dict) -> list[str]:
 def _precision_table(report: dict) -> list[str]:
     """Markdown: per round, the estimated precision of the new proposals above the threshold (each
     rule the run could use, with its 95% interval) beside the true precision on V_H^test."""
-    rules = [rule for rule in ("vm", "marks", "combined")
-             if any(rule in e.get("estimated_precision", {}) for e in report["rounds"])]
+    rules = [rule for rule in RULES if any(rule in e.get("estimated_precision", {}) for e in report["rounds"])]
     if not rules:
         return []
 
@@ -286,7 +285,7 @@ def _precision_table(report: dict) -> list[str]:
                                           f"{own:.3f} ({estimate['precision_at_own_threshold']:.3f})")
         return text
 
-    names = {"vm": "V_M count", "marks": "held-out marks", "combined": "pooled"}
+    names = {"vm": "V_M count", "marks": "held-out marks", "combined": "pooled", "rate": "V_M's false-positive rate"}
     lines = ["", "## Precision of the harvested lesions: estimated and true", "",
              "| round | threshold rule | " + " | ".join(f"estimated: {names[r]}" for r in rules)
              + " | true on V_H^test (harvested there) |", "|---" * (len(rules) + 3) + "|"]
@@ -299,7 +298,8 @@ def _precision_table(report: dict) -> list[str]:
                   "wider of a bootstrap over volumes and the exact binomial interval of the counts), then the "
                   "threshold each rule would have set and its estimate there; 'held-out marks' counts the lesions "
                   "found on the calibration volumes' marks, corrected for lesion size "
-                  "with V_M's marked share (harvest/precision.py)."]
+                  "with V_M's marked share; 'V_M's false-positive rate' subtracts from V_H's new proposals the "
+                  "false positives that V_M's rate per volume predicts (harvest/precision.py)."]
     return lines
 
 

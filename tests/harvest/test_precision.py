@@ -6,12 +6,15 @@ from scipy.stats import beta
 
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.precision import (
+    TAIL_MIN,
+    TAIL_QUANTILE,
     Evidence,
     MarkRates,
     MarksEvidence,
     binomial_interval,
     choose_threshold,
     estimated_precision,
+    false_positive_rate,
     long_side_mm,
     mark_rates,
     marks_evidence,
@@ -196,3 +199,86 @@ def test_the_report_says_what_each_certificate_is_worth():
     assert "(30 more)" in text
     assert "Round 2:" in text and "no number of volumes would: its precision on V_M is 0.80" in text
     assert "Round 3" not in text
+
+
+def test_false_positive_rate_counts_below_the_tail_and_fits_it_above():
+    # 400 false positives over 10 volumes, scores 0.0000-0.9975: up to the tail's start a count
+    scores = np.arange(400) / 400.0
+    rate = false_positive_rate(np.array([0.0, 0.5, 0.8]), scores, 10)
+    assert rate.tolist() == pytest.approx([40.0, 20.0, 8.0])
+    # above it an exponential tail through the highest ones (their mean excess): positive and falling
+    # past the last false positive, where the count says 0
+    u = np.quantile(scores, TAIL_QUANTILE)
+    tail_scores = scores[scores >= u]
+    assert len(tail_scores) >= TAIL_MIN
+    tail = false_positive_rate(np.array([0.99, 1.2]), scores, 10)
+    expected = len(tail_scores) / 10 * np.exp(-(np.array([0.99, 1.2]) - u) / (tail_scores - u).mean())
+    assert tail.tolist() == pytest.approx(expected.tolist())
+    assert 0 < tail[1] < tail[0] < len(tail_scores) / 10
+    # too few false positives to fit a tail: the count alone
+    assert false_positive_rate(np.array([0.5, 2.0]), np.array([0.4, 0.6, 0.9]), 3).tolist() == pytest.approx([2 / 3, 0])
+
+
+def _rate_world(seed: int, n_vm: int, n_vh: int = 400):
+    """V_M and V_H volumes whose false positives follow one law (Poisson 30 per volume, scores with an
+    exponential tail, mean 0.15, as the bench LPG's count of false positives above s falls about
+    log-linearly) and whose lesions (1-5 per volume) score Beta(3, 3): above 0.6 about a third of the
+    proposals are false, as on the bench. Returns the evidence (V_M complete, V_H's scores only) and
+    V_H's scores and truth."""
+    rng = np.random.default_rng(seed)
+
+    def volumes(n):
+        fp = [x[x < 1.0] for x in (rng.exponential(0.15, rng.poisson(30)) for _ in range(n))]
+        les = [rng.beta(3, 3, rng.integers(1, 6)) for _ in range(n)]
+        scores = np.concatenate(fp + les)
+        lesion = np.repeat([False, True], [sum(map(len, fp)), sum(map(len, les))])
+        volume = np.concatenate([np.repeat(np.arange(n), list(map(len, part))) for part in (fp, les)])
+        return scores, lesion, volume
+
+    vm_s, vm_l, vm_v = volumes(n_vm)
+    vh_s, vh_l, _ = volumes(n_vh)
+    return Evidence(vm_s, vm_l, vm_v, vh_scores=vh_s, vh_volumes=n_vh), vh_s, vh_l
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_rate_rule_estimates_v_h_s_precision_from_v_m_s_false_positives(seed):
+    # with many V_M volumes the estimate is V_H's precision, also beyond most of V_M's false positives
+    ev, vh_s, vh_l = _rate_world(seed, n_vm=400, n_vh=2000)
+    for t in (0.5, 0.6, 0.7):
+        assert estimated_precision(t, ev, "rate") == pytest.approx(vh_l[vh_s >= t].mean(), abs=0.05)
+
+
+def test_at_the_paper_s_threshold_the_rate_rule_errs_less_than_v_m_s_own_count():
+    # ten V_M volumes: where the paper's 95% threshold exists, V_M's count above it reads 1.000 while
+    # V_H's proposals there are 0.1-0.7 lesions; the rate rule misses by less than half as much
+    errors = {"vm": [], "rate": []}
+    for seed in range(10):
+        ev, vh_s, vh_l = _rate_world(seed, n_vm=10)
+        t = choose_threshold(ev, "vm", 0.95)
+        if np.isfinite(t):
+            for rule in errors:
+                errors[rule].append(abs(estimated_precision(t, ev, rule) - vh_l[vh_s >= t].mean()))
+    assert len(errors["vm"]) >= 4 and min(errors["vm"]) > 0.3
+    assert np.mean(errors["rate"]) < np.mean(errors["vm"]) / 2
+
+
+def test_the_rate_rule_s_interval_covers_v_h_s_precision_on_ten_volumes_of_v_m():
+    covered = 0
+    for seed in range(8):
+        ev, vh_s, vh_l = _rate_world(seed, n_vm=10)
+        lo, hi = precision_interval(0.6, ev, "rate", samples=100)
+        covered += lo <= vh_l[vh_s >= 0.6].mean() <= hi
+    assert covered >= 6  # 95% intervals from a bootstrap of ten volumes cover a little less often
+
+
+def test_the_rate_rule_needs_v_h_s_scores_and_v_m_s_false_positives():
+    ev = Evidence(np.array([0.9, 0.2]), np.array([True, False]), np.array([0, 1]))
+    assert not ev.has_rate  # no V_H scores: the rule falls back to V_M's count
+    assert choose_threshold(ev, "rate", 0.95) == choose_threshold(ev, "vm", 0.95)
+    with_vh = Evidence(ev.vm_scores, ev.vm_lesion, ev.vm_volume, vh_scores=np.array([0.95, 0.3, 0.25]), vh_volumes=2)
+    assert with_vh.has_rate
+    # at 0.25: three V_H proposals, V_M's rate 0.5 false positives per volume above 0.2 -> 1 expected
+    # false positive in V_H's two volumes (one false positive: no tail fitted)
+    assert estimated_precision(0.2, with_vh, "rate") == pytest.approx(2 / 3)
+    assert estimated_precision(0.5, with_vh, "rate") == pytest.approx(1.0)
+    assert estimated_precision(0.99, with_vh, "rate") is None  # no V_H proposal above

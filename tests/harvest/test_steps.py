@@ -232,6 +232,23 @@ def test_mining_sorts_candidates_and_counts_new_lesions():
     assert result.info["n_marked_pieces"] == 1
 
 
+def test_mining_reports_the_rate_estimate_from_v_h_s_candidates_and_v_m_s_false_positives():
+    # V_M: a lesion at 0.9, false positives at 0.5 and 0.3 in two volumes (0.5 per volume above 0.4);
+    # V_H: four candidates in two volumes
+    vm = [_row("vm1", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9), _row("vm1", 1, _t(50, 0.5), "fa_negative", 1.0, 0.5),
+          _row("vm2", 0, _t(0, 0.3), "fa_negative", 1.0, 0.3)]
+    candidates = [_row("vh1", i, _t(60.0 * i, s), score=s) for i, s in enumerate((0.95, 0.6))]
+    candidates += [_row("vh2", i, _t(60.0 * i, s), score=s) for i, s in enumerate((0.55, 0.4))]
+    info = mine_round(vm, {}, candidates, [], [], HarvestConfig(), vh_volumes=2).info
+    rate = info["estimates"]["rate"]
+    assert info["threshold"] == pytest.approx(0.9) and rate["precision"] == pytest.approx(1.0)
+    # at 0.4: 4 candidates, 0.5 x 2 volumes = 1 expected false positive (0.75); at 0.55 none: 1.0
+    assert rate["own_threshold"] == pytest.approx(0.55)
+    cfg = HarvestConfig(threshold="rate", precision=0.7)
+    result = mine_round(vm, {}, candidates, [], [], cfg, vh_volumes=2)
+    assert result.info["threshold"] == pytest.approx(0.4) and result.info["n_harvested"] == 4
+
+
 def test_a_lesion_reviewers_rejected_is_not_harvested_again():
     cfg = HarvestConfig(hard_min_objectness=0.5, hard_top_per_volume=5)
     vm = [_row("vm", 0, _t(0, 0.9), "fa_lesion", 1.0, 0.9), _row("vm", 1, _t(50, 0.2), "fa_negative", 1.0, 0.2)]
