@@ -103,8 +103,8 @@ def lesion_shares(items: dict[str, list], is_lesion, groups: dict[str, set[str]]
 
 
 @common.guarded
-def rate_estimate(vm_rows: list, candidate_rows: list, vh_volumes: int, threshold: float | None) -> dict | None:
-    """The rule ``rate`` (harvest/precision.py) at a round's ``threshold``, recomputed from the ledger
+def fp_rate_estimate(vm_rows: list, candidate_rows: list, vh_volumes: int, threshold: float | None) -> dict | None:
+    """The rule ``fp_rate`` (harvest/precision.py) at a round's ``threshold``, recomputed from the ledger
     for runs that did not record it: V_M's new proposals (``vm_rows``, those on V_M's marks left out)
     and V_H's new proposals (``candidate_rows``: harvested, hard negatives, rejected)."""
     if threshold is None or not vm_rows or not candidate_rows:
@@ -114,7 +114,7 @@ def rate_estimate(vm_rows: list, candidate_rows: list, vh_volumes: int, threshol
                   np.array([row.status == "fa_lesion" for row in vm_rows]),
                   np.array([index[row.volume] for row in vm_rows]),
                   vh_scores=np.array([row.score or 0.0 for row in candidate_rows]), vh_volumes=vh_volumes)
-    point, interval = estimated_precision(threshold, ev, "rate"), precision_interval(threshold, ev, "rate")
+    point, interval = estimated_precision(threshold, ev, "fp_rate"), precision_interval(threshold, ev, "fp_rate")
     return {"precision": None if point is None else round(point, 4),
             "interval": None if interval is None else [round(v, 4) for v in interval], "recomputed": True}
 
@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         vh = [row for row in ledger.proposals(r, volumes=v_h) if row.status not in ("recist", "marked_piece")
               and (row.score or 0.0) >= min(FP_SCORES)]
         estimates = dict(info.get("estimates", {}))
-        if "rate" not in estimates:  # runs before the rule: recomputed from what the ledger holds
+        if "fp_rate" not in estimates:  # runs before the rule: recomputed from what the ledger holds
             new_vh = ledger.proposals(r, volumes=v_h, statuses=("harvested", "hard_negative", "rejected"))
-            estimates["rate"] = rate_estimate(vm, new_vh, len(v_h), threshold)
+            estimates["fp_rate"] = fp_rate_estimate(vm, new_vh, len(v_h), threshold)
         fp_vm = false_positives_per_volume([row.score or 0.0 for row in vm],
                                            [row.status == "fa_negative" for row in vm], len(v_m))
         fp_vh = false_positives_per_volume([row.score for row in vh], [not is_lesion(row) for row in vh], len(v_h))

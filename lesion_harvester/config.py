@@ -80,7 +80,7 @@ BackgroundVolumes = Literal["all", "fully_annotated"]
 LPCVariant = Literal["multiview", "axial", "3d"]
 NegativeSampling = Literal["uniform", "matched"]
 LPCPretraining = Literal["none", "lpg_scores"]
-ThresholdRule = Literal["vm", "marks", "combined", "rate"]
+ThresholdRule = Literal["vm", "marks", "combined", "fp_rate"]
 AmpDtype = Literal["float16", "bfloat16"]
 FusionChoice = Literal["admitted", "ap"]
 KeptEpoch = Literal["validation", "last"]
@@ -431,7 +431,7 @@ class HarvestConfig(_Checked):
     variant_epochs: NonNegativeInt = 0  # epochs of those comparison LPCs (0: as lpc.epochs)
     # how the threshold's precision is estimated (harvest/precision.py): "vm" counts on V_M alone (the
     # paper); "marks" estimates it from the RECIST marks of calibration volumes of V_H (positive-
-    # unlabeled, corrected for lesion size with V_M's marked share); "combined" pools both; "rate"
+    # unlabeled, corrected for lesion size with V_M's marked share); "combined" pools both; "fp_rate"
     # subtracts from V_H's count of new proposals the false positives V_M's rate per volume predicts
     threshold: ThresholdRule = "vm"
     # share of V_H volumes (never V_H^test) whose marks no LPG or LPC trains on, so that the marks

@@ -248,10 +248,10 @@ def test_rate_estimate_recomputes_the_rule_from_ledger_rows():
     # V_M: one false positive per volume above 0.4 (two volumes); V_H: two volumes, five new proposals
     vm = [row("m1", 0.9, "fa_lesion"), row("m1", 0.5, "fa_negative"), row("m2", 0.45, "fa_negative")]
     vh = [row(v, s, "rejected") for v, s in (("h1", 0.95), ("h1", 0.8), ("h1", 0.6), ("h2", 0.5), ("h2", 0.42))]
-    estimate = tool.rate_estimate(vm, vh, 2, 0.4)
+    estimate = tool.fp_rate_estimate(vm, vh, 2, 0.4)
     assert estimate["precision"] == pytest.approx(1 - 2 / 5) and estimate["recomputed"]
     assert estimate["interval"][0] <= 0.6 <= estimate["interval"][1]
-    assert tool.rate_estimate(vm, vh, 2, None) is None and tool.rate_estimate([], vh, 2, 0.4) is None
+    assert tool.fp_rate_estimate(vm, vh, 2, None) is None and tool.fp_rate_estimate([], vh, 2, 0.4) is None
 
 
 def test_lesion_shares_splits_hard_negatives_by_volume_group():

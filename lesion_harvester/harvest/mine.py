@@ -176,7 +176,7 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
             rounds' and this round's harvested lesions, no hard negative may touch them
             (:func:`select_hard_negatives`); the candidates that would have been are ``rejected``.
         vh_volumes: the number of V_H volumes (default: those with a candidate), for the estimate
-            ``rate`` (:mod:`lesion_harvester.harvest.precision`).
+            ``fp_rate`` (:mod:`lesion_harvester.harvest.precision`).
     """
     # a piece of a marked lesion (it missed the mark's slice, so verification left it a candidate)
     # is neither a new lesion nor a negative
@@ -209,8 +209,8 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
     new = [item for item, hv in zip(items, harvested) if hv]
     n_new = len(dedupe(earlier_harvested + dedupe(new))) - len(dedupe(earlier_harvested))
     reason = None
-    if not harvested.any() and not np.isfinite(threshold) and cfg.threshold != "vm" and (
-            evidence.has_rate if cfg.threshold == "rate" else evidence.has_marks):
+    estimated = cfg.threshold != "vm" and evidence.supports(cfg.threshold)
+    if not harvested.any() and not np.isfinite(threshold) and estimated:
         best = best_estimate(evidence, cfg.threshold)
         reason = (f"no threshold reaches {cfg.precision:.0%} precision as the '{cfg.threshold}' rule estimates it"
                   + (f" (at most {best[1]:.2f}, at s = {best[0]:.3f})" if best else "") + ": the LPG and the LPC "
@@ -241,8 +241,7 @@ def precision_estimates(evidence: Evidence, threshold: float, precision: float) 
     def rounded(value):
         return None if value is None or not np.isfinite(value) else round(float(value), 4)
 
-    rules = [rule for rule in RULES if rule == "vm" or (rule == "rate" and evidence.has_rate)
-             or (rule in ("marks", "combined") and evidence.has_marks)]
+    rules = [rule for rule in RULES if evidence.supports(rule)]
     out = {}
     for rule in rules:
         point = estimated_precision(threshold, evidence, rule) if np.isfinite(threshold) else None

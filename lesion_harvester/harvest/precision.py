@@ -15,15 +15,16 @@
   unmarked lesions found.
 - ``combined``: both counts pooled, (V_M lesions + estimated V_H lesions) over (V_M + V_H new
   proposals) above s.
-- ``rate``: V_H's own count of new proposals above s, N_H(s), less the false positives that V_M's
+- ``fp_rate``: V_H's own count of new proposals above s, N_H(s), less the false positives that V_M's
   rate per volume predicts for V_H's volumes: 1 - r(s) |V_H| / N_H(s). The paper's rule reads the
   precision off the few V_M proposals above s (six lesions and no false positive read as 1.000 on
   the bench, where the harvested lesions were 0.66 real); this one needs only V_M's false positives,
   thousands of them, and where they thin out above s their tail is fitted (:func:`false_positive_rate`),
-  so the threshold's own handful does not decide. It inherits V_M's in-sample bias: after a round of
-  fine-tuning on V_M's own false positives V_M keeps about half of V_H's per volume.
+  so the threshold's own handful does not decide. It cannot see the harvest's own errors coming back:
+  in later rounds round 1's false harvests, trained as positives since, are 40-56% of V_H's false
+  positives above the threshold on the bench, and V_M, whose labels are complete, has none of them.
 
-For ``marks`` and ``combined`` the threshold is the lowest s at which the estimated precision of
+For ``marks``, ``combined`` and ``fp_rate`` the threshold is the lowest s at which the estimated precision of
 everything above s (what would be harvested) reaches the target. Every rule's estimate comes with a
 95% interval (:func:`precision_interval`): the wider of a bootstrap over volumes (of the calibration
 volumes and, for ``c_b``, of V_M) and the exact binomial interval of the counts, because a bootstrap
@@ -48,9 +49,9 @@ from lesion_harvester.io.deeplesion import BOX_PADDING_PX
 from lesion_harvester.structures import RecistMark, SliceBox
 
 SIZE_EDGES_MM = (10.0, 20.0, 40.0)  # size bins: < 10, 10-20, 20-40, >= 40 mm
-RULES = ("vm", "marks", "combined", "rate")
+RULES = ("vm", "marks", "combined", "fp_rate")
 BOOTSTRAP = 200
-TAIL_QUANTILE = 0.95  # V_M's false positives above this quantile of their scores are fitted (rule "rate")
+TAIL_QUANTILE = 0.95  # V_M's false positives above this quantile of their scores are fitted (rule "fp_rate")
 TAIL_MIN = 10  # fewer false positives than this in the tail: no fit, the empirical rate only
 
 
@@ -115,7 +116,7 @@ class Evidence:
             V_M volume index (for the bootstrap).
         marks: the calibration volumes' proposals, if there are calibration volumes.
         vh_scores: (M,) fused scores of V_H's new proposals (the candidates, pieces of marked lesions
-            left out), and vh_volumes the number of V_H volumes, for the rule ``rate``.
+            left out), and vh_volumes the number of V_H volumes, for the rule ``fp_rate``.
     """
 
     vm_scores: np.ndarray
@@ -130,8 +131,12 @@ class Evidence:
         return self.marks is not None and len(self.marks.scores) > 0
 
     @property
-    def has_rate(self) -> bool:
+    def has_fp_rate(self) -> bool:
         return self.vh_scores is not None and self.vh_volumes > 0 and bool((~self.vm_lesion).any())
+
+    def supports(self, rule: str) -> bool:
+        """Whether ``rule`` has the evidence it rests on ("vm" always has)."""
+        return {"vm": True, "marks": self.has_marks, "combined": self.has_marks, "fp_rate": self.has_fp_rate}[rule]
 
 
 def _count_at_or_above(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -174,8 +179,8 @@ def false_positive_rate(thresholds: np.ndarray, false_scores: np.ndarray, volume
     return rate
 
 
-def _rate_counts(thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(estimated lesions, new proposals) of V_H at or above each of ``thresholds`` by the rule ``rate``."""
+def _fp_rate_counts(thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(estimated lesions, new proposals) of V_H at or above each of ``thresholds`` by the rule ``fp_rate``."""
     n = _count_at_or_above(ev.vh_scores, thresholds).astype(np.float64)
     volumes = len(np.unique(ev.vm_volume))  # a bootstrap sample draws as many volumes (vm_rows may repeat one)
     false_scores = ev.vm_scores[vm_rows][~ev.vm_lesion[vm_rows]]
@@ -186,8 +191,8 @@ def _rate_counts(thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray) -> t
 def _counts(rule: str, thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray, cal_rows: np.ndarray,
             rate_rows: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(lesions, new proposals) at or above each of ``thresholds`` (T,) as ``rule`` counts them."""
-    if rule == "rate":
-        return _rate_counts(thresholds, ev, vm_rows)
+    if rule == "fp_rate":
+        return _fp_rate_counts(thresholds, ev, vm_rows)
     return _rule_counts(rule, *_counts_above(thresholds, ev, vm_rows, cal_rows, rate_rows))
 
 
@@ -286,13 +291,13 @@ def _candidate_thresholds(ev: Evidence, rule: str) -> np.ndarray:
     """The scores a threshold of ``rule`` can take (ascending): those of the proposals it counts."""
     parts = ([ev.vm_scores] if rule in ("vm", "combined") else []) + (
         [ev.marks.scores] if rule in ("marks", "combined") and ev.has_marks else []) + (
-        [ev.vh_scores] if rule == "rate" and ev.has_rate else [])
+        [ev.vh_scores] if rule == "fp_rate" and ev.has_fp_rate else [])
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0)
 
 
 def choose_threshold(ev: Evidence, rule: str, precision: float) -> float:
     """The threshold of ``rule`` (see the module docstring); +inf when none reaches ``precision``."""
-    if rule == "vm" or (rule in ("marks", "combined") and not ev.has_marks) or (rule == "rate" and not ev.has_rate):
+    if rule == "vm" or not ev.supports(rule):
         return precision_threshold(ev.vm_scores, ev.vm_lesion, precision)
     thresholds = _candidate_thresholds(ev, rule)  # ascending: the lowest whose set above reaches the precision
     reached = np.flatnonzero(_precision_curve(thresholds, ev, rule) >= precision)

@@ -201,7 +201,7 @@ def test_the_report_says_what_each_certificate_is_worth():
     assert "Round 3" not in text
 
 
-def test_false_positive_rate_counts_below_the_tail_and_fits_it_above():
+def test_false_positive_fp_rate_counts_below_the_tail_and_fits_it_above():
     # 400 false positives over 10 volumes, scores 0.0000-0.9975: up to the tail's start a count
     scores = np.arange(400) / 400.0
     rate = false_positive_rate(np.array([0.0, 0.5, 0.8]), scores, 10)
@@ -245,13 +245,13 @@ def test_the_rate_rule_estimates_v_h_s_precision_from_v_m_s_false_positives(seed
     # with many V_M volumes the estimate is V_H's precision, also beyond most of V_M's false positives
     ev, vh_s, vh_l = _rate_world(seed, n_vm=400, n_vh=2000)
     for t in (0.5, 0.6, 0.7):
-        assert estimated_precision(t, ev, "rate") == pytest.approx(vh_l[vh_s >= t].mean(), abs=0.05)
+        assert estimated_precision(t, ev, "fp_rate") == pytest.approx(vh_l[vh_s >= t].mean(), abs=0.05)
 
 
 def test_at_the_paper_s_threshold_the_rate_rule_errs_less_than_v_m_s_own_count():
     # ten V_M volumes: where the paper's 95% threshold exists, V_M's count above it reads 1.000 while
     # V_H's proposals there are 0.1-0.7 lesions; the rate rule misses by less than half as much
-    errors = {"vm": [], "rate": []}
+    errors = {"vm": [], "fp_rate": []}
     for seed in range(10):
         ev, vh_s, vh_l = _rate_world(seed, n_vm=10)
         t = choose_threshold(ev, "vm", 0.95)
@@ -259,26 +259,26 @@ def test_at_the_paper_s_threshold_the_rate_rule_errs_less_than_v_m_s_own_count()
             for rule in errors:
                 errors[rule].append(abs(estimated_precision(t, ev, rule) - vh_l[vh_s >= t].mean()))
     assert len(errors["vm"]) >= 4 and min(errors["vm"]) > 0.3
-    assert np.mean(errors["rate"]) < np.mean(errors["vm"]) / 2
+    assert np.mean(errors["fp_rate"]) < np.mean(errors["vm"]) / 2
 
 
 def test_the_rate_rule_s_interval_covers_v_h_s_precision_on_ten_volumes_of_v_m():
     covered = 0
     for seed in range(8):
         ev, vh_s, vh_l = _rate_world(seed, n_vm=10)
-        lo, hi = precision_interval(0.6, ev, "rate", samples=100)
+        lo, hi = precision_interval(0.6, ev, "fp_rate", samples=100)
         covered += lo <= vh_l[vh_s >= 0.6].mean() <= hi
     assert covered >= 6  # 95% intervals from a bootstrap of ten volumes cover a little less often
 
 
 def test_the_rate_rule_needs_v_h_s_scores_and_v_m_s_false_positives():
     ev = Evidence(np.array([0.9, 0.2]), np.array([True, False]), np.array([0, 1]))
-    assert not ev.has_rate  # no V_H scores: the rule falls back to V_M's count
-    assert choose_threshold(ev, "rate", 0.95) == choose_threshold(ev, "vm", 0.95)
+    assert not ev.has_fp_rate  # no V_H scores: the rule falls back to V_M's count
+    assert choose_threshold(ev, "fp_rate", 0.95) == choose_threshold(ev, "vm", 0.95)
     with_vh = Evidence(ev.vm_scores, ev.vm_lesion, ev.vm_volume, vh_scores=np.array([0.95, 0.3, 0.25]), vh_volumes=2)
-    assert with_vh.has_rate
+    assert with_vh.has_fp_rate
     # at 0.25: three V_H proposals, V_M's rate 0.5 false positives per volume above 0.2 -> 1 expected
     # false positive in V_H's two volumes (one false positive: no tail fitted)
-    assert estimated_precision(0.2, with_vh, "rate") == pytest.approx(2 / 3)
-    assert estimated_precision(0.5, with_vh, "rate") == pytest.approx(1.0)
-    assert estimated_precision(0.99, with_vh, "rate") is None  # no V_H proposal above
+    assert estimated_precision(0.2, with_vh, "fp_rate") == pytest.approx(2 / 3)
+    assert estimated_precision(0.5, with_vh, "fp_rate") == pytest.approx(1.0)
+    assert estimated_precision(0.99, with_vh, "fp_rate") is None  # no V_H proposal above

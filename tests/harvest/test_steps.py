@@ -240,11 +240,11 @@ def test_mining_reports_the_rate_estimate_from_v_h_s_candidates_and_v_m_s_false_
     candidates = [_row("vh1", i, _t(60.0 * i, s), score=s) for i, s in enumerate((0.95, 0.6))]
     candidates += [_row("vh2", i, _t(60.0 * i, s), score=s) for i, s in enumerate((0.55, 0.4))]
     info = mine_round(vm, {}, candidates, [], [], HarvestConfig(), vh_volumes=2).info
-    rate = info["estimates"]["rate"]
+    rate = info["estimates"]["fp_rate"]
     assert info["threshold"] == pytest.approx(0.9) and rate["precision"] == pytest.approx(1.0)
     # at 0.4: 4 candidates, 0.5 x 2 volumes = 1 expected false positive (0.75); at 0.55 none: 1.0
     assert rate["own_threshold"] == pytest.approx(0.55)
-    cfg = HarvestConfig(threshold="rate", precision=0.7)
+    cfg = HarvestConfig(threshold="fp_rate", precision=0.7)
     result = mine_round(vm, {}, candidates, [], [], cfg, vh_volumes=2)
     assert result.info["threshold"] == pytest.approx(0.4) and result.info["n_harvested"] == 4
 
