@@ -122,7 +122,8 @@ def select_hard_negatives(items: list[tuple[str, Tracklet]], objectness: np.ndar
 
 def hard_rule(rows: list[ProposalRow], cfg: HarvestConfig) -> dict:
     """The settings of :func:`select_hard_negatives` for ``rows``: the harvest's, and each row's s_c
-    (0 where the LPC scored none, as :func:`~lesion_harvester.harvest.steps.fuse` counts it)."""
+    (0 where the LPC scored none, as :func:`~lesion_harvester.harvest.steps.fuse` counts it; a round
+    ranked by the LPG alone has s_c = 1 everywhere, so with ``hard_max_lpc`` below 1 it mines none)."""
     return {"min_objectness": cfg.hard_min_objectness, "top_per_volume": cfg.hard_top_per_volume,
             "probability": np.array([row.lpc or 0.0 for row in rows]), "max_probability": cfg.hard_max_lpc,
             "max_slices": cfg.hard_max_slices}
