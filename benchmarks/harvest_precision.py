@@ -33,7 +33,12 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
-from lesion_harvester.harvest.precision import Evidence, estimated_precision, precision_interval, precision_lower_bound
+from lesion_harvester.harvest.precision import (
+    estimated_precision,
+    evidence_from_rows,
+    precision_interval,
+    precision_lower_bound,
+)
 from lesion_harvester.harvest.verify import covers_marks, touches
 from lesion_harvester.io.annotations import read_boxes_3d, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
@@ -102,23 +107,19 @@ def lesion_shares(items: dict[str, list], is_lesion, groups: dict[str, set[str]]
     return shares
 
 
-@common.guarded
 def fp_rate_estimate(vm_rows: list, candidate_rows: list, vh_volumes: int, threshold: float | None) -> dict | None:
     """The rule ``fp_rate`` (harvest/precision.py) at a round's ``threshold``, recomputed from the ledger
     for runs that did not record it: V_M's new proposals (``vm_rows``, those on V_M's marks left out)
     and V_H's new proposals (``candidate_rows``: harvested, hard negatives, rejected)."""
     if threshold is None or not vm_rows or not candidate_rows:
         return None
-    index = {key: i for i, key in enumerate(sorted({row.volume for row in vm_rows}))}
-    ev = Evidence(np.array([row.score or 0.0 for row in vm_rows]),
-                  np.array([row.status == "fa_lesion" for row in vm_rows]),
-                  np.array([index[row.volume] for row in vm_rows]),
-                  vh_scores=np.array([row.score or 0.0 for row in candidate_rows]), vh_volumes=vh_volumes)
+    ev = evidence_from_rows(vm_rows, candidate_rows, vh_volumes)
     point, interval = estimated_precision(threshold, ev, "fp_rate"), precision_interval(threshold, ev, "fp_rate")
     return {"precision": None if point is None else round(point, 4),
             "interval": None if interval is None else [round(v, 4) for v in interval], "recomputed": True}
 
 
+@common.guarded
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
     parser.add_argument("data")

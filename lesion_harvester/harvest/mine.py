@@ -30,6 +30,7 @@ from lesion_harvester.harvest.precision import (
     best_estimate,
     choose_threshold,
     estimated_precision,
+    evidence_from_rows,
     precision_interval,
     precision_lower_bound,
     precision_threshold,
@@ -188,17 +189,13 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
                if reviewer_rejected and candidates else np.zeros(len(candidates), dtype=bool))
     pieces += [(row.volume, row.idx, "hard_negative") for row, r in zip(candidates, refused) if r]
     candidates = [row for row, r in zip(candidates, refused) if not r]
-    vm_score = np.array([row.score or 0.0 for row in vm_rows])
-    vm_lesion = np.array([row.status == "fa_lesion" for row in vm_rows], dtype=bool)
     new_in_vm = ~covers_marks([(row.volume, row.tracklet) for row in vm_rows], vm_marks, cfg.verify_iou)
-    volume_index = {key: i for i, key in enumerate(sorted({row.volume for row in vm_rows}))}
-    evidence = Evidence(vm_score[new_in_vm], vm_lesion[new_in_vm],
-                        np.array([volume_index[row.volume] for row in vm_rows], dtype=np.int64)[new_in_vm], marks,
-                        np.array([row.score or 0.0 for row in candidates]),
-                        len({row.volume for row in candidates}) if vh_volumes is None else vh_volumes)
+    evidence = evidence_from_rows([row for row, new in zip(vm_rows, new_in_vm) if new], candidates,
+                                  len({row.volume for row in candidates}) if vh_volumes is None else vh_volumes,
+                                  marks)
     threshold = choose_threshold(evidence, cfg.threshold, cfg.precision)
-    above = new_in_vm & (vm_score >= threshold)
-    vm_tp, vm_fp = int((above & vm_lesion).sum()), int((above & ~vm_lesion).sum())
+    above = evidence.vm_scores >= threshold
+    vm_tp, vm_fp = int((above & evidence.vm_lesion).sum()), int((above & ~evidence.vm_lesion).sum())
     items = [(row.volume, row.tracklet) for row in candidates]
     harvested = np.array([row.score or 0.0 for row in candidates]) >= threshold
     extents = known_extents(marked + earlier_harvested + [item for item, hv in zip(items, harvested) if hv],
@@ -218,7 +215,7 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
                   "rank too few lesions above their false positives. A stronger LPG or LPC (a larger preset, more "
                   "rounds), or a lower harvest.precision, would change that.")
     elif not harvested.any():
-        reason = why_nothing(vm_score[new_in_vm], vm_lesion[new_in_vm], len(vm_rows),
+        reason = why_nothing(evidence.vm_scores, evidence.vm_lesion, len(vm_rows),
                              np.array([row.score or 0.0 for row in candidates]), threshold, cfg.precision)
     info = {"threshold": threshold if np.isfinite(threshold) else None, "n_harvested": int(harvested.sum()),
             "n_hard_negatives": int(hard.sum() + refused.sum()), "n_new": int(n_new),
@@ -226,7 +223,8 @@ def mine_round(vm_rows: list[ProposalRow], vm_marks: dict[str, list[RecistMark]]
             # below the threshold with s_g high enough for a hard negative, but on a known or harvested lesion
             "n_hard_on_lesions": int(on_lesion.sum()),
             # the V_M evidence behind the threshold: new lesions and false positives above it
-            "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp, "vm_volumes": len(volume_index),
+            "vm_new_lesions_above": vm_tp, "vm_false_positives_above": vm_fp,
+            "vm_volumes": len({row.volume for row in vm_rows}),
             "precision_lower_bound": round(precision_lower_bound(vm_tp, vm_fp, 0.95), 4),
             "nothing_harvested_because": reason, "threshold_rule": cfg.threshold,
             # the precision of the new proposals at or above the threshold, by each rule that can tell

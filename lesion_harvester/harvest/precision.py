@@ -139,6 +139,18 @@ class Evidence:
         return {"vm": True, "marks": self.has_marks, "combined": self.has_marks, "fp_rate": self.has_fp_rate}[rule]
 
 
+def evidence_from_rows(vm_rows: list[ProposalRow], candidate_rows: list[ProposalRow], vh_volumes: int,
+                       marks: MarksEvidence | None = None) -> Evidence:
+    """One round's evidence from ledger rows: ``vm_rows`` V_M's new proposals (those covering V_M's own
+    marks left out; status ``fa_lesion`` or ``fa_negative``), ``candidate_rows`` V_H's new proposals,
+    ``vh_volumes`` the number of V_H volumes, ``marks`` the calibration volumes' proposals if any."""
+    index = {key: i for i, key in enumerate(sorted({row.volume for row in vm_rows}))}
+    return Evidence(np.array([row.score or 0.0 for row in vm_rows], dtype=np.float64),
+                    np.array([row.status == "fa_lesion" for row in vm_rows], dtype=bool),
+                    np.array([index[row.volume] for row in vm_rows], dtype=np.int64), marks,
+                    np.array([row.score or 0.0 for row in candidate_rows], dtype=np.float64), vh_volumes)
+
+
 def _count_at_or_above(scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     """(T,) how many of ``scores`` are >= each threshold."""
     return len(scores) - np.searchsorted(np.sort(scores), thresholds, side="left")
