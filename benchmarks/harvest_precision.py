@@ -9,7 +9,9 @@ precision, and how many of the harvested P_H^+ of all of V_H are lesions (P3D Io
 the complete labels), beside what the harvest estimated of that precision (each rule it could use,
 harvest/precision.py); and the false positives per volume among the new proposals above a few
 scores, on V_M (its complete labels) and on V_H (the complete labels the harvest never saw): where
-V_M has markedly fewer, a threshold set on V_M is too low for V_H. Last, how many of the hard
+V_M has markedly fewer, a threshold set on V_M is too low for V_H; and the share of lesions among
+the top 10, 25, 50, 100 and 200 new V_H proposals by the round's score, the best precision any
+threshold could have given a harvest of that size (the ranking's ceiling). Last, how many of the hard
 negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled ``hard_negatives.pkl``
 that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. Where
 DATA also holds the lesions' 3D boxes (``ground_truth/boxes_3d.pkl``), each round's and the pooled harvested
@@ -50,6 +52,7 @@ import common
 from lpg_errors import BOX_PADDING_PX, SENSITIVITY_BINS_MM
 
 FP_SCORES = (0.3, 0.4, 0.5, 0.6, 0.7)
+TOP_K = (10, 25, 50, 100, 200)
 
 
 def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volumes: int,
@@ -57,6 +60,16 @@ def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volum
     """False positives (``is_false``) per volume with a score >= each of ``at``; (N,) inputs."""
     scores, is_false = np.asarray(scores, dtype=np.float64), np.asarray(is_false, dtype=bool)
     return [round(float((is_false & (scores >= t)).sum()) / max(n_volumes, 1), 3) for t in at]
+
+
+def top_k_precision(scores: np.ndarray, is_lesion: np.ndarray, ks: tuple[int, ...] = TOP_K) -> list[dict]:
+    """The share of lesions among the ``k`` highest ``scores`` for each k (ties: the earlier given),
+    with the k-th score: the best precision any threshold could give a harvest of k; (N,) inputs.
+    A k beyond N is left out."""
+    scores, is_lesion = np.asarray(scores, dtype=np.float64), np.asarray(is_lesion, dtype=bool)
+    order = np.argsort(-scores, kind="stable")
+    return [{"k": k, "lesions": round(float(is_lesion[order[:k]].mean()), 3),
+             "score": round(float(scores[order[k - 1]]), 4)} for k in ks if k <= len(scores)]
 
 
 def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth], boxes_3d: dict[str, list[Box3D]],
@@ -180,9 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         vh = [row for row in ledger.proposals(r, volumes=v_h) if row.status not in ("recist", "marked_piece")
               and (row.score or 0.0) >= min(FP_SCORES)]
         estimates = dict(info.get("estimates", {}))
+        new_vh = ledger.proposals(r, volumes=v_h, statuses=("harvested", "hard_negative", "rejected"))
         if "fp_rate" not in estimates:  # runs before the rule: recomputed from what the ledger holds
-            new_vh = ledger.proposals(r, volumes=v_h, statuses=("harvested", "hard_negative", "rejected"))
             estimates["fp_rate"] = fp_rate_estimate(vm, new_vh, len(v_h), threshold)
+        # how precise the round's ranking allows a harvest to be at all, whatever the threshold
+        top_k = top_k_precision([row.score or 0.0 for row in new_vh], [is_lesion(row) for row in new_vh])
         fp_vm = false_positives_per_volume([row.score or 0.0 for row in vm],
                                            [row.status == "fa_negative" for row in vm], len(v_m))
         fp_vh = false_positives_per_volume([row.score for row in vh], [not is_lesion(row) for row in vh], len(v_h))
@@ -193,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                        # what the harvest estimated of that precision, by each rule it could use
                        "threshold_rule": info.get("threshold_rule", "vm"), "estimates": estimates,
                        "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh},
+                       "top_k_new_v_h": top_k,
                        "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r)),
                        "label_kinds": kinds_of({"harvested": layout.round_harvested(r),
                                                 "hard_negatives": layout.round_hard_negatives(r)})})
@@ -216,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         fp = e["false_positives_per_volume"]
         lines.append(f"  new false positives per volume at s >= {', '.join(map(str, fp['scores']))}: "
                      f"V_M {' '.join(f'{v:.2f}' for v in fp['v_m'])}; V_H {' '.join(f'{v:.2f}' for v in fp['v_h'])}")
+        if e["top_k_new_v_h"]:
+            lines.append("  lesions among the top new V_H proposals (the best any threshold gives): " + ", ".join(
+                f"{t['k']} {t['lesions']:.2f} (s >= {t['score']:.3f})" for t in e["top_k_new_v_h"]))
         if e["hard_negatives"]:
             lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")
         for name, k in e["label_kinds"].items():

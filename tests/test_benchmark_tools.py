@@ -237,6 +237,33 @@ def test_false_positives_per_volume_counts_at_each_score():
     assert tool.false_positives_per_volume([], [], 0, (0.3,)) == [0.0]
 
 
+def test_top_k_precision_is_the_lesion_share_of_the_k_best_scores():
+    tool = _load("harvest_precision")
+    scores = [0.2, 0.9, 0.5, 0.8, 0.5, 0.1]
+    is_lesion = [True, True, False, False, True, True]
+    # ranked: 0.9 lesion, 0.8 not, 0.5 not (given first), 0.5 lesion, 0.2 lesion, 0.1 lesion
+    assert tool.top_k_precision(scores, is_lesion, (1, 2, 3, 4, 6, 7)) == [
+        {"k": 1, "lesions": 1.0, "score": 0.9}, {"k": 2, "lesions": 0.5, "score": 0.8},
+        {"k": 3, "lesions": 0.333, "score": 0.5}, {"k": 4, "lesions": 0.5, "score": 0.5},
+        {"k": 6, "lesions": 0.667, "score": 0.1}]
+    assert tool.top_k_precision([], [], (1,)) == []
+
+
+def test_harvest_precision_reports_each_round_of_a_tiny_harvest(tiny_dataset, tiny_harvest_run, tmp_path):
+    tool = _load("harvest_precision")
+    out = tmp_path / "precision.json"
+    assert tool.main([str(tiny_dataset), str(tiny_harvest_run), "--json", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["rounds"]
+    ledger = Ledger(tiny_harvest_run / "ledger.sqlite")
+    new = ledger.proposals(1, volumes=ledger.volumes("harvest"), statuses=("harvested", "hard_negative", "rejected"))
+    ledger.close()
+    assert entry["n_harvested"] == sum(row.status == "harvested" for row in new)
+    top = entry["top_k_new_v_h"]
+    assert [t["k"] for t in top] == [k for k in tool.TOP_K if k <= len(new)] and top
+    assert all(0.0 <= t["lesions"] <= 1.0 for t in top)
+    assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
+
+
 def test_rate_estimate_recomputes_the_rule_from_ledger_rows():
     from lesion_harvester.harvest.ledger import ProposalRow
 
