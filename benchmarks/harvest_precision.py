@@ -190,10 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         vm = ledger.proposals(r, statuses=("fa_lesion", "fa_negative"))
         vm = [row for row, covers in zip(vm, covers_marks([(row.volume, row.tracklet) for row in vm], marks))
               if not covers]
-        vh = [row for row in ledger.proposals(r, volumes=v_h) if row.status not in ("recist", "marked_piece")
+        rows_vh = ledger.proposals(r, volumes=v_h)
+        vh = [row for row in rows_vh if row.status not in ("recist", "marked_piece")
               and (row.score or 0.0) >= min(FP_SCORES)]
+        new_vh = [row for row in rows_vh if row.status in ("harvested", "hard_negative", "rejected")]
         estimates = dict(info.get("estimates", {}))
-        new_vh = ledger.proposals(r, volumes=v_h, statuses=("harvested", "hard_negative", "rejected"))
         if "fp_rate" not in estimates:  # runs before the rule: recomputed from what the ledger holds
             estimates["fp_rate"] = fp_rate_estimate(vm, new_vh, len(v_h), threshold)
         # how precise the round's ranking allows a harvest to be at all, whatever the threshold
