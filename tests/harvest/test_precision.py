@@ -201,7 +201,7 @@ def test_the_report_says_what_each_certificate_is_worth():
     assert "Round 3" not in text
 
 
-def test_false_positive_fp_rate_counts_below_the_tail_and_fits_it_above():
+def test_false_positive_rate_counts_below_the_tail_and_fits_it_above():
     # 400 false positives over 10 volumes, scores 0.0000-0.9975: up to the tail's start a count
     scores = np.arange(400) / 400.0
     rate = false_positive_rate(np.array([0.0, 0.5, 0.8]), scores, 10)
