@@ -20,17 +20,24 @@ lesion's key slice or too loose for P3D, still inside it in 3D: the harvest's ow
 hard negatives off lesions, harvest/verify.py ``touches``), or no lesion at all, with the share on a
 lesion or part of one by size (long side of the key-slice box less DeepLesion's padding, in
 lpg_errors.py's sensitivity bins), beside V_H's lesions' sizes: hard negatives mostly smaller than
-the lesions teach the HNSL to suppress small lesions too. The run folder is only read.
+the lesions teach the HNSL to suppress small lesions too. On a dataset made by ``lesion-harvester synth``
+(its ``synth_config.yaml`` and seed), the labels on no lesion are counted by the phantom's structure
+under them (a normal lymph node, the gallbladder, a vessel seen end-on: synth/anatomy.py), each volume's
+anatomy drawn again from the seed: which mimics the harvest takes for lesions. The run folder is only read.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from lesion_harvester.config import SynthConfig, from_dict
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
@@ -44,8 +51,11 @@ from lesion_harvester.harvest.precision import (
 from lesion_harvester.harvest.verify import covers_marks, touches
 from lesion_harvester.io.annotations import read_boxes_3d, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.io.synth_record import read_generator_record
 from lesion_harvester.paths import RunLayout
-from lesion_harvester.structures import Box3D
+from lesion_harvester.structures import Box3D, Tracklet
+from lesion_harvester.synth.anatomy import structure_at
+from lesion_harvester.synth.dataset import scene_of_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
 import common
@@ -73,13 +83,16 @@ def top_k_precision(scores: np.ndarray, is_lesion: np.ndarray, ks: tuple[int, ..
 
 
 def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth], boxes_3d: dict[str, list[Box3D]],
-                pixel_mm: dict[str, float], edges=SENSITIVITY_BINS_MM) -> dict:
+                pixel_mm: dict[str, float], edges=SENSITIVITY_BINS_MM,
+                structure_of: Callable[[str, Tracklet], str] | None = None) -> dict:
     """What ``items`` ({volume: [Tracklet]}) sit on: ``lesion`` (P3D IoU >= 0.5 against ``truth``),
     ``part_of_lesion`` (not that, but a slice of it overlaps a lesion's 3D box in ``boxes_3d``: the
     rule by which the harvest keeps hard negatives off its known lesions) or ``no_lesion``; the share
     on a lesion or part of one, in all and by the long side of the key-slice box (less DeepLesion's
-    padding, mm) in the bins ``edges``."""
+    padding, mm) in the bins ``edges``. With ``structure_of`` (volume, tracklet) -> the anatomy under
+    it, ``no_lesion_on`` counts the no-lesion items by what they sit on instead, most first."""
     kinds, sides, on = {"lesion": 0, "part_of_lesion": 0, "no_lesion": 0}, [], []
+    structures: Counter[str] = Counter()
     for volume, tracklets in items.items():
         for tracklet in tracklets:
             if covers_a_lesion(tracklet, truth.get(volume)):
@@ -88,6 +101,8 @@ def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth], boxes_3d:
                 kind = "part_of_lesion"
             else:
                 kind = "no_lesion"
+                if structure_of is not None:
+                    structures[structure_of(volume, tracklet)] += 1
             kinds[kind] += 1
             b = tracklet.boxes_xyxy_px[tracklet.key_index]
             sides.append((max(b[2] - b[0], b[3] - b[1]) - BOX_PADDING_PX) * pixel_mm[volume])
@@ -99,7 +114,25 @@ def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth], boxes_3d:
 
     by_size = [{"from": float(lo), "to": float(hi), "n": int(((sides >= lo) & (sides < hi)).sum()),
                 "on_lesion": share((sides >= lo) & (sides < hi))} for lo, hi in zip(edges[:-1], edges[1:])]
-    return {**kinds, "n": len(on), "on_lesion": share(np.ones(len(on), dtype=bool)), "by_size": by_size}
+    return {**kinds, "n": len(on), "on_lesion": share(np.ones(len(on), dtype=bool)), "by_size": by_size,
+            **({"no_lesion_on": dict(structures.most_common())} if structure_of is not None else {})}
+
+
+def anatomy_reader(data: Path) -> Callable[[str, Tracklet], str]:
+    """(volume, tracklet) -> the phantom's structure under the centre of the tracklet's key-slice box
+    (synth/anatomy.py's names: "node", "gallbladder", "lung_vessel", ...; "outside the body"), for a
+    dataset made by ``lesion-harvester synth``: each volume's scene is drawn again from the seed."""
+    settings, seed, path = read_generator_record(data)
+    cfg = from_dict(SynthConfig, settings, str(path))
+    scene = functools.lru_cache(maxsize=8)(lambda key: scene_of_volume(key, seed, cfg))
+
+    def structure_of(volume: str, tracklet: Tracklet) -> str:
+        x1, y1, x2, y2 = tracklet.boxes_xyxy_px[tracklet.key_index]
+        s = scene(volume)
+        return structure_at(s.patient, s.grid, int(tracklet.z_indices[tracklet.key_index]),
+                            int(round((y1 + y2) / 2)), int(round((x1 + x2) / 2))) or "outside the body"
+
+    return structure_of
 
 
 def size_shares(boxes: list[tuple], edges=SENSITIVITY_BINS_MM) -> list[float]:
@@ -158,17 +191,19 @@ def main(argv: list[str] | None = None) -> int:
         return lesion_shares(read_tracklets(path), covers_lesion, groups) if path.is_file() else None
 
     boxes_3d_path = Path(args.data) / "ground_truth" / "boxes_3d.pkl"
-    lesions_3d, pixel_mm = None, {}
+    lesions_3d, pixel_mm, structure_of = None, {}, None
     if boxes_3d_path.is_file():  # the synthetic layout: the lesions' 3D boxes and each volume's pixel size
         lesions_3d = read_boxes_3d(boxes_3d_path)
         volumes = json.loads((Path(args.data) / "ground_truth" / "volumes.json").read_text())
         pixel_mm = {v["key"]: v["pixel_mm"] for v in volumes}
+        if (Path(args.data) / "synth_config.yaml").is_file():  # what the false ones are: the phantom's anatomy
+            structure_of = anatomy_reader(Path(args.data))
 
     def kinds_of(paths: dict[str, Path]) -> dict:
         """Where each file's labels sit (needs the lesions' 3D boxes), by name."""
         if lesions_3d is None:
             return {}
-        return {name: label_kinds(read_tracklets(path), truth, lesions_3d, pixel_mm)
+        return {name: label_kinds(read_tracklets(path), truth, lesions_3d, pixel_mm, structure_of=structure_of)
                 for name, path in paths.items() if path.is_file()}
 
     rounds = []
@@ -239,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if e["hard_negatives"]:
             lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")
         for name, k in e["label_kinds"].items():
-            lines.append(f"  {name} on a lesion or part of one: {_on_lesion(k)}")
+            lines.append(f"  {name} on a lesion or part of one: {_on_lesion(k)}{_no_lesion_on(k)}")
     if pooled:
         lines.append(f"hard_negatives.pkl (Table III's N), lesions among them: {_shares(pooled)}")
     bins = "/".join(f"{lo:g}" for lo in SENSITIVITY_BINS_MM[:-1])
@@ -249,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"V_H's lesions (complete labels), {sizes}")
         else:
             lines.append(f"{name}.pkl sits on: a lesion {k['lesion']}, part of one {k['part_of_lesion']}, "
-                         f"no lesion {k['no_lesion']}; on a lesion or part of one: {_on_lesion(k)}")
+                         f"no lesion {k['no_lesion']}; on a lesion or part of one: {_on_lesion(k)}{_no_lesion_on(k)}")
     common.report({"run": args.run, "rounds": rounds, "hard_negatives": pooled, "label_kinds": kinds},
                   args.json, *lines)
     return 0
@@ -262,6 +297,12 @@ def _on_lesion(kinds: dict) -> str:
 
     sizes = ", ".join(f"{b['from']:g}: {share(b['on_lesion'], b['n'])}" for b in kinds["by_size"])
     return f"{share(kinds['on_lesion'], kinds['n'])} (by long side from, mm: {sizes})"
+
+
+def _no_lesion_on(kinds: dict) -> str:
+    """'; on no lesion: node 30, gallbladder 2' where :func:`label_kinds` named the anatomy, else ''."""
+    on = kinds.get("no_lesion_on")
+    return "; on no lesion: " + ", ".join(f"{name} {n}" for name, n in on.items()) if on else ""
 
 
 def _shares(shares: dict[str, dict]) -> str:

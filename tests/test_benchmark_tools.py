@@ -249,6 +249,13 @@ def test_top_k_precision_is_the_lesion_share_of_the_k_best_scores():
     assert tool.top_k_precision([], [], (1,)) == []
 
 
+def _phantom_names() -> set[str]:
+    """The names synth/anatomy.py gives its structures (ten patients hold every kind)."""
+    from lesion_harvester.synth.anatomy import sample_patient
+
+    return {name for i in range(10) for name in sample_patient(np.random.default_rng(i)).names}
+
+
 def test_harvest_precision_reports_each_round_of_a_tiny_harvest(tiny_dataset, tiny_harvest_run, tmp_path):
     tool = _load("harvest_precision")
     out = tmp_path / "precision.json"
@@ -262,6 +269,11 @@ def test_harvest_precision_reports_each_round_of_a_tiny_harvest(tiny_dataset, ti
     assert [t["k"] for t in top] == [k for k in tool.TOP_K if k <= len(new)] and top
     assert all(0.0 <= t["lesions"] <= 1.0 for t in top)
     assert [t["score"] for t in top] == sorted((t["score"] for t in top), reverse=True)
+    # the tiny dataset is the generator's: what lies under each label on no lesion is named, for all of them
+    assert entry["label_kinds"]
+    for kinds in entry["label_kinds"].values():
+        assert sum(kinds["no_lesion_on"].values()) == kinds["no_lesion"]
+        assert set(kinds["no_lesion_on"]) <= _phantom_names() | {"outside the body"}
 
 
 def test_rate_estimate_recomputes_the_rule_from_ledger_rows():
@@ -312,6 +324,12 @@ def test_label_kinds_tells_a_lesion_from_part_of_one_and_from_nothing():
         "lesion": 1, "part_of_lesion": 1, "no_lesion": 2, "n": 4}
     assert kinds["on_lesion"] == 0.5
     assert [(b["n"], b["on_lesion"]) for b in kinds["by_size"]] == [(1, 0.0), (0, None), (3, 0.667), (0, None)]
+    assert "no_lesion_on" not in kinds
+    # with the anatomy named, only the two on no lesion are counted, by what they sit on
+    named = tool.label_kinds({"a": [on_key_slice, off_key_slice, beside], "b": [elsewhere]}, truth, boxes_3d,
+                             {"a": 1.0, "b": 1.0}, (0, 5, 10, 20, np.inf),
+                             structure_of=lambda volume, t: "node" if volume == "a" else "gallbladder")
+    assert named["no_lesion_on"] == {"node": 1, "gallbladder": 1}
 
 
 def test_size_shares_bin_long_sides_in_mm_without_the_padding():

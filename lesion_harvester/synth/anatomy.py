@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lesion_harvester.synth.shapes import Canvas, Ellipsoid, Tube, smooth_path, soft_alpha
+from lesion_harvester.synth.shapes import Canvas, Ellipsoid, Grid, Tube, smooth_path, soft_alpha
 
 Layers = list[tuple[float, float, float]]  # (inset_mm, value_hu, texture_hu)
 
@@ -50,6 +50,7 @@ class Patient:
     phase: str
     hu: dict[str, float]
     structures: list = field(default_factory=list)
+    names: list[str] = field(default_factory=list)  # what each structure is, e.g. "node", "lung_vessel"
     organs: dict[str, list[Ellipsoid]] = field(default_factory=dict)
 
     def body_axes(self, z_mm: float) -> tuple[float, float]:
@@ -114,8 +115,13 @@ def sample_patient(rng: np.random.Generator) -> Patient:
     return patient
 
 
-def _add(patient: Patient, structure, organ: str | None = None) -> None:
+def _add(patient: Patient, structure, organ: str | None = None, name: str | None = None) -> None:
+    """Append ``structure`` to the painting order, named ``name`` (default: its ``organ``); a Solid
+    with an ``organ`` is also one of the places that organ's lesions may sit."""
+    if organ is None and name is None:
+        raise ValueError("a structure needs a name or an organ")
     patient.structures.append(structure)
+    patient.names.append(name or organ)
     if organ is not None and isinstance(structure, Solid):
         patient.organs.setdefault(organ, []).append(structure.shape)
 
@@ -142,12 +148,13 @@ def _vessel_tree(
         if len(path) < 4:
             continue
         radii = np.linspace(r_root * rng.uniform(0.7, 1.0), 1.0, len(path))
-        _add(patient, Tube(path, radii, [(0.0, value, 6.0)]))
+        _add(patient, Tube(path, radii, [(0.0, value, 6.0)]), name=f"{organ}_vessel")
         for _ in range(rng.integers(2, 6)):
             i = int(rng.integers(len(path) // 5, len(path) - 1))
             child = smooth_path(rng, path[i], rng.normal(0, 1, 3), rng.uniform(25, 80), 1.5, 0.02, inside, 2)
             if len(child) > 3:
-                _add(patient, Tube(child, np.linspace(max(radii[i] * 0.7, 1.0), 0.8, len(child)), [(0.0, value, 6.0)]))
+                _add(patient, Tube(child, np.linspace(max(radii[i] * 0.7, 1.0), 0.8, len(child)), [(0.0, value, 6.0)]),
+                     name=f"{organ}_vessel")
 
 
 def _build(p: Patient, rng: np.random.Generator) -> None:
@@ -156,7 +163,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
     W, D = p.half_width_mm, p.half_depth_mm
 
     # body wall: subcutaneous fat, muscle, then the visceral cavity (fat), as one layered column
-    _add(p, BodyColumn(p))
+    _add(p, BodyColumn(p), name="body_wall")
     # spine centre line (just behind the cavity's centre), used by several structures
     spine_y = 0.55 * D
 
@@ -180,7 +187,8 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
         _vessel_tree(rng, p, "lung", hilum, 22, 5.5, (60, 190), h["lung_vessel"], dirs)
     # mediastinum: pericardial fat, heart with blood pools, great vessels, trachea, oesophagus
     heart = Ellipsoid((0.12 * W, -0.25 * D, 185.0), (0.36 * W, 0.42 * D, 62.0), angle=-0.55)
-    _add(p, Solid(Ellipsoid(heart.centre, tuple(a + 6 for a in heart.axes), heart.angle), [(0, h["fat"], 5)]))
+    pericardial_fat = Ellipsoid(heart.centre, tuple(a + 6 for a in heart.axes), heart.angle)
+    _add(p, Solid(pericardial_fat, [(0, h["fat"], 5)]), name="pericardial_fat")
     _add(p, Solid(heart, [(0.0, h["myocardium"], 6.0)]), organ="heart")
     for dx, dy, r in ((0.22, 0.05, 0.5), (-0.05, -0.35, 0.45)):
         pool = Ellipsoid(
@@ -188,7 +196,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
             (r * heart.axes[0], r * heart.axes[1], 40.0),
             angle=-0.5,
         )
-        _add(p, Solid(pool, [(0.0, h["vein"] + 30, 8.0)]))
+        _add(p, Solid(pool, [(0.0, h["vein"] + 30, 8.0)]), name="heart_blood_pool")
     aorta = np.concatenate(
         [
             _line((0.03 * W, -0.30 * D, 170), (0.03 * W, -0.25 * D, 95), 2.0),
@@ -198,21 +206,22 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
         ]
     )
     radii = np.interp(aorta[:, 2], [90, 200, 470], [15, 12.5, 10.5])
-    _add(p, Tube(aorta, radii, [(0.0, h["muscle"], 3.0), (1.5, h["aorta"], 8.0)]))
+    _add(p, Tube(aorta, radii, [(0.0, h["muscle"], 3.0), (1.5, h["aorta"], 8.0)]), name="aorta")
     for side in (-1, 1):  # common iliac arteries
         il = _line((0.06 * W, spine_y - 0.28 * D, 470), (side * 0.30 * W, spine_y - 0.30 * D, 560), 2.0)
-        _add(p, Tube(il, np.full(len(il), 6.5), [(0.0, h["muscle"], 3.0), (1.0, h["aorta"], 8.0)]))
+        _add(p, Tube(il, np.full(len(il), 6.5), [(0.0, h["muscle"], 3.0), (1.0, h["aorta"], 8.0)]), name="iliac_artery")
     ivc = _line((-0.12 * W, spine_y - 0.25 * D, 470), (-0.14 * W, -0.05 * D, 215), 2.0)
-    _add(p, Tube(ivc, np.full(len(ivc), 11.0), [(0.0, h["vein"], 8.0)]))
+    _add(p, Tube(ivc, np.full(len(ivc), 11.0), [(0.0, h["vein"], 8.0)]), name="ivc")
     svc = _line((-0.10 * W, -0.20 * D, 20), (-0.09 * W, -0.22 * D, 150), 2.0)
-    _add(p, Tube(svc, np.full(len(svc), 9.0), [(0.0, h["vein"], 8.0)]))
+    _add(p, Tube(svc, np.full(len(svc), 9.0), [(0.0, h["vein"], 8.0)]), name="svc")
     trachea = _line((0.0, -0.08 * D, -60), (0.0, 0.02 * D, 115), 2.0)
-    _add(p, Tube(trachea, np.full(len(trachea), 9.5), [(0.0, h["muscle"], 3.0), (2.0, -1000.0, 10.0)]))
+    _add(p, Tube(trachea, np.full(len(trachea), 9.5), [(0.0, h["muscle"], 3.0), (2.0, -1000.0, 10.0)]), name="trachea")
     for side in (-1, 1):
         bronchus = _line((0.0, 0.02 * D, 115), (side * 0.28 * W, 0.06 * D, 135), 2.0)
-        _add(p, Tube(bronchus, np.full(len(bronchus), 6.0), [(0.0, h["muscle"], 3.0), (1.5, -1000.0, 10.0)]))
+        _add(p, Tube(bronchus, np.full(len(bronchus), 6.0), [(0.0, h["muscle"], 3.0), (1.5, -1000.0, 10.0)]),
+             name="bronchus")
     oesophagus = _line((0.03 * W, spine_y - 0.22 * D, -40), (0.12 * W, 0.05 * D, 275), 2.0)
-    _add(p, Tube(oesophagus, np.full(len(oesophagus), 7.0), [(0.0, h["muscle"] + 5, 5.0)]))
+    _add(p, Tube(oesophagus, np.full(len(oesophagus), 7.0), [(0.0, h["muscle"] + 5, 5.0)]), name="oesophagus")
 
     # --- upper abdomen ----------------------------------------------------------------------
     liver_main = Ellipsoid(
@@ -248,7 +257,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
     content = -950.0 if rng.random() < 0.4 else rng.uniform(10, 40)
     _add(p, Solid(stomach, [(0.0, h["bowel_wall"], 5.0), (4.0, content, 12.0)]), organ="stomach")
     pancreas = _arc((0.40 * W, 0.18 * D, 305), (-0.10 * W, 0.0, 330), 2.0, lift=-0.15 * D, axis=1)
-    _add(p, Tube(pancreas, np.full(len(pancreas), rng.uniform(9, 13)), [(0.0, h["pancreas"], 8.0)]))
+    _add(p, Tube(pancreas, np.full(len(pancreas), rng.uniform(9, 13)), [(0.0, h["pancreas"], 8.0)]), name="pancreas")
     for side in (-1, 1):
         kidney = Ellipsoid(
             (side * 0.42 * W, spine_y - 0.05 * D, 370.0 + side * 8), (27.0, 33.0, 55.0), angle=side * 0.5
@@ -270,15 +279,16 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
             continue
         path = smooth_path(rng, start, rng.normal(0, 1, 3), rng.uniform(150, 450), 2.0, 0.03, in_abdomen)
         kind = rng.random()
+        name = "bowel_loop"
         if kind < 0.3:  # collapsed loop: a solid soft-tissue tube
-            layers, r = [(0.0, h["bowel_wall"], 8.0)], rng.uniform(5, 8)
+            layers, r, name = [(0.0, h["bowel_wall"], 8.0)], rng.uniform(5, 8), "collapsed_bowel_loop"
         elif kind < 0.7:
             layers, r = [(0.0, h["bowel_wall"], 6.0), (2.5, rng.uniform(5, 25), 5.0)], rng.uniform(9, 14)
         elif kind < 0.85:
             layers, r = [(0.0, h["bowel_wall"], 6.0), (2.5, -950.0, 20.0)], rng.uniform(9, 14)
         else:
             layers, r = [(0.0, h["bowel_wall"], 6.0), (2.5, rng.uniform(200, 350), 20.0)], rng.uniform(9, 14)
-        _add(p, Tube(path, np.full(len(path), r), layers))
+        _add(p, Tube(path, np.full(len(path), r), layers), name=name)
     colon = np.concatenate(
         [
             _line((-0.62 * W, -0.05 * D, 560), (-0.62 * W, -0.10 * D, 330), 2.0),
@@ -294,6 +304,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
             np.full(len(colon), rng.uniform(17, 24)),
             [(0.0, h["bowel_wall"], 6.0), (2.5, rng.uniform(-700, -300), 200.0)],
         ),
+        name="colon",
     )
 
     # --- pelvis -----------------------------------------------------------------------------
@@ -301,7 +312,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
     _add(p, Solid(bladder, [(0.0, h["muscle"], 3.0), (3.0, h["fluid"], 3.0)]), organ="bladder")
     for side in (-1, 1):
         psoas = _line((side * 0.16 * W, spine_y - 0.05 * D, 330), (side * 0.36 * W, 0.05 * D, 560), 2.0)
-        _add(p, Tube(psoas, np.linspace(10, 20, len(psoas)), [(0.0, h["muscle"], 6.0)]))
+        _add(p, Tube(psoas, np.linspace(10, 20, len(psoas)), [(0.0, h["muscle"], 6.0)]), name="psoas")
         wing = Ellipsoid((side * 0.60 * W, 0.30 * D, 495.0), (11.0, 0.42 * D, 55.0), angle=side * 0.75)
         _add(p, Solid(wing, [(0.0, h["cortical"], 20.0), (2.0, h["cancellous"], 25.0)]), organ="bone")
         head = Ellipsoid((side * 0.50 * W, 0.05 * D, 615.0), (23.0, 23.0, 23.0))
@@ -317,15 +328,16 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
         body = Ellipsoid((0.0, spine_y, z + height / 2), (radius * 1.1, radius, height / 2), power=6.0)
         _add(p, Solid(body, [(0.0, h["cortical"], 20.0), (1.8, h["cancellous"], 25.0)]), organ="bone")
         disc = Ellipsoid((0.0, spine_y, z + height + 3.0), (radius * 1.05, radius * 0.95, 3.0), power=6.0)
-        _add(p, Solid(disc, [(0.0, 85.0, 6.0)]))
+        _add(p, Solid(disc, [(0.0, 85.0, 6.0)]), name="disc")
         arch = Ellipsoid((0.0, spine_y + radius + 12, z + height / 2), (15.0, 13.0, height / 2), power=4.0)
-        _add(p, Solid(arch, [(0.0, h["cortical"], 20.0), (4.0, h["fluid"] + 10, 3.0)]))
+        _add(p, Solid(arch, [(0.0, h["cortical"], 20.0), (4.0, h["fluid"] + 10, 3.0)]), name="vertebral_arch")
         spinous = Ellipsoid((0.0, spine_y + radius + 33, z + height / 2), (5.0, 14.0, height / 2 - 2), power=4.0)
-        _add(p, Solid(spinous, [(0.0, h["cortical"] * 0.8, 20.0)]))
+        _add(p, Solid(spinous, [(0.0, h["cortical"] * 0.8, 20.0)]), name="vertebral_arch")
         z += height + 6.0
     for side in (-1, 1):
         paraspinal = _line((side * 0.17 * W, spine_y + 35, -60), (side * 0.17 * W, spine_y + 30, 560), 3.0)
-        _add(p, Tube(paraspinal, np.full(len(paraspinal), 0.13 * W + 8), [(0.0, h["muscle"], 6.0)]))
+        _add(p, Tube(paraspinal, np.full(len(paraspinal), 0.13 * W + 8), [(0.0, h["muscle"], 6.0)]),
+             name="paraspinal_muscle")
     for i in range(12):
         z0 = 15.0 + 24.0 * i
         reach = np.deg2rad(150 if i < 9 else 95)
@@ -338,9 +350,10 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
                 pts.append((side * (ax + 5) * np.sin(t), (ay + 5) * np.cos(t), zz))
             pts = np.array(pts)
             bone = pts[: int(len(pts) * 0.8)]
-            _add(p, Tube(bone, np.full(len(bone), 4.5), [(0.0, h["cortical"], 20.0), (1.5, h["cancellous"], 20.0)]))
+            _add(p, Tube(bone, np.full(len(bone), 4.5), [(0.0, h["cortical"], 20.0), (1.5, h["cancellous"], 20.0)]),
+                 name="rib")
             cart = pts[int(len(pts) * 0.8) :]
-            _add(p, Tube(cart, np.full(len(cart), 4.0), [(0.0, 130.0, 10.0)]))
+            _add(p, Tube(cart, np.full(len(cart), 4.0), [(0.0, 130.0, 10.0)]), name="costal_cartilage")
     sternum = Ellipsoid((0.0, -0.98 * D + p.fat_mm * 0.8, 130.0), (14.0, 6.0, 90.0), power=4.0)
     _add(p, Solid(sternum, [(0.0, h["cortical"], 20.0), (1.5, h["cancellous"], 20.0)]), organ="bone")
 
@@ -405,3 +418,28 @@ def _arc(a, b, step: float, lift: float, axis: int = 2) -> np.ndarray:
     t = np.linspace(0, 1, len(pts))
     pts[:, axis] += lift * np.sin(np.pi * t) * (-1 if axis == 2 else 1)
     return pts
+
+
+class _Probe(Canvas):
+    """A canvas that paints nothing: it records whether a structure covers one pixel."""
+
+    def __init__(self, grid: Grid, row: int, col: int):
+        super().__init__(grid, np.zeros((0, 0, 0), np.float32), np.zeros((0, 0, 0), np.float32))
+        self.row, self.col, self.covered = row, col, False
+
+    def paint(self, z: int, rows: slice, cols: slice, alpha: np.ndarray, value, texture_hu: float = 0.0) -> None:
+        if rows.start <= self.row < rows.stop and cols.start <= self.col < cols.stop:
+            self.covered |= bool(alpha[self.row - rows.start, self.col - cols.start] >= 0.5)
+
+
+def structure_at(patient: Patient, grid: Grid, z_index: int, row: int, col: int) -> str | None:
+    """The name of the structure seen at pixel (row, col) of slice ``z_index`` of ``grid``: the last
+    one painted at least half over it, as in the rendered volume (lesions, painted after the
+    anatomy, are not structures); None outside the body."""
+    seen = None
+    for name, structure in zip(patient.names, patient.structures):
+        probe = _Probe(grid, row, col)
+        structure.paint(probe, z_index)
+        if probe.covered:
+            seen = name
+    return seen

@@ -38,7 +38,7 @@ from lesion_harvester.io.deeplesion import DLInfoRow, sub_volume_key, write_dl_i
 from lesion_harvester.io.png16 import write_png_hu
 from lesion_harvester.storage.atomic import atomic_directory, atomic_write_text
 from lesion_harvester.structures import Box3D, SliceBox
-from lesion_harvester.synth.anatomy import Solid, sample_patient
+from lesion_harvester.synth.anatomy import Patient, Solid, sample_patient
 from lesion_harvester.synth.lesions import (
     DEFAULT_WINDOW,
     DICOM_WINDOWS,
@@ -120,8 +120,22 @@ def texture_field(rng: np.random.Generator, shape: tuple[int, int, int], scale_p
     return up / max(float(up.std()), 1e-6)
 
 
-def generate_volume(index: int, seed: int, cfg: SynthConfig, split: str) -> tuple[np.ndarray, SynthVolume]:
-    """Render volume ``index``: (Z, H, W) int16 HU and its record (ground truth included)."""
+@dataclass
+class Scene:
+    """What volume ``index`` shows before anything is painted: its patient, its slices and pixels
+    (``grid``), the key lesion's size and kind, and the generator that draws the rest."""
+
+    rng: np.random.Generator
+    patient: Patient
+    grid: Grid
+    interval_mm: float
+    key_long_mm: float
+    key_kind: str
+
+
+def sample_scene(index: int, seed: int, cfg: SynthConfig) -> Scene:
+    """The scene of volume ``index`` of a dataset of ``seed``; :func:`generate_volume` paints it, and
+    a diagnosis can ask what lies at a pixel of it (:func:`~lesion_harvester.synth.anatomy.structure_at`)."""
     rng = np.random.default_rng([seed, index])
     patient = sample_patient(rng)
     interval = float(
@@ -141,6 +155,23 @@ def generate_volume(index: int, seed: int, cfg: SynthConfig, split: str) -> tupl
         rng.uniform(*cfg.pixel_mm), (2 * widest + 20) / cfg.image_size_px, (2 * deepest + 70) / cfg.image_size_px
     )
     grid = Grid.make(z_mm, cfg.image_size_px, pixel, centre_xy_mm=(rng.normal(0, 6), 18 + rng.normal(0, 6)))
+    return Scene(rng, patient, grid, interval, key_long, key_kind)
+
+
+def scene_of_volume(key: str, seed: int, cfg: SynthConfig) -> Scene:
+    """The scene of the volume with key ``key`` (folder ``f"{index + 1:06d}_01_01"``, as
+    :func:`generate_volume` names it) in a dataset of ``seed`` and ``cfg``."""
+    if len(key) < 6 or not key[:6].isdigit() or int(key[:6]) < 1:
+        raise ValueError(f"{key!r} is not the key of a synthetic volume (PPPPPP_01_01_first-last)")
+    return sample_scene(int(key[:6]) - 1, seed, cfg)
+
+
+def generate_volume(index: int, seed: int, cfg: SynthConfig, split: str) -> tuple[np.ndarray, SynthVolume]:
+    """Render volume ``index``: (Z, H, W) int16 HU and its record (ground truth included)."""
+    scene = sample_scene(index, seed, cfg)
+    rng, patient, grid, interval = scene.rng, scene.patient, scene.grid, scene.interval_mm
+    key_long, key_kind = scene.key_long_mm, scene.key_kind
+    z_mm, n, pixel = grid.z_mm, len(grid.z_mm), grid.pixel_mm
     canvas = Canvas(grid, np.full(grid.shape, -1000.0, dtype=np.float32), texture_field(rng, grid.shape))
     lo, hi = z_mm.min() - interval, z_mm.max() + interval
     for structure in patient.structures:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -8,7 +9,8 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset, read_dl_info
 from lesion_harvester.io.png16 import read_png_hu
-from lesion_harvester.synth.dataset import generate_volume, mark_probability, write_synthetic_dataset
+from lesion_harvester.synth.anatomy import structure_at
+from lesion_harvester.synth.dataset import generate_volume, mark_probability, scene_of_volume, write_synthetic_dataset
 from lesion_harvester.synth.lesions import recist_from_mask, sample_lesion_count, sample_long_diameter_mm
 
 
@@ -129,3 +131,31 @@ def test_a_small_image_that_refuses_its_first_key_lesions_still_gets_one():
 
     _, record = generate_volume(986, 700, load_preset("tiny").synth, "harvest")
     assert record.lesions and record.lesions[0].marked
+
+
+def test_structure_at_names_the_anatomy_the_rendered_volume_shows():
+    """A normal lymph node's centre shows the node at its CT value, and structure_at names it there;
+    the scene drawn again from a volume's key is the one its volume was painted from."""
+    # the tiny preset's 4 mm pixels blur a node of a few mm into its surroundings; these pixels are ~1.3 mm
+    cfg = dataclasses.replace(load_preset("tiny").synth, image_size_px=256, pixel_mm=(0.9, 1.0))
+    seed, checked = 77, 0
+    for index in range(6):
+        hu, record = generate_volume(index, seed, cfg, "harvest")
+        scene = scene_of_volume(record.key, seed, cfg)
+        patient, grid = scene.patient, scene.grid
+        assert grid.shape == hu.shape and len(patient.names) == len(patient.structures)
+        assert structure_at(patient, grid, 0, 0, 0) is None  # the corner: air above the body
+        for node in patient.organs.get("node", []):
+            z = int(np.argmin(np.abs(grid.z_mm - node.centre[2])))
+            col, row = (int(round(v)) for v in grid.to_px(node.centre[0], node.centre[1]))
+            inside_image = 0 <= row < hu.shape[1] and 0 <= col < hu.shape[2]
+            on_lesion = any(les.box3d_xyxy_px[0] <= col <= les.box3d_xyxy_px[2]
+                            and les.box3d_xyxy_px[1] <= row <= les.box3d_xyxy_px[3] for les in record.lesions)
+            if abs(grid.z_mm[z] - node.centre[2]) > 0.3 * node.axes[2] or not inside_image or on_lesion:
+                continue
+            assert structure_at(patient, grid, z, row, col) == "node"
+            assert abs(float(hu[z, row, col]) - patient.hu["node"]) < 60  # noise, texture and blur
+            checked += 1
+    assert checked >= 2
+    with pytest.raises(ValueError, match="not the key of a synthetic volume"):
+        scene_of_volume("scan.nii.gz", seed, cfg)
