@@ -350,6 +350,12 @@ class LPCConfig(_Checked):
     pretrain: LPCPretraining = "none"
     pretrain_epochs: PositiveInt = 4
     pretrain_per_volume: PositiveInt = 20  # the V_H proposals (top by s_g) of each volume it learns from
+    # V_H proposals as negatives too: at most this many per volume, drawn at random among those with
+    # min_objectness <= s_g < vh_negatives_below touching no known lesion (0: none, the paper's LPC).
+    # The paper's negatives all come from V_M's few patients and most positives from V_H's marks, so an
+    # LPC can learn a V_H patient's look as "lesion" (benchmarks/RESULTS.md, issue 34)
+    vh_negatives_per_volume: NonNegativeInt = 0
+    vh_negatives_below: Score = 0.5
     seed: Seed = 0
 
 

@@ -404,19 +404,26 @@ def _verify(run: HarvestRun, r: int) -> None:
 
 def round_lpc_examples(run: HarvestRun, r: int) -> LPCExamples:
     """What round ``r``'s LPC trains on: its verified proposals (P_M^R, P_M^-, P_H^R; none on the
-    held-out marks)."""
+    held-out marks), and V_H proposals as negatives where ``lpc.vh_negatives_per_volume`` asks."""
     held = set(run.held_out_marks)
     vm = run.ledger.proposals(r, statuses=VM_STATUSES)
     marked = [row for row in run.ledger.proposals(r, statuses=(RECIST,)) if row.volume not in held]
     marks = {k: v for k, v in run.inputs.marks.items() if k not in held}
-    unlabelled = []
-    if run.preset.lpc.pretrain != "none":  # V_H's proposals, none of V_M's or V_H^test's
-        closed = set(run.inputs.fully_annotated) | set(run.inputs.holdout)
+    cfg = run.preset.lpc
+    closed = set(run.inputs.fully_annotated) | set(run.inputs.holdout)  # no V_M, no V_H^test
+    unlabelled, vh_negatives = [], []
+    if cfg.pretrain != "none":
         unlabelled = steps.pretraining_items([(row.volume, row.tracklet) for row in run.ledger.proposals(r)],
-                                             closed, run.preset.lpc)
+                                             closed, cfg)
+    if cfg.vh_negatives_per_volume:  # nor the volumes the estimate holds out; off every known lesion
+        earlier = [(row.volume, row.tracklet) for q in range(1, r)
+                   for row in run.ledger.proposals(q, statuses=("harvested",))]
+        candidates = [(row.volume, row.tracklet) for row in run.ledger.proposals(r, statuses=("candidate",))]
+        vh_negatives = steps.vh_negative_items(candidates, closed | run.unseen, run.known_lesions(earlier), cfg,
+                                               cfg.seed + 100 * r)
     return steps.lpc_examples([(row.volume, row.tracklet, row.status) for row in vm],
                               [(row.volume, row.tracklet) for row in marked], run.inputs.fully_annotated,
-                              marks, run.preset.lpc.min_positives, unlabelled)
+                              marks, cfg.min_positives, unlabelled, vh_negatives)
 
 
 def _lpc(run: HarvestRun, r: int) -> None:

@@ -120,7 +120,8 @@ def pool_examples(rounds: Sequence[tuple[list[tuple[str, Tracklet]], list[tuple[
 # --- step 4: LPC training examples ------------------------------------------------------------------------
 def lpc_examples(vm_rows: list[tuple[str, Tracklet, str]], marked: list[tuple[str, Tracklet]],
                  fully_annotated: dict[str, list[SliceBox]], marks: dict[str, list[RecistMark]],
-                 min_positives: int, unlabelled: list[tuple[str, Tracklet]] | None = None) -> LPCExamples:
+                 min_positives: int, unlabelled: list[tuple[str, Tracklet]] | None = None,
+                 vh_negatives: list[tuple[str, Tracklet]] | None = None) -> LPCExamples:
     """The LPC's training examples from verified proposals.
 
     Args:
@@ -130,6 +131,7 @@ def lpc_examples(vm_rows: list[tuple[str, Tracklet, str]], marked: list[tuple[st
             positives than ``min_positives`` (a weak early LPG), these known lesion boxes join the
             positives as one-slice proposals.
         unlabelled: the V_H proposals LPC pretraining learns from (:func:`pretraining_items`).
+        vh_negatives: V_H proposals taken as negatives (:func:`vh_negative_items`).
     """
     labels = np.array([status == FA_LESION for _, _, status in vm_rows], dtype=np.int64)
     positives = list(marked)
@@ -137,7 +139,8 @@ def lpc_examples(vm_rows: list[tuple[str, Tracklet, str]], marked: list[tuple[st
         known = [(k, b) for k, boxes in fully_annotated.items() for b in boxes]
         known += [(k, m.slice_box()) for k, ms in marks.items() for m in ms]
         positives += [(k, Tracklet.single_slice(b.z_index, b.box_xyxy_px, 1.0)) for k, b in known]
-    return LPCExamples([(key, t) for key, t, _ in vm_rows], labels, positives, list(unlabelled or []))
+    return LPCExamples([(key, t) for key, t, _ in vm_rows], labels, positives, list(unlabelled or []),
+                       list(vh_negatives or []))
 
 
 def pretraining_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], cfg: LPCConfig
@@ -151,6 +154,27 @@ def pretraining_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], 
                            lambda t: t.score >= cfg.min_objectness, lambda t: -t.score, cfg.pretrain_per_volume)
 
 
+def vh_negative_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], known: dict[str, list[Box3D]],
+                      cfg: LPCConfig, seed: int) -> list[tuple[str, Tracklet]]:
+    """The V_H proposals the LPC takes as negatives (``lpc.vh_negatives_per_volume``): of the
+    (volume, tracklet) ``proposals`` outside the ``exclude`` volumes with ``cfg.min_objectness`` <= s_g
+    < ``cfg.vh_negatives_below`` that touch none of the ``known`` lesions (:func:`on_lesions`), at most
+    ``cfg.vh_negatives_per_volume`` per volume drawn at random (``seed``; volumes in sorted order, each
+    volume's picks in the order given). Unlabelled, so a few may be lesions nobody marked: on bench seed 0,
+    0.13-0.17% of them below s_g 0.5 (benchmarks/RESULTS.md, issue 34)."""
+    if cfg.vh_negatives_per_volume == 0:
+        return []
+    eligible = [(key, t) for key, t in proposals
+                if key not in exclude and cfg.min_objectness <= t.score < cfg.vh_negatives_below]
+    by_volume = group_by_volume(item for item, on in zip(eligible, on_lesions(eligible, known)) if not on)
+    rng, picked = np.random.default_rng(seed), []
+    for key in sorted(by_volume):
+        members = by_volume[key]
+        chosen = np.sort(rng.choice(len(members), min(cfg.vh_negatives_per_volume, len(members)), replace=False))
+        picked += [(key, members[i]) for i in chosen]
+    return picked
+
+
 def lpc_shortfall(examples: LPCExamples, folds: list[list[str]]) -> str | None:
     """Why the LPC cannot be trained on ``examples`` in ``folds`` (as
     :func:`~lesion_harvester.lpc.api.train_lpc_folds` would), or None: each fold trains on the V_M
@@ -161,7 +185,7 @@ def lpc_shortfall(examples: LPCExamples, folds: list[list[str]]) -> str | None:
         held = set(fold) if len(folds) > 1 else set()
         labels = [int(label) for (key, _), label in zip(examples.vm_items, examples.vm_labels) if key not in held]
         positives = sum(labels) + len(examples.positives)
-        negatives = len(labels) - sum(labels)
+        negatives = len(labels) - sum(labels) + len(examples.negatives)
         if positives == 0 or negatives == 0:
             which = f" to train fold {f + 1} of {len(folds)} on" if len(folds) > 1 else ""
             return f"cannot train the LPC: {positives} positive and {negatives} negative proposals{which}"
@@ -258,9 +282,10 @@ def lpc_variant_scores(examples: LPCExamples, targets: list[ProposalRow], volume
     for variant in FIG5B_VARIANTS:
         variant_cfg = VARIANTS.get(variant).comparison_settings(dataclasses.replace(
             cfg, variant=variant, pretrained_path=None, epochs=epochs or cfg.epochs))
-        x = torch.cat([proposal_patches(examples.vm_items, volumes, variant_cfg, progress),
-                       proposal_patches(examples.positives, volumes, variant_cfg, progress)]).float()
-        y = np.concatenate([examples.vm_labels, np.ones(len(examples.positives))]).astype(np.int64)
+        parts = [(examples.vm_items, examples.vm_labels), (examples.positives, np.ones(len(examples.positives))),
+                 (examples.negatives, np.zeros(len(examples.negatives)))]
+        x = torch.cat([proposal_patches(items, volumes, variant_cfg, progress) for items, _ in parts if items]).float()
+        y = np.concatenate([labels for items, labels in parts if items]).astype(np.int64)
         model = train_lpc(x, y, variant_cfg, device, seed=variant_cfg.seed + 7, progress=progress,
                           desc=f"LPC {variant}")
         scores = []

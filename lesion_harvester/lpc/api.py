@@ -87,16 +87,19 @@ class LPCExamples:
             positives and in every fold's training set.
         unlabelled: (volume key, tracklet) of V_H proposals that ``lpc.pretrain`` learns the s_g of
             before any fold trains (never a V_M volume, so no fold's held-out volume is seen).
+        negatives: (volume key, tracklet) of V_H proposals taken as negatives (``lpc.vh_negatives_per_volume``),
+            in every fold's training set like ``positives`` (never a V_M volume).
     """
 
     vm_items: list[tuple[str, Tracklet]]
     vm_labels: np.ndarray
     positives: list[tuple[str, Tracklet]]
     unlabelled: list[tuple[str, Tracklet]] = field(default_factory=list)
+    negatives: list[tuple[str, Tracklet]] = field(default_factory=list)
 
     def counts(self) -> dict:
         return {"positives": int(self.vm_labels.sum()) + len(self.positives),
-                "negatives": int((self.vm_labels == 0).sum())}
+                "negatives": int((self.vm_labels == 0).sum()) + len(self.negatives)}
 
 
 def size_and_score(t: Tracklet) -> tuple[float, float]:
@@ -111,7 +114,7 @@ def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: Prep
     """Train one LPC per fold and save fold f to ``paths[f]``.
 
     Fold f trains on the V_M proposals outside ``folds[f]`` (all of them when there is one fold)
-    and on every positive, with seed ``seed + f``. ``skip_existing`` keeps a fold whose file exists
+    and on every positive and V_H negative, with seed ``seed + f``. ``skip_existing`` keeps a fold whose file exists
     (resuming). Each checkpoint records its held-out volumes and the preprocessing, so that
     ``classify`` can use it.
     """
@@ -119,21 +122,26 @@ def train_lpc_folds(examples: LPCExamples, folds: list[list[str]], volumes: Prep
         raise ValueError(f"{len(folds)} folds but {len(paths)} output paths")
     if skip_existing and all(path.is_file() for path in paths):
         return
+    vm_volumes = {key for key, _ in examples.vm_items}
+    if any(key in vm_volumes for key, _ in examples.negatives):  # a fold would train on its held-out volume
+        raise ValueError("the LPC's V_H negatives include proposals of a V_M volume")
     init = None
     if cfg.pretrain == "lpg_scores":
         init = _pretrained(examples, volumes, cfg, device, seed, progress, desc)
     vm_x = proposal_patches(examples.vm_items, volumes, cfg, progress)
     positives_x = proposal_patches(examples.positives, volumes, cfg, progress)
+    negatives_x = proposal_patches(examples.negatives, volumes, cfg, progress) if examples.negatives else None
     for f, (fold, path) in enumerate(zip(folds, paths)):
         if skip_existing and path.is_file():
             continue
         held = set(fold)
         keep = [i for i, (key, _) in enumerate(examples.vm_items) if key not in held or len(folds) == 1]
-        x = torch.cat([vm_x[keep], positives_x]).float()
-        y = np.concatenate([examples.vm_labels[keep], np.ones(len(examples.positives), dtype=np.int64)])
+        x = torch.cat([vm_x[keep], positives_x] + ([negatives_x] if negatives_x is not None else [])).float()
+        y = np.concatenate([examples.vm_labels[keep], np.ones(len(examples.positives), dtype=np.int64),
+                            np.zeros(len(examples.negatives), dtype=np.int64)])
         weights = None
         if cfg.negatives == "matched":
-            items = [examples.vm_items[i] for i in keep] + list(examples.positives)
+            items = [examples.vm_items[i] for i in keep] + list(examples.positives) + list(examples.negatives)
             features = np.array([size_and_score(t) for _, t in items]).reshape(-1, 2)
             weights = matched_weights(features[y == 1], features[y == 0])
         model = train_lpc(x, y, cfg, device, seed=seed + f, progress=progress,

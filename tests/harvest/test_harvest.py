@@ -364,3 +364,37 @@ def test_a_harvest_with_held_out_marks_estimates_its_precision(tiny_dataset, tmp
     assert set(entry["estimated_precision"]) == {"vm", "marks", "combined", "fp_rate"}
     assert "true_precision_holdout" in entry
     assert "Precision of the harvested lesions: estimated and true" in (run / "report.md").read_text()
+
+
+def test_the_lpc_takes_v_h_negatives_off_known_lesions_and_outside_closed_volumes(tiny_dataset, tiny_harvest_run,
+                                                                                   tmp_path):
+    """round_lpc_examples on round 1 of the tiny harvest as it stood before classification (its
+    V_H proposals candidates again): with lpc.vh_negatives_per_volume, the V_H negatives are
+    candidates under the cut, none in V_M, V_H^test or a held-out volume, none on a known lesion."""
+    import shutil
+
+    from lesion_harvester.harvest.rounds import open_run, round_lpc_examples
+    from tests.conftest import tiny_harvest_preset
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_harvest_run, run_dir)
+    preset = tiny_harvest_preset(1)
+    run = open_run(tiny_dataset, run_dir, preset, progress=False, cache_dir=tiny_harvest_run.parent / "cache")
+    try:
+        mined = run.ledger.proposals(1, statuses=("harvested", "hard_negative", "rejected"))
+        with run.ledger.transaction() as db:
+            run.ledger.set_statuses(db, 1, [(row.volume, row.idx, "candidate") for row in mined])
+        assert round_lpc_examples(run, 1).negatives == []  # off in the preset
+        lpc = dataclasses.replace(preset.lpc, vh_negatives_per_volume=3, vh_negatives_below=0.9)
+        examples = round_lpc_examples(dataclasses.replace(run, preset=dataclasses.replace(preset, lpc=lpc)), 1)
+    finally:
+        run.close()
+    negatives = examples.negatives
+    assert negatives
+    closed = set(run.inputs.fully_annotated) | set(run.inputs.holdout) | run.unseen
+    assert not {key for key, _ in negatives} & closed
+    assert all(lpc.min_objectness <= t.score < 0.9 for _, t in negatives)
+    assert max(sum(key == k for k, _ in negatives) for key, _ in negatives) <= 3
+    candidates = {(row.volume, row.tracklet.z_indices.tobytes(), row.tracklet.boxes_xyxy_px.tobytes()) for row in mined}
+    assert all((key, t.z_indices.tobytes(), t.boxes_xyxy_px.tobytes()) in candidates for key, t in negatives)
+    assert not on_lesions(negatives, run.known_lesions()).any()

@@ -20,9 +20,11 @@ from lesion_harvester.harvest.steps import (
     lpc_examples,
     lpc_folds,
     lpc_probabilities,
+    lpc_shortfall,
     lpg_preset,
     pool_examples,
     pretraining_items,
+    vh_negative_items,
 )
 from lesion_harvester.harvest.verify import label_extent, verify_proposals
 from lesion_harvester.io.annotations import read_tracklets
@@ -84,6 +86,34 @@ def test_pretraining_learns_from_the_top_proposals_of_open_volumes_only():
     kept = pretraining_items(proposals, {"vm", "test"}, cfg)
     assert [(key, t.score) for key, t in kept] == [("h", 0.9), ("h", 0.5), ("g", 0.3)]
     assert pretraining_items(proposals, {"vm", "test"}, LPCConfig()) == []  # off by default
+
+
+def test_v_h_negatives_are_drawn_below_the_cut_off_known_lesions_and_outside_closed_volumes():
+    from lesion_harvester.structures import Box3D
+
+    proposals = [("h", _t(0, 0.05)), ("h", _t(10, 0.2)), ("h", _t(20, 0.3)), ("h", _t(30, 0.45)), ("h", _t(40, 0.6)),
+                 ("h", _t(50, 0.25)), ("h", _t(60, 0.5)), ("vm", _t(0, 0.3)), ("g", _t(0, 0.3))]
+    known = {"h": [Box3D((52.0, 0.0, 54.0, 3.0), (0, 0))]}  # touches h's proposal at x = 50
+    cfg = LPCConfig(min_objectness=0.1, vh_negatives_per_volume=2, vh_negatives_below=0.5)
+    picked = vh_negative_items(proposals, {"vm"}, known, cfg, seed=3)
+    eligible = {0.2, 0.3, 0.45}  # not under min_objectness, not at or above the cut, not on the known lesion
+    assert [key for key, _ in picked] == ["g", "h", "h"]
+    h_scores = [t.score for key, t in picked if key == "h"]
+    assert set(h_scores) <= eligible and len(set(h_scores)) == 2
+    assert h_scores == sorted(h_scores, key=[0.2, 0.3, 0.45].index)  # in the order given
+    assert vh_negative_items(proposals, {"vm"}, known, cfg, seed=3) == picked  # the seed decides the draw
+    draws = {tuple(t.score for _, t in vh_negative_items(proposals, {"vm"}, known, cfg, seed=s)) for s in range(20)}
+    assert len(draws) > 1  # and it is a draw, not the top by s_g
+    assert vh_negative_items(proposals, {"vm"}, known, LPCConfig(), seed=3) == []  # off by default
+
+
+def test_a_fold_without_v_m_negatives_can_train_on_v_h_negatives():
+    vm_rows = [("a", _t(0, 0.9), "fa_lesion"), ("b", _t(0, 0.8), "fa_lesion")]
+    examples = lpc_examples(vm_rows, [("h", _t(10, 0.7))], {}, {}, min_positives=0)
+    assert "0 negative" in lpc_shortfall(examples, [["a"], ["b"]])
+    with_vh = lpc_examples(vm_rows, [("h", _t(10, 0.7))], {}, {}, min_positives=0,
+                           vh_negatives=[("h", _t(40, 0.3))])
+    assert lpc_shortfall(with_vh, [["a"], ["b"]]) is None and with_vh.counts()["negatives"] == 1
 
 
 def test_fuse_picks_the_exponent_on_v_m_and_scores_unclassified_proposals_zero():

@@ -173,3 +173,31 @@ def test_classify_needs_a_checkpoint_that_records_its_preprocessing(tiny_dataset
     with pytest.raises(DataError, match="does not record its preprocessing"):
         classify_proposals(tiny_dataset, tmp_path / "old.pt", tmp_path / "dets.pkl", tmp_path / "out.pkl")
     assert not (tmp_path / "out.pkl").exists()
+
+
+def test_v_h_negatives_join_every_fold_and_never_come_from_v_m(tmp_path, monkeypatch):
+    import dataclasses
+
+    import lesion_harvester.lpc.api as api
+
+    trained = []
+
+    def fake_train(x, y, cfg, device, seed, progress, desc, negative_weights=None, init=None):
+        trained.append((x.clone(), y.tolist(), None if negative_weights is None else negative_weights.tolist()))
+        return LesionProposalClassifier(cfg)
+
+    monkeypatch.setattr(api, "train_lpc", fake_train)
+    base = _examples()
+    negative = ("c", _at(2, 0.3))  # a V_H proposal away from c's lesion
+    examples = dataclasses.replace(base, negatives=[negative])
+    assert examples.counts() == {"positives": 3, "negatives": 3}
+    paths = [tmp_path / "fold0.pt", tmp_path / "fold1.pt"]
+    matched = dataclasses.replace(CFG, negatives="matched")
+    train_lpc_folds(examples, [["a"], ["b"]], VOLUMES.__getitem__, matched, PreprocessConfig(), paths, progress=False)
+    patch = extract_patches(VOLUMES["c"], [negative[1]], CFG)[0].half().float()
+    for x, y, weights in trained:  # each fold: its other volume's two V_M proposals, the positive, the negative
+        assert y == [1, 0, 1, 0] and torch.equal(x[-1], patch)
+        assert len(weights) == 2  # the matched weights cover V_M's negative and V_H's
+    with pytest.raises(ValueError, match="V_H negatives include proposals of a V_M volume"):
+        train_lpc_folds(dataclasses.replace(base, negatives=[("a", _at(45))]), [["a"], ["b"]], VOLUMES.__getitem__,
+                        CFG, PreprocessConfig(), [tmp_path / "x0.pt", tmp_path / "x1.pt"], progress=False)
