@@ -1,6 +1,6 @@
 """How precise a finished harvest really was, round by round, on a dataset with complete labels.
 
-    python benchmarks/harvest_precision.py DATA RUN [--json OUT.json]
+    python benchmarks/harvest_precision.py DATA RUN [--montage PNG] [--json OUT.json]
 
 DATA must hold ``ground_truth/complete.pkl`` (the synthetic layout). Per round: the threshold,
 the V_M proposals above it that the threshold rests on (new lesions / false positives, without
@@ -23,7 +23,8 @@ lpg_errors.py's sensitivity bins), beside V_H's lesions' sizes: hard negatives m
 the lesions teach the HNSL to suppress small lesions too. On a dataset made by ``lesion-harvester synth``
 (its ``synth_config.yaml`` and seed), the labels on no lesion are counted by the phantom's structure
 under them (a normal lymph node, the gallbladder, a vessel seen end-on: synth/anatomy.py), each volume's
-anatomy drawn again from the seed: which mimics the harvest takes for lesions. The run folder is only read.
+anatomy drawn again from the seed: which mimics the harvest takes for lesions; ``--montage PNG`` draws each
+round's best-scoring of them on their key slice and in a coronal cut. The run folder is only read.
 """
 
 from __future__ import annotations
@@ -36,11 +37,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from lesion_harvester.config import SynthConfig, from_dict
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
+from lesion_harvester.geometry.display import DISPLAY_WINDOWS_HU, window_image
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.precision import (
     estimated_precision,
@@ -51,10 +55,11 @@ from lesion_harvester.harvest.precision import (
 from lesion_harvester.harvest.verify import covers_marks, touches
 from lesion_harvester.io.annotations import read_boxes_3d, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
+from lesion_harvester.io.figures import save_figure
 from lesion_harvester.io.synth_record import read_generator_record
 from lesion_harvester.paths import RunLayout
 from lesion_harvester.structures import Box3D, Tracklet
-from lesion_harvester.synth.anatomy import structure_at
+from lesion_harvester.synth.anatomy import structures_at
 from lesion_harvester.synth.dataset import scene_of_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, also when loaded by path
@@ -63,6 +68,7 @@ from lpg_errors import BOX_PADDING_PX, SENSITIVITY_BINS_MM
 
 FP_SCORES = (0.3, 0.4, 0.5, 0.6, 0.7)
 TOP_K = (10, 25, 50, 100, 200)
+MONTAGE_PER_ROUND = 6  # false harvests drawn per round by --montage
 
 
 def false_positives_per_volume(scores: np.ndarray, is_false: np.ndarray, n_volumes: int,
@@ -82,6 +88,46 @@ def top_k_precision(scores: np.ndarray, is_lesion: np.ndarray, ks: tuple[int, ..
              "score": round(float(scores[order[k - 1]]), 4)} for k in ks if k <= len(scores)]
 
 
+def kind_of(volume: str, tracklet: Tracklet, truth: dict[str, VolumeTruth], boxes_3d: dict[str, list[Box3D]]) -> str:
+    """"lesion", "part_of_lesion" or "no_lesion": what one label sits on (:func:`label_kinds`)."""
+    if covers_a_lesion(tracklet, truth.get(volume)):
+        return "lesion"
+    return "part_of_lesion" if touches(tracklet, boxes_3d.get(volume, [])) else "no_lesion"
+
+
+def draw_false_harvests(by_round: dict[int, list[tuple[str, Tracklet, str]]], dataset: DeepLesionDataset,
+                        out: Path) -> None:
+    """A montage, one row per round, of harvested lesions on no lesion ((volume, tracklet, what lies
+    under it) each, best-scoring first): each on its key slice and in a coronal cut through its box
+    centre (z down, at the slice spacing), where a vessel continues as a tube and a node stays an oval."""
+    per_row = max((len(items) for items in by_round.values()), default=0)
+    if per_row == 0:
+        return
+    fig = Figure(figsize=(2.2 * per_row, 1.25 * len(by_round)), layout="constrained")
+    axes = fig.subplots(len(by_round), 2 * per_row, squeeze=False)
+    for row_axes, (r, items) in zip(axes, sorted(by_round.items())):
+        for j, (key, t, structure) in enumerate(items):
+            hu = dataset.load(key).hu_zyx  # (Z, H, W)
+            slice_mm, pixel_mm = dataset.sub_volumes[key].spacing_zyx_mm[:2]
+            x1, y1, x2, y2 = t.boxes_xyxy_px[t.key_index]
+            half = max(24.0, 1.5 * max(x2 - x1, y2 - y1))
+            cx, cy, z = (x1 + x2) / 2, (y1 + y2) / 2, int(t.z_indices[t.key_index])
+            cols = slice(max(0, int(cx - half)), min(hu.shape[2], int(cx + half)))
+            rows = slice(max(0, int(cy - half)), min(hu.shape[1], int(cy + half)))
+            axial, coronal = row_axes[2 * j], row_axes[2 * j + 1]
+            axial.imshow(window_image(hu[z, rows, cols], DISPLAY_WINDOWS_HU["default"]), cmap="gray", vmin=0, vmax=1)
+            axial.add_patch(Rectangle((x1 - cols.start, y1 - rows.start), x2 - x1, y2 - y1, fill=False,
+                                      edgecolor="red", lw=0.8))
+            axial.set_title(f"round {r} s_g={t.score:.2f}: {structure}", fontsize=6, loc="left")
+            coronal.imshow(window_image(hu[:, int(cy), cols], DISPLAY_WINDOWS_HU["default"]), cmap="gray",
+                           vmin=0, vmax=1, aspect=slice_mm / pixel_mm)
+            coronal.axhline(z, color="red", lw=0.5)
+        for ax in row_axes:
+            ax.axis("off")
+    fig.suptitle("harvested lesions on no lesion (red box: key slice; coronal: the key slice's line)", fontsize=7)
+    save_figure(fig, out, dpi=100)
+
+
 def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth], boxes_3d: dict[str, list[Box3D]],
                 pixel_mm: dict[str, float], edges=SENSITIVITY_BINS_MM,
                 structure_of: Callable[[str, Tracklet], str] | None = None) -> dict:
@@ -95,14 +141,9 @@ def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth], boxes_3d:
     structures: Counter[str] = Counter()
     for volume, tracklets in items.items():
         for tracklet in tracklets:
-            if covers_a_lesion(tracklet, truth.get(volume)):
-                kind = "lesion"
-            elif touches(tracklet, boxes_3d.get(volume, [])):
-                kind = "part_of_lesion"
-            else:
-                kind = "no_lesion"
-                if structure_of is not None:
-                    structures[structure_of(volume, tracklet)] += 1
+            kind = kind_of(volume, tracklet, truth, boxes_3d)
+            if kind == "no_lesion" and structure_of is not None:
+                structures[structure_of(volume, tracklet)] += 1
             kinds[kind] += 1
             b = tracklet.boxes_xyxy_px[tracklet.key_index]
             sides.append((max(b[2] - b[0], b[3] - b[1]) - BOX_PADDING_PX) * pixel_mm[volume])
@@ -120,8 +161,10 @@ def label_kinds(items: dict[str, list], truth: dict[str, VolumeTruth], boxes_3d:
 
 def anatomy_reader(data: Path) -> Callable[[str, Tracklet], str]:
     """(volume, tracklet) -> the phantom's structure under the centre of the tracklet's key-slice box
-    (synth/anatomy.py's names: "node", "gallbladder", "lung_vessel", ...; "outside the body"), for a
-    dataset made by ``lesion-harvester synth``: each volume's scene is drawn again from the seed."""
+    (synth/anatomy.py's names: "node", "gallbladder", "lung_vessel", ...; "outside the body"), and the
+    one it lies in where that is not the body wall's fat and muscle ("node in liver": a normal node
+    painted inside an organ, which a reader would take for a lesion there), for a dataset made by
+    ``lesion-harvester synth``: each volume's scene is drawn again from the seed."""
     settings, seed, path = read_generator_record(data)
     cfg = from_dict(SynthConfig, settings, str(path))
     scene = functools.lru_cache(maxsize=8)(lambda key: scene_of_volume(key, seed, cfg))
@@ -129,8 +172,12 @@ def anatomy_reader(data: Path) -> Callable[[str, Tracklet], str]:
     def structure_of(volume: str, tracklet: Tracklet) -> str:
         x1, y1, x2, y2 = tracklet.boxes_xyxy_px[tracklet.key_index]
         s = scene(volume)
-        return structure_at(s.patient, s.grid, int(tracklet.z_indices[tracklet.key_index]),
-                            int(round((y1 + y2) / 2)), int(round((x1 + x2) / 2))) or "outside the body"
+        names = structures_at(s.patient, s.grid, int(tracklet.z_indices[tracklet.key_index]),
+                              int(round((y1 + y2) / 2)), int(round((x1 + x2) / 2)))
+        if not names:
+            return "outside the body"
+        under = [name for name in names[:-1] if name != names[-1]]
+        return names[-1] + (f" in {under[-1]}" if under and under[-1] != "body_wall" else "")
 
     return structure_of
 
@@ -170,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
     parser.add_argument("data")
     parser.add_argument("run")
+    parser.add_argument("--montage", type=Path, default=None, metavar="PNG",
+                        help="draw each round's best-scoring harvested lesions on no lesion (synthetic layout)")
     args = parser.parse_args(argv)
     truth = load_truth(Path(args.data) / "ground_truth" / "complete.pkl", "p3d")
     if not (Path(args.run) / "ledger.sqlite").is_file():  # Ledger() would create an empty one
@@ -206,7 +255,9 @@ def main(argv: list[str] | None = None) -> int:
         return {name: label_kinds(read_tracklets(path), truth, lesions_3d, pixel_mm, structure_of=structure_of)
                 for name, path in paths.items() if path.is_file()}
 
-    rounds = []
+    if args.montage is not None and lesions_3d is None:
+        raise DataError(boxes_3d_path, "missing", "--montage needs the lesions' 3D boxes of the synthetic layout")
+    rounds, montage = [], {}
     for r in ledger.finished_rounds("mine"):
         info = ledger.step_info(r, "mine")
         threshold = info["threshold"]
@@ -248,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                        "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r)),
                        "label_kinds": kinds_of({"harvested": layout.round_harvested(r),
                                                 "hard_negatives": layout.round_hard_negatives(r)})})
+        if args.montage is not None:  # the round's best-scoring harvests on no lesion
+            false = [row for row in sorted(harvested, key=lambda row: -(row.score or 0.0))
+                     if kind_of(row.volume, row.tracklet, truth, lesions_3d) == "no_lesion"][:MONTAGE_PER_ROUND]
+            montage[r] = [(row.volume, row.tracklet, structure_of(row.volume, row.tracklet) if structure_of else "")
+                          for row in false]
     pooled = hard_negative_shares(layout.hard_negatives)
     ledger.close()
     kinds = kinds_of({"harvested": layout.harvested, "hard_negatives": layout.hard_negatives})
@@ -285,6 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             lines.append(f"{name}.pkl sits on: a lesion {k['lesion']}, part of one {k['part_of_lesion']}, "
                          f"no lesion {k['no_lesion']}; on a lesion or part of one: {_on_lesion(k)}{_no_lesion_on(k)}")
+    if args.montage is not None:
+        draw_false_harvests(montage, DeepLesionDataset(args.data), args.montage)
+        lines.append(f"montage of the false harvests: {args.montage}" if any(montage.values())
+                     else "no harvested lesion lies on no lesion: no montage")
     common.report({"run": args.run, "rounds": rounds, "hard_negatives": pooled, "label_kinds": kinds},
                   args.json, *lines)
     return 0

@@ -259,8 +259,11 @@ def _phantom_names() -> set[str]:
 def test_harvest_precision_reports_each_round_of_a_tiny_harvest(tiny_dataset, tiny_harvest_run, tmp_path):
     tool = _load("harvest_precision")
     out = tmp_path / "precision.json"
-    assert tool.main([str(tiny_dataset), str(tiny_harvest_run), "--json", str(out)]) == 0
+    montage = tmp_path / "false.png"
+    assert tool.main([str(tiny_dataset), str(tiny_harvest_run), "--json", str(out), "--montage", str(montage)]) == 0
     (entry,) = json.loads(out.read_text())["rounds"]
+    # drawn where the round harvested a lesion on no lesion
+    assert montage.is_file() == (entry["label_kinds"]["harvested"]["no_lesion"] > 0)
     ledger = Ledger(tiny_harvest_run / "ledger.sqlite")
     new = ledger.proposals(1, volumes=ledger.volumes("harvest"), statuses=("harvested", "hard_negative", "rejected"))
     ledger.close()
@@ -273,7 +276,20 @@ def test_harvest_precision_reports_each_round_of_a_tiny_harvest(tiny_dataset, ti
     assert entry["label_kinds"]
     for kinds in entry["label_kinds"].values():
         assert sum(kinds["no_lesion_on"].values()) == kinds["no_lesion"]
-        assert set(kinds["no_lesion_on"]) <= _phantom_names() | {"outside the body"}
+        parts = {part for name in kinds["no_lesion_on"] for part in name.split(" in ")}  # "node in liver"
+        assert parts <= _phantom_names() | {"outside the body"}
+
+
+def test_the_false_harvest_montage_draws_each_round_as_a_row(tiny_dataset, tmp_path):
+    tool = _load("harvest_precision")
+    dataset = DeepLesionDataset(tiny_dataset)
+    key = sorted(dataset.sub_volumes)[0]
+    t = Tracklet(np.array([1, 2]), np.array([[20.0, 20.0, 30.0, 28.0], [21.0, 20.0, 31.0, 29.0]]), np.array([0.6, 0.8]))
+    out = tmp_path / "false.png"
+    tool.draw_false_harvests({2: [(key, t, "node")], 1: [(key, t, "gallbladder"), (key, t, "node")]}, dataset, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5_000
+    tool.draw_false_harvests({1: []}, dataset, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()  # nothing to draw, no file
 
 
 def test_rate_estimate_recomputes_the_rule_from_ledger_rows():

@@ -432,14 +432,21 @@ class _Probe(Canvas):
             self.covered |= bool(alpha[self.row - rows.start, self.col - cols.start] >= 0.5)
 
 
-def structure_at(patient: Patient, grid: Grid, z_index: int, row: int, col: int) -> str | None:
-    """The name of the structure seen at pixel (row, col) of slice ``z_index`` of ``grid``: the last
-    one painted at least half over it, as in the rendered volume (lesions, painted after the
-    anatomy, are not structures); None outside the body."""
-    seen = None
+def structures_at(patient: Patient, grid: Grid, z_index: int, row: int, col: int) -> list[str]:
+    """The names of the structures painted at least half over pixel (row, col) of slice ``z_index``
+    of ``grid``, in painting order: the last is the one the rendered volume shows (lesions, painted
+    after the anatomy, are not structures); empty outside the body."""
+    names = []
     for name, structure in zip(patient.names, patient.structures):
         probe = _Probe(grid, row, col)
         structure.paint(probe, z_index)
         if probe.covered:
-            seen = name
-    return seen
+            names.append(name)
+    return names
+
+
+def structure_at(patient: Patient, grid: Grid, z_index: int, row: int, col: int) -> str | None:
+    """The name of the structure seen at pixel (row, col) of slice ``z_index`` (:func:`structures_at`'s
+    last), or None outside the body."""
+    names = structures_at(patient, grid, z_index, row, col)
+    return names[-1] if names else None

@@ -9,7 +9,7 @@ from lesion_harvester.errors import DataError
 from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset, read_dl_info
 from lesion_harvester.io.png16 import read_png_hu
-from lesion_harvester.synth.anatomy import structure_at
+from lesion_harvester.synth.anatomy import structure_at, structures_at
 from lesion_harvester.synth.dataset import generate_volume, mark_probability, scene_of_volume, write_synthetic_dataset
 from lesion_harvester.synth.lesions import recist_from_mask, sample_lesion_count, sample_long_diameter_mm
 
@@ -154,6 +154,8 @@ def test_structure_at_names_the_anatomy_the_rendered_volume_shows():
             if abs(grid.z_mm[z] - node.centre[2]) > 0.3 * node.axes[2] or not inside_image or on_lesion:
                 continue
             assert structure_at(patient, grid, z, row, col) == "node"
+            below = structures_at(patient, grid, z, row, col)  # in painting order: the body first, the node last
+            assert below[0] == "body_wall" and below[-1] == "node"
             assert abs(float(hu[z, row, col]) - patient.hu["node"]) < 60  # noise, texture and blur
             checked += 1
     assert checked >= 2
