@@ -141,6 +141,11 @@ class HarvestRun:
         return known_extents(self.reviewed.positives + [item for group in proposals for item in group], labels,
                              spacing)
 
+    def harvested_before(self, r: int) -> list[tuple[str, Tracklet]]:
+        """(volume, tracklet) of every lesion harvested in rounds 1 to ``r`` - 1."""
+        return [(row.volume, row.tracklet) for q in range(1, r)
+                for row in self.ledger.proposals(q, statuses=("harvested",))]
+
     def folds(self) -> list[list[str]]:
         return steps.lpc_folds(list(self.inputs.fully_annotated), self.preset.lpc.folds)
 
@@ -416,11 +421,9 @@ def round_lpc_examples(run: HarvestRun, r: int) -> LPCExamples:
         unlabelled = steps.pretraining_items([(row.volume, row.tracklet) for row in run.ledger.proposals(r)],
                                              closed, cfg)
     if cfg.vh_negatives_per_volume:  # nor the volumes the estimate holds out; off every known lesion
-        earlier = [(row.volume, row.tracklet) for q in range(1, r)
-                   for row in run.ledger.proposals(q, statuses=("harvested",))]
         candidates = [(row.volume, row.tracklet) for row in run.ledger.proposals(r, statuses=("candidate",))]
-        vh_negatives = steps.vh_negative_items(candidates, closed | run.unseen, run.known_lesions(earlier), cfg,
-                                               cfg.seed + 100 * r)
+        known = run.known_lesions(run.harvested_before(r))
+        vh_negatives = steps.vh_negative_items(candidates, closed | run.unseen, known, cfg, cfg.seed + 100 * r)
     return steps.lpc_examples([(row.volume, row.tracklet, row.status) for row in vm],
                               [(row.volume, row.tracklet) for row in marked], run.inputs.fully_annotated,
                               marks, cfg.min_positives, unlabelled, vh_negatives)
@@ -480,8 +483,7 @@ def _mine(run: HarvestRun, r: int) -> None:
     vm = run.threshold_rows(ledger.proposals(r, statuses=VM_STATUSES))
     vm_marks = run.marks_of(vm)
     marked = [(row.volume, row.tracklet) for row in ledger.proposals(r, statuses=(RECIST,))]
-    earlier = [(row.volume, row.tracklet) for q in range(1, r) for row in ledger.proposals(q, statuses=("harvested",))]
-    result = mine_round(vm, vm_marks, ledger.proposals(r, statuses=("candidate",)), marked, earlier,
+    result = mine_round(vm, vm_marks, ledger.proposals(r, statuses=("candidate",)), marked, run.harvested_before(r),
                         run.preset.harvest, _marks_evidence(run, r), run.reviewed.negatives, run.known_lesions(),
                         vh_volumes=len(ledger.volumes("harvest")))
     with ledger.transaction() as db:
