@@ -359,21 +359,64 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
 
     # --- normal lymph nodes (not lesions: short axis under 10 mm) ------------------------------
     for _ in range(int(rng.integers(10, 25))):
-        zc = rng.uniform(40, 600)
-        ax, ay = p.cavity_axes(zc)
-        if zc < 230:  # mediastinal or axillary
-            centre = (
-                (rng.uniform(-0.2, 0.2) * W, rng.uniform(-0.4, 0.2) * D, zc)
-                if rng.random() < 0.6
-                else (rng.choice([-1, 1]) * (ax + p.wall_mm + 5), rng.uniform(-0.3, 0.2) * D, zc)
-            )
-        else:  # retroperitoneal or mesenteric
-            centre = (rng.uniform(-0.3, 0.3) * W, rng.uniform(-0.5, 0.35) * D, zc)
+        centre = _node_centre(rng, p)
         short = rng.uniform(2.0, 4.5)
-        node = Ellipsoid(
-            centre, (short * rng.uniform(1.0, 1.8), short, short * rng.uniform(1.0, 2.0)), angle=rng.uniform(0, np.pi)
-        )
-        _add(p, Solid(node, [(0.0, h["node"], 6.0)]), organ="node")
+        axes = (short * rng.uniform(1.0, 1.8), short, short * rng.uniform(1.0, 2.0))
+        angle = rng.uniform(0, np.pi)
+        # Normal nodes lie in fat (reference-facts section 9): one that would touch an organ, a
+        # vessel, bowel or bone moves to another spot of fat. Its new spots are drawn from a
+        # generator seeded by what it drew, so the patient's rng stream (and the lesions drawn after
+        # the anatomy) stays as it was; a node with no free spot in _NODE_TRIES is left out.
+        local = np.random.default_rng(np.frombuffer(np.array([*centre, short]).tobytes(), np.uint32))
+        for _ in range(_NODE_TRIES):
+            if _clear_of_structures(p, centre, max(axes) + _NODE_GAP_MM):
+                _add(p, Solid(Ellipsoid(tuple(centre), axes, angle=angle), [(0.0, h["node"], 6.0)]), organ="node")
+                break
+            centre = _node_centre(local, p)
+
+
+def _node_centre(rng: np.random.Generator, p: Patient) -> np.ndarray:
+    """A candidate centre (body mm) for a normal node: mediastinal or axillary above z = 230 mm,
+    retroperitoneal or mesenteric below."""
+    W, D = p.half_width_mm, p.half_depth_mm
+    zc = rng.uniform(40, 600)
+    ax, _ = p.cavity_axes(zc)
+    if zc < 230:
+        if rng.random() < 0.6:
+            return np.array([rng.uniform(-0.2, 0.2) * W, rng.uniform(-0.4, 0.2) * D, zc])
+        return np.array([rng.choice([-1, 1]) * (ax + p.wall_mm + 5), rng.uniform(-0.3, 0.2) * D, zc])
+    return np.array([rng.uniform(-0.3, 0.3) * W, rng.uniform(-0.5, 0.35) * D, zc])
+
+
+_NODE_TRIES = 50
+_NODE_GAP_MM = 2.0  # fat left between a normal node and any other structure
+_FAT_NAMES = {"body_wall", "pericardial_fat", "node"}  # structures a node may sit in or beside
+
+
+def _clear_of_structures(p: Patient, centre_mm: np.ndarray, reach_mm: float) -> bool:
+    """Whether a ball of ``reach_mm`` around ``centre_mm`` (body mm) misses every structure built so
+    far except fat and other nodes: conservative, an ellipsoid's wobble counted at its full amplitude."""
+    for name, structure in zip(p.names, p.structures):
+        if name in _FAT_NAMES:
+            continue
+        if isinstance(structure, Tube):
+            gap = np.linalg.norm(structure.points - centre_mm, axis=1) - structure.radii
+            if gap.min() < reach_mm:
+                return False
+        elif isinstance(structure, Solid):
+            shape = structure.shape
+            grow = 1.0 + sum(abs(a) for _, a, _ in shape.wobble)
+            for dz in (-reach_mm, 0.0, reach_mm):
+                sec = shape.section(float(centre_mm[2] + dz))
+                if sec is None:
+                    continue
+                cx, cy, ax, ay = sec
+                c, s = np.cos(shape.angle), np.sin(shape.angle)
+                u = (centre_mm[0] - cx) * c + (centre_mm[1] - cy) * s
+                v = -(centre_mm[0] - cx) * s + (centre_mm[1] - cy) * c
+                if np.hypot(u / (ax * grow + reach_mm), v / (ay * grow + reach_mm)) < 1.0:
+                    return False
+    return True
 
 
 @dataclass

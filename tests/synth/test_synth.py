@@ -133,6 +133,30 @@ def test_a_small_image_that_refuses_its_first_key_lesions_still_gets_one():
     assert record.lesions and record.lesions[0].marked
 
 
+def test_normal_nodes_move_into_fat_without_changing_the_patients_draws(monkeypatch):
+    """Every normal node keeps clear of organs, vessels, bowel and bone; moving one draws from its own
+    generator, so the patient's stream (which the lesions draw from next) is as if none had moved."""
+    from lesion_harvester.synth import anatomy
+
+    moved = 0
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        patient = anatomy.sample_patient(rng)
+        after = rng.random()
+        nodes = [s.shape for s, name in zip(patient.structures, patient.names) if name == "node"]
+        assert len(nodes) >= 8
+        for node in nodes:
+            assert anatomy._clear_of_structures(patient, np.array(node.centre), max(node.axes) + 1.9)
+        with monkeypatch.context() as m:  # every first spot accepted: the old, organ-blind placement
+            m.setattr(anatomy, "_clear_of_structures", lambda *a: True)
+            rng = np.random.default_rng(seed)
+            blind = anatomy.sample_patient(rng)
+            assert rng.random() == after and len(blind.names) >= len(patient.names)
+        blind_centres = {s.shape.centre for s, name in zip(blind.structures, blind.names) if name == "node"}
+        moved += sum(node.centre not in blind_centres for node in nodes)
+    assert moved >= 4  # the organ-blind placement put some nodes where the rule moves them
+
+
 def test_structure_at_names_the_anatomy_the_rendered_volume_shows():
     """A normal lymph node's centre shows the node at its CT value, and structure_at names it there;
     the scene drawn again from a volume's key is the one its volume was painted from."""
@@ -156,6 +180,7 @@ def test_structure_at_names_the_anatomy_the_rendered_volume_shows():
             assert structure_at(patient, grid, z, row, col) == "node"
             below = structures_at(patient, grid, z, row, col)  # in painting order: the body first, the node last
             assert below[0] == "body_wall" and below[-1] == "node"
+            assert set(below) <= {"body_wall", "pericardial_fat", "node"}  # in fat, never over an organ or a vessel
             assert abs(float(hu[z, row, col]) - patient.hu["node"]) < 60  # noise, texture and blur
             checked += 1
     assert checked >= 2
