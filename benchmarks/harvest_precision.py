@@ -11,7 +11,9 @@ harvest/precision.py); and the false positives per volume among the new proposal
 scores, on V_M (its complete labels) and on V_H (the complete labels the harvest never saw): where
 V_M has markedly fewer, a threshold set on V_M is too low for V_H; and the share of lesions among
 the top 10, 25, 50, 100 and 200 new V_H proposals by the round's score, the best precision any
-threshold could have given a harvest of that size (the ranking's ceiling). Last, how many of the hard
+threshold could have given a harvest of that size (the ranking's ceiling); and how well any estimate that
+counts false positives on V_M's few volumes could know the harvest's precision at all (a Poisson floor:
+:func:`count_estimate_floor`). Last, how many of the hard
 negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled ``hard_negatives.pkl``
 that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. Where
 DATA also holds the lesions' 3D boxes (``ground_truth/boxes_3d.pkl``), each round's and the pooled harvested
@@ -39,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from scipy.stats import poisson
 
 from lesion_harvester.config import SynthConfig, from_dict
 from lesion_harvester.errors import DataError
@@ -86,6 +89,28 @@ def top_k_precision(scores: np.ndarray, is_lesion: np.ndarray, ks: tuple[int, ..
     order = np.argsort(-scores, kind="stable")
     return [{"k": k, "lesions": round(float(is_lesion[order[:k]].mean()), 3),
              "score": round(float(scores[order[k - 1]]), 4)} for k in ks if k <= len(scores)]
+
+
+def count_estimate_floor(n_harvested: int, n_false: int, vh_volumes: int, vm_volumes: int,
+                         tolerance: float = 0.05) -> dict | None:
+    """How well any estimate that counts false positives on V_M could know a harvest's precision.
+
+    If V_M's volumes hold false positives above the threshold at V_H's true rate, their count is
+    Poisson with mean ``n_false * vm_volumes / vh_volumes``, and the estimate of V_H's false harvests
+    (the count times ``vh_volumes / vm_volumes``) misses by that Poisson's spread, scaled: the
+    precision's standard deviation ``sqrt(n_false * vh_volumes / vm_volumes) / n_harvested``. Returns
+    it, the chance that such an estimate lands within ``tolerance`` of the truth, and how many V_M
+    volumes would make the standard deviation half the tolerance. None without a harvest."""
+    if n_harvested <= 0 or vm_volumes <= 0 or vh_volumes <= 0:
+        return None
+    mean = n_false * vm_volumes / vh_volumes
+    scale = vh_volumes / vm_volumes  # V_H's estimated false harvests per false positive counted on V_M
+    sd = float(np.sqrt(n_false * scale) / n_harvested)
+    lo, hi = (n_false - tolerance * n_harvested) / scale, (n_false + tolerance * n_harvested) / scale
+    within = float(poisson.cdf(np.floor(hi), mean) - (poisson.cdf(np.ceil(lo) - 1, mean) if lo > 0 else 0.0))
+    needed = int(np.ceil(n_false * vh_volumes / (tolerance / 2 * n_harvested) ** 2))
+    return {"sd": round(sd, 4), "p_within": round(within, 3), "tolerance": tolerance,
+            "vm_volumes": vm_volumes, "vm_volumes_for_sd_half_tolerance": needed}
 
 
 def kind_of(volume: str, tracklet: Tracklet, truth: dict[str, VolumeTruth], boxes_3d: dict[str, list[Box3D]]) -> str:
@@ -292,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
                        "vm_precision_lower_bound": round(precision_lower_bound(tp, fp), 4),
                        "n_harvested": len(harvested),
                        "harvested_precision": round(float(np.mean(real)), 4) if real else None,
+                       # the spread any count on V_M's few volumes would give that precision's estimate
+                       "vm_count_floor": count_estimate_floor(len(harvested), len(real) - sum(real), len(v_h),
+                                                              len(v_m)),
                        # what the harvest estimated of that precision, by each rule it could use
                        "threshold_rule": info.get("threshold_rule", "vm"), "estimates": estimates,
                        "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh},
@@ -321,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{e['vm_new_lesions_above']} new lesions / {e['vm_false_positives_above']} FP (precision >= "
                      f"{e['vm_precision_lower_bound']:.2f}); harvested {e['n_harvested']}, of which lesions {p}"
                      + (f"; estimated {estimates}" if estimates else ""))
+        if e["vm_count_floor"]:
+            f = e["vm_count_floor"]
+            lines.append(f"  any estimate counting V_M's false positives: sd {f['sd']:.3f}, within {f['tolerance']} of "
+                         f"the truth with chance {f['p_within']:.2f}; sd {f['tolerance'] / 2} needs "
+                         f"{f['vm_volumes_for_sd_half_tolerance']} V_M volumes (has {f['vm_volumes']})")
         fp = e["false_positives_per_volume"]
         lines.append(f"  new false positives per volume at s >= {', '.join(map(str, fp['scores']))}: "
                      f"V_M {' '.join(f'{v:.2f}' for v in fp['v_m'])}; V_H {' '.join(f'{v:.2f}' for v in fp['v_h'])}")

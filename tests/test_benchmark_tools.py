@@ -237,6 +237,25 @@ def test_false_positives_per_volume_counts_at_each_score():
     assert tool.false_positives_per_volume([], [], 0, (0.3,)) == [0.0]
 
 
+def test_count_estimate_floor_is_the_poisson_spread_of_v_ms_count():
+    tool = _load("harvest_precision")
+    # the bench: 100 harvested, 30 of them false, over 190 V_H volumes; V_M has 10
+    bench = tool.count_estimate_floor(100, 30, 190, 10)
+    assert bench["sd"] == pytest.approx(np.sqrt(30 * 19) / 100, abs=1e-4)
+    # each false positive V_M counts stands for 19 of V_H's, 0.19 of the precision: nothing lands within 0.05
+    assert bench["p_within"] == 0.0 and bench["vm_volumes_for_sd_half_tolerance"] == int(np.ceil(30 * 190 / 2.5**2))
+    # the paper's scale: 9,805 harvested at 90%, about 13,000 V_H volumes, 744 in V_M
+    paper = tool.count_estimate_floor(9805, 980, 13000, 744)
+    assert paper["sd"] < 0.015 and paper["p_within"] > 0.99 and paper["vm_volumes_for_sd_half_tolerance"] < 744
+    # the chance agrees with drawing V_M's count
+    rng = np.random.default_rng(0)
+    mid = tool.count_estimate_floor(200, 40, 120, 30)
+    counts = rng.poisson(40 * 30 / 120, 20000)
+    hits = np.abs(counts * 120 / 30 - 40) <= 0.05 * 200 + 1e-9
+    assert mid["p_within"] == pytest.approx(hits.mean(), abs=0.01)
+    assert tool.count_estimate_floor(0, 0, 190, 10) is None
+
+
 def test_top_k_precision_is_the_lesion_share_of_the_k_best_scores():
     tool = _load("harvest_precision")
     scores = [0.2, 0.9, 0.5, 0.8, 0.5, 0.1]
