@@ -420,7 +420,8 @@ class HarvestConfig(_Checked):
     fusion_exponents: Annotated[tuple[float, ...], each(
         lambda w: is_number(w) and w >= 0, "one or more exponents >= 0 (1.0 is the paper's s_g * s_c)")] = (1.0,)
     # how w is chosen on V_M: "admitted" (the most V_M lesions above the threshold) or "ap" (the best
-    # AP of V_M's whole out-of-fold ranking; varies less on a small V_M)
+    # AP of V_M's whole out-of-fold ranking among the w whose threshold admits a lesion; varies less on
+    # a small V_M)
     fusion_choice: FusionChoice = "admitted"
     # rounds 2+: LPG fine-tuning from the previous round's checkpoint, with lpg_train's settings
     # except these (its lr times the factor)

@@ -196,3 +196,17 @@ def test_the_exponent_can_be_chosen_by_the_whole_ranking():
     assert choose_fusion_exponent(s_g, s_c, lesion, (1.0, 0.0))[0] == 0.0  # by admitted lesions too: 4 against 2
     w, _ = choose_fusion_exponent(s_g, np.ones(6), lesion, (1.0, 0.0), by="ap")
     assert w == 1.0  # a tie in AP: the earlier listed
+
+
+def test_fusion_by_ap_passes_over_an_exponent_that_admits_no_lesion():
+    # s_g ranks better overall but puts a false positive first: its 95% threshold admits nothing
+    s_g = np.array([0.9, 0.85, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4])
+    s_c = np.array([0.01, 1.0, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9])  # the product: a lesion first, then three negatives
+    lesion = np.array([0, 1, 1, 1, 1, 0, 0, 0], dtype=bool)
+    table = choose_fusion_exponent(s_g, s_c, lesion, (1.0, 0.0), by="ap")[1]
+    assert table[1]["ap"] > table[0]["ap"] and table[1]["admitted_lesions"] == 0 < table[0]["admitted_lesions"]
+    assert choose_fusion_exponent(s_g, s_c, lesion, (1.0, 0.0), by="ap")[0] == 1.0
+    # when no exponent admits a lesion, the best AP still decides
+    none = np.array([0, 0, 0, 0, 0, 0, 0, 1], dtype=bool)
+    w, table = choose_fusion_exponent(s_g, np.full(8, 0.5), none, (1.0, 0.0), by="ap")
+    assert all(row["admitted_lesions"] == 0 for row in table) and w == 1.0

@@ -62,8 +62,11 @@ def choose_fusion_exponent(objectness: np.ndarray, probability: np.ndarray, is_l
     ``by="admitted"``: the w under which the ``precision`` threshold on V_M admits the most V_M
     lesions, i.e. the one that would harvest most at the required precision (ties: the higher AP,
     then the earlier listed). ``by="ap"``: the w with the highest AP on V_M (ties: the earlier
-    listed), which rests on the whole ranking rather than on its few top proposals, so it varies less
-    on a small V_M. Returns (w, one summary per exponent).
+    listed) among those whose threshold admits at least one V_M lesion (all of them when none does),
+    which rests on the whole ranking rather than on its few top proposals, so it varies less on a
+    small V_M; a w that ranks well but puts a false positive first harvests nothing, and its AP does
+    not make up for that (demo seed 0 after 9690011: w = 0, a normal node first). Returns (w, one
+    summary per exponent).
 
     Why: the paper multiplies the scores assuming that the LPG and the LPC err independently. After
     a round of hard-negative fine-tuning the LPG has learnt from the LPC's own verdicts and the
@@ -79,7 +82,8 @@ def choose_fusion_exponent(objectness: np.ndarray, probability: np.ndarray, is_l
         table.append({"exponent": float(w), "threshold": t if np.isfinite(t) else None,
                       "admitted_lesions": int((is_lesion & (s >= t)).sum()), "ap": average_precision(s, is_lesion)})
     if by == "ap":
-        best = max(range(len(table)), key=lambda i: (table[i]["ap"], -i))
+        usable = [i for i, row in enumerate(table) if row["admitted_lesions"] > 0] or range(len(table))
+        best = max(usable, key=lambda i: (table[i]["ap"], -i))
     else:
         best = max(range(len(table)), key=lambda i: (table[i]["admitted_lesions"], table[i]["ap"], -i))
     return table[best]["exponent"], table
