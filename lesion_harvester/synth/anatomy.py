@@ -197,10 +197,14 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
             angle=-0.5,
         )
         _add(p, Solid(pool, [(0.0, h["vein"] + 30, 8.0)]), name="heart_blood_pool")
+    # the arch bows to the patient's left of the trachea and oesophagus, as it does (straight across,
+    # it ran through the oesophagus in every patient, a soft-tissue oval inside the bright aorta)
+    arch = _arc((0.03 * W, -0.25 * D, 95), (0.14 * W, spine_y - 0.12 * D, 100), 2.0, lift=25)
+    arch[:, 0] += ARCH_BOW_MM * np.sin(np.pi * np.linspace(0, 1, len(arch)))
     aorta = np.concatenate(
         [
             _line((0.03 * W, -0.30 * D, 170), (0.03 * W, -0.25 * D, 95), 2.0),
-            _arc((0.03 * W, -0.25 * D, 95), (0.14 * W, spine_y - 0.12 * D, 100), 2.0, lift=25),
+            arch,
             _line((0.14 * W, spine_y - 0.12 * D, 100), (0.13 * W, spine_y - 0.13 * D, 330), 2.0),
             _line((0.13 * W, spine_y - 0.13 * D, 330), (0.06 * W, spine_y - 0.28 * D, 470), 2.0),
         ]
@@ -389,6 +393,7 @@ def _node_centre(rng: np.random.Generator, p: Patient) -> np.ndarray:
 
 
 _NODE_TRIES = 50
+ARCH_BOW_MM = 32.0  # how far the aortic arch bows to the left of the straight line between its ends
 _NODE_GAP_MM = 2.0  # fat left between a normal node and any other structure
 _FAT_NAMES = {"body_wall", "pericardial_fat", "node"}  # structures a node may sit in or beside
 

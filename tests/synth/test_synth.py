@@ -157,6 +157,20 @@ def test_normal_nodes_move_into_fat_without_changing_the_patients_draws(monkeypa
     assert moved >= 4  # the organ-blind placement put some nodes where the rule moves them
 
 
+def test_the_oesophagus_passes_beside_the_aortic_arch_not_through_it():
+    """Straight across, the arch ran through the oesophagus in every patient: a soft-tissue oval
+    inside the bright aorta, which the harvest took for a lesion."""
+    from lesion_harvester.synth import anatomy
+    from lesion_harvester.synth.shapes import Tube
+
+    for seed in range(6):
+        patient = anatomy.sample_patient(np.random.default_rng(seed))
+        tubes = {name: s for name, s in zip(patient.names, patient.structures) if isinstance(s, Tube)}
+        oesophagus, aorta = tubes["oesophagus"], tubes["aorta"]
+        centres = np.linalg.norm(oesophagus.points[:, None] - aorta.points[None], axis=2)
+        assert (centres - oesophagus.radii[:, None] - aorta.radii[None]).min() > 0
+
+
 def test_structure_at_names_the_anatomy_the_rendered_volume_shows():
     """A normal lymph node's centre shows the node at its CT value, and structure_at names it there;
     the scene drawn again from a volume's key is the one its volume was painted from."""
