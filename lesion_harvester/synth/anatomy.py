@@ -200,7 +200,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
     # the arch bows to the patient's left of the trachea and oesophagus, as it does (straight across,
     # it ran through the oesophagus in every patient, a soft-tissue oval inside the bright aorta)
     arch = _arc((0.03 * W, -0.25 * D, 95), (0.14 * W, spine_y - 0.12 * D, 100), 2.0, lift=25)
-    arch[:, 0] += ARCH_BOW_MM * np.sin(np.pi * np.linspace(0, 1, len(arch)))
+    arch[:, 0] += _ARCH_BOW_MM * np.sin(np.pi * np.linspace(0, 1, len(arch)))
     aorta = np.concatenate(
         [
             _line((0.03 * W, -0.30 * D, 170), (0.03 * W, -0.25 * D, 95), 2.0),
@@ -393,7 +393,7 @@ def _node_centre(rng: np.random.Generator, p: Patient) -> np.ndarray:
 
 
 _NODE_TRIES = 50
-ARCH_BOW_MM = 32.0  # how far the aortic arch bows to the left of the straight line between its ends
+_ARCH_BOW_MM = 32.0  # how far the aortic arch bows to the left of the straight line between its ends
 _NODE_GAP_MM = 2.0  # fat left between a normal node and any other structure
 _FAT_NAMES = {"body_wall", "pericardial_fat", "node"}  # structures a node may sit in or beside
 
