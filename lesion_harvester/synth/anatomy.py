@@ -19,6 +19,10 @@ import numpy as np
 from lesion_harvester.synth.shapes import Canvas, Ellipsoid, Grid, Tube, smooth_path, soft_alpha
 
 Layers = list[tuple[float, float, float]]  # (inset_mm, value_hu, texture_hu)
+_ARCH_BOW_MM = 32.0  # how far the aortic arch bows to the left of the straight line between its ends
+_NODE_GAP_MM = 2.0  # fat left between a normal node and any other structure
+_NODE_TRIES = 50  # candidate spots a normal node may try before it is left out
+_FAT_NAMES = {"body_wall", "pericardial_fat", "node"}  # structures a node may sit in or beside
 
 
 @dataclass
@@ -390,12 +394,6 @@ def _node_centre(rng: np.random.Generator, p: Patient) -> np.ndarray:
             return np.array([rng.uniform(-0.2, 0.2) * W, rng.uniform(-0.4, 0.2) * D, zc])
         return np.array([rng.choice([-1, 1]) * (ax + p.wall_mm + 5), rng.uniform(-0.3, 0.2) * D, zc])
     return np.array([rng.uniform(-0.3, 0.3) * W, rng.uniform(-0.5, 0.35) * D, zc])
-
-
-_NODE_TRIES = 50
-_ARCH_BOW_MM = 32.0  # how far the aortic arch bows to the left of the straight line between its ends
-_NODE_GAP_MM = 2.0  # fat left between a normal node and any other structure
-_FAT_NAMES = {"body_wall", "pericardial_fat", "node"}  # structures a node may sit in or beside
 
 
 def _clear_of_structures(p: Patient, centre_mm: np.ndarray, reach_mm: float) -> bool:
