@@ -72,17 +72,22 @@ class Patient:
 
     def in_organ(self, name: str, point: np.ndarray, margin: float = 0.85) -> bool:
         """Whether a body point lies inside one of the organ's ellipsoids (normalized radius < margin)."""
-        for shape in self.organs.get(name, []):
-            sec = shape.section(float(point[2]))
-            if sec is None:
-                continue
-            cx, cy, ax, ay = sec
-            c, s = np.cos(shape.angle), np.sin(shape.angle)
-            u = (point[0] - cx) * c + (point[1] - cy) * s
-            v = -(point[0] - cx) * s + (point[1] - cy) * c
-            if (u / ax) ** 2 + (v / ay) ** 2 < margin**2:
-                return True
-        return False
+        return any(_section_radius(shape, point[0], point[1], point[2]) < margin for shape in self.organs.get(name, []))
+
+
+def _section_radius(shape: Ellipsoid, x_mm: float, y_mm: float, z_mm: float, grow: float = 1.0,
+                    pad_mm: float = 0.0) -> float:
+    """How far (x, y) lies from the centre of ``shape``'s cross-section at z, in units of that
+    section's semi-axes (each times ``grow``, plus ``pad_mm``): below 1 inside; inf where the slice
+    misses the shape."""
+    sec = shape.section(float(z_mm))
+    if sec is None:
+        return float("inf")
+    cx, cy, ax, ay = sec
+    c, s = np.cos(shape.angle), np.sin(shape.angle)
+    u = (x_mm - cx) * c + (y_mm - cy) * s
+    v = -(x_mm - cx) * s + (y_mm - cy) * c
+    return float(np.hypot(u / (ax * grow + pad_mm), v / (ay * grow + pad_mm)))
 
 
 def sample_patient(rng: np.random.Generator) -> Patient:
@@ -409,16 +414,9 @@ def _clear_of_structures(p: Patient, centre_mm: np.ndarray, reach_mm: float) -> 
         elif isinstance(structure, Solid):
             shape = structure.shape
             grow = 1.0 + sum(abs(a) for _, a, _ in shape.wobble)
-            for dz in (-reach_mm, 0.0, reach_mm):
-                sec = shape.section(float(centre_mm[2] + dz))
-                if sec is None:
-                    continue
-                cx, cy, ax, ay = sec
-                c, s = np.cos(shape.angle), np.sin(shape.angle)
-                u = (centre_mm[0] - cx) * c + (centre_mm[1] - cy) * s
-                v = -(centre_mm[0] - cx) * s + (centre_mm[1] - cy) * c
-                if np.hypot(u / (ax * grow + reach_mm), v / (ay * grow + reach_mm)) < 1.0:
-                    return False
+            x, y, z = centre_mm
+            if any(_section_radius(shape, x, y, z + dz, grow, reach_mm) < 1.0 for dz in (-reach_mm, 0.0, reach_mm)):
+                return False
     return True
 
 
