@@ -11,6 +11,7 @@ from lesion_harvester.dataset.roles import resolve_partition
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.reviews import reviewed_labels
 from lesion_harvester.harvest.rounds import harvest
+from lesion_harvester.harvest.verify import known_extents, touches
 from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.paths import RunLayout
@@ -54,12 +55,33 @@ def test_next_round_uses_the_verdicts_and_export(tiny_harvest_run, tiny_dataset,
     given = resolve_partition(tiny_dataset)
     holdout = set(ledger.volumes(holdout=True))
     open_keys = [k for k in given.harvest if k not in holdout and ledger.proposals(1, volumes=[k])]
-    reviewed, other = open_keys[0], open_keys[1]
-    rejected, kept = ledger.proposals(1, volumes=[other])[:2]
+    dataset = DeepLesionDataset(tiny_dataset)
+    marks_of = dataset.marks(open_keys)
+
+    def apart(volume):
+        """Three new proposals of ``volume``: the first touching neither the others' extents nor a
+        harvested lesion nor a mark, so that no rule but the reviewer's verdict keeps it out of the
+        fine-tuning negatives (steps.pool_examples)."""
+        spacing = {volume: dataset.sub_volumes[volume].spacing_zyx_mm}
+
+        def extents(rows):  # where pool_examples puts these positives (one-slice ones grow in z)
+            return known_extents([(volume, r.tracklet) for r in rows], None, spacing).get(volume, [])
+
+        rows = [r for r in ledger.proposals(1, volumes=[volume]) if r.status not in ("recist", "marked_piece")]
+        marked = known_extents([], {volume: [m.slice_box() for m in marks_of.get(volume, [])]}, spacing).get(volume, [])
+        harvested = extents([r for r in rows if r.status == "harvested"])
+        for first in rows:
+            rest = [r for r in rows if r is not first and not touches(first.tracklet, extents([r]))]
+            if len(rest) >= 2 and not touches(first.tracklet, marked + harvested):
+                return first, rest[0], rest[1]
+        return None
+
+    reviewed = open_keys[0]
+    other = next(k for k in open_keys[1:] if apart(k))
+    rejected, kept, accepted = apart(other)
     with ledger.transaction() as db:  # as if round 1 had harvested both
         ledger.set_statuses(db, 1, [(other, rejected.idx, "harvested"), (other, kept.idx, "harvested")])
     ledger.add_verdict(other, "proposal", f"1:{rejected.idx}", "reject", "alice", 0)
-    accepted = ledger.proposals(1, volumes=[other])[2]
     ledger.add_verdict(other, "proposal", f"1:{accepted.idx}", "accept", "alice", 0)
     drawn = ledger.add_verdict(reviewed, "drawn", "", "draw", "alice", 0, z_index=1, box_xyxy_px=[5.0, 6.0, 15.0, 18.0])
     ledger.add_verdict(reviewed, "volume", "", "fully_annotated", "bob", 0)
