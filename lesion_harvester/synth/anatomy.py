@@ -371,6 +371,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
     _add(p, Solid(sternum, [(0.0, h["cortical"], 20.0), (1.5, h["cancellous"], 20.0)]), organ="bone")
 
     # --- normal lymph nodes (not lesions: short axis under 10 mm) ------------------------------
+    obstacles = _Obstacles(p)  # what a node must keep clear of: all of the anatomy above, nodes aside
     for _ in range(int(rng.integers(10, 25))):
         centre = _node_centre(rng, p)
         short = rng.uniform(2.0, 4.5)
@@ -382,7 +383,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
         # the anatomy) stays as it was; a node with no free spot in _NODE_TRIES is left out.
         local = np.random.default_rng(np.frombuffer(np.array([*centre, short]).tobytes(), np.uint32))
         for _ in range(_NODE_TRIES):
-            if _clear_of_structures(p, centre, max(axes) + _NODE_GAP_MM):
+            if obstacles.clear(centre, max(axes) + _NODE_GAP_MM):
                 _add(p, Solid(Ellipsoid(tuple(centre), axes, angle=angle), [(0.0, h["node"], 6.0)]), organ="node")
                 break
             centre = _node_centre(local, p)
@@ -401,23 +402,24 @@ def _node_centre(rng: np.random.Generator, p: Patient) -> np.ndarray:
     return np.array([rng.uniform(-0.3, 0.3) * W, rng.uniform(-0.5, 0.35) * D, zc])
 
 
-def _clear_of_structures(p: Patient, centre_mm: np.ndarray, reach_mm: float) -> bool:
-    """Whether a ball of ``reach_mm`` around ``centre_mm`` (body mm) misses every structure built so
-    far except fat and other nodes: conservative, an ellipsoid's wobble counted at its full amplitude."""
-    for name, structure in zip(p.names, p.structures):
-        if name in _FAT_NAMES:
-            continue
-        if isinstance(structure, Tube):
-            gap = np.linalg.norm(structure.points - centre_mm, axis=1) - structure.radii
-            if gap.min() < reach_mm:
-                return False
-        elif isinstance(structure, Solid):
-            shape = structure.shape
-            grow = 1.0 + sum(abs(a) for _, a, _ in shape.wobble)
-            x, y, z = centre_mm
-            if any(_section_radius(shape, x, y, z + dz, grow, reach_mm) < 1.0 for dz in (-reach_mm, 0.0, reach_mm)):
-                return False
-    return True
+class _Obstacles:
+    """The structures of a patient other than fat and nodes, gathered once: every tube's sampled
+    points and radii stacked, and the solids' ellipsoids."""
+
+    def __init__(self, p: Patient):
+        tubes = [s for n, s in zip(p.names, p.structures) if n not in _FAT_NAMES and isinstance(s, Tube)]
+        self.points = np.concatenate([t.points for t in tubes]) if tubes else np.zeros((0, 3))
+        self.radii = np.concatenate([t.radii for t in tubes]) if tubes else np.zeros(0)
+        self.shapes = [s.shape for n, s in zip(p.names, p.structures) if n not in _FAT_NAMES and isinstance(s, Solid)]
+
+    def clear(self, centre_mm: np.ndarray, reach_mm: float) -> bool:
+        """Whether a ball of ``reach_mm`` around ``centre_mm`` (body mm) misses them all: conservative,
+        an ellipsoid's wobble counted at its full amplitude."""
+        if len(self.radii) and (np.linalg.norm(self.points - centre_mm, axis=1) - self.radii).min() < reach_mm:
+            return False
+        x, y, z = centre_mm
+        return not any(_section_radius(shape, x, y, z + dz, 1.0 + shape.wobble_amplitude, reach_mm) < 1.0
+                       for shape in self.shapes for dz in (-reach_mm, 0.0, reach_mm))
 
 
 @dataclass

@@ -90,6 +90,11 @@ class Ellipsoid:
     tilt_xy: tuple[float, float] = (0.0, 0.0)
     wobble: tuple[tuple[int, float, float], ...] = ()
 
+    @property
+    def wobble_amplitude(self) -> float:
+        """The most the wobble can push the boundary out, as a fraction of the radius."""
+        return sum(abs(a) for _, a, _ in self.wobble)
+
     def z_extent(self) -> tuple[float, float]:
         return self.centre[2] - self.axes[2], self.centre[2] + self.axes[2]
 
@@ -113,8 +118,7 @@ class Ellipsoid:
         if sec is None:
             return None
         cx, cy, ax, ay = sec
-        amp = sum(abs(a) for _, a, _ in self.wobble)
-        reach = max(ax, ay) * (1 + amp) + margin_mm
+        reach = max(ax, ay) * (1 + self.wobble_amplitude) + margin_mm
         r0, r1 = grid.row_range(cy - reach, cy + reach)
         c0, c1 = grid.col_range(cx - reach, cx + reach)
         if r0 >= r1 or c0 >= c1:

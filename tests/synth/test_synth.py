@@ -145,10 +145,11 @@ def test_normal_nodes_move_into_fat_without_changing_the_patients_draws(monkeypa
         after = rng.random()
         nodes = [s.shape for s, name in zip(patient.structures, patient.names) if name == "node"]
         assert len(nodes) >= 8
+        obstacles = anatomy._Obstacles(patient)
         for node in nodes:
-            assert anatomy._clear_of_structures(patient, np.array(node.centre), max(node.axes) + 1.9)
+            assert obstacles.clear(np.array(node.centre), max(node.axes) + 1.9)
         with monkeypatch.context() as m:  # every first spot accepted: the old, organ-blind placement
-            m.setattr(anatomy, "_clear_of_structures", lambda *a: True)
+            m.setattr(anatomy._Obstacles, "clear", lambda *a: True)
             rng = np.random.default_rng(seed)
             blind = anatomy.sample_patient(rng)
             assert rng.random() == after and len(blind.names) >= len(patient.names)
