@@ -64,21 +64,20 @@ def test_next_round_uses_the_verdicts_and_export(tiny_harvest_run, tiny_dataset,
         fine-tuning negatives (steps.pool_examples)."""
         spacing = {volume: dataset.sub_volumes[volume].spacing_zyx_mm}
 
-        def extents(rows):  # where pool_examples puts these positives (one-slice ones grow in z)
-            return known_extents([(volume, r.tracklet) for r in rows], None, spacing).get(volume, [])
+        def extents(rows, labels=None):  # where pool_examples puts these (one-slice ones grow in z)
+            return known_extents([(volume, r.tracklet) for r in rows], labels, spacing).get(volume, [])
 
         rows = [r for r in ledger.proposals(1, volumes=[volume]) if r.status not in ("recist", "marked_piece")]
-        marked = known_extents([], {volume: [m.slice_box() for m in marks_of.get(volume, [])]}, spacing).get(volume, [])
-        harvested = extents([r for r in rows if r.status == "harvested"])
+        known = extents([r for r in rows if r.status == "harvested"],
+                        {volume: [m.slice_box() for m in marks_of.get(volume, [])]})
         for first in rows:
             rest = [r for r in rows if r is not first and not touches(first.tracklet, extents([r]))]
-            if len(rest) >= 2 and not touches(first.tracklet, marked + harvested):
+            if len(rest) >= 2 and not touches(first.tracklet, known):
                 return first, rest[0], rest[1]
         return None
 
     reviewed = open_keys[0]
-    other = next(k for k in open_keys[1:] if apart(k))
-    rejected, kept, accepted = apart(other)
+    other, (rejected, kept, accepted) = next((k, found) for k in open_keys[1:] if (found := apart(k)))
     with ledger.transaction() as db:  # as if round 1 had harvested both
         ledger.set_statuses(db, 1, [(other, rejected.idx, "harvested"), (other, kept.idx, "harvested")])
     ledger.add_verdict(other, "proposal", f"1:{rejected.idx}", "reject", "alice", 0)
