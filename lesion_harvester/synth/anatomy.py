@@ -22,6 +22,9 @@ Layers = list[tuple[float, float, float]]  # (inset_mm, value_hu, texture_hu)
 _ARCH_BOW_MM = 32.0  # how far the aortic arch bows to the left of the straight line between its ends
 _NODE_GAP_MM = 2.0  # fat left between a normal node and any other structure
 _NODE_TRIES = 50  # candidate spots a normal node may try before it is left out
+_HEPATIC_FLEXURE_Z_MM = 420.0  # body z of the colon's turn below the liver (the liver ends near 395)
+_SPLENIC_FLEXURE_Z_MM = 400.0  # and of its turn below the spleen and stomach (ends near 335)
+_BOWEL_REACH_MM = 14.0  # the widest small-bowel loop's radius: how far its path keeps from the solid organs
 _FAT_NAMES = {"body_wall", "pericardial_fat", "node"}  # structures a node may sit in or beside
 
 
@@ -280,11 +283,20 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
         _add(p, Solid(sinus, [(0.0, h["fat"] + 30, 6.0), (5.0, h["fluid"], 3.0)]), organ="renal_sinus")
 
     # --- bowel: small-bowel loops (some collapsed: solid, node-like) and the colon --------
+    solid_organs = [shape for organ in ("liver", "spleen", "kidney") for shape in p.organs[organ]]
+
     def in_abdomen(pt):
+        """Inside the abdominal cavity and, by the widest loop's radius, outside the solid organs
+        (the loops started at z 320 wound through the liver's lower half: collapsed ones were
+        soft-tissue blobs inside liver parenchyma)."""
         if not 320 <= pt[2] <= 600:
             return False
         ax, ay = p.cavity_axes(pt[2])
-        return (pt[0] / (0.8 * ax)) ** 2 + ((pt[1] + 0.25 * ay) / (0.65 * ay)) ** 2 < 1
+        if (pt[0] / (0.8 * ax)) ** 2 + ((pt[1] + 0.25 * ay) / (0.65 * ay)) ** 2 >= 1:
+            return False
+        reach = _BOWEL_REACH_MM
+        return all(_section_radius(shape, pt[0], pt[1], pt[2] + dz, 1.0 + shape.wobble_amplitude, reach) >= 1.0
+                   for shape in solid_organs for dz in (-reach, 0.0, reach))
 
     for _ in range(int(rng.integers(8, 15))):
         start = np.array([rng.uniform(-0.5, 0.5) * W, rng.uniform(-0.6, 0.0) * D, rng.uniform(360, 560)])
@@ -302,11 +314,14 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
         else:
             layers, r = [(0.0, h["bowel_wall"], 6.0), (2.5, rng.uniform(200, 350), 20.0)], rng.uniform(9, 14)
         _add(p, Tube(path, np.full(len(path), r), layers), name=name)
+    # the flexures and the transverse colon hang below the liver (at z 330 they ran through it, 16%
+    # of the colon drawn inside the liver in every patient)
+    hz, sz = _HEPATIC_FLEXURE_Z_MM, _SPLENIC_FLEXURE_Z_MM
     colon = np.concatenate(
         [
-            _line((-0.62 * W, -0.05 * D, 560), (-0.62 * W, -0.10 * D, 330), 2.0),
-            _arc((-0.62 * W, -0.10 * D, 330), (0.62 * W, -0.10 * D, 320), 2.0, lift=-0.55 * D, axis=1),
-            _line((0.62 * W, -0.10 * D, 320), (0.60 * W, 0.0, 520), 2.0),
+            _line((-0.62 * W, -0.05 * D, 560), (-0.62 * W, -0.10 * D, hz), 2.0),
+            _arc((-0.62 * W, -0.10 * D, hz), (0.62 * W, -0.10 * D, sz), 2.0, lift=-0.55 * D, axis=1),
+            _line((0.62 * W, -0.10 * D, sz), (0.60 * W, 0.0, 520), 2.0),
             _arc((0.60 * W, 0.0, 520), (0.0, 0.15 * D, 560), 2.0, lift=-0.3 * D, axis=1),
         ]
     )

@@ -172,6 +172,24 @@ def test_the_oesophagus_passes_beside_the_aortic_arch_not_through_it():
         assert (centres - oesophagus.radii[:, None] - aorta.radii[None]).min() > 0
 
 
+def test_the_colon_hangs_below_the_liver():
+    """With its flexures at z 330 the colon ran through the liver (a sixth of it drawn inside the
+    liver in every patient), an air-filled ring inside liver parenchyma."""
+    from lesion_harvester.synth import anatomy
+    from lesion_harvester.synth.shapes import Tube
+
+    for seed in range(6):
+        patient = anatomy.sample_patient(np.random.default_rng(seed))
+        colon = next(s for name, s in zip(patient.names, patient.structures) if name == "colon")
+        assert isinstance(colon, Tube)
+        for shape in patient.organs["liver"]:
+            grow = 1.0 + shape.wobble_amplitude
+            for (x, y, z), r in zip(colon.points, colon.radii):
+                # the sphere of radius r around the path point misses the liver's section at its
+                # centre and at its top and bottom
+                assert all(anatomy._section_radius(shape, x, y, z + dz, grow, r) >= 1.0 for dz in (-r, 0.0, r))
+
+
 def test_structure_at_names_the_anatomy_the_rendered_volume_shows():
     """A normal lymph node's centre shows the node at its CT value, and structure_at names it there;
     the scene drawn again from a volume's key is the one its volume was painted from."""
