@@ -322,7 +322,7 @@ def test_verify_lesions_of_every_round_with_one_score(staged_server, page, shots
     page.click('#negative-list .wl-lesion[data-ref="1:1"]')
     expect(page.locator("#selection")).to_contain_text("proposal 1:1 · round 1 · hard negative")
     expect(page.locator("#selection")).to_contain_text("s = s_g · s_c^w = 0.70 · 0.50^1 = 0.35")
-    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^slice 10 / 13 · "))  # z_index 9
+    expect(page.locator("#slice-info")).to_have_text(re.compile(r"^slice 10 / \d+ · "))  # z_index 9
     page.wait_for_load_state("networkidle")
     page.screenshot(path=str(shots / "hard_negative.png"))
 
