@@ -288,7 +288,8 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
     def in_abdomen(pt):
         """Inside the abdominal cavity and, by the widest loop's radius, outside the solid organs
         (the loops started at z 320 wound through the liver's lower half: collapsed ones were
-        soft-tissue blobs inside liver parenchyma)."""
+        soft-tissue blobs inside liver parenchyma). The walk turns back when it leaves, so a path
+        may stray a few steps past this margin, though not into the organs as painted (tested)."""
         if not 320 <= pt[2] <= 600:
             return False
         ax, ay = p.cavity_axes(pt[2])
