@@ -53,11 +53,12 @@ def test_presets_load(name):
 # not change a preset, nor the fingerprints by which existing runs resume. A preset changed on
 # purpose gets new values here: demo on 2026-12-01 (issue 15: keep_epoch, fusion choice, no variants)
 # and 2026-12-02 (issue 16: table3.epochs; a harvest's own fingerprint leaves Table III's settings out)
-# and demo and bench on 2026-12-07 (issue 34: the hard-negative vetoes and the LPC's V_H negatives)
+# and demo and bench on 2026-12-07 (issue 34: the hard-negative vetoes and the LPC's V_H negatives;
+# then bench's fusion fixed at the paper's w = 1)
 PINNED = {
     "tiny": ("eaaf9f6ab1c18da4cccf83e17e93e54621ecd72d", "d1ea18d603f13a87", "e8ac367c4f"),
     "demo": ("1bee29212b9a67cdec3094ce713d44495b198c32", "c8749f70b8c4d475", "985da73f96"),
-    "bench": ("d6fa0a5015ad03fda4290638470c5844d6b64b44", "1527868c1afac45d", "50c455a29c"),
+    "bench": ("92bba5ab1e078cf9b0819cf63327412c0f303dda", "4a1767135164a10e", "50c455a29c"),
     "paper": ("eb86ce61ffd879f8b7b78815665aa04668048463", "25777102eee8ead6", "906d5966ae"),
 }
 
@@ -79,9 +80,9 @@ FINGERPRINTS = {
     "tiny": ("6588518b5396a1f36df15ca753cc93d70f9c18f1", "b9d8a6e9ffcf7568", "e7379fabb84c5f3a", "6149d347912e4524"),
     # 2026-12-07: demo and bench took the hard-negative vetoes and the LPC's V_H negatives: their harvest
     # fingerprints changed (a harvest begun before refuses to resume under the new preset), their LPG
-    # training and Table III rows did not
+    # training and Table III rows did not; then bench's fixed w = 1 changed its harvest fingerprint again
     "demo": ("a4e7a997516300799902e35a53c9f9a0821b11ce", "52771ed4b044a0a7", "79568ccc31d4ed53", "f2d772426fbb7776"),
-    "bench": ("9cb7b1b4d6c0af89e2a23d256e0ada448bdc8da4", "3e96dfc2b11cbd55", "dc37a1794a68d3c5", "06ff99ac3b5b9594"),
+    "bench": ("0cda6699e2796d683805b9d3e2af164fb06c4041", "55e17e89698e1883", "dc37a1794a68d3c5", "06ff99ac3b5b9594"),
     "paper": ("cfb70cab5e3e5d291585016cd818007abc11e0d2", "51117bab44297483", "0283eca85cd2cca5", "081b9d4d324c4713"),
     "tiny changed": ("82387d1b3b2c6a160dc5a1c7cd4a9989b26638e0", "1e6b24754fecccc8", "31222e5bff4c7811",
                      "92361213afc28940"),
