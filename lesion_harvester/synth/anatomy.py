@@ -295,9 +295,7 @@ def _build(p: Patient, rng: np.random.Generator) -> None:
         ax, ay = p.cavity_axes(pt[2])
         if (pt[0] / (0.8 * ax)) ** 2 + ((pt[1] + 0.25 * ay) / (0.65 * ay)) ** 2 >= 1:
             return False
-        reach = _BOWEL_REACH_MM
-        return all(_section_radius(shape, pt[0], pt[1], pt[2] + dz, 1.0 + shape.wobble_amplitude, reach) >= 1.0
-                   for shape in solid_organs for dz in (-reach, 0.0, reach))
+        return all(_ball_misses(shape, pt, _BOWEL_REACH_MM) for shape in solid_organs)
 
     for _ in range(int(rng.integers(8, 15))):
         start = np.array([rng.uniform(-0.5, 0.5) * W, rng.uniform(-0.6, 0.0) * D, rng.uniform(360, 560)])
@@ -433,9 +431,15 @@ class _Obstacles:
         an ellipsoid's wobble counted at its full amplitude."""
         if len(self.radii) and (np.linalg.norm(self.points - centre_mm, axis=1) - self.radii).min() < reach_mm:
             return False
-        x, y, z = centre_mm
-        return not any(_section_radius(shape, x, y, z + dz, 1.0 + shape.wobble_amplitude, reach_mm) < 1.0
-                       for shape in self.shapes for dz in (-reach_mm, 0.0, reach_mm))
+        return all(_ball_misses(shape, centre_mm, reach_mm) for shape in self.shapes)
+
+
+def _ball_misses(shape: Ellipsoid, centre_mm: np.ndarray, reach_mm: float) -> bool:
+    """Whether a ball of ``reach_mm`` around ``centre_mm`` (body mm) misses ``shape``, checked on the
+    sections through its centre, top and bottom: conservative, the wobble counted at its full amplitude."""
+    x, y, z = centre_mm
+    grow = 1.0 + shape.wobble_amplitude
+    return all(_section_radius(shape, x, y, z + dz, grow, reach_mm) >= 1.0 for dz in (-reach_mm, 0.0, reach_mm))
 
 
 @dataclass
