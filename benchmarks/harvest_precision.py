@@ -43,13 +43,14 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from scipy.stats import poisson
 
-from lesion_harvester.config import SynthConfig, from_dict
+from lesion_harvester.config import SynthConfig, from_dict, load_preset
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import VolumeTruth, covers_a_lesion
 from lesion_harvester.geometry.display import DISPLAY_WINDOWS_HU, window_image
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.precision import (
+    choose_threshold,
     estimated_precision,
     evidence_from_rows,
     precision_interval,
@@ -237,6 +238,27 @@ def fp_rate_estimate(vm_rows: list, candidate_rows: list, vh_volumes: int, thres
             "interval": None if interval is None else [round(v, 4) for v in interval], "recomputed": True}
 
 
+WHAT_IF_RULES = ("vm", "fp_rate", "vm_and_fp_rate")  # the rules that need only V_M's and V_H's scores
+
+
+def rule_what_ifs(vm_rows: list, candidate_rows: list, vh_volumes: int, is_lesion: Callable,
+                  precision: float) -> dict[str, dict]:
+    """What each threshold rule that needs no calibration marks would have harvested in a round: its own
+    threshold for ``precision``, recomputed from the ledger (V_M's new proposals ``vm_rows``, V_H's
+    ``candidate_rows``), how many of V_H's new proposals lie at or above it and how many of those
+    ``is_lesion(row)`` holds for. The round's later rounds are those of the rule it ran with."""
+    ev = evidence_from_rows(vm_rows, candidate_rows, vh_volumes)
+    scores = np.array([row.score or 0.0 for row in candidate_rows])
+    out = {}
+    for rule in WHAT_IF_RULES:
+        t = choose_threshold(ev, rule, precision)
+        above = [row for row, s in zip(candidate_rows, scores) if s >= t]
+        real = [is_lesion(row) for row in above]
+        out[rule] = {"threshold": round(t, 4) if np.isfinite(t) else None, "n_harvested": len(above),
+                     "precision": round(float(np.mean(real)), 4) if real else None}
+    return out
+
+
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
@@ -260,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return covers_lesion(row.volume, row.tracklet)
 
     layout, groups = RunLayout(Path(args.run)), {"v_h": set(v_h), "v_m": set(v_m)}
+    target = load_preset(layout.config).harvest.precision if layout.config.is_file() else 0.95
 
     def hard_negative_shares(path: Path) -> dict | None:
         return lesion_shares(read_tracklets(path), covers_lesion, groups) if path.is_file() else None
@@ -324,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                        "threshold_rule": info.get("threshold_rule", "vm"), "estimates": estimates,
                        "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh},
                        "top_k_new_v_h": top_k,
+                       # what the rules that need no calibration marks would have harvested in this round
+                       "rule_what_ifs": rule_what_ifs(vm, new_vh, len(v_h), is_lesion, target),
                        "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r)),
                        "label_kinds": kinds_of({"harvested": layout.round_harvested(r),
                                                 "hard_negatives": layout.round_hard_negatives(r)})})
@@ -360,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         if e["top_k_new_v_h"]:
             lines.append("  lesions among the top new V_H proposals (the best any threshold gives): " + ", ".join(
                 f"{t['k']} {t['lesions']:.2f} (s >= {t['score']:.3f})" for t in e["top_k_new_v_h"]))
+        lines.append(f"  each rule's own {target:.0%} threshold in this round (harvested, of which lesions): "
+                     + ", ".join(f"{rule} {_what_if(w)}" for rule, w in e["rule_what_ifs"].items()))
         if e["hard_negatives"]:
             lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")
         for name, k in e["label_kinds"].items():
@@ -381,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
     common.report({"run": args.run, "rounds": rounds, "hard_negatives": pooled, "label_kinds": kinds},
                   args.json, *lines)
     return 0
+
+
+def _what_if(w: dict) -> str:
+    """'0.712 (40, 0.925)' for one rule of :func:`rule_what_ifs`; 'none' without a threshold."""
+    if w["threshold"] is None:
+        return "none"
+    real = "-" if w["precision"] is None else f"{w['precision']:.3f}"
+    return f"{w['threshold']:.3f} ({w['n_harvested']}, {real})"
 
 
 def _on_lesion(kinds: dict) -> str:

@@ -80,7 +80,7 @@ BackgroundVolumes = Literal["all", "fully_annotated"]
 LPCVariant = Literal["multiview", "axial", "3d"]
 NegativeSampling = Literal["uniform", "matched"]
 LPCPretraining = Literal["none", "lpg_scores"]
-ThresholdRule = Literal["vm", "marks", "combined", "fp_rate"]
+ThresholdRule = Literal["vm", "marks", "combined", "fp_rate", "vm_and_fp_rate"]
 AmpDtype = Literal["float16", "bfloat16"]
 FusionChoice = Literal["admitted", "ap"]
 KeptEpoch = Literal["validation", "last"]
@@ -439,7 +439,8 @@ class HarvestConfig(_Checked):
     # how the threshold's precision is estimated (harvest/precision.py): "vm" counts on V_M alone (the
     # paper); "marks" estimates it from the RECIST marks of calibration volumes of V_H (positive-
     # unlabeled, corrected for lesion size with V_M's marked share); "combined" pools both; "fp_rate"
-    # subtracts from V_H's count of new proposals the false positives V_M's rate per volume predicts
+    # subtracts from V_H's count of new proposals the false positives V_M's rate per volume predicts;
+    # "vm_and_fp_rate" needs both "vm" and "fp_rate" to reach the precision (the higher threshold)
     threshold: ThresholdRule = "vm"
     # share of V_H volumes (never V_H^test) whose marks no LPG or LPC trains on, so that the marks
     # can tell how often the harvest finds a lesion; needed by threshold "marks" and "combined" and

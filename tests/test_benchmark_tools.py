@@ -287,6 +287,12 @@ def test_harvest_precision_reports_each_round_of_a_tiny_harvest(tiny_dataset, ti
     new = ledger.proposals(1, volumes=ledger.volumes("harvest"), statuses=("harvested", "hard_negative", "rejected"))
     ledger.close()
     assert entry["n_harvested"] == sum(row.status == "harvested" for row in new)
+    # recomputed from the ledger, the rule the run used gives its threshold and its harvest again
+    what_if = entry["rule_what_ifs"][entry["threshold_rule"]]
+    assert what_if["n_harvested"] == entry["n_harvested"]
+    assert (what_if["threshold"] is None) == (entry["threshold"] is None)
+    if entry["threshold"] is not None:
+        assert what_if["threshold"] == pytest.approx(entry["threshold"], abs=1e-4)
     top = entry["top_k_new_v_h"]
     assert [t["k"] for t in top] == [k for k in tool.TOP_K if k <= len(new)] and top
     assert all(0.0 <= t["lesions"] <= 1.0 for t in top)
@@ -326,6 +332,12 @@ def test_rate_estimate_recomputes_the_rule_from_ledger_rows():
     assert estimate["precision"] == pytest.approx(1 - 2 / 5) and estimate["recomputed"]
     assert estimate["interval"][0] <= 0.6 <= estimate["interval"][1]
     assert tool.fp_rate_estimate(vm, vh, 2, None) is None and tool.fp_rate_estimate([], vh, 2, 0.4) is None
+    # each rule's own 95% threshold: V_M's count stops at its false positive under 0.9; the rate (one
+    # false positive per V_M volume above 0.45, none above 0.5) expects none above 0.6 in V_H; both: 0.9
+    what_ifs = tool.rule_what_ifs(vm, vh, 2, lambda r: r.score >= 0.8, 0.95)
+    assert what_ifs == {"vm": {"threshold": 0.9, "n_harvested": 1, "precision": 1.0},
+                        "fp_rate": {"threshold": 0.6, "n_harvested": 3, "precision": pytest.approx(2 / 3, abs=1e-4)},
+                        "vm_and_fp_rate": {"threshold": 0.9, "n_harvested": 1, "precision": 1.0}}
 
 
 def test_lesion_shares_splits_hard_negatives_by_volume_group():

@@ -24,6 +24,12 @@
   in later rounds round 1's false harvests, trained as positives since, are 40-56% of V_H's false
   positives above the threshold on the bench, and V_M, whose labels are complete, has none of them.
 
+- ``vm_and_fp_rate``: both ``vm`` and ``fp_rate`` must reach the precision: the higher of their two
+  thresholds, and at any score the lower of their two estimates. Why: V_M's count sets the threshold
+  just above V_M's highest false positive, an extreme of ten volumes that V_H's hundreds exceed (after
+  a fine-tuning round it fell to where V_H's new proposals were 0.72 real: benchmarks/RESULTS.md, issue
+  34), while ``fp_rate`` alone misses a false positive that V_M does show.
+
 For ``marks``, ``combined`` and ``fp_rate`` the threshold is the lowest s at which the estimated precision of
 everything above s (what would be harvested) reaches the target. Every rule's estimate comes with a
 95% interval (:func:`precision_interval`): the wider of a bootstrap over volumes (of the calibration
@@ -49,7 +55,7 @@ from lesion_harvester.io.deeplesion import BOX_PADDING_PX
 from lesion_harvester.structures import RecistMark, SliceBox
 
 SIZE_EDGES_MM = (10.0, 20.0, 40.0)  # size bins: < 10, 10-20, 20-40, >= 40 mm
-RULES = ("vm", "marks", "combined", "fp_rate")
+RULES = ("vm", "marks", "combined", "fp_rate", "vm_and_fp_rate")
 BOOTSTRAP = 200
 TAIL_QUANTILE = 0.95  # V_M's false positives above this quantile of their scores are fitted (rule "fp_rate")
 TAIL_MIN = 10  # fewer false positives than this in the tail: no fit, the empirical rate only
@@ -136,7 +142,8 @@ class Evidence:
 
     def supports(self, rule: str) -> bool:
         """Whether ``rule`` has the evidence it rests on ("vm" always has)."""
-        return {"vm": True, "marks": self.has_marks, "combined": self.has_marks, "fp_rate": self.has_fp_rate}[rule]
+        return {"vm": True, "marks": self.has_marks, "combined": self.has_marks, "fp_rate": self.has_fp_rate,
+                "vm_and_fp_rate": True}[rule]  # falls back to "vm" without V_H's scores
 
 
 def evidence_from_rows(vm_rows: list[ProposalRow], candidate_rows: list[ProposalRow], vh_volumes: int,
@@ -205,6 +212,14 @@ def _counts(rule: str, thresholds: np.ndarray, ev: Evidence, vm_rows: np.ndarray
     """(lesions, new proposals) at or above each of ``thresholds`` (T,) as ``rule`` counts them."""
     if rule == "fp_rate":
         return _fp_rate_counts(thresholds, ev, vm_rows)
+    if rule == "vm_and_fp_rate":  # at each threshold, the counts of the rule that estimates the lower precision
+        vm_tp, vm_n = _counts("vm", thresholds, ev, vm_rows, cal_rows, rate_rows)
+        if not ev.has_fp_rate:
+            return vm_tp, vm_n
+        fp_tp, fp_n = _fp_rate_counts(thresholds, ev, vm_rows)
+        with np.errstate(invalid="ignore", divide="ignore"):  # no proposal above: that rule says nothing
+            lower = np.where(fp_n > 0, fp_tp / fp_n, np.inf) < np.where(vm_n > 0, vm_tp / vm_n, np.inf)
+        return np.where(lower, fp_tp, vm_tp), np.where(lower, fp_n, vm_n)
     return _rule_counts(rule, *_counts_above(thresholds, ev, vm_rows, cal_rows, rate_rows))
 
 
@@ -303,7 +318,8 @@ def _candidate_thresholds(ev: Evidence, rule: str) -> np.ndarray:
     """The scores a threshold of ``rule`` can take (ascending): those of the proposals it counts."""
     parts = ([ev.vm_scores] if rule in ("vm", "combined") else []) + (
         [ev.marks.scores] if rule in ("marks", "combined") and ev.has_marks else []) + (
-        [ev.vh_scores] if rule == "fp_rate" and ev.has_fp_rate else [])
+        [ev.vh_scores] if rule in ("fp_rate", "vm_and_fp_rate") and ev.has_fp_rate else []) + (
+        [ev.vm_scores] if rule == "vm_and_fp_rate" else [])
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0)
 
 
@@ -311,6 +327,8 @@ def choose_threshold(ev: Evidence, rule: str, precision: float) -> float:
     """The threshold of ``rule`` (see the module docstring); +inf when none reaches ``precision``."""
     if rule == "vm" or not ev.supports(rule):
         return precision_threshold(ev.vm_scores, ev.vm_lesion, precision)
+    if rule == "vm_and_fp_rate":
+        return max(choose_threshold(ev, "vm", precision), choose_threshold(ev, "fp_rate", precision))
     thresholds = _candidate_thresholds(ev, rule)  # ascending: the lowest whose set above reaches the precision
     reached = np.flatnonzero(_precision_curve(thresholds, ev, rule) >= precision)
     return float(thresholds[reached[0]]) if len(reached) else float("inf")

@@ -285,7 +285,8 @@ def _precision_table(report: dict) -> list[str]:
                                           f"{own:.3f} ({estimate['precision_at_own_threshold']:.3f})")
         return text
 
-    names = {"vm": "V_M count", "marks": "held-out marks", "combined": "pooled", "fp_rate": "V_M's false-positive rate"}
+    names = {"vm": "V_M count", "marks": "held-out marks", "combined": "pooled", "fp_rate": "V_M's false-positive rate",
+             "vm_and_fp_rate": "the lower of V_M's count and its false-positive rate"}
     lines = ["", "## Precision of the harvested lesions: estimated and true", "",
              "| round | threshold rule | " + " | ".join(f"estimated: {names[r]}" for r in rules)
              + " | true on V_H^test (harvested there) |", "|---" * (len(rules) + 3) + "|"]

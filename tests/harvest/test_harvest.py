@@ -361,7 +361,7 @@ def test_a_harvest_with_held_out_marks_estimates_its_precision(tiny_dataset, tmp
     report = json.loads((run / "report.json").read_text())
     (entry,) = report["rounds"]
     assert entry["threshold_rule"] == "combined"
-    assert set(entry["estimated_precision"]) == {"vm", "marks", "combined", "fp_rate"}
+    assert set(entry["estimated_precision"]) == {"vm", "marks", "combined", "fp_rate", "vm_and_fp_rate"}
     assert "true_precision_holdout" in entry
     assert "Precision of the harvested lesions: estimated and true" in (run / "report.md").read_text()
 

@@ -282,3 +282,41 @@ def test_the_rate_rule_needs_v_h_s_scores_and_v_m_s_false_positives():
     assert estimated_precision(0.2, with_vh, "fp_rate") == pytest.approx(2 / 3)
     assert estimated_precision(0.5, with_vh, "fp_rate") == pytest.approx(1.0)
     assert estimated_precision(0.99, with_vh, "fp_rate") is None  # no V_H proposal above
+
+
+def test_vm_and_fp_rate_takes_the_stricter_threshold_and_the_lower_estimate():
+    # V_M (two volumes): lesions at 0.9 and 0.8, a false positive at 0.7, a lesion at 0.6 and a false
+    # positive at 0.3; V_H (two volumes) has new proposals at 0.75, 0.72, 0.5, 0.4
+    ev = Evidence(np.array([0.9, 0.8, 0.7, 0.6, 0.3]), np.array([True, True, False, True, False]),
+                  np.array([0, 0, 1, 1, 1]), vh_scores=np.array([0.75, 0.72, 0.5, 0.4]), vh_volumes=2)
+    assert choose_threshold(ev, "vm", 0.95) == 0.8  # the false positive at 0.7 breaks V_M's precision
+    # V_M has no false positive above 0.7, so V_H's two proposals above it are expected real
+    assert choose_threshold(ev, "fp_rate", 0.95) == 0.72
+    assert choose_threshold(ev, "vm_and_fp_rate", 0.95) == 0.8
+    # at 0.5: V_M 3 of 4 (0.75); V_H 3 proposals less 0.5 x 2 expected false (0.667): the lower
+    assert estimated_precision(0.5, ev, "vm_and_fp_rate") == pytest.approx(2 / 3)
+    assert estimated_precision(0.65, ev, "vm_and_fp_rate") == pytest.approx(0.5)  # V_M 2 of 3, V_H 2 less 1
+    # the other way round: V_M's 19 lesions outweigh its one false positive at 0.6 (19 / 20 = 0.95), but
+    # that false positive in one of V_M's two volumes predicts five in V_H's ten volumes
+    ev = Evidence(np.r_[np.full(19, 0.9), 0.6], np.r_[np.ones(19, bool), False], np.r_[np.zeros(19, int), 1],
+                  vh_scores=np.array([0.95, 0.92, 0.6, 0.55]), vh_volumes=10)
+    assert choose_threshold(ev, "vm", 0.95) == 0.6
+    assert choose_threshold(ev, "fp_rate", 0.95) == 0.92
+    assert choose_threshold(ev, "vm_and_fp_rate", 0.95) == 0.92
+    assert estimated_precision(0.6, ev, "vm_and_fp_rate") == 0.0  # 3 V_H proposals, 5 false expected
+    # without V_H's scores the rule is V_M's count
+    alone = Evidence(ev.vm_scores, ev.vm_lesion, ev.vm_volume)
+    assert choose_threshold(alone, "vm_and_fp_rate", 0.95) == choose_threshold(alone, "vm", 0.95)
+    assert estimated_precision(0.6, alone, "vm_and_fp_rate") == pytest.approx(0.95)
+
+
+def test_vm_and_fp_rate_harvests_nothing_where_v_h_never_reaches_the_precision():
+    # ten V_M volumes of a world whose lesions never score apart from its false positives: V_M's count
+    # finds a 95% threshold in some draws (V_H 0.1-0.7 real above it); with the rate it finds none
+    found = 0
+    for seed in range(10):
+        ev, vh_s, vh_l = _rate_world(seed, n_vm=10)
+        vm = choose_threshold(ev, "vm", 0.95)
+        found += np.isfinite(vm) and vh_l[vh_s >= vm].mean() < 0.9
+        assert not np.isfinite(choose_threshold(ev, "vm_and_fp_rate", 0.95))
+    assert found >= 3
