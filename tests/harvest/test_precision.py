@@ -6,8 +6,8 @@ from scipy.stats import beta
 
 from lesion_harvester.harvest.ledger import ProposalRow
 from lesion_harvester.harvest.precision import (
+    TAIL_COUNT,
     TAIL_MIN,
-    TAIL_QUANTILE,
     Evidence,
     MarkRates,
     MarksEvidence,
@@ -206,17 +206,37 @@ def test_false_positive_rate_counts_below_the_tail_and_fits_it_above():
     scores = np.arange(400) / 400.0
     rate = false_positive_rate(np.array([0.0, 0.5, 0.8]), scores, 10)
     assert rate.tolist() == pytest.approx([40.0, 20.0, 8.0])
-    # above it an exponential tail through the highest ones (their mean excess): positive and falling
-    # past the last false positive, where the count says 0
-    u = np.quantile(scores, TAIL_QUANTILE)
-    tail_scores = scores[scores >= u]
-    assert len(tail_scores) >= TAIL_MIN
-    tail = false_positive_rate(np.array([0.99, 1.2]), scores, 10)
-    expected = len(tail_scores) / 10 * np.exp(-(np.array([0.99, 1.2]) - u) / (tail_scores - u).mean())
-    assert tail.tolist() == pytest.approx(expected.tolist())
-    assert 0 < tail[1] < tail[0] < len(tail_scores) / 10
+    # above it an exponential tail through the TAIL_COUNT highest (their mean excess): positive and
+    # falling past the last false positive, where the count says 0; never below the count
+    tail_scores = np.sort(scores)[-TAIL_COUNT:]
+    u = tail_scores[0]
+    assert u == pytest.approx((400 - TAIL_COUNT) / 400.0)
+    at = np.array([0.97, 0.99, 1.2])
+    tail = false_positive_rate(at, scores, 10)
+    fitted = TAIL_COUNT / 10 * np.exp(-(at - u) / (tail_scores - u).mean())
+    counted = np.array([12, 4, 0]) / 10
+    assert tail.tolist() == pytest.approx(np.maximum(fitted, counted).tolist())
+    assert fitted[0] < counted[0] and fitted[2] > counted[2]  # each side decides once
+    assert 0 < tail[2] < tail[1] < tail[0] < TAIL_COUNT / 10
     # too few false positives to fit a tail: the count alone
     assert false_positive_rate(np.array([0.5, 2.0]), np.array([0.4, 0.6, 0.9]), 3).tolist() == pytest.approx([2 / 3, 0])
+    assert TAIL_MIN <= TAIL_COUNT
+
+
+def test_false_positive_rate_keeps_the_count_where_most_fused_scores_are_near_zero():
+    # the LPC rejects most false positives: 5,000 fused scores under 1e-5 and 30 between 0.1 and 0.62
+    # over 10 volumes. Counted up to the 20th highest; a tail fitted from the 95% quantile of all of
+    # them (the rule's first form) said 0.02 per volume above 0.3, where V_M counts 1.8
+    rng = np.random.default_rng(0)
+    spread = np.linspace(0.1, 0.62, 30)
+    scores = np.r_[rng.uniform(0, 1e-5, 5000), spread]
+    rate = false_positive_rate(np.array([0.2, 0.3, 0.5, 0.7]), scores, 10)
+    assert rate[0] == pytest.approx((spread >= 0.2).sum() / 10)
+    assert rate[1] == pytest.approx((spread >= 0.3).sum() / 10) and rate[1] > 1.5
+    assert rate[2] >= (spread >= 0.5).sum() / 10 and 0 < rate[3] < rate[2]  # the tail past the last one
+    # too few above 0 to fill the tail: the fit starts near 0 and the count still holds
+    few = np.r_[rng.uniform(0, 1e-5, 5000), np.linspace(0.3, 0.62, 12)]
+    assert false_positive_rate(np.array([0.3]), few, 10)[0] == pytest.approx(1.2)
 
 
 def _rate_world(seed: int, n_vm: int, n_vh: int = 400):
