@@ -11,7 +11,9 @@ harvest/precision.py); and the false positives per volume among the new proposal
 scores, on V_M (its complete labels) and on V_H (the complete labels the harvest never saw): where
 V_M has markedly fewer, a threshold set on V_M is too low for V_H; and the share of lesions among
 the top 10, 25, 50, 100 and 200 new V_H proposals by the round's score, the best precision any
-threshold could have given a harvest of that size (the ranking's ceiling); and how well any estimate that
+threshold could have given a harvest of that size (the ranking's ceiling); what each threshold rule that
+needs no calibration marks (``vm``, ``fp_rate``, ``vm_and_fp_rate``) would have harvested at its own threshold,
+and how much of it was real (recomputed from the ledger: later rounds are the run's own); and how well any estimate that
 counts false positives on V_M's few volumes could know the harvest's precision at all (a Poisson floor:
 :func:`count_estimate_floor`). Last, how many of the hard
 negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled ``hard_negatives.pkl``

@@ -26,9 +26,10 @@
 
 - ``vm_and_fp_rate``: both ``vm`` and ``fp_rate`` must reach the precision: the higher of their two
   thresholds, and at any score the lower of their two estimates. Why: V_M's count sets the threshold
-  just above V_M's highest false positive, an extreme of ten volumes that V_H's hundreds exceed (after
-  a fine-tuning round it fell to where V_H's new proposals were 0.72 real: benchmarks/RESULTS.md, issue
-  34), while ``fp_rate`` alone misses a false positive that V_M does show.
+  just above V_M's highest false positive, an extreme of ten volumes that V_H's hundreds exceed (on the
+  bench it fell where V_H's new proposals were 0.57-0.72 real: benchmarks/RESULTS.md, issue 34), while
+  ``fp_rate`` alone, reading V_M's false positives as a rate per volume, can go below a threshold that
+  V_M's own few lesions refuse.
 
 For ``marks``, ``combined`` and ``fp_rate`` the threshold is the lowest s at which the estimated precision of
 everything above s (what would be harvested) reaches the target. Every rule's estimate comes with a
@@ -323,10 +324,9 @@ def volumes_for_lower_bound(new_lesions: int, false_positives: int, volumes: int
 
 def _candidate_thresholds(ev: Evidence, rule: str) -> np.ndarray:
     """The scores a threshold of ``rule`` can take (ascending): those of the proposals it counts."""
-    parts = ([ev.vm_scores] if rule in ("vm", "combined") else []) + (
+    parts = ([ev.vm_scores] if rule in ("vm", "combined", "vm_and_fp_rate") else []) + (
         [ev.marks.scores] if rule in ("marks", "combined") and ev.has_marks else []) + (
-        [ev.vh_scores] if rule in ("fp_rate", "vm_and_fp_rate") and ev.has_fp_rate else []) + (
-        [ev.vm_scores] if rule == "vm_and_fp_rate" else [])
+        [ev.vh_scores] if rule in ("fp_rate", "vm_and_fp_rate") and ev.has_fp_rate else [])
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0)
 
 
