@@ -243,21 +243,21 @@ def fp_rate_estimate(vm_rows: list, candidate_rows: list, vh_volumes: int, thres
 WHAT_IF_RULES = ("vm", "fp_rate", "vm_and_fp_rate")  # the rules that need only V_M's and V_H's scores
 
 
-def rule_what_ifs(vm_rows: list, candidate_rows: list, vh_volumes: int, is_lesion: Callable,
+def rule_what_ifs(vm_rows: list, candidate_rows: list, vh_volumes: int, candidate_lesion: list[bool],
                   precision: float) -> dict[str, dict]:
     """What each threshold rule that needs no calibration marks would have harvested in a round: its own
     threshold for ``precision``, recomputed from the ledger (V_M's new proposals ``vm_rows``, V_H's
-    ``candidate_rows``), how many of V_H's new proposals lie at or above it and how many of those
-    ``is_lesion(row)`` holds for. The round's later rounds are those of the rule it ran with."""
+    ``candidate_rows``), how many of V_H's new proposals lie at or above it and the share of those that
+    are lesions (``candidate_lesion``, one per candidate). The round's later rounds are those of the
+    rule it ran with."""
     ev = evidence_from_rows(vm_rows, candidate_rows, vh_volumes)
-    scores = np.array([row.score or 0.0 for row in candidate_rows])
+    lesion = np.asarray(candidate_lesion, dtype=bool)
     out = {}
     for rule in WHAT_IF_RULES:
         t = choose_threshold(ev, rule, precision)
-        above = [row for row, s in zip(candidate_rows, scores) if s >= t]
-        real = [is_lesion(row) for row in above]
-        out[rule] = {"threshold": round(t, 4) if np.isfinite(t) else None, "n_harvested": len(above),
-                     "precision": round(float(np.mean(real)), 4) if real else None}
+        above = ev.vh_scores >= t
+        out[rule] = {"threshold": round(t, 4) if np.isfinite(t) else None, "n_harvested": int(above.sum()),
+                     "precision": round(float(lesion[above].mean()), 4) if above.any() else None}
     return out
 
 
@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         if "fp_rate" not in estimates:  # runs before the rule: recomputed from what the ledger holds
             estimates["fp_rate"] = fp_rate_estimate(vm, new_vh, len(v_h), threshold)
         # how precise the round's ranking allows a harvest to be at all, whatever the threshold
-        top_k = top_k_precision([row.score or 0.0 for row in new_vh], [is_lesion(row) for row in new_vh])
+        new_vh_lesion = [is_lesion(row) for row in new_vh]  # matched once: the ranking's ceiling and the rules
+        top_k = top_k_precision([row.score or 0.0 for row in new_vh], new_vh_lesion)
         fp_vm = false_positives_per_volume([row.score or 0.0 for row in vm],
                                            [row.status == "fa_negative" for row in vm], len(v_m))
         fp_vh = false_positives_per_volume([row.score for row in vh], [not is_lesion(row) for row in vh], len(v_h))
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                        "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh},
                        "top_k_new_v_h": top_k,
                        # what the rules that need no calibration marks would have harvested in this round
-                       "rule_what_ifs": rule_what_ifs(vm, new_vh, len(v_h), is_lesion, target),
+                       "rule_what_ifs": rule_what_ifs(vm, new_vh, len(v_h), new_vh_lesion, target),
                        "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r)),
                        "label_kinds": kinds_of({"harvested": layout.round_harvested(r),
                                                 "hard_negatives": layout.round_hard_negatives(r)})})

@@ -334,7 +334,7 @@ def test_rate_estimate_recomputes_the_rule_from_ledger_rows():
     assert tool.fp_rate_estimate(vm, vh, 2, None) is None and tool.fp_rate_estimate([], vh, 2, 0.4) is None
     # each rule's own 95% threshold: V_M's count stops at its false positive under 0.9; the rate (one
     # false positive per V_M volume above 0.45, none above 0.5) expects none above 0.6 in V_H; both: 0.9
-    what_ifs = tool.rule_what_ifs(vm, vh, 2, lambda r: r.score >= 0.8, 0.95)
+    what_ifs = tool.rule_what_ifs(vm, vh, 2, [r.score >= 0.8 for r in vh], 0.95)
     assert what_ifs == {"vm": {"threshold": 0.9, "n_harvested": 1, "precision": 1.0},
                         "fp_rate": {"threshold": 0.6, "n_harvested": 3, "precision": pytest.approx(2 / 3, abs=1e-4)},
                         "vm_and_fp_rate": {"threshold": 0.9, "n_harvested": 1, "precision": 1.0}}
