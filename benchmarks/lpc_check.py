@@ -5,7 +5,9 @@
 
 DATA must hold the complete labels (``ground_truth/complete.pkl``, the synthetic layout). Round
 ``--round`` of the harvest in RUN verified its proposals; this script trains that round's LPC folds
-again (the run's preset, changed by ``--set``), on the round's own examples, and scores:
+again (the run's preset, changed by ``--set``), on the round's own examples (as the harvest chose
+them: V_M's verified proposals, V_H's marked ones and, where the preset asks, V_H's negatives), and
+scores:
 
 - ``v_m``: V_M's new proposals (those covering none of V_M's marks, as the threshold and the fusion
   exponent see them), scored out of fold: AP of s_g, s_c and s_g * s_c against V_M's complete labels
@@ -27,18 +29,28 @@ from pathlib import Path
 
 import numpy as np
 
-from lesion_harvester.config import fingerprint, load_preset
+from lesion_harvester.config import Preset, fingerprint, load_preset
 from lesion_harvester.dataset.prepared_cache import PreparedCache
-from lesion_harvester.dataset.roles import resolve_partition
+from lesion_harvester.dataset.roles import Partition, resolve_partition
 from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import DataError
 from lesion_harvester.evaluation.api import load_truth
 from lesion_harvester.evaluation.matching import covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.mine import average_precision
-from lesion_harvester.harvest.steps import classifiable, lpc_examples, lpc_folds, lpc_probabilities, pretraining_items
+from lesion_harvester.harvest.steps import (
+    calibration_mark_volumes,
+    calibration_volumes,
+    classifiable,
+    known_lesions,
+    lpc_examples,
+    lpc_folds,
+    lpc_probabilities,
+    pretraining_items,
+    vh_negative_items,
+)
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, covers_marks
-from lesion_harvester.lpc.api import train_lpc_folds
+from lesion_harvester.lpc.api import LPCExamples, train_lpc_folds
 from lesion_harvester.lpc.train import load_lpc
 from lesion_harvester.paths import RunLayout, cache_dir_for
 
@@ -53,6 +65,32 @@ def rankings(s_g: np.ndarray, s_c: np.ndarray, is_lesion: np.ndarray) -> dict:
     aps = {name: round(average_precision(s, is_lesion), 4) for name, s in (("ap_s_g", s_g), ("ap_s_c", s_c),
                                                                            ("ap_s_g_s_c", s_g * s_c))}
     return {"n": len(is_lesion), "lesions": int(np.sum(is_lesion)), **aps}
+
+
+def round_examples(ledger: Ledger, part: Partition, preset: Preset, r: int) -> LPCExamples:
+    """What round ``r``'s LPC trained on, as :func:`lesion_harvester.harvest.rounds.round_lpc_examples`
+    chose it (with ``preset``'s LPC settings): V_M's verified proposals, V_H's marked ones (none of the
+    marks the estimate holds out), and V_H's negatives outside V_M, V_H^test and the volumes no model
+    learns from, off every lesion known then."""
+    holdout = set(ledger.volumes(holdout=True))
+    held = set(calibration_mark_volumes(part.harvest, holdout | set(part.validation),
+                                        preset.harvest.calibration_marks, preset.lpg_train.seed))
+    closed = set(part.fully_annotated) | holdout
+    unseen = held | set(part.validation) | set(calibration_volumes(
+        list(part.fully_annotated), preset.harvest.calibration_volumes, preset.lpg_train.seed))
+    vm = ledger.proposals(r, statuses=(FA_LESION, FA_NEGATIVE))
+    marked = [row for row in ledger.proposals(r, statuses=(RECIST,)) if row.volume not in held]
+    unlabelled = pretraining_items([(row.volume, row.tracklet) for row in ledger.proposals(r)], closed, preset.lpc)
+    # the V_H proposals that were candidates when the LPC trained (the mine step has relabelled them since)
+    candidates = [(row.volume, row.tracklet) for row in ledger.proposals(r)
+                  if row.status not in (FA_LESION, FA_NEGATIVE, RECIST)]
+    earlier = [(row.volume, row.tracklet) for q in range(1, r) for row in ledger.proposals(q, statuses=("harvested",))]
+    vh_negatives = vh_negative_items(candidates, closed | unseen, known_lesions(part, earlier), preset.lpc,
+                                     preset.lpc.seed + 100 * r)
+    return lpc_examples([(row.volume, row.tracklet, row.status) for row in vm],
+                        [(row.volume, row.tracklet) for row in marked], part.fully_annotated,
+                        {k: v for k, v in part.marks.items() if k not in held}, preset.lpc.min_positives,
+                        unlabelled, vh_negatives)
 
 
 @common.guarded
@@ -77,18 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         if ledger.step_info(r, "verify") is None:
             raise DataError(layout.ledger, f"round {r} has not verified its proposals yet")
         part = resolve_partition(data, ledger.get_meta("fully_annotated_file") or None, purpose="checking the LPC")
-        holdout = set(ledger.volumes(holdout=True))
+        examples = round_examples(ledger, part, preset, r)
         vm = ledger.proposals(r, statuses=(FA_LESION, FA_NEGATIVE))
-        marked = ledger.proposals(r, statuses=(RECIST,))
-        test = [row for row in ledger.proposals(r, volumes=sorted(holdout)) if row.status != RECIST]
-        # what lpc.pretrain learns from, as the harvest chooses it: V_H's proposals outside V_M and V_H^test
-        unlabelled = pretraining_items([(row.volume, row.tracklet) for row in ledger.proposals(r)],
-                                       set(part.fully_annotated) | holdout, preset.lpc)
+        test = [row for row in ledger.proposals(r, volumes=ledger.volumes(holdout=True)) if row.status != RECIST]
     finally:
         ledger.close()
-    examples = lpc_examples([(row.volume, row.tracklet, row.status) for row in vm],
-                            [(row.volume, row.tracklet) for row in marked], part.fully_annotated, part.marks,
-                            preset.lpc.min_positives, unlabelled)
     folds = lpc_folds(list(part.fully_annotated), preset.lpc.folds)
     out = Path(args.out) if args.out else layout.root / "lpc_check" / f"round_{r}" / fingerprint(preset.lpc)[:12]
     out.mkdir(parents=True, exist_ok=True)

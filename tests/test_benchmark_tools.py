@@ -4,7 +4,6 @@ marked volumes, and where an LPG errs."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,16 +17,13 @@ from lesion_harvester.io.annotations import read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset
 from lesion_harvester.lpg.sources import build_sources
 from lesion_harvester.structures import Tracklet
+from tests.conftest import load_benchmark
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if p.stem != "common")
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_load = load_benchmark
 
 
 def test_add_marked_volumes_grows_only_the_harvest_split(tiny_dataset, tmp_path):

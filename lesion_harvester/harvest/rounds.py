@@ -58,7 +58,7 @@ from lesion_harvester.harvest.outputs import (
 )
 from lesion_harvester.harvest.precision import MarksEvidence, mark_rates, marks_evidence
 from lesion_harvester.harvest.reviews import ReviewedLabels, reviews_in_ledger, with_reviews
-from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, known_extents, verify_proposals
+from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, verify_proposals
 from lesion_harvester.io.annotations import write_slice_boxes, write_tracklets
 from lesion_harvester.io.logs import log_to_file
 from lesion_harvester.lpc.api import LPCExamples, train_lpc_folds
@@ -131,15 +131,10 @@ class HarvestRun:
         return self.inputs.dataset.marks(sorted({row.volume for row in rows}))
 
     def known_lesions(self, *proposals: list[tuple[str, Tracklet]]) -> dict[str, list[Box3D]]:
-        """Where this round's known lesions lie, per volume (:func:`known_extents`): V_H's RECIST marks,
+        """Where this round's known lesions lie, per volume (:func:`steps.known_lesions`): V_H's RECIST marks,
         V_M's complete labels, the reviewers' verified lesions and the given ``proposals`` on lesions.
         No hard negative may touch them."""
-        labels = {key: [m.slice_box() for m in marks] for key, marks in self.inputs.marks.items()}
-        for key, boxes in self.inputs.fully_annotated.items():
-            labels.setdefault(key, []).extend(boxes)
-        spacing = {key: self.inputs.dataset.sub_volumes[key].spacing_zyx_mm for key in labels}
-        return known_extents(self.reviewed.positives + [item for group in proposals for item in group], labels,
-                             spacing)
+        return steps.known_lesions(self.inputs, self.reviewed.positives + [item for g in proposals for item in g])
 
     def harvested_before(self, r: int) -> list[tuple[str, Tracklet]]:
         """(volume, tracklet) of every lesion harvested in rounds 1 to ``r`` - 1."""

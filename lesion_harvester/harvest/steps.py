@@ -28,7 +28,7 @@ import torch
 
 from lesion_harvester.config import LPCConfig, Preset
 from lesion_harvester.dataset.prepared_cache import PreparedCache
-from lesion_harvester.dataset.roles import resolve_partition
+from lesion_harvester.dataset.roles import Partition, resolve_partition
 from lesion_harvester.device import resolve_device
 from lesion_harvester.errors import ConfigError, DataError
 from lesion_harvester.harvest.ledger import ProposalRow
@@ -152,6 +152,17 @@ def pretraining_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], 
         return []
     return _top_per_volume(((key, t) for key, t in proposals if key not in exclude),
                            lambda t: t.score >= cfg.min_objectness, lambda t: -t.score, cfg.pretrain_per_volume)
+
+
+def known_lesions(partition: Partition, found: Iterable[tuple[str, Tracklet]]) -> dict[str, list[Box3D]]:
+    """Where the lesions known to a round lie, per volume (:func:`known_extents`): V_H's RECIST marks
+    and V_M's complete labels of ``partition``, and the (volume, tracklet) proposals ``found`` on
+    lesions (harvested, or accepted by a reviewer). No hard negative, nor LPC negative of V_H, may touch them."""
+    labels = {key: [m.slice_box() for m in marks] for key, marks in partition.marks.items()}
+    for key, boxes in partition.fully_annotated.items():
+        labels.setdefault(key, []).extend(boxes)
+    spacing = {key: partition.dataset.sub_volumes[key].spacing_zyx_mm for key in labels}
+    return known_extents(list(found), labels, spacing)
 
 
 def vh_negative_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], known: dict[str, list[Box3D]],

@@ -277,15 +277,11 @@ def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshol
 def test_the_real_release_layout_without_validation_rows(tiny_dataset, tmp_path, capsys):
     """No splits.json, no validation rows, V_M and V_H^test as files: the harvest holds a validation
     set out of V_H instead of choosing the LPG on an empty one, and says why a round harvests nothing."""
-    import importlib.util
-
     from lesion_harvester.dataset.roles import resolve_partition
     from lesion_harvester.io.deeplesion import read_dl_info
-    from tests.conftest import ROOT
+    from tests.conftest import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("release_layout", ROOT / "benchmarks" / "release_layout.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_benchmark("release_layout")
     data = tmp_path / "release"
     tool.release_layout(tiny_dataset, data)
     assert not (data / "splits.json").exists() and {r.split for r in read_dl_info(data / "DL_info.csv")} <= {1, 3}
@@ -374,7 +370,7 @@ def test_the_lpc_takes_v_h_negatives_off_known_lesions_and_outside_closed_volume
     import shutil
 
     from lesion_harvester.harvest.rounds import open_run, round_lpc_examples
-    from tests.conftest import tiny_harvest_preset
+    from tests.conftest import load_benchmark, tiny_harvest_preset
 
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_harvest_run, run_dir)
@@ -387,8 +383,18 @@ def test_the_lpc_takes_v_h_negatives_off_known_lesions_and_outside_closed_volume
         assert round_lpc_examples(run, 1).negatives == []  # off in the preset
         lpc = dataclasses.replace(preset.lpc, vh_negatives_per_volume=3, vh_negatives_below=0.9)
         examples = round_lpc_examples(dataclasses.replace(run, preset=dataclasses.replace(preset, lpc=lpc)), 1)
+        # benchmarks/lpc_check.py retrains a round's LPC on the same examples, read from the ledger alone
+        again = load_benchmark("lpc_check").round_examples(run.ledger, run.inputs,
+                                                             dataclasses.replace(preset, lpc=lpc), 1)
     finally:
         run.close()
+
+    def keys(items):
+        return [(key, t.z_indices.tobytes(), t.boxes_xyxy_px.tobytes()) for key, t in items]
+
+    for name in ("vm_items", "positives", "negatives", "unlabelled"):
+        assert keys(getattr(again, name)) == keys(getattr(examples, name)), name
+    assert again.vm_labels.tolist() == examples.vm_labels.tolist()
     negatives = examples.negatives
     assert negatives
     closed = set(run.inputs.fully_annotated) | set(run.inputs.holdout) | run.unseen
