@@ -1,6 +1,6 @@
 """How precise a finished harvest really was, round by round, on a dataset with complete labels.
 
-    python benchmarks/harvest_precision.py DATA RUN [--montage PNG] [--json OUT.json]
+    python benchmarks/harvest_precision.py DATA RUN [--preset P] [--montage PNG] [--json OUT.json]
 
 DATA must hold ``ground_truth/complete.pkl`` (the synthetic layout). Per round: the threshold,
 the V_M proposals above it that the threshold rests on (new lesions / false positives, without
@@ -58,6 +58,7 @@ from lesion_harvester.harvest.precision import (
     precision_interval,
     precision_lower_bound,
 )
+from lesion_harvester.harvest.steps import calibration_volumes
 from lesion_harvester.harvest.verify import covers_marks, touches
 from lesion_harvester.io.annotations import read_boxes_3d, read_tracklets
 from lesion_harvester.io.deeplesion import DeepLesionDataset
@@ -266,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
     parser.add_argument("data")
     parser.add_argument("run")
+    parser.add_argument("--preset", default=None,
+                        help="the run's preset, name or YAML (default: RUN/config.yaml; give it for a run whose "
+                             "config.yaml predates a setting)")
     parser.add_argument("--montage", type=Path, default=None, metavar="PNG",
                         help="draw each round's best-scoring harvested lesions on no lesion (synthetic layout)")
     args = parser.parse_args(argv)
@@ -284,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         return covers_lesion(row.volume, row.tracklet)
 
     layout, groups = RunLayout(Path(args.run)), {"v_h": set(v_h), "v_m": set(v_m)}
-    target = load_preset(layout.config).harvest.precision if layout.config.is_file() else 0.95
+    preset = load_preset(args.preset or layout.config) if args.preset or layout.config.is_file() else None
+    target = preset.harvest.precision if preset else 0.95
+    # the V_M volumes the run's threshold rests on: its calibration volumes, where it kept some out of the LPG
+    calibration = set(calibration_volumes(v_m, preset.harvest.calibration_volumes, preset.lpg_train.seed)
+                      if preset else ())
 
     def hard_negative_shares(path: Path) -> dict | None:
         return lesion_shares(read_tracklets(path), covers_lesion, groups) if path.is_file() else None
@@ -330,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         vh = [row for row in rows_vh if row.status not in ("recist", "marked_piece")
               and (row.score or 0.0) >= min(FP_SCORES)]
         new_vh = [row for row in rows_vh if row.status in ("harvested", "hard_negative", "rejected")]
+        threshold_vm = [row for row in vm if not calibration or row.volume in calibration]
         estimates = dict(info.get("estimates", {}))
         if "fp_rate" not in estimates:  # runs before the rule: recomputed from what the ledger holds
             estimates["fp_rate"] = fp_rate_estimate(vm, new_vh, len(v_h), threshold)
@@ -351,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
                        "false_positives_per_volume": {"scores": list(FP_SCORES), "v_m": fp_vm, "v_h": fp_vh},
                        "top_k_new_v_h": top_k,
                        # what the rules that need no calibration marks would have harvested in this round
-                       "rule_what_ifs": rule_what_ifs(vm, new_vh, len(v_h), new_vh_lesion, target),
+                       "rule_what_ifs": rule_what_ifs(threshold_vm, new_vh, len(v_h), new_vh_lesion, target),
                        "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r)),
                        "label_kinds": kinds_of({"harvested": layout.round_harvested(r),
                                                 "hard_negatives": layout.round_hard_negatives(r)})})
