@@ -59,7 +59,7 @@ __all__ = [
     "InvalidSetting", "KeptEpoch", "LPCConfig", "LPCPretraining", "LPCVariant", "LPGTrainConfig", "LRSchedule",
     "MSCNConfig", "NegativeSampling", "NumSlices", "Optimizer", "OutputStride", "PreprocessConfig", "Preset",
     "ResNetDepth",
-    "RetinaNetConfig", "ScanConfig", "StackConfig", "SynthConfig", "Table3Config", "ThresholdRule", "VHNegativePick",
+    "RetinaNetConfig", "ScanConfig", "StackConfig", "SynthConfig", "Table3Config", "ThresholdRule",
     "apply_overrides", "check_settings", "choice_fields", "dump_config", "fingerprint", "from_dict", "load_preset",
     "non_default", "settings_fingerprint", "to_dict",
 ]
@@ -80,7 +80,6 @@ BackgroundVolumes = Literal["all", "fully_annotated"]
 LPCVariant = Literal["multiview", "axial", "3d"]
 NegativeSampling = Literal["uniform", "matched"]
 LPCPretraining = Literal["none", "lpg_scores"]
-VHNegativePick = Literal["random", "top"]
 ThresholdRule = Literal["vm", "marks", "combined", "fp_rate", "vm_and_fp_rate"]
 AmpDtype = Literal["float16", "bfloat16"]
 FusionChoice = Literal["admitted", "ap"]
@@ -357,10 +356,6 @@ class LPCConfig(_Checked):
     # LPC can learn a V_H patient's look as "lesion" (benchmarks/RESULTS.md, issue 34)
     vh_negatives_per_volume: NonNegativeInt = 0
     vh_negatives_below: Score = 0.5
-    # which of a volume's eligible proposals: "random", or the "top" by s_g. With the cut at 1, "top"
-    # is positive-unlabelled learning: the LPC learns marked against unmarked among V_H's best
-    # proposals, where the mimics (never marked) sit beside unmarked lesions
-    vh_negatives_pick: VHNegativePick = "random"
     seed: Seed = 0
 
 

@@ -208,7 +208,6 @@ def test_the_choice_settings_are_the_expected_ones():
         "lpc.variant": ("multiview", "axial", "3d"),
         "lpc.negatives": ("uniform", "matched"),
         "lpc.pretrain": ("none", "lpg_scores"),
-        "lpc.vh_negatives_pick": ("random", "top"),
         "harvest.threshold": ("vm", "marks", "combined", "fp_rate", "vm_and_fp_rate"),
         "harvest.fusion_choice": ("admitted", "ap"),
         "lpg.output_stride": (4, 2),

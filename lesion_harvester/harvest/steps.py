@@ -170,10 +170,9 @@ def vh_negative_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], 
     """The V_H proposals the LPC takes as negatives (``lpc.vh_negatives_per_volume``): of the
     (volume, tracklet) ``proposals`` outside the ``exclude`` volumes with ``cfg.min_objectness`` <= s_g
     < ``cfg.vh_negatives_below`` that touch none of the ``known`` lesions (:func:`on_lesions`), at most
-    ``cfg.vh_negatives_per_volume`` per volume drawn at random (``seed``), or the highest by s_g with
-    ``cfg.vh_negatives_pick == "top"`` (volumes in sorted order, each volume's picks in the order
-    given). Unlabelled, so a few may be lesions nobody marked: on bench seed 0, 0.13-0.17% of them
-    below s_g 0.5 (benchmarks/RESULTS.md, issue 34); many more at the top."""
+    ``cfg.vh_negatives_per_volume`` per volume drawn at random (``seed``; volumes in sorted order, each
+    volume's picks in the order given). Unlabelled, so a few may be lesions nobody marked: on bench seed 0,
+    0.13-0.17% of them below s_g 0.5 (benchmarks/RESULTS.md, issue 34)."""
     if cfg.vh_negatives_per_volume == 0:
         return []
     eligible = [(key, t) for key, t in proposals
@@ -181,11 +180,8 @@ def vh_negative_items(proposals: list[tuple[str, Tracklet]], exclude: set[str], 
     by_volume = group_by_volume(item for item, on in zip(eligible, on_lesions(eligible, known)) if not on)
     rng, picked = np.random.default_rng(seed), []
     for key in sorted(by_volume):
-        members, k = by_volume[key], min(cfg.vh_negatives_per_volume, len(by_volume[key]))
-        if cfg.vh_negatives_pick == "top":
-            chosen = np.sort(np.argsort([-t.score for t in members], kind="stable")[:k])
-        else:
-            chosen = np.sort(rng.choice(len(members), k, replace=False))
+        members = by_volume[key]
+        chosen = np.sort(rng.choice(len(members), min(cfg.vh_negatives_per_volume, len(members)), replace=False))
         picked += [(key, members[i]) for i in chosen]
     return picked
 
