@@ -13,9 +13,10 @@ V_M has markedly fewer, a threshold set on V_M is too low for V_H; and the share
 the top 10, 25, 50, 100 and 200 new V_H proposals by the round's score, the best precision any
 threshold could have given a harvest of that size (the ranking's ceiling); what each threshold rule that
 needs no calibration marks (``vm``, ``fp_rate``, ``vm_and_fp_rate``) would have harvested at its own threshold,
-and how much of it was real (recomputed from the ledger: later rounds are the run's own); and how well any estimate that
-counts false positives on V_M's few volumes could know the harvest's precision at all (a Poisson floor:
-:func:`count_estimate_floor`). Last, how many of the hard
+and how much of it was real (recomputed from the ledger: later rounds are the run's own), and the same with
+V_H^test's proposals, labelled by the truth, standing in for a larger V_M that no model learned from; and
+how well any estimate that counts false positives on V_M's few volumes could know the harvest's precision
+at all (a Poisson floor: :func:`count_estimate_floor`). Last, how many of the hard
 negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled ``hard_negatives.pkl``
 that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. Where
 DATA also holds the lesions' 3D boxes (``ground_truth/boxes_3d.pkl``), each round's and the pooled harvested
@@ -33,6 +34,7 @@ round's best-scoring of them on their key slice and in a coronal cut. The run fo
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -262,6 +264,20 @@ def rule_what_ifs(vm_rows: list, candidate_rows: list, vh_volumes: int, candidat
     return out
 
 
+def holdout_as_vm_what_ifs(new_vh: list, new_vh_lesion: list[bool], holdout: set[str], vh_volumes: int,
+                           precision: float) -> dict[str, dict] | None:
+    """:func:`rule_what_ifs` with V_H^test's new proposals (``holdout`` volumes; no model learned their
+    labels) standing in for V_M, labelled by the truth (``new_vh_lesion``), for what the other V_H volumes
+    would harvest: what a larger V_M that no model trained on would give the rules. None without V_H^test."""
+    test = [(row, lesion) for row, lesion in zip(new_vh, new_vh_lesion) if row.volume in holdout]
+    rest = [(row, lesion) for row, lesion in zip(new_vh, new_vh_lesion) if row.volume not in holdout]
+    if not test or not rest:
+        return None
+    as_vm = [dataclasses.replace(row, status="fa_lesion" if lesion else "fa_negative") for row, lesion in test]
+    return rule_what_ifs(as_vm, [row for row, _ in rest], vh_volumes - len(holdout), [lesion for _, lesion in rest],
+                         precision)
+
+
 @common.guarded
 def main(argv: list[str] | None = None) -> int:
     parser = common.parser(__doc__)
@@ -279,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     ledger = Ledger(Path(args.run) / "ledger.sqlite")
     v_m = ledger.volumes("fully_annotated")
     v_h = ledger.volumes("harvest")
+    holdout = set(ledger.volumes(holdout=True))
     marks = DeepLesionDataset(args.data).marks(v_m)
 
     def covers_lesion(volume: str, tracklet) -> bool:
@@ -361,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                        "top_k_new_v_h": top_k,
                        # what the rules that need no calibration marks would have harvested in this round
                        "rule_what_ifs": rule_what_ifs(threshold_vm, new_vh, len(v_h), new_vh_lesion, target),
+                       # the same with V_H^test as a larger V_M that no model learned from
+                       "holdout_as_vm_what_ifs": holdout_as_vm_what_ifs(new_vh, new_vh_lesion, holdout, len(v_h),
+                                                                        target),
                        "hard_negatives": hard_negative_shares(layout.round_hard_negatives(r)),
                        "label_kinds": kinds_of({"harvested": layout.round_harvested(r),
                                                 "hard_negatives": layout.round_hard_negatives(r)})})
@@ -399,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{t['k']} {t['lesions']:.2f} (s >= {t['score']:.3f})" for t in e["top_k_new_v_h"]))
         lines.append(f"  each rule's own {target:.0%} threshold in this round (harvested, of which lesions): "
                      + ", ".join(f"{rule} {_what_if(w)}" for rule, w in e["rule_what_ifs"].items()))
+        if e["holdout_as_vm_what_ifs"]:
+            lines.append("  the same with V_H^test as V_M (no model learned its labels), on the rest of V_H: "
+                         + ", ".join(f"{rule} {_what_if(w)}" for rule, w in e["holdout_as_vm_what_ifs"].items()))
         if e["hard_negatives"]:
             lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")
         for name, k in e["label_kinds"].items():

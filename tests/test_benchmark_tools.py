@@ -366,6 +366,13 @@ def test_rate_estimate_recomputes_the_rule_from_ledger_rows():
     assert what_ifs == {"vm": {"threshold": 0.9, "n_harvested": 1, "precision": 1.0},
                         "fp_rate": {"threshold": 0.6, "n_harvested": 3, "precision": pytest.approx(2 / 3, abs=1e-4)},
                         "vm_and_fp_rate": {"threshold": 0.9, "n_harvested": 1, "precision": 1.0}}
+    # V_H^test standing in for V_M: the same proposals in t1 and t2, labelled by the truth, set the
+    # thresholds on the rest of V_H (h1, h2): the same answers as V_M's above, whatever their statuses
+    test = [row(v, s, "rejected") for v, s in (("t1", 0.9), ("t1", 0.5), ("t2", 0.45))]
+    pool = test + vh
+    lesion = [r.volume == "t1" and r.score == 0.9 or r.volume.startswith("h") and r.score >= 0.8 for r in pool]
+    assert tool.holdout_as_vm_what_ifs(pool, lesion, {"t1", "t2"}, 4, 0.95) == what_ifs
+    assert tool.holdout_as_vm_what_ifs(vh, lesion[3:], {"t1", "t2"}, 4, 0.95) is None  # no V_H^test proposal
 
 
 def test_lesion_shares_splits_hard_negatives_by_volume_group():
