@@ -14,9 +14,9 @@ the top 10, 25, 50, 100 and 200 new V_H proposals by the round's score, the best
 threshold could have given a harvest of that size (the ranking's ceiling); what each threshold rule that
 needs no calibration marks (``vm``, ``fp_rate``, ``vm_and_fp_rate``) would have harvested at its own threshold,
 and how much of it was real (recomputed from the ledger: later rounds are the run's own), and the same with
-V_H^test's proposals, labelled by the truth, standing in for a larger V_M that no model learned from; and
-how well any estimate that counts false positives on V_M's few volumes could know the harvest's precision
-at all (a Poisson floor: :func:`count_estimate_floor`). Last, how many of the hard
+V_H^test's proposals, labelled by the truth, standing in for a larger V_M whose complete labels no model
+learned; and how well any estimate that counts false positives on V_M's few volumes could know the
+harvest's precision at all (a Poisson floor: :func:`count_estimate_floor`). Last, how many of the hard
 negatives are lesions after all (``round_N/hard_negatives.pkl`` and the pooled ``hard_negatives.pkl``
 that Table III's R+P+N trains on, by V_H and V_M): the HNSL suppresses whatever they cover. Where
 DATA also holds the lesions' 3D boxes (``ground_truth/boxes_3d.pkl``), each round's and the pooled harvested
@@ -266,9 +266,10 @@ def rule_what_ifs(vm_rows: list, candidate_rows: list, vh_volumes: int, candidat
 
 def holdout_as_vm_what_ifs(new_vh: list, new_vh_lesion: list[bool], holdout: set[str], vh_volumes: int,
                            precision: float) -> dict[str, dict] | None:
-    """:func:`rule_what_ifs` with V_H^test's new proposals (``holdout`` volumes; no model learned their
-    labels) standing in for V_M, labelled by the truth (``new_vh_lesion``), for what the other V_H volumes
-    would harvest: what a larger V_M that no model trained on would give the rules. None without V_H^test."""
+    """:func:`rule_what_ifs` with V_H^test's new proposals (``holdout`` volumes: the models learned their
+    marks, as V_M's, but neither their complete labels nor hard background on them) standing in for V_M,
+    labelled by the truth (``new_vh_lesion``), for what the other V_H volumes would harvest: what a larger
+    V_M that no model trained on would give the rules. None without V_H^test."""
     test = [(row, lesion) for row, lesion in zip(new_vh, new_vh_lesion) if row.volume in holdout]
     rest = [(row, lesion) for row, lesion in zip(new_vh, new_vh_lesion) if row.volume not in holdout]
     if not test or not rest:
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"  each rule's own {target:.0%} threshold in this round (harvested, of which lesions): "
                      + ", ".join(f"{rule} {_what_if(w)}" for rule, w in e["rule_what_ifs"].items()))
         if e["holdout_as_vm_what_ifs"]:
-            lines.append("  the same with V_H^test as V_M (no model learned its labels), on the rest of V_H: "
+            lines.append("  the same with V_H^test as V_M (no model learned its complete labels), on the rest of V_H: "
                          + ", ".join(f"{rule} {_what_if(w)}" for rule, w in e["holdout_as_vm_what_ifs"].items()))
         if e["hard_negatives"]:
             lines.append(f"  hard negatives that are lesions: {_shares(e['hard_negatives'])}")

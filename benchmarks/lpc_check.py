@@ -71,7 +71,7 @@ def round_examples(ledger: Ledger, part: Partition, preset: Preset, r: int) -> L
     """What round ``r``'s LPC trained on, as :func:`lesion_harvester.harvest.rounds.round_lpc_examples`
     chose it (with ``preset``'s LPC settings): V_M's verified proposals, V_H's marked ones (none of the
     marks the estimate holds out), and V_H's negatives outside V_M, V_H^test and the volumes no model
-    learns from, off every lesion known then."""
+    learns from, off every lesion known then (reviewers' verdicts aside: this script reads none)."""
     holdout = set(ledger.volumes(holdout=True))
     held = set(calibration_mark_volumes(part.harvest, holdout | set(part.validation),
                                         preset.harvest.calibration_marks, preset.lpg_train.seed))
