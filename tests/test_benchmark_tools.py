@@ -370,7 +370,7 @@ def test_rate_estimate_recomputes_the_rule_from_ledger_rows():
     # thresholds on the rest of V_H (h1, h2): the same answers as V_M's above, whatever their statuses
     test = [row(v, s, "rejected") for v, s in (("t1", 0.9), ("t1", 0.5), ("t2", 0.45))]
     pool = test + vh
-    lesion = [r.volume == "t1" and r.score == 0.9 or r.volume.startswith("h") and r.score >= 0.8 for r in pool]
+    lesion = [(r.volume == "t1" and r.score == 0.9) or (r.volume.startswith("h") and r.score >= 0.8) for r in pool]
     assert tool.holdout_as_vm_what_ifs(pool, lesion, {"t1", "t2"}, 4, 0.95) == what_ifs
     assert tool.holdout_as_vm_what_ifs(vh, lesion[3:], {"t1", "t2"}, 4, 0.95) is None  # no V_H^test proposal
 
