@@ -39,8 +39,6 @@ from lesion_harvester.evaluation.matching import covers_a_lesion
 from lesion_harvester.harvest.ledger import Ledger
 from lesion_harvester.harvest.mine import average_precision
 from lesion_harvester.harvest.steps import (
-    calibration_mark_volumes,
-    calibration_volumes,
     classifiable,
     known_lesions,
     lpc_examples,
@@ -48,6 +46,7 @@ from lesion_harvester.harvest.steps import (
     lpc_probabilities,
     pretraining_items,
     vh_negative_items,
+    withheld_volumes,
 )
 from lesion_harvester.harvest.verify import FA_LESION, FA_NEGATIVE, RECIST, covers_marks
 from lesion_harvester.lpc.api import LPCExamples, train_lpc_folds
@@ -73,11 +72,10 @@ def round_examples(ledger: Ledger, part: Partition, preset: Preset, r: int) -> L
     marks the estimate holds out), and V_H's negatives outside V_M, V_H^test and the volumes no model
     learns from, off every lesion known then (reviewers' verdicts aside: this script reads none)."""
     holdout = set(ledger.volumes(holdout=True))
-    held = set(calibration_mark_volumes(part.harvest, holdout | set(part.validation),
-                                        preset.harvest.calibration_marks, preset.lpg_train.seed))
+    calibration, held_out_marks = withheld_volumes(part, holdout, preset)
+    held = set(held_out_marks)
     closed = set(part.fully_annotated) | holdout
-    unseen = held | set(part.validation) | set(calibration_volumes(
-        list(part.fully_annotated), preset.harvest.calibration_volumes, preset.lpg_train.seed))
+    unseen = held | set(part.validation) | set(calibration)  # as HarvestRun.unseen
     vm = ledger.proposals(r, statuses=(FA_LESION, FA_NEGATIVE))
     marked = [row for row in ledger.proposals(r, statuses=(RECIST,)) if row.volume not in held]
     unlabelled = pretraining_items([(row.volume, row.tracklet) for row in ledger.proposals(r)], closed, preset.lpc)

@@ -163,10 +163,7 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     inputs = resolve_partition(data, fully_annotated, holdout, need_holdout=True)
     if inputs.validation_held_out:
         log.warning("LPG validation: %s", inputs.validation_source)
-    calibration = steps.calibration_volumes(list(inputs.fully_annotated), preset.harvest.calibration_volumes,
-                                            preset.lpg_train.seed)
-    held_out_marks = steps.calibration_mark_volumes(inputs.harvest, set(inputs.holdout) | set(inputs.validation),
-                                                    preset.harvest.calibration_marks, preset.lpg_train.seed)
+    calibration, held_out_marks = steps.withheld_volumes(inputs, inputs.holdout, preset)
     if not dist.is_main:  # the main rank has created and checked the folder (below)
         dist.barrier()
         cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)

@@ -82,6 +82,17 @@ def calibration_mark_volumes(harvest: list[str], exclude: set[str], share: float
     return _draw(candidates, n, [seed, 7]) if n > 0 else []
 
 
+def withheld_volumes(partition: Partition, holdout: Iterable[str], preset: Preset) -> tuple[list[str], list[str]]:
+    """What a harvest of ``partition`` with ``preset`` keeps out of training: (the calibration volumes of
+    V_M, :func:`calibration_volumes`; the V_H volumes whose marks are held out, :func:`calibration_mark_volumes`,
+    drawn outside ``holdout`` (V_H^test) and the validation volumes)."""
+    seed = preset.lpg_train.seed
+    calibration = calibration_volumes(list(partition.fully_annotated), preset.harvest.calibration_volumes, seed)
+    held_out_marks = calibration_mark_volumes(partition.harvest, set(holdout) | set(partition.validation),
+                                              preset.harvest.calibration_marks, seed)
+    return calibration, held_out_marks
+
+
 def _draw(keys: list[str], n: int, seed) -> list[str]:
     """``n`` of ``keys`` drawn with ``seed`` (independent of the keys' order), sorted."""
     return sorted(np.random.default_rng(seed).choice(sorted(keys), n, replace=False).tolist())
