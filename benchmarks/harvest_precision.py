@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run")
     parser.add_argument("--preset", default=None,
                         help="the run's preset, name or YAML (default: RUN/config.yaml; give it for a run whose "
-                             "config.yaml predates a setting)")
+                             "config.yaml predates a setting; the calibration volumes are the ledger's, where it "
+                             "records them)")
     parser.add_argument("--montage", type=Path, default=None, metavar="PNG",
                         help="draw each round's best-scoring harvested lesions on no lesion (synthetic layout)")
     args = parser.parse_args(argv)
@@ -308,9 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     layout, groups = RunLayout(Path(args.run)), {"v_h": set(v_h), "v_m": set(v_m)}
     preset = load_preset(args.preset or layout.config) if args.preset or layout.config.is_file() else None
     target = preset.harvest.precision if preset else 0.95
-    # the V_M volumes the run's threshold rests on: its calibration volumes, where it kept some out of the LPG
-    calibration = set(calibration_volumes(v_m, preset.harvest.calibration_volumes, preset.lpg_train.seed)
-                      if preset else ())
+    # the V_M volumes the run's threshold rests on: its calibration volumes, where it kept some out of the
+    # LPG, as its ledger records them (drawn again from the settings for a run folder older than the record)
+    recorded = ledger.withheld()
+    if recorded is not None:
+        calibration = set(recorded[0])
+    else:
+        calibration = set(calibration_volumes(v_m, preset.harvest.calibration_volumes, preset.lpg_train.seed)
+                          if preset else ())
 
     def hard_negative_shares(path: Path) -> dict | None:
         return lesion_shares(read_tracklets(path), covers_lesion, groups) if path.is_file() else None

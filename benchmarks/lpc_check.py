@@ -72,7 +72,8 @@ def round_examples(ledger: Ledger, part: Partition, preset: Preset, r: int) -> L
     marks the estimate holds out), and V_H's negatives outside V_M, V_H^test and the volumes no model
     learns from, off every lesion known then (reviewers' verdicts aside: this script reads none)."""
     holdout = set(ledger.volumes(holdout=True))
-    calibration, held_out_marks = withheld_volumes(part, holdout, preset)
+    # as the run's ledger records them; drawn again for a run folder older than the record
+    calibration, held_out_marks = ledger.withheld() or withheld_volumes(part, holdout, preset)
     held = set(held_out_marks)
     closed = set(part.fully_annotated) | holdout
     unseen = held | set(part.validation) | set(calibration)  # as HarvestRun.unseen

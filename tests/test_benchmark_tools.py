@@ -273,34 +273,72 @@ def _phantom_names() -> set[str]:
     return {name for i in range(10) for name in sample_patient(np.random.default_rng(i)).names}
 
 
-def test_harvest_precision_sets_the_rules_what_if_on_the_calibration_volumes_of_the_preset_given(
-        tiny_dataset, tiny_harvest_run, tmp_path):
-    """--preset stands for the run's config.yaml; with harvest.calibration_volumes the rules' own
-    thresholds rest on those V_M volumes alone, as the harvest's would."""
-    from lesion_harvester.config import load_preset
-    from lesion_harvester.harvest.steps import calibration_volumes
+def _calibration_what_ifs(tool, tiny_dataset: Path, run: Path, held: set[str], precision: float) -> tuple:
+    """harvest_precision's rule what-ifs of ``run``'s round 1 recomputed on V_M's volumes ``held``
+    alone, and on all of V_M."""
     from lesion_harvester.harvest.verify import covers_marks
 
-    tool = _load("harvest_precision")
-    preset_file = tmp_path / "calibrating.yaml"
-    # a low precision, so that the rules find thresholds on the tiny run's few V_M proposals
-    preset_file.write_text("base: tiny\nharvest:\n  calibration_volumes: 1\n  precision: 0.3\n")
-    out = tmp_path / "precision.json"
-    assert tool.main([str(tiny_dataset), str(tiny_harvest_run), "--preset", str(preset_file), "--json", str(out)]) == 0
-    (entry,) = json.loads(out.read_text())["rounds"]
-    ledger = Ledger(tiny_harvest_run / "ledger.sqlite")
+    ledger = Ledger(run / "ledger.sqlite")
     v_m, v_h = ledger.volumes("fully_annotated"), ledger.volumes("harvest")
     vm = ledger.proposals(1, statuses=("fa_lesion", "fa_negative"))
     new_vh = ledger.proposals(1, volumes=v_h, statuses=("harvested", "hard_negative", "rejected"))
     ledger.close()
     vm = [row for row, covers in zip(vm, covers_marks([(r.volume, r.tracklet) for r in vm],
                                                        DeepLesionDataset(tiny_dataset).marks(v_m))) if not covers]
-    held = set(calibration_volumes(v_m, 1, load_preset(preset_file).lpg_train.seed))
     truth = load_truth(tiny_dataset / "ground_truth" / "complete.pkl", "p3d")
     lesion = [covers_a_lesion(row.tracklet, truth.get(row.volume)) for row in new_vh]
-    expected = tool.rule_what_ifs([row for row in vm if row.volume in held], new_vh, len(v_h), lesion, 0.3)
+    return (tool.rule_what_ifs([row for row in vm if row.volume in held], new_vh, len(v_h), lesion, precision),
+            tool.rule_what_ifs(vm, new_vh, len(v_h), lesion, precision))
+
+
+def test_harvest_precision_sets_the_rules_what_if_on_the_calibration_volumes_the_ledger_records(
+        tiny_dataset, tiny_harvest_run, tmp_path):
+    """The rules' own thresholds rest on the V_M volumes the run kept out of its LPG, as its ledger
+    records them (here one volume, written into a copy of a run that kept none)."""
+    tool = _load("harvest_precision")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_harvest_run, run)
+    ledger = Ledger(run / "ledger.sqlite")
+    assert ledger.withheld() == ([], [])  # recorded by the harvest: it kept nothing out
+    held = ledger.volumes("fully_annotated")[-1:]
+    ledger.set_withheld(held, [])
+    ledger.close()
+    preset_file = tmp_path / "low.yaml"
+    # a low precision, so that the rules find thresholds on the tiny run's few V_M proposals
+    preset_file.write_text("base: tiny\nharvest:\n  precision: 0.3\n")
+    out = tmp_path / "precision.json"
+    assert tool.main([str(tiny_dataset), str(run), "--preset", str(preset_file), "--json", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["rounds"]
+    expected, all_of_vm = _calibration_what_ifs(tool, tiny_dataset, run, set(held), 0.3)
     assert entry["rule_what_ifs"] == json.loads(json.dumps(expected))
-    assert expected != tool.rule_what_ifs(vm, new_vh, len(v_h), lesion, 0.3)  # all of V_M would differ
+    assert expected != all_of_vm  # all of V_M would differ
+
+
+def test_harvest_precision_draws_the_calibration_volumes_of_an_older_run_from_the_preset_given(
+        tiny_dataset, tiny_harvest_run, tmp_path):
+    """For a run folder older than the ledger's record, --preset stands for the run's config.yaml;
+    with harvest.calibration_volumes the rules' own thresholds rest on the volumes it draws."""
+    from lesion_harvester.config import load_preset
+    from lesion_harvester.harvest.steps import calibration_volumes
+
+    tool = _load("harvest_precision")
+    run = tmp_path / "run"
+    shutil.copytree(tiny_harvest_run, run)
+    ledger = Ledger(run / "ledger.sqlite")
+    with ledger.transaction() as db:  # as before the record
+        db.execute("DELETE FROM meta WHERE key IN ('calibration_volumes', 'held_out_mark_volumes')")
+    assert ledger.withheld() is None
+    v_m = ledger.volumes("fully_annotated")
+    ledger.close()
+    preset_file = tmp_path / "calibrating.yaml"
+    preset_file.write_text("base: tiny\nharvest:\n  calibration_volumes: 1\n  precision: 0.3\n")
+    out = tmp_path / "precision.json"
+    assert tool.main([str(tiny_dataset), str(run), "--preset", str(preset_file), "--json", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["rounds"]
+    held = set(calibration_volumes(v_m, 1, load_preset(preset_file).lpg_train.seed))
+    expected, all_of_vm = _calibration_what_ifs(tool, tiny_dataset, run, held, 0.3)
+    assert entry["rule_what_ifs"] == json.loads(json.dumps(expected))
+    assert expected != all_of_vm
 
 
 def test_harvest_precision_reports_each_round_of_a_tiny_harvest(tiny_dataset, tiny_harvest_run, tmp_path):

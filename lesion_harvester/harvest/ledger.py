@@ -142,6 +142,22 @@ class Ledger:
                            [(k, "fully_annotated", 0) for k in fully_annotated]
                            + [(k, "harvest", int(k in held)) for k in harvest])
 
+    def set_withheld(self, calibration: list[str], held_out_marks: list[str]) -> None:
+        """Record what the harvest keeps out of training (:func:`~lesion_harvester.harvest.steps.withheld_volumes`),
+        so that tools reading the run later need not draw it again from settings that may have changed
+        (and from a V_M that reviews may have grown)."""
+        with self.transaction() as db:
+            for key, keys in (("calibration_volumes", calibration), ("held_out_mark_volumes", held_out_marks)):
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(list(keys))))
+
+    def withheld(self) -> tuple[list[str], list[str]] | None:
+        """(calibration volumes, held-out marks' volumes) as :meth:`set_withheld` recorded them; None for
+        a run folder older than the record."""
+        calibration, held = self.get_meta("calibration_volumes"), self.get_meta("held_out_mark_volumes")
+        if calibration is None or held is None:
+            return None
+        return json.loads(calibration), json.loads(held)
+
     def roles(self) -> dict[str, str]:
         """Every volume's role now (fully_annotated or harvest)."""
         return dict(self.db.execute("SELECT key, role FROM volumes ORDER BY rowid").fetchall())

@@ -212,6 +212,8 @@ def _open_ledger(data: Path, layout: RunLayout, preset: Preset, inputs: Partitio
         ledger.set_meta("holdout_volumes", json.dumps(list(inputs.holdout)))
         ledger.set_meta("elapsed_s", "0")
         ledger.set_volumes(list(inputs.fully_annotated), inputs.harvest, list(inputs.holdout))
+    if ledger.withheld() is None:  # new, or a folder older than the record (the fingerprint matched: the same draw)
+        ledger.set_withheld(calibration, held_out_marks)
     if ledger.get_meta("fully_annotated_file") is None:  # the fingerprint matched: the same file as at the start
         ledger.set_meta("fully_annotated_file", str(Path(fully_annotated).resolve()) if fully_annotated else "")
     dump_config(preset, layout.config)

@@ -236,6 +236,7 @@ def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshol
     v_m = sorted(run.inputs.fully_annotated)
     assert len(run.calibration) == 1 and set(run.calibration) < set(v_m)
     assert open_run(tiny_dataset, tmp_path / "run", preset, progress=False).calibration == run.calibration
+    assert run.ledger.withheld() == (run.calibration, [])  # recorded for the tools that read the run later
     (held,) = run.calibration
     (other,) = set(v_m) - {held}
     assert set(read_slice_boxes(lpg_fully_annotated_file(run, 1))) == {other}  # the LPG's V_M
@@ -340,6 +341,7 @@ def test_a_harvest_with_held_out_marks_estimates_its_precision(tiny_dataset, tmp
     preset = load_preset("tiny", ["harvest.calibration_marks=0.5", "harvest.threshold=combined"])
     opened = open_run(tiny_dataset, run, preset, progress=False)
     held = opened.held_out_marks
+    assert opened.ledger.withheld() == ([], held)
     opened.ledger.close()
     assert len(held) == 1 and not set(held) & (set(opened.inputs.holdout) | set(opened.inputs.validation))
     # no model learnt from the held-out volume's marks: the LPG trained on one volume less than usual...
