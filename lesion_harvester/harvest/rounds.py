@@ -167,7 +167,9 @@ def open_run(data: str | Path, run_dir: str | Path, preset: Preset, fully_annota
     if not dist.is_main:  # the main rank has created and checked the folder (below)
         dist.barrier()
         cache = PreparedCache(cache_dir_for(data, cache_dir), preset.preprocess)
-        return HarvestRun(data, layout, preset, inputs, Ledger(layout.ledger), cache, calibration, held_out_marks,
+        ledger = Ledger(layout.ledger)
+        calibration, held_out_marks = ledger.withheld()  # what the main rank recorded
+        return HarvestRun(data, layout, preset, inputs, ledger, cache, calibration, held_out_marks,
                           device, False, dist, inputs)  # no progress bars but the main rank's
     # a second harvest of this folder refuses here, after the checks and before anything is written
     # (taking the lock makes the folder)
@@ -214,6 +216,8 @@ def _open_ledger(data: Path, layout: RunLayout, preset: Preset, inputs: Partitio
         ledger.set_volumes(list(inputs.fully_annotated), inputs.harvest, list(inputs.holdout))
     if ledger.withheld() is None:  # new, or a folder older than the record (the fingerprint matched: the same draw)
         ledger.set_withheld(calibration, held_out_marks)
+    # a run goes on with the volumes it started with, even where a later version would draw others
+    calibration, held_out_marks = ledger.withheld()
     if ledger.get_meta("fully_annotated_file") is None:  # the fingerprint matched: the same file as at the start
         ledger.set_meta("fully_annotated_file", str(Path(fully_annotated).resolve()) if fully_annotated else "")
     dump_config(preset, layout.config)

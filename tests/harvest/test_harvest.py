@@ -237,6 +237,10 @@ def test_calibration_volumes_stay_out_of_lpg_training_and_alone_set_the_threshol
     assert len(run.calibration) == 1 and set(run.calibration) < set(v_m)
     assert open_run(tiny_dataset, tmp_path / "run", preset, progress=False).calibration == run.calibration
     assert run.ledger.withheld() == (run.calibration, [])  # recorded for the tools that read the run later
+    (other,) = set(v_m) - set(run.calibration)
+    run.ledger.set_withheld([other], [])  # as if a later version drew another: the run goes on with its record
+    assert open_run(tiny_dataset, tmp_path / "run", preset, progress=False).calibration == [other]
+    run.ledger.set_withheld(run.calibration, [])
     (held,) = run.calibration
     (other,) = set(v_m) - {held}
     assert set(read_slice_boxes(lpg_fully_annotated_file(run, 1))) == {other}  # the LPG's V_M
