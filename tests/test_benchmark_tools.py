@@ -557,3 +557,36 @@ def test_crop_labels_with_every_lesion_labelled_keeps_background_crops_clean(tin
     assert crops["background"]["n"] + crops["around_object"]["n"] == 200
     # each lesion is kept out of background crops as far as a mark of its size reaches
     assert crops["background"]["n"] > 0 and crops["background"]["unlabelled_lesion_share"] == 0.0
+
+
+def test_larger_vm_adds_harvest_volumes_outside_v_h_test_and_counts_the_mimics_painted(tiny_dataset, tmp_path):
+    from lesion_harvester.io.splits import read_splits
+
+    tool = _load("larger_vm")
+    out, report = tmp_path / "vm.pkl", tmp_path / "vm.json"
+    assert tool.main([str(tiny_dataset), "--extra", "1", "--out", str(out), "--json", str(report)]) == 0
+    splits = read_splits(tiny_dataset)
+    results = json.loads(report.read_text())
+    (extra,) = results["extra"]
+    assert extra in splits["harvest"] and extra not in splits.get("harvest_test", [])
+    labels = read_slice_boxes(out)
+    complete = read_slice_boxes(tiny_dataset / "ground_truth" / "complete.pkl")
+    assert set(labels) == set(splits["fully_annotated"]) | {extra}
+    assert {k: len(v) for k, v in labels.items()} == {k: len(complete[k]) for k in labels}
+    # the larger V_M's mean is that of its volumes' own counts
+    from lesion_harvester.config import SynthConfig, from_dict
+    from lesion_harvester.io.synth_record import read_generator_record
+
+    settings, seed, path = read_generator_record(tiny_dataset)
+    cfg = from_dict(SynthConfig, settings, str(path))
+    counts = [tool.mimics_of_volume(k, seed, cfg) for k in labels]
+    assert results["splits"]["fully_annotated_plus_1"]["normal_nodes_per_volume"] == pytest.approx(
+        np.mean([c["normal_nodes"] for c in counts]), abs=1e-3)
+    larger = results["splits"]["fully_annotated_plus_1"]
+    assert larger["volumes"] == len(splits["fully_annotated"]) + 1
+    assert results["splits"]["harvest"]["volumes"] == len(splits["harvest"])
+    for summary in results["splits"].values():
+        if summary["volumes"]:
+            assert summary["mimics_per_volume"] == pytest.approx(
+                summary["bowel_loops_per_volume"] + summary["normal_nodes_per_volume"], abs=2e-3)
+    assert tool.main([str(tiny_dataset), "--extra", "100000"]) == 2  # more than V_H holds: a clear error

@@ -158,6 +158,19 @@ def sample_scene(index: int, seed: int, cfg: SynthConfig) -> Scene:
     return Scene(rng, patient, grid, interval, key_long, key_kind)
 
 
+def painted_structures(scene: Scene) -> list[tuple[str, object]]:
+    """(name, structure) of each anatomical structure of ``scene``'s patient that reaches its slices
+    (within one slice interval), in painting order: what :func:`generate_volume` paints."""
+    z_mm = scene.grid.z_mm
+    lo, hi = z_mm.min() - scene.interval_mm, z_mm.max() + scene.interval_mm
+    painted = []
+    for name, structure in zip(scene.patient.names, scene.patient.structures, strict=True):
+        s0, s1 = _z_extent(structure)
+        if not (s1 < lo or s0 > hi):
+            painted.append((name, structure))
+    return painted
+
+
 def scene_of_volume(key: str, seed: int, cfg: SynthConfig) -> Scene:
     """The scene of the volume with key ``key`` (folder ``f"{index + 1:06d}_01_01"``, as
     :func:`generate_volume` names it) in a dataset of ``seed`` and ``cfg``."""
@@ -173,11 +186,7 @@ def generate_volume(index: int, seed: int, cfg: SynthConfig, split: str) -> tupl
     key_long, key_kind = scene.key_long_mm, scene.key_kind
     z_mm, n, pixel = grid.z_mm, len(grid.z_mm), grid.pixel_mm
     canvas = Canvas(grid, np.full(grid.shape, -1000.0, dtype=np.float32), texture_field(rng, grid.shape))
-    lo, hi = z_mm.min() - interval, z_mm.max() + interval
-    for structure in patient.structures:
-        s0, s1 = _z_extent(structure)
-        if s1 < lo or s0 > hi:
-            continue
+    for _, structure in painted_structures(scene):
         for z in range(n):
             structure.paint(canvas, z)
     # lesions: the key lesion near the middle first (it is always marked), then the others

@@ -10,7 +10,13 @@ from lesion_harvester.io.annotations import read_boxes_3d, read_slice_boxes
 from lesion_harvester.io.deeplesion import DeepLesionDataset, read_dl_info
 from lesion_harvester.io.png16 import read_png_hu
 from lesion_harvester.synth.anatomy import structure_at, structures_at
-from lesion_harvester.synth.dataset import generate_volume, mark_probability, scene_of_volume, write_synthetic_dataset
+from lesion_harvester.synth.dataset import (
+    generate_volume,
+    mark_probability,
+    painted_structures,
+    scene_of_volume,
+    write_synthetic_dataset,
+)
 from lesion_harvester.synth.lesions import recist_from_mask, sample_lesion_count, sample_long_diameter_mm
 
 
@@ -221,6 +227,12 @@ def test_structure_at_names_the_anatomy_the_rendered_volume_shows():
         patient, grid = scene.patient, scene.grid
         assert grid.shape == hu.shape and len(patient.names) == len(patient.structures)
         assert structure_at(patient, grid, 0, 0, 0) is None  # the corner: air above the body
+        # painted_structures (what benchmarks count per volume) holds a node exactly where it reaches the slices
+        painted_nodes = {id(s.shape) for name, s in painted_structures(scene) if name == "node"}
+        for node in patient.organs.get("node", []):
+            z0, z1 = node.z_extent()
+            reaches = z1 >= grid.z_mm.min() - scene.interval_mm and z0 <= grid.z_mm.max() + scene.interval_mm
+            assert (id(node) in painted_nodes) == reaches
         for node in patient.organs.get("node", []):
             z = int(np.argmin(np.abs(grid.z_mm - node.centre[2])))
             col, row = (int(round(v)) for v in grid.to_px(node.centre[0], node.centre[1]))
@@ -229,7 +241,7 @@ def test_structure_at_names_the_anatomy_the_rendered_volume_shows():
                             and les.box3d_xyxy_px[1] <= row <= les.box3d_xyxy_px[3] for les in record.lesions)
             if abs(grid.z_mm[z] - node.centre[2]) > 0.3 * node.axes[2] or not inside_image or on_lesion:
                 continue
-            assert structure_at(patient, grid, z, row, col) == "node"
+            assert structure_at(patient, grid, z, row, col) == "node" and id(node) in painted_nodes
             below = structures_at(patient, grid, z, row, col)  # in painting order: the body first, the node last
             assert below[0] == "body_wall" and below[-1] == "node"
             assert set(below) <= {"body_wall", "pericardial_fat", "node"}  # in fat, never over an organ or a vessel
