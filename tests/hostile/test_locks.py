@@ -34,6 +34,25 @@ def _no_work(*_args, **_kwargs):
     raise AssertionError("the work started on a locked output")
 
 
+def _wait_for_group_exit(pgid: int, timeout_s: float = 30.0) -> None:
+    """Wait until no live process is left in process group ``pgid``: a killed harvest's children (forked
+    with its lock file open) hold the lock until they are gone too, some milliseconds after their parent."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        alive = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":  # its group, and not a zombie (which holds no file)
+                alive = True
+                break
+        if not alive:
+            return
+        time.sleep(0.02)
+
+
 def _note(path: Path) -> dict:
     try:
         return json.loads(path.read_text() or "{}")
@@ -105,6 +124,7 @@ def test_a_second_harvest_refuses_at_once_and_a_killed_ones_lock_is_taken_over(t
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+        _wait_for_group_exit(first.pid)
     assert _note(lock)["pid"] == first.pid  # the dead process's lock file is still there ...
     with OutputLock(lock, run):  # ... and is taken over
         assert _note(lock)["pid"] == os.getpid()
