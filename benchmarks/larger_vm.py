@@ -53,12 +53,14 @@ def mimics_of_volume(key: str, seed: int, cfg: SynthConfig) -> dict[str, int]:
 def summary(per_volume: dict[str, dict[str, int]], keys: list[str]) -> dict:
     """Mean mimics per volume over ``keys``, in all and by kind, and the share of volumes with a bowel loop."""
     rows = [per_volume[k] for k in keys]
-    kinds = sorted(set(MIMICS.values()))
-    out = {"volumes": len(rows),
-           "mimics_per_volume": round(float(np.mean([sum(r.values()) for r in rows])), 3) if rows else None}
-    for kind in kinds:
-        out[f"{kind}_per_volume"] = round(float(np.mean([r[kind] for r in rows])), 3) if rows else None
-    out["share_with_bowel_loops"] = round(float(np.mean([r["bowel_loops"] > 0 for r in rows])), 3) if rows else None
+
+    def mean(values: list) -> float | None:
+        return round(float(np.mean(values)), 3) if rows else None
+
+    out = {"volumes": len(rows), "mimics_per_volume": mean([sum(r.values()) for r in rows])}
+    for kind in sorted(set(MIMICS.values())):
+        out[f"{kind}_per_volume"] = mean([r[kind] for r in rows])
+    out["share_with_bowel_loops"] = mean([r["bowel_loops"] > 0 for r in rows])
     return out
 
 

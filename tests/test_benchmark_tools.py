@@ -291,6 +291,16 @@ def _calibration_what_ifs(tool, tiny_dataset: Path, run: Path, held: set[str], p
             tool.rule_what_ifs(vm, new_vh, len(v_h), lesion, precision))
 
 
+def _rule_what_ifs_under(tool, tiny_dataset: Path, run: Path, preset_yaml: str, tmp_path: Path) -> dict:
+    """harvest_precision's rule what-ifs of ``run``'s round 1, run with ``--preset`` a file of ``preset_yaml``."""
+    preset_file = tmp_path / "preset.yaml"
+    preset_file.write_text(preset_yaml)
+    out = tmp_path / "precision.json"
+    assert tool.main([str(tiny_dataset), str(run), "--preset", str(preset_file), "--json", str(out)]) == 0
+    (entry,) = json.loads(out.read_text())["rounds"]
+    return entry["rule_what_ifs"]
+
+
 def test_harvest_precision_sets_the_rules_what_if_on_the_calibration_volumes_the_ledger_records(
         tiny_dataset, tiny_harvest_run, tmp_path):
     """The rules' own thresholds rest on the V_M volumes the run kept out of its LPG, as its ledger
@@ -303,14 +313,10 @@ def test_harvest_precision_sets_the_rules_what_if_on_the_calibration_volumes_the
     held = ledger.volumes("fully_annotated")[-1:]
     ledger.set_withheld(held, [])
     ledger.close()
-    preset_file = tmp_path / "low.yaml"
     # a low precision, so that the rules find thresholds on the tiny run's few V_M proposals
-    preset_file.write_text("base: tiny\nharvest:\n  precision: 0.3\n")
-    out = tmp_path / "precision.json"
-    assert tool.main([str(tiny_dataset), str(run), "--preset", str(preset_file), "--json", str(out)]) == 0
-    (entry,) = json.loads(out.read_text())["rounds"]
+    what_ifs = _rule_what_ifs_under(tool, tiny_dataset, run, "base: tiny\nharvest:\n  precision: 0.3\n", tmp_path)
     expected, all_of_vm = _calibration_what_ifs(tool, tiny_dataset, run, set(held), 0.3)
-    assert entry["rule_what_ifs"] == json.loads(json.dumps(expected))
+    assert what_ifs == json.loads(json.dumps(expected))
     assert expected != all_of_vm  # all of V_M would differ
 
 
@@ -330,14 +336,11 @@ def test_harvest_precision_draws_the_calibration_volumes_of_an_older_run_from_th
     assert ledger.withheld() is None
     v_m = ledger.volumes("fully_annotated")
     ledger.close()
-    preset_file = tmp_path / "calibrating.yaml"
-    preset_file.write_text("base: tiny\nharvest:\n  calibration_volumes: 1\n  precision: 0.3\n")
-    out = tmp_path / "precision.json"
-    assert tool.main([str(tiny_dataset), str(run), "--preset", str(preset_file), "--json", str(out)]) == 0
-    (entry,) = json.loads(out.read_text())["rounds"]
-    held = set(calibration_volumes(v_m, 1, load_preset(preset_file).lpg_train.seed))
+    preset_yaml = "base: tiny\nharvest:\n  calibration_volumes: 1\n  precision: 0.3\n"
+    what_ifs = _rule_what_ifs_under(tool, tiny_dataset, run, preset_yaml, tmp_path)
+    held = set(calibration_volumes(v_m, 1, load_preset(tmp_path / "preset.yaml").lpg_train.seed))
     expected, all_of_vm = _calibration_what_ifs(tool, tiny_dataset, run, held, 0.3)
-    assert entry["rule_what_ifs"] == json.loads(json.dumps(expected))
+    assert what_ifs == json.loads(json.dumps(expected))
     assert expected != all_of_vm
 
 
